@@ -1,0 +1,103 @@
+"""Log-mel frontend: one FrontendConfig, a TensorFlow implementation for training and a
+NumPy implementation for the runtime (NumPy only, so it runs where TensorFlow does not).
+
+Both compute   log(max(mel_weights @ |rfft(hann * frame)|^2, log_floor))
+over frames of `window_samples` every `hop_samples`, without padding: a 1 s clip at 16 kHz
+with a 30 ms window and a 10 ms hop gives 98 frames.
+
+The mel filterbank is the Slaney-style one librosa builds by default (htk=False,
+norm="slaney"); it is computed here in NumPy so the runtime needs neither librosa nor
+TensorFlow, and tests hold it equal to librosa.filters.mel.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class FrontendConfig:
+    sample_rate: int = 16000
+    window_ms: float = 30.0
+    hop_ms: float = 10.0
+    n_fft: int = 512
+    n_mels: int = 40
+    fmin: float = 20.0
+    fmax: float = 7600.0
+    log_floor: float = 1e-6
+
+    @property
+    def window_samples(self) -> int:
+        return int(round(self.sample_rate * self.window_ms / 1000))
+
+    @property
+    def hop_samples(self) -> int:
+        return int(round(self.sample_rate * self.hop_ms / 1000))
+
+    def num_frames(self, num_samples: int) -> int:
+        """Frames produced for `num_samples` of audio (no padding at either end)."""
+        if num_samples < self.window_samples:
+            return 0
+        return 1 + (num_samples - self.window_samples) // self.hop_samples
+
+
+def _hz_to_mel(hz):
+    """Slaney's scale: linear below 1 kHz, logarithmic above (librosa's default)."""
+    hz = np.asarray(hz, dtype=np.float64)
+    linear = hz / (200.0 / 3)
+    log_part = 15.0 + np.log(np.maximum(hz, 1e-10) / 1000.0) / (np.log(6.4) / 27.0)
+    return np.where(hz >= 1000.0, log_part, linear)
+
+
+def _mel_to_hz(mel):
+    mel = np.asarray(mel, dtype=np.float64)
+    linear = mel * (200.0 / 3)
+    log_part = 1000.0 * np.exp((np.log(6.4) / 27.0) * (mel - 15.0))
+    return np.where(mel >= 15.0, log_part, linear)
+
+
+def mel_weights(config: FrontendConfig) -> np.ndarray:
+    """Triangular, area-normalised mel filters, shape (n_mels, n_fft // 2 + 1), float32."""
+    fft_hz = np.linspace(0.0, config.sample_rate / 2, config.n_fft // 2 + 1)
+    edges_mel = np.linspace(_hz_to_mel(config.fmin), _hz_to_mel(config.fmax), config.n_mels + 2)
+    edges_hz = _mel_to_hz(edges_mel)
+    widths = np.diff(edges_hz)
+    ramps = edges_hz[:, None] - fft_hz[None, :]
+    rising = -ramps[:-2] / widths[:-1, None]
+    falling = ramps[2:] / widths[1:, None]
+    weights = np.maximum(0.0, np.minimum(rising, falling))
+    weights *= (2.0 / (edges_hz[2:] - edges_hz[:-2]))[:, None]
+    return weights.astype(np.float32)
+
+
+def hann_window(length: int) -> np.ndarray:
+    """Periodic Hann window, the one tf.signal.stft uses by default."""
+    n = np.arange(length)
+    return (0.5 - 0.5 * np.cos(2.0 * np.pi * n / length)).astype(np.float32)
+
+
+def numpy_log_mel(audio: np.ndarray, config: FrontendConfig) -> np.ndarray:
+    """Log-mel features of float audio in [-1, 1], shape (..., samples) -> (..., frames, n_mels)."""
+    audio = np.asarray(audio, dtype=np.float32)
+    frames = np.lib.stride_tricks.sliding_window_view(audio, config.window_samples, axis=-1)
+    frames = frames[..., :: config.hop_samples, :] * hann_window(config.window_samples)
+    spectrum = np.fft.rfft(frames, n=config.n_fft, axis=-1)
+    power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32)
+    mel = power @ mel_weights(config).T
+    return np.log(np.maximum(mel, config.log_floor)).astype(np.float32)
+
+
+def tf_log_mel(audio, config: FrontendConfig):
+    """The same features in TensorFlow, for tf.data pipelines: (..., samples) -> (..., frames, n_mels)."""
+    import tensorflow as tf
+
+    stft = tf.signal.stft(
+        tf.cast(audio, tf.float32),
+        frame_length=config.window_samples,
+        frame_step=config.hop_samples,
+        fft_length=config.n_fft,
+        window_fn=tf.signal.hann_window,
+        pad_end=False,
+    )
+    power = tf.math.square(tf.math.real(stft)) + tf.math.square(tf.math.imag(stft))
+    mel = tf.tensordot(power, tf.constant(mel_weights(config).T), axes=1)
+    return tf.math.log(tf.maximum(mel, config.log_floor))

@@ -1,0 +1,39 @@
+"""Reading and writing audio files: mono float32 at the rate the caller asks for."""
+import os
+
+import numpy as np
+import soundfile
+import soxr
+
+from edgeasr.errors import EdgeasrError
+from edgeasr.files import atomic_output
+
+
+class AudioError(EdgeasrError):
+    """An audio file that cannot be used: missing, unreadable, empty."""
+
+
+def load_audio(path: os.PathLike, sample_rate: int) -> np.ndarray:
+    """Mono float32 samples in [-1, 1] at `sample_rate`; other rates are resampled."""
+    try:
+        samples, file_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except Exception as exc:  # soundfile raises several types for bad files
+        raise AudioError(f"{path}: cannot read audio ({exc})") from exc
+    if samples.size == 0:
+        raise AudioError(f"{path}: the file holds no samples")
+    mono = samples.mean(axis=1)
+    if file_rate != sample_rate:
+        mono = soxr.resample(mono, file_rate, sample_rate).astype(np.float32)
+    return mono
+
+
+def write_wav(path: os.PathLike, samples: np.ndarray, sample_rate: int) -> None:
+    """16-bit PCM mono WAV, written to a temporary file first and renamed into place."""
+    pcm = samples if np.asarray(samples).dtype == np.int16 else to_int16(samples)
+    with atomic_output(path) as tmp:
+        soundfile.write(str(tmp), pcm, sample_rate, subtype="PCM_16", format="WAV")
+
+
+def to_int16(samples: np.ndarray) -> np.ndarray:
+    """Float audio in [-1, 1] to int16, clipped."""
+    return np.clip(np.round(np.asarray(samples) * 32767.0), -32768, 32767).astype(np.int16)

@@ -1,0 +1,156 @@
+"""The `edgeasr` command. Thin: parses options, calls library functions, reports errors plainly."""
+import edgeasr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from edgeasr.errors import EdgeasrError
+
+
+def user_errors(command):
+    """Errors a user can cause become 'Error: <message>' and exit status 1, not a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except EdgeasrError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(edgeasr.__version__, prog_name="edgeasr")
+def main():
+    """edgeasr: Keras speech models to small, fully-integer LiteRT models.
+
+    \b
+    Example, the whole path on synthetic data:
+      edgeasr data synth-kws data/kws
+      edgeasr train data/kws --run-dir runs/ds_cnn_s --model ds_cnn_s --epochs 12
+      edgeasr convert runs/ds_cnn_s -o ds_cnn_s_int8.tflite
+    or all of it at once:  edgeasr demo --out demo_run
+    """
+
+
+@main.group()
+def data():
+    """Make datasets.
+
+    \b
+    Example:
+      edgeasr data synth-kws data/kws --speakers 120
+    """
+
+
+@data.command("synth-kws")
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--speakers", default=120, show_default=True, help="Voice+variant pairs, split 80/10/10, disjoint.")
+@click.option("--repeats", default=2, show_default=True, help="Takes of each keyword per speaker.")
+@click.option("--words", default=None, help="Comma-separated keywords (default: the 10 Speech Commands words).")
+@click.option("--seed", default=0, show_default=True, help="Same seed, same bytes.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@user_errors
+def synth_kws(out, speakers, repeats, words, seed, overwrite):
+    """Synthesise a keyword dataset in the Speech Commands v2 layout with espeak-ng.
+
+    \b
+    Example:
+      edgeasr data synth-kws data/kws --speakers 60 --seed 1
+      edgeasr data synth-kws data/kws_small --words yes,no,stop --speakers 12 --repeats 1
+    """
+    from edgeasr.data.synth import SynthConfig, synthesize_kws_dataset
+
+    chosen_words = {"words": _split_words(words)} if words else {}
+    config = SynthConfig(speakers=speakers, repeats=repeats, seed=seed, **chosen_words)
+    summary = synthesize_kws_dataset(out, config, overwrite=overwrite)
+    click.echo(json.dumps(summary, indent=2))
+
+
+@main.command()
+@click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--run-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Where config, checkpoints, history and reports go; rerun to resume.")
+@click.option("--model", "model_name", default="ds_cnn_s", show_default=True,
+              help="ds_cnn_s, ds_cnn_m or ffn_stateless.")
+@click.option("--epochs", default=20, show_default=True)
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--learning-rate", default=3e-3, show_default=True)
+@click.option("--keywords", default=None, help="Comma-separated keywords (default: the 10 Speech Commands words).")
+@click.option("--seed", default=0, show_default=True)
+@user_errors
+def train(dataset, run_dir, model_name, epochs, batch_size, learning_rate, keywords, seed):
+    """Train a keyword model (float) on a Speech Commands-layout DATASET.
+
+    An interrupted run resumes from its last epoch when the same command is run again.
+
+    \b
+    Example:
+      edgeasr train data/kws --run-dir runs/ffn --model ffn_stateless --epochs 15
+    """
+    from edgeasr.data.speech_commands import DataConfig
+    from edgeasr.eval.metrics import format_confusion
+    from edgeasr.models.registry import ModelConfig
+    from edgeasr.train.fit import train as train_run
+    from edgeasr.train.run_dir import RunConfig, TrainConfig
+
+    data_config = DataConfig(seed=seed, **({"keywords": _split_words(keywords)} if keywords else {}))
+    config = RunConfig(dataset=str(dataset), model=ModelConfig(name=model_name), data=data_config,
+                       train=TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed))
+    report = train_run(run_dir, config)
+    click.echo(format_confusion(report))
+    click.echo(f"test accuracy: {report['accuracy']:.2%} on {report['examples']} clips; run in {run_dir}")
+
+
+@main.command()
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
+@user_errors
+def convert(source, output, force):
+    """Convert a trained run directory to a fully-integer (int8) LiteRT model.
+
+    \b
+    Example:
+      edgeasr convert runs/ds_cnn_s -o ds_cnn_s_int8.tflite
+    """
+    from edgeasr.converters.convert import convert_run
+
+    sizes = convert_run(source, output, force=force)
+    click.echo(f"wrote {output}: {sizes['int8_bytes']:,} bytes (float LiteRT: {sizes['float_bytes']:,} bytes)")
+
+
+@main.command()
+@click.option("--out", default="demo_run", show_default=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--model", "model_name", default="ds_cnn_s", show_default=True)
+@click.option("--epochs", default=12, show_default=True)
+@click.option("--speakers", default=120, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@user_errors
+def demo(out, model_name, epochs, speakers, seed):
+    """Synthesise data, train, convert to int8 LiteRT, and compare accuracy and size.
+
+    \b
+    Example:
+      edgeasr demo --out demo_run
+      edgeasr demo --out demo_ffn --model ffn_stateless --epochs 20
+    """
+    from edgeasr.demo import run_demo
+
+    run_demo(out, model=model_name, epochs=epochs, speakers=speakers, seed=seed)
+
+
+def _split_words(text: str) -> tuple:
+    words = tuple(w.strip() for w in text.split(",") if w.strip())
+    if not words:
+        raise EdgeasrError("no words given")
+    return words
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""LiteRT interpreter wrapper: float features in, float scores out, quantisation handled.
+
+Runtime side: imports NumPy and a LiteRT interpreter only, never TensorFlow directly. The
+interpreter comes from ai_edge_litert, else tflite_runtime, else tensorflow.lite, in that order.
+"""
+import numpy as np
+
+
+def _interpreter_module():
+    try:
+        from ai_edge_litert import interpreter
+    except ImportError:
+        try:
+            from tflite_runtime import interpreter
+        except ImportError:
+            from tensorflow.lite.python import interpreter
+    return interpreter
+
+
+def quantize(values: np.ndarray, detail: dict) -> np.ndarray:
+    """Float values into the tensor's dtype using its scale and zero point (identity for float tensors)."""
+    scale, zero_point = detail["quantization"]
+    dtype = detail["dtype"]
+    if not scale:
+        return np.asarray(values, dtype=dtype)
+    info = np.iinfo(dtype)
+    return np.clip(np.round(values / scale) + zero_point, info.min, info.max).astype(dtype)
+
+
+def dequantize(values: np.ndarray, detail: dict) -> np.ndarray:
+    scale, zero_point = detail["quantization"]
+    if not scale:
+        return np.asarray(values, dtype=np.float32)
+    return ((values.astype(np.float32) - zero_point) * scale).astype(np.float32)
+
+
+class LiteRTModel:
+    """One .tflite model with one input and one output, run one example at a time.
+
+    xnnpack=False selects the builtin reference-style kernels without the default delegate,
+    so the two can be compared.
+    """
+
+    def __init__(self, model_path, num_threads: int = 1, xnnpack: bool = True):
+        module = _interpreter_module()
+        options = {"model_path": str(model_path), "num_threads": num_threads}
+        if not xnnpack:
+            options["experimental_op_resolver_type"] = module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        self.interpreter = module.Interpreter(**options)
+        self.interpreter.allocate_tensors()
+        self.input_detail = self.interpreter.get_input_details()[0]
+        self.output_detail = self.interpreter.get_output_details()[0]
+
+    def run_raw(self, example: np.ndarray) -> np.ndarray:
+        """One example already in the input dtype -> the raw output tensor (e.g. int8)."""
+        self.interpreter.set_tensor(self.input_detail["index"], example[None, ...])
+        self.interpreter.invoke()
+        return self.interpreter.get_tensor(self.output_detail["index"])[0]
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """Float features (N, ...) -> float outputs (N, classes)."""
+        outputs = [self.run_raw(quantize(example, self.input_detail)) for example in np.asarray(features)]
+        return dequantize(np.stack(outputs), self.output_detail)

@@ -1,0 +1,88 @@
+"""A run directory: everything one training run wrote, enough to resume it or convert it.
+
+    RUN/config.json         RunConfig (dataset, frontend, model, data, training, augmentation)
+    RUN/checkpoints/        model + optimizer + epoch, one per epoch (the last two kept)
+    RUN/history.json        per-epoch loss and accuracy
+    RUN/model.keras         the trained model
+    RUN/test_report.json    accuracy and confusion matrix on the test split
+    RUN/confusion.png       the same matrix as a picture
+"""
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import edgeasr
+from edgeasr.audio.augment import AugmentConfig
+from edgeasr.audio.frontend import FrontendConfig
+from edgeasr.configs import from_dict, to_dict
+from edgeasr.files import read_json, write_json_atomic
+from edgeasr.data.speech_commands import DataConfig
+from edgeasr.errors import EdgeasrError
+from edgeasr.models.registry import ModelConfig
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 64
+    learning_rate: float = 3e-3
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    dataset: str = ""
+    frontend: FrontendConfig = field(default_factory=FrontendConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def with_model_shape(self) -> "RunConfig":
+        """The model's input and output sizes follow from the frontend and the label set."""
+        frames = self.frontend.num_frames(self.data.clip_samples)
+        model = replace(self.model, input_shape=(frames, self.frontend.n_mels), num_classes=len(self.data.labels))
+        return replace(self, model=model)
+
+
+class RunDir:
+    def __init__(self, path):
+        self.path = Path(path)
+        self.config_path = self.path / "config.json"
+        self.checkpoints = self.path / "checkpoints"
+        self.history_path = self.path / "history.json"
+        self.model_path = self.path / "model.keras"
+        self.test_report_path = self.path / "test_report.json"
+        self.confusion_plot_path = self.path / "confusion.png"
+
+    def write_config(self, config: RunConfig) -> None:
+        write_json_atomic(self.config_path, {"edgeasr_version": edgeasr.__version__, **to_dict(config)})
+
+    def read_config(self) -> RunConfig:
+        if not self.config_path.is_file():
+            raise EdgeasrError(f"{self.path}: not an edgeasr run directory (no config.json)")
+        values = read_json(self.config_path)
+        values.pop("edgeasr_version", None)
+        return from_dict(RunConfig, values)
+
+    def read_history(self) -> list:
+        return read_json(self.history_path) if self.history_path.is_file() else []
+
+    def append_history(self, entry: dict) -> None:
+        write_json_atomic(self.history_path, self.read_history() + [entry])
+
+    def claim(self, config: RunConfig) -> bool:
+        """Write `config`, or check it matches the one already here; True when resuming.
+
+        Only the number of epochs may differ, so an interrupted run can be resumed or extended.
+        """
+        if not self.config_path.is_file():
+            self.write_config(config)
+            return False
+        existing = self.read_config()
+        if replace(existing, train=replace(existing.train, epochs=config.train.epochs)) != config:
+            raise EdgeasrError(
+                f"{self.path} holds a run with a different configuration; choose a new --run-dir "
+                f"(only --epochs may change when resuming)"
+            )
+        self.write_config(config)
+        return True

@@ -1,0 +1,58 @@
+import librosa
+import numpy as np
+import pytest
+
+from edgeasr.audio.frontend import FrontendConfig, hann_window, mel_weights, numpy_log_mel, tf_log_mel
+
+CONFIG = FrontendConfig()
+
+
+def test_one_second_gives_98_frames_of_40_mels():
+    features = numpy_log_mel(np.zeros(16000, np.float32), CONFIG)
+    assert features.shape == (98, 40)
+    assert CONFIG.num_frames(16000) == 98
+    assert CONFIG.num_frames(479) == 0
+
+
+def test_mel_weights_equal_librosa():
+    ours = mel_weights(CONFIG)
+    theirs = librosa.filters.mel(sr=16000, n_fft=512, n_mels=40, fmin=20.0, fmax=7600.0)
+    assert ours.shape == (40, 257)
+    np.testing.assert_allclose(ours, theirs, atol=1e-7)
+
+
+def test_hann_window_is_tensorflows_periodic_one():
+    import tensorflow as tf
+
+    np.testing.assert_allclose(hann_window(480), tf.signal.hann_window(480).numpy(), atol=1e-6)
+
+
+def test_tensorflow_and_numpy_agree_on_speech(speech_16k):
+    assert np.sqrt(np.mean(speech_16k**2)) > 0.01, "fixture must hold real speech"
+    ours = numpy_log_mel(speech_16k, CONFIG)
+    tf_features = tf_log_mel(speech_16k[None, :], CONFIG).numpy()[0]
+    assert tf_features.shape == ours.shape == (CONFIG.num_frames(len(speech_16k)), 40)
+    assert np.abs(tf_features - ours).max() < 1e-3
+
+
+def test_numpy_agrees_with_librosa_melspectrogram(speech_16k):
+    # librosa frames n_fft samples with the window centred in them: shift by (n_fft - window) / 2.
+    offset = (CONFIG.n_fft - CONFIG.window_samples) // 2
+    power = librosa.feature.melspectrogram(
+        y=np.pad(speech_16k, (offset, offset)), sr=16000, n_fft=512, hop_length=160, win_length=480,
+        window="hann", center=False, power=2.0, n_mels=40, fmin=20.0, fmax=7600.0,
+    ).T
+    ours = numpy_log_mel(speech_16k, CONFIG)
+    assert power.shape == ours.shape
+    assert np.abs(np.log(np.maximum(power, CONFIG.log_floor)) - ours).max() < 1e-3
+
+
+def test_log_floor_bounds_silence():
+    features = numpy_log_mel(np.zeros(16000, np.float32), CONFIG)
+    assert features.min() == pytest.approx(np.log(CONFIG.log_floor), rel=1e-6)
+
+
+def test_batch_matches_single_clips(speech_16k):
+    batch = np.stack([speech_16k[:16000], speech_16k[16000:]])
+    features = numpy_log_mel(batch, CONFIG)
+    np.testing.assert_array_equal(features[1], numpy_log_mel(speech_16k[16000:], CONFIG))

@@ -1,0 +1,84 @@
+import shutil
+
+import numpy as np
+import pytest
+import soundfile
+
+from edgeasr.data.speech_commands import (
+    SILENCE, UNKNOWN, DataConfig, fit_length, index_files, label_counts, load_split,
+)
+from edgeasr.errors import EdgeasrError
+from tests.conftest import TINY_KEYWORDS
+
+CONFIG = DataConfig(keywords=TINY_KEYWORDS)
+
+
+def test_labels_are_silence_unknown_then_keywords():
+    assert CONFIG.labels == [SILENCE, UNKNOWN, "yes", "no", "stop"]
+
+
+def test_splits_follow_the_list_files(tiny_dataset):
+    index = index_files(tiny_dataset, CONFIG)
+    listed_test = set((tiny_dataset / "testing_list.txt").read_text().split())
+    listed_validation = set((tiny_dataset / "validation_list.txt").read_text().split())
+    assert {path for path, _ in index["test"]} <= listed_test
+    assert {path for path, _ in index["validation"]} <= listed_validation
+    assert not {path for path, _ in index["train"]} & (listed_test | listed_validation)
+
+
+def test_unknown_words_are_sampled_to_their_percentage(tiny_dataset):
+    index = index_files(tiny_dataset, CONFIG)
+    labels = np.array([label for _, label in index["train"]])
+    keywords = int(np.sum(labels >= 2))
+    assert int(np.sum(labels == 1)) == int(np.ceil(keywords * CONFIG.unknown_percentage / 100))
+
+
+def test_load_split_gives_fixed_length_int16_clips_with_silence(tiny_dataset):
+    split = load_split(tiny_dataset, CONFIG, "train", progress=False)
+    assert split.waves.dtype == np.int16 and split.waves.shape[1] == 16000
+    counts = label_counts(split, CONFIG)
+    assert counts[SILENCE] > 0 and all(counts[word] > 0 for word in TINY_KEYWORDS)
+    assert split.report.used == len(split.labels) and not split.report.skipped
+    speech = split.waves[split.labels >= 2].astype(np.float32) / 32768
+    assert np.sqrt(np.mean(speech**2)) > 0.01
+
+
+@pytest.fixture
+def damaged_dataset(tiny_dataset, tmp_path):
+    """The tiny dataset plus one empty, one corrupt, one 8 kHz stereo and one short training file."""
+    root = tmp_path / "damaged"
+    shutil.copytree(tiny_dataset, root)
+    soundfile.write(root / "yes" / "empty_nohash_0.wav", np.zeros(0, np.int16), 16000, subtype="PCM_16")
+    (root / "yes" / "corrupt_nohash_0.wav").write_bytes(b"RIFF\x00\x00not really a wav file")
+    t = np.arange(8000) / 8000
+    stereo = np.stack([np.sin(2 * np.pi * 440 * t)] * 2, axis=1) * 0.5
+    soundfile.write(root / "no" / "eightk_nohash_0.wav", stereo, 8000, subtype="PCM_16")
+    soundfile.write(root / "stop" / "short_nohash_0.wav", np.full(4000, 0.25), 16000, subtype="PCM_16")
+    return root
+
+
+def test_bad_files_are_skipped_counted_and_resampled(damaged_dataset, tiny_dataset):
+    clean = load_split(tiny_dataset, CONFIG, "train", progress=False)
+    split = load_split(damaged_dataset, CONFIG, "train", progress=False)
+    assert {reason: len(paths) for reason, paths in split.report.skipped.items()} == {"empty": 1, "unreadable": 1}
+    assert split.report.resampled == 1
+    assert "1 skipped (empty)" in split.report.summary()
+    assert len(split.labels) - len(clean.labels) in (2, 3)  # two files added, silence share may round up
+
+
+def test_resampled_and_short_clips_are_usable(damaged_dataset):
+    from edgeasr.audio.io import load_audio
+
+    resampled = load_audio(damaged_dataset / "no" / "eightk_nohash_0.wav", 16000)
+    assert len(resampled) == 16000 and abs(np.max(np.abs(resampled)) - 0.5) < 0.02
+    padded = fit_length(np.ones(4000, np.int16), 16000)
+    assert padded.shape == (16000,) and padded[:4000].all() and not padded[4000:].any()
+
+
+def test_missing_or_wrong_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(EdgeasrError, match="not found"):
+        load_split(tmp_path / "nope", CONFIG, "train")
+    with pytest.raises(EdgeasrError, match="Speech Commands layout"):
+        load_split(tmp_path, CONFIG, "train")
+    with pytest.raises(EdgeasrError, match="unknown split"):
+        load_split(tmp_path, CONFIG, "training")
