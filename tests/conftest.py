@@ -21,11 +21,11 @@ TINY_KEYWORDS = ("yes", "no", "stop")
 
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory):
-    """A small synthetic Speech Commands-layout dataset: 3 keywords, 2 unknown words, 10 speakers."""
+    """A small synthetic Speech Commands-layout dataset: 3 keywords, 2 unknown words, 20 speakers."""
     from edgeasr.data.synth import SynthConfig, synthesize_kws_dataset
 
     root = tmp_path_factory.mktemp("kws") / "data"
-    config = SynthConfig(words=TINY_KEYWORDS, unknown_words=("cat", "tree"), speakers=10, repeats=2,
+    config = SynthConfig(words=TINY_KEYWORDS, unknown_words=("cat", "tree"), speakers=20, repeats=3,
                          noise_seconds=4.0, seed=3)
     synthesize_kws_dataset(root, config, progress=False)
     return root

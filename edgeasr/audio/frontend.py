@@ -1,9 +1,14 @@
 """Log-mel frontend: one FrontendConfig, a TensorFlow implementation for training and a
 NumPy implementation for the runtime (NumPy only, so it runs where TensorFlow does not).
 
-Both compute   log(max(mel_weights @ |rfft(hann * frame)|^2, log_floor))
+Both compute   (log(max(mel_weights @ |rfft(hann * frame)|^2, log_floor)) - feature_mean) / feature_std
 over frames of `window_samples` every `hop_samples`, without padding: a 1 s clip at 16 kHz
 with a 30 ms window and a 10 ms hop gives 98 frames.
+
+The fixed affine at the end puts features near zero mean and unit spread (raw log-mel of
+speech sits around -10 with a spread of 4). A Dense layer fed raw log-mel does not train
+(measured: the stateless FFN stayed at chance, 10%; with the affine, 65% after 8 epochs).
+Being fixed, it costs nothing on the device: the model's int8 input scale absorbs it.
 
 The mel filterbank is the Slaney-style one librosa builds by default (htk=False,
 norm="slaney"); it is computed here in NumPy so the runtime needs neither librosa nor
@@ -24,6 +29,8 @@ class FrontendConfig:
     fmin: float = 20.0
     fmax: float = 7600.0
     log_floor: float = 1e-6
+    feature_mean: float = -10.0
+    feature_std: float = 4.0
 
     @property
     def window_samples(self) -> int:
@@ -83,7 +90,8 @@ def numpy_log_mel(audio: np.ndarray, config: FrontendConfig) -> np.ndarray:
     spectrum = np.fft.rfft(frames, n=config.n_fft, axis=-1)
     power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32)
     mel = power @ mel_weights(config).T
-    return np.log(np.maximum(mel, config.log_floor)).astype(np.float32)
+    log_mel = np.log(np.maximum(mel, config.log_floor))
+    return ((log_mel - config.feature_mean) / config.feature_std).astype(np.float32)
 
 
 def tf_log_mel(audio, config: FrontendConfig):
@@ -100,4 +108,5 @@ def tf_log_mel(audio, config: FrontendConfig):
     )
     power = tf.math.square(tf.math.real(stft)) + tf.math.square(tf.math.imag(stft))
     mel = tf.tensordot(power, tf.constant(mel_weights(config).T), axes=1)
-    return tf.math.log(tf.maximum(mel, config.log_floor))
+    log_mel = tf.math.log(tf.maximum(mel, config.log_floor))
+    return (log_mel - config.feature_mean) / config.feature_std

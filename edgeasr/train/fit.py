@@ -13,6 +13,7 @@ import tf_keras as keras
 
 from edgeasr.data.pipeline import feature_dataset
 from edgeasr.data.speech_commands import Split, load_background_noise, load_split
+from edgeasr.errors import EdgeasrError
 from edgeasr.eval.metrics import classification_report, plot_confusion
 from edgeasr.files import write_json_atomic
 from edgeasr.models.registry import build_model
@@ -32,6 +33,9 @@ def load_training_data(config: RunConfig, progress: bool = True) -> TrainingData
     splits = {name: load_split(root, config.data, name, progress) for name in ("train", "validation", "test")}
     for name, split in splits.items():
         print(f"{name}: {split.report.summary()}", file=sys.stderr)
+    missing = [word for i, word in enumerate(config.data.labels) if i >= 2 and i not in splits["train"].labels]
+    if missing:
+        raise EdgeasrError(f"{root}: no training clips of keyword(s) {', '.join(missing)}")
     return TrainingData(**splits, noise=load_background_noise(root, config.data.sample_rate))
 
 
@@ -62,10 +66,10 @@ def compile_model(model: keras.Model, config: RunConfig, steps_per_epoch: int) -
 def train(run_dir, config: RunConfig, progress: bool = True, data: TrainingData = None) -> dict:
     """Train (or resume) the run in `run_dir`; returns the test report."""
     config = config.with_model_shape()
+    data = data or load_training_data(config, progress)
     run = RunDir(run_dir)
     resuming = run.claim(config)
     keras.utils.set_random_seed(config.train.seed)
-    data = data or load_training_data(config, progress)
     train_ds = feature_dataset(data.train.waves, data.train.labels, config.frontend, config.train.batch_size,
                                config.augment, data.noise, seed=config.train.seed)
     val_ds = feature_dataset(data.validation.waves, data.validation.labels, config.frontend, config.train.batch_size)

@@ -1,0 +1,133 @@
+"""Precision policies: which bits, weight transform and granularity each layer gets.
+
+A policy is a default `LayerPrecision` plus an ordered list of rules (fnmatch-style layer-name
+pattern -> LayerPrecision); the first rule whose pattern matches a layer's name wins, and a
+layer no rule matches gets the default. Patterns match the names of the float model's layers
+(conv0, dw1, pw1, dense1, logits, ...), also after quantize_model wrapped or folded them.
+
+weight_bits None means float weights, activation_bits None float activations; the `float`
+preset is both, and quantize_model returns the model unchanged for it.
+
+granularity applies to convolution kernels (Conv2D, DepthwiseConv2D): Dense kernels are always
+quantized per tensor, because the TFLite converter cannot carry a per-channel fake-quant
+through the transpose it puts on FULLY_CONNECTED weights ("'tfl.transpose' op has mismatched
+quantized axes of input and output").
+
+Policies are dataclasses: `to_dict` / `from_dict` of edgeasr.configs give plain JSON.
+"""
+import fnmatch
+from dataclasses import dataclass, field, replace
+from typing import List, Optional
+
+from edgeasr.configs import from_dict, to_dict
+from edgeasr.errors import EdgeasrError
+
+TRANSFORMS = ("linear", "tanh")
+GRANULARITIES = ("per-channel", "per-tensor")
+
+
+@dataclass
+class LayerPrecision:
+    weight_bits: Optional[int] = 8          # 2..8, or None for float weights
+    weight_transform: str = "linear"        # linear | tanh
+    granularity: str = "per-channel"        # per-channel | per-tensor (convolution kernels)
+    activation_bits: Optional[int] = 8      # 8, 16, or None for float activations
+
+    def __post_init__(self):
+        bits = self.weight_bits
+        if bits is not None and (isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8):
+            raise EdgeasrError(f"weight_bits must be an integer from 2 to 8 or null, got {bits!r}")
+        if self.weight_transform not in TRANSFORMS:
+            raise EdgeasrError(f"weight_transform must be one of {', '.join(TRANSFORMS)}, "
+                               f"got {self.weight_transform!r}")
+        if self.granularity not in GRANULARITIES:
+            raise EdgeasrError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {self.granularity!r}")
+        if self.activation_bits not in (None, 8, 16) or isinstance(self.activation_bits, bool):
+            raise EdgeasrError(f"activation_bits must be 8, 16 or null, got {self.activation_bits!r}")
+
+    @property
+    def is_float(self) -> bool:
+        return self.weight_bits is None and self.activation_bits is None
+
+
+@dataclass
+class PrecisionRule:
+    pattern: str                            # fnmatch pattern on layer names, e.g. "dw*"
+    precision: LayerPrecision = field(default_factory=LayerPrecision)
+
+    def __post_init__(self):
+        if not isinstance(self.pattern, str) or not self.pattern:
+            raise EdgeasrError(f"a precision rule needs a non-empty layer-name pattern, got {self.pattern!r}")
+        if isinstance(self.precision, dict):
+            self.precision = from_dict(LayerPrecision, self.precision)
+
+
+@dataclass
+class PrecisionPolicy:
+    name: str = "custom"
+    default: LayerPrecision = field(default_factory=LayerPrecision)
+    rules: List[PrecisionRule] = field(default_factory=list)   # first match wins
+
+    def __post_init__(self):
+        # edgeasr.configs.from_dict restores nested dataclasses but not lists of them.
+        if isinstance(self.default, dict):
+            self.default = from_dict(LayerPrecision, self.default)
+        self.rules = [from_dict(PrecisionRule, rule) if isinstance(rule, dict) else rule
+                      for rule in (self.rules or [])]
+
+    def resolve(self, layer_name: str) -> LayerPrecision:
+        for rule in self.rules:
+            if fnmatch.fnmatchcase(layer_name, rule.pattern):
+                return rule.precision
+        return self.default
+
+    def matching_rule(self, layer_name: str) -> Optional[PrecisionRule]:
+        return next((rule for rule in self.rules if fnmatch.fnmatchcase(layer_name, rule.pattern)), None)
+
+    @property
+    def is_float(self) -> bool:
+        return self.default.is_float and all(rule.precision.is_float for rule in self.rules)
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "PrecisionPolicy":
+        return from_dict(cls, values)
+
+
+_W8 = LayerPrecision(weight_bits=8, weight_transform="linear", granularity="per-channel", activation_bits=8)
+_W4_TANH = LayerPrecision(weight_bits=4, weight_transform="tanh", granularity="per-channel", activation_bits=8)
+
+# The first and last weighted layers of edgeasr/models/kws.py: DS-CNN conv0, FFN dense1, logits.
+MIXED_8BIT_LAYERS = ("conv0", "dense1", "logits")
+
+_PRESETS = {
+    "float": lambda: PrecisionPolicy("float", LayerPrecision(weight_bits=None, activation_bits=None)),
+    "w8a8": lambda: PrecisionPolicy("w8a8", replace(_W8)),
+    "w4a8": lambda: PrecisionPolicy("w4a8", LayerPrecision(weight_bits=4, weight_transform="linear")),
+    "w4a8-tanh": lambda: PrecisionPolicy("w4a8-tanh", replace(_W4_TANH)),
+    "mixed": lambda: PrecisionPolicy(
+        "mixed", replace(_W4_TANH), [PrecisionRule(name, replace(_W8)) for name in MIXED_8BIT_LAYERS]),
+}
+
+
+def known_presets() -> List[str]:
+    return list(_PRESETS)
+
+
+def preset(name: str) -> PrecisionPolicy:
+    if name not in _PRESETS:
+        raise EdgeasrError(f"unknown precision preset {name!r}; known presets: {', '.join(_PRESETS)}")
+    return _PRESETS[name]()
+
+
+def as_policy(policy) -> PrecisionPolicy:
+    """A PrecisionPolicy from a policy, a preset name or a policy dict."""
+    if isinstance(policy, PrecisionPolicy):
+        return policy
+    if isinstance(policy, str):
+        return preset(policy)
+    if isinstance(policy, dict):
+        return PrecisionPolicy.from_dict(policy)
+    raise EdgeasrError(f"expected a PrecisionPolicy, a preset name or a policy dict, got {type(policy).__name__}")

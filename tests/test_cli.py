@@ -1,0 +1,57 @@
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from edgeasr.cli import main
+from tests.conftest import TINY_KEYWORDS
+
+COMMANDS = [[], ["data"], ["data", "synth-kws"], ["train"], ["convert"], ["demo"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "edgeasr")
+def test_every_help_shows_an_example(command):
+    result = CliRunner().invoke(main, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Example" in result.output and "edgeasr " in result.output
+
+
+def test_synth_kws_writes_a_dataset_and_reports_counts(tmp_path):
+    out = tmp_path / "kws"
+    args = ["data", "synth-kws", str(out), "--words", "yes,no", "--speakers", "4", "--repeats", "1", "--seed", "7"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output[result.output.index("{"):])
+    clips = [p for p in out.glob("*/*.wav") if p.parent.name != "_background_noise_"]
+    assert sum(summary["clips"].values()) == len(clips)
+    assert {"_background_noise_", "no", "yes"} <= {p.name for p in out.iterdir() if p.is_dir()}
+
+
+def test_synth_kws_refuses_a_non_empty_folder(tmp_path):
+    (tmp_path / "kws").mkdir()
+    (tmp_path / "kws" / "keep.txt").write_text("mine")
+    result = CliRunner().invoke(main, ["data", "synth-kws", str(tmp_path / "kws"), "--speakers", "3"])
+    assert result.exit_code == 1
+    assert "Error:" in result.output and "kws" in result.output
+    assert (tmp_path / "kws" / "keep.txt").read_text() == "mine"
+
+
+def test_train_on_a_folder_without_words_fails_clearly(tmp_path):
+    result = CliRunner().invoke(main, ["train", str(tmp_path), "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code == 1
+    assert "Speech Commands layout" in result.output
+
+
+def test_unknown_model_lists_the_known_ones(tiny_dataset, tmp_path):
+    args = ["train", str(tiny_dataset), "--run-dir", str(tmp_path / "run"), "--model", "resnet9000",
+            "--keywords", ",".join(TINY_KEYWORDS)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1
+    assert "ds_cnn_s" in result.output and "ffn_stateless" in result.output
+
+
+def test_convert_needs_a_run_directory(tmp_path):
+    result = CliRunner().invoke(main, ["convert", str(tmp_path), "-o", str(tmp_path / "m.tflite")])
+    assert result.exit_code == 1
+    assert "not an edgeasr run directory" in result.output
+    assert not (tmp_path / "m.tflite").exists()

@@ -1,0 +1,68 @@
+"""Tiny end to end: synthesise -> train a few seconds -> resume -> int8 LiteRT -> run it."""
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgeasr.cli import main
+from edgeasr.data.pipeline import features_of
+from edgeasr.data.speech_commands import load_split
+from edgeasr.eval.litert_accuracy import litert_report
+from edgeasr.runtime.litert import LiteRTModel
+from edgeasr.train.run_dir import RunDir
+from tests.conftest import TINY_KEYWORDS
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_dataset, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "ds_cnn"
+    args = ["train", str(tiny_dataset), "--run-dir", str(run_dir), "--model", "ds_cnn_s",
+            "--keywords", ",".join(TINY_KEYWORDS), "--batch-size", "16", "--learning-rate", "0.002"]
+    first = CliRunner().invoke(main, [*args, "--epochs", "2"])
+    assert first.exit_code == 0, first.output
+    resumed = CliRunner().invoke(main, [*args, "--epochs", "8"])
+    assert resumed.exit_code == 0, resumed.output
+    return run_dir
+
+
+def test_run_directory_holds_config_history_checkpoints_and_report(trained_run):
+    run = RunDir(trained_run)
+    config = run.read_config()
+    assert config.model.name == "ds_cnn_s" and config.model.input_shape == (98, 40)
+    assert config.model.num_classes == 2 + len(TINY_KEYWORDS)
+    assert [entry["epoch"] for entry in run.read_history()] == list(range(1, 9))
+    assert any(p.name.startswith("ckpt-8") for p in run.checkpoints.iterdir())
+    report = json.loads(run.test_report_path.read_text())
+    assert np.asarray(report["confusion"]).sum() == report["examples"] > 0
+    assert run.confusion_plot_path.stat().st_size > 1000
+
+
+def test_resuming_with_another_configuration_is_refused(trained_run, tiny_dataset):
+    args = ["train", str(tiny_dataset), "--run-dir", str(trained_run), "--model", "ffn_stateless", "--epochs", "9",
+            "--keywords", ",".join(TINY_KEYWORDS)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1 and "different configuration" in result.output
+
+
+def test_int8_model_runs_in_litert_and_matches_keras_accuracy(trained_run, tmp_path):
+    out = tmp_path / "ds_cnn_int8.tflite"
+    result = CliRunner().invoke(main, ["convert", str(trained_run), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    model = LiteRTModel(out)
+    assert model.input_detail["dtype"] == np.int8 and model.output_detail["dtype"] == np.int8
+    assert list(model.input_detail["shape"][1:]) == [98, 40]
+
+    run = RunDir(trained_run)
+    config = run.read_config()
+    test = load_split(config.dataset, config.data, "test", progress=False)
+    lite = litert_report(out, features_of(test.waves, config.frontend), test.labels, config.data.labels)
+    keras_accuracy = json.loads(run.test_report_path.read_text())["accuracy"]
+    chance = 1 / len(config.data.labels)
+    assert lite["accuracy"] > 2 * chance
+    assert abs(lite["accuracy"] - keras_accuracy) <= 0.1
+
+    again = CliRunner().invoke(main, ["convert", str(trained_run), "-o", str(out)])
+    assert again.exit_code == 1 and "--force" in again.output
