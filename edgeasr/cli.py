@@ -128,8 +128,8 @@ def convert(source, output, force):
 @main.command()
 @click.option("--out", default="demo_run", show_default=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--model", "model_name", default="ds_cnn_s", show_default=True)
-@click.option("--epochs", default=12, show_default=True)
-@click.option("--speakers", default=120, show_default=True)
+@click.option("--epochs", default=15, show_default=True)
+@click.option("--speakers", default=240, show_default=True, help="Synthetic voices; a tenth are held out for test.")
 @click.option("--seed", default=0, show_default=True)
 @user_errors
 def demo(out, model_name, epochs, speakers, seed):

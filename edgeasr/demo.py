@@ -17,7 +17,7 @@ from edgeasr.train.fit import load_training_data, train
 from edgeasr.train.run_dir import RunConfig, TrainConfig
 
 
-def run_demo(out_dir, model: str = "ds_cnn_s", epochs: int = 12, speakers: int = 120, seed: int = 0) -> dict:
+def run_demo(out_dir, model: str = "ds_cnn_s", epochs: int = 15, speakers: int = 240, seed: int = 0) -> dict:
     from edgeasr.converters.convert import convert_run
 
     out = Path(out_dir)

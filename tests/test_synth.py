@@ -6,7 +6,8 @@ import pytest
 import soundfile
 
 from edgeasr.data.espeak import Espeak
-from edgeasr.data.synth import NOISE_FOLDER, SynthConfig, synthesize_kws_dataset
+from edgeasr.data.speech_commands import BACKGROUND_DIR
+from edgeasr.data.synth import SynthConfig, synthesize_kws_dataset
 from edgeasr.errors import EdgeasrError
 
 WORDS = ("yes", "stop")
@@ -26,7 +27,7 @@ def small(tmp_path_factory):
 
 
 def _clips(root: Path):
-    return sorted(p.relative_to(root).as_posix() for p in root.glob("*/*.wav") if p.parent.name != NOISE_FOLDER)
+    return sorted(p.relative_to(root).as_posix() for p in root.glob("*/*.wav") if p.parent.name != BACKGROUND_DIR)
 
 
 def _listed(root: Path, split: str):
@@ -44,8 +45,8 @@ def _file_bytes(root: Path):
 def test_layout_matches_speech_commands(small):
     root, summary = small
     folders = {p.name for p in root.iterdir() if p.is_dir()}
-    assert folders == set(WORDS) | set(UNKNOWN) | {NOISE_FOLDER}
-    assert {p.name for p in (root / NOISE_FOLDER).iterdir()} == NOISE_FILES
+    assert folders == set(WORDS) | set(UNKNOWN) | {BACKGROUND_DIR}
+    assert {p.name for p in (root / BACKGROUND_DIR).iterdir()} == NOISE_FILES
     clips = _clips(root)
     # 5 speakers x (2 keywords x 1 take + 1 unknown word x 1 take)
     assert len(clips) == 15
@@ -57,7 +58,7 @@ def test_layout_matches_speech_commands(small):
         info = soundfile.info(str(root / relative))
         assert (info.samplerate, info.channels, info.frames, info.subtype) == (16000, 1, 16000, "PCM_16")
     for name in NOISE_FILES:
-        info = soundfile.info(str(root / NOISE_FOLDER / name))
+        info = soundfile.info(str(root / BACKGROUND_DIR / name))
         assert (info.samplerate, info.channels, info.frames, info.subtype) == (16000, 1, 32000, "PCM_16")
     for split in ("validation", "testing"):
         listed = _listed(root, split)
@@ -93,7 +94,7 @@ def test_clips_contain_speech_that_is_not_clipped(small):
 
 def test_noise_files_are_distinct_and_shaped(small):
     root, _ = small
-    noise = {name: soundfile.read(str(root / NOISE_FOLDER / name))[0] for name in NOISE_FILES}
+    noise = {name: soundfile.read(str(root / BACKGROUND_DIR / name))[0] for name in NOISE_FILES}
     for name, audio in noise.items():
         assert 0.45 < np.max(np.abs(audio)) <= 0.51, name
     # Brown noise is smoother than pink, pink smoother than white: compare sample-to-sample change.

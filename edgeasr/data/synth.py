@@ -14,7 +14,6 @@ same config writes byte-identical files.
 """
 import dataclasses
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -25,14 +24,16 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import soundfile
 import soxr
 from tqdm import tqdm
 
+from edgeasr.audio.io import write_wav
 from edgeasr.data.espeak import Espeak
+from edgeasr.data.speech_commands import BACKGROUND_DIR, SPEECH_COMMANDS_KEYWORDS
 from edgeasr.errors import EdgeasrError
+from edgeasr.files import write_json_atomic
 
-DEFAULT_KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
+DEFAULT_KEYWORDS = SPEECH_COMMANDS_KEYWORDS
 DEFAULT_UNKNOWN_WORDS = (
     "bed", "bird", "cat", "dog", "happy", "house", "marvin", "sheila", "tree", "wow",
     "zero", "five", "forward", "follow", "learn",
@@ -46,7 +47,6 @@ BABBLE_PHRASES = (
 )
 
 SPLITS = ("training", "validation", "testing")
-NOISE_FOLDER = "_background_noise_"
 RATE_WPM = (130, 230)
 PITCH = (25, 75)
 PITCH_RANGE = (30, 80)
@@ -109,7 +109,7 @@ def synthesize_kws_dataset(out_dir: os.PathLike, config: Optional[SynthConfig] =
     try:
         clips = _write_clips(staging, espeak, splits, config, progress)
         _write_lists(staging, clips)
-        _write_noise(staging / NOISE_FOLDER, espeak, splits["training"], config)
+        _write_noise(staging / BACKGROUND_DIR, espeak, splits["training"], config)
         _write_config(staging, splits, config)
         _move_into_place(staging, out_dir)
     except BaseException:
@@ -255,11 +255,6 @@ def _place_in_clip(speech: np.ndarray, clip_samples: int, rng: np.random.Generat
     return clip
 
 
-def _write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
-    pcm = np.clip(np.round(audio * 32767.0), -32768, 32767).astype(np.int16)
-    soundfile.write(str(path), pcm, sample_rate, subtype="PCM_16")
-
-
 def _takes(config: SynthConfig) -> List[Tuple[str, int]]:
     return [(w, k) for w in config.words for k in range(config.repeats)] + [(w, 0) for w in config.unknown_words]
 
@@ -279,7 +274,7 @@ def _write_clips(root: Path, espeak: Espeak, splits: Dict[str, List[Speaker]], c
                     rng = _rng(config.seed, speaker.name, word, take)
                     speech = _say(espeak, word, speaker, rng, config.sample_rate, config.clip_samples)
                     relative = f"{word}/{speaker.hash}_nohash_{take}.wav"
-                    _write_wav(root / relative, _place_in_clip(speech, config.clip_samples, rng),
+                    write_wav(root / relative, _place_in_clip(speech, config.clip_samples, rng),
                                config.sample_rate)
                     clips[split].append(relative)
                     bar.update()
@@ -297,7 +292,7 @@ def _write_config(root: Path, splits: Dict[str, List[Speaker]], config: SynthCon
         "speakers": {split: [s.name for s in splits[split]] for split in SPLITS},
         "speaker_hashes": {s.hash: s.name for speakers in splits.values() for s in speakers},
     }
-    (root / "synth_config.json").write_text(json.dumps(described, indent=2, sort_keys=True) + "\n")
+    write_json_atomic(root / "synth_config.json", described)
 
 
 # ---- background noise ----------------------------------------------------------------------
@@ -338,8 +333,8 @@ def _write_noise(folder: Path, espeak: Espeak, training: Sequence[Speaker], conf
     n_samples = int(round(config.noise_seconds * config.sample_rate))
     for name, exponent in (("white_noise", 0.0), ("pink_noise", 1.0), ("brown_noise", 2.0)):
         noise = colored_noise(n_samples, exponent, _rng(config.seed, "noise", name))
-        _write_wav(folder / f"{name}.wav", noise * NOISE_PEAK, config.sample_rate)
-    _write_wav(folder / "babble.wav", babble(espeak, training, config) * NOISE_PEAK, config.sample_rate)
+        write_wav(folder / f"{name}.wav", noise * NOISE_PEAK, config.sample_rate)
+    write_wav(folder / "babble.wav", babble(espeak, training, config) * NOISE_PEAK, config.sample_rate)
 
 
 # ---- summary ------------------------------------------------------------------------------
