@@ -34,10 +34,10 @@ to the conv with the quantized kernel; per channel that is computed from conv(x,
 directly. Folding with moving statistics in training too (tried first) cannot train from
 scratch: an untrained net's moving statistics do not normalise, activations shrank ~10x per
 layer and the logits quantized to one value. `freeze_bn_stats=True` switches training to the
-folded moving-statistics path (for the last steps of fine-tuning). Why not TFMOT's own handling: its default 8-bit
-scheme quantizes the conv kernel before the BN and lets the converter fold the BN afterwards,
-which moves 4-bit weights off their grid; its folded `_ConvBatchNorm2D` layers are experimental
-and not in the default scheme.
+folded moving-statistics path (for the last steps of fine-tuning; see `freeze_batch_norm`).
+Why not TFMOT's own handling: its default 8-bit scheme quantizes the conv kernel before the BN
+and lets the converter fold the BN afterwards, which moves 4-bit weights off their grid; its
+folded `_ConvBatchNorm2D` layers are experimental and not in the default scheme.
 
 Loading a saved QAT model: `load_model(path)` or `with quantize_scope(): keras.models.load_model(path)`.
 """
@@ -429,6 +429,14 @@ def _float_entries(layer) -> List[Tuple[Tuple[str, str], tf.Variable]]:
     return _named(layer.name, layer.weights)
 
 
+def _quantizer_state(wrapper) -> list:
+    state = [wrapper.optimizer_step] if hasattr(wrapper, "optimizer_step") else []
+    for _, _, variables in getattr(wrapper, "_weight_vars", []):
+        state.extend(variables.values())
+    state.extend(getattr(wrapper, "_output_quantizer_vars", {}).values())
+    return state
+
+
 def variable_map(model: keras.Model) -> Tuple[Dict, Dict]:
     """({float key: variable}, {quantizer key: variable}) of a float or QAT model.
 
@@ -441,7 +449,15 @@ def variable_map(model: keras.Model) -> Tuple[Dict, Dict]:
         if isinstance(layer, keras.layers.InputLayer):
             continue
         inner = layer.layer if isinstance(layer, QuantizeWrapper) else layer
-        entries = [] if isinstance(layer, QuantizeLayer) else _float_entries(inner)
+        if isinstance(layer, QuantizeLayer):
+            entries = []
+        elif isinstance(layer, QuantizeWrapper) and not isinstance(inner, FoldedConvBN):
+            # The wrapper re-assigns the quantized weight attributes (layer.kernel = tensor), which
+            # drops those variables from the inner layer's `weights`: the wrapper holds them.
+            quantizer_state = {id(v) for v in _quantizer_state(layer)}
+            entries = _named(inner.name, [v for v in layer.weights if id(v) not in quantizer_state])
+        else:
+            entries = _float_entries(inner)
         floats.update(entries)
         owned = {id(v) for _, v in entries}
         extra = [v for v in layer.weights if id(v) not in owned]
@@ -491,21 +507,38 @@ def stage_model(float_model: keras.Model, policy, stage: str = "full", init_from
     return model
 
 
+def freeze_batch_norm(model: keras.Model, frozen: bool = True) -> int:
+    """Switch the folded layers to (or from) moving-statistics training, e.g. for the last epochs
+    of stage 2. Resets the model's compiled train function so the change takes effect. Returns
+    how many layers were switched."""
+    count = 0
+    for layer in model.layers:
+        inner = layer.layer if isinstance(layer, QuantizeWrapper) else layer
+        if isinstance(inner, FoldedConvBN):
+            inner.freeze_bn_stats = bool(frozen)
+            count += 1
+    model.train_function = None
+    return count
+
+
 # --- inspection ----------------------------------------------------------------------------------
 def weight_quantizers(model: keras.Model) -> List[dict]:
-    """Each fake-quantized weight: {'layer', 'variable', 'quantizer', 'effective'} where
-    `effective()` returns the weight as the layer uses it (folded, on the grid)."""
+    """Each fake-quantized weight: {'layer', 'variable', 'quantizer', 'effective', 'gain'} where
+    `effective()` returns the weight as the layer uses it (folded, on the grid) and `gain` is the
+    folded BN gain function (None for unfolded layers)."""
     found = []
     for layer in model.layers:
         inner = layer.layer if isinstance(layer, QuantizeWrapper) else layer
         if isinstance(inner, FoldedConvBN) and inner.weight_quantizer is not None:
             found.append({"layer": inner.conv_name, "variable": inner.kernel, "quantizer": inner.weight_quantizer,
-                          "effective": inner.folded_kernel})
-        elif isinstance(layer, QuantizeWrapper):
-            for variable, quantizer in layer.quantize_config.get_weights_and_quantizers(inner):
+                          "effective": inner.folded_kernel, "gain": inner.gain})
+        elif isinstance(layer, QuantizeWrapper) and layer.built:
+            # The wrapper's own (variable, quantizer, state) list: after a call the inner layer's
+            # `kernel` attribute holds the quantized tensor of that call, not the variable.
+            for variable, quantizer, _ in layer._weight_vars:
                 if isinstance(quantizer, q.WeightQuantizer):
                     found.append({"layer": inner.name, "variable": variable, "quantizer": quantizer,
-                                  "effective": (lambda v=variable, qz=quantizer: qz.quantize(v))})
+                                  "effective": (lambda v=variable, qz=quantizer: qz.quantize(v)), "gain": None})
     return found
 
 

@@ -7,7 +7,10 @@ something else) and called as `factory(layer, request) -> QuantizeConfig | None`
     request.quantize_weights  False for float weights (weight_bits None)
     request.quantize_output   False in stage "weights", for float activations, and when the
                               output feeds straight into a ReLU that TFLite fuses into this op
-                              (the ReLU's output is quantized instead)
+                              (the ReLU's output is quantized instead). This matters for
+                              conversion: with a fake-quant between a Dense and its ReLU, the
+                              converter ignored the NEXT Dense's weight fake-quant and re-quantized
+                              its weights as per-channel INT8 (24 levels, not INT4).
 
 None leaves the layer as it is (not wrapped). A layer whose class has no factory makes
 quantize_model fail with the layer's name and class. Other model families add their own
@@ -20,12 +23,16 @@ QAT weight ranges to be used, and computes the rest from the representative data
     ReLU, LeakyReLU, Activation         output (not for linear/softmax/sigmoid/tanh: TFLite
                                         fixes those output scales itself)
     Add, Concatenate, Average/Multiply  output
-    AveragePooling, GlobalAveragePool   output
+    GlobalAveragePooling (MEAN)         output
     BatchNormalization (not folded)     output
     Softmax, Dropout, Flatten, Reshape,
     Permute, ZeroPadding, Cropping,
-    MaxPooling, GlobalMaxPooling        nothing: they keep the scale of their input, and
-                                        int8 SOFTMAX has the fixed output scale 1/256
+    MaxPooling, GlobalMaxPooling,
+    AveragePooling                      nothing: they keep the scale of their input (int8
+                                        AVERAGE_POOL_2D needs equal input and output scales:
+                                        a fake-quant on its output made the converter add a
+                                        requantizing QUANTIZE op), and int8 SOFTMAX has the
+                                        fixed output scale 1/256
 """
 import edgeasr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 
@@ -88,8 +95,7 @@ def weight_quantizer_for(precision: LayerPrecision, per_channel_ok: bool = True,
     if precision.weight_bits is None:
         return None
     per_channel = per_channel_ok and precision.granularity == "per-channel"
-    return q.weight_quantizer(precision.weight_transform, precision.weight_bits, per_channel,
-                              depthwise=depthwise and per_channel)
+    return q.weight_quantizer(precision.weight_transform, precision.weight_bits, per_channel, depthwise=depthwise)
 
 
 def output_quantizer_for(precision: LayerPrecision) -> Optional[q.ActivationQuantizer]:
@@ -241,14 +247,15 @@ def _register_builtins():
     register_quantize_config(layers.DepthwiseConv2D, weighted_factory("depthwise_kernel", depthwise=True))
     register_quantize_config(layers.Dense, weighted_factory("kernel", per_channel_ok=False))
     for cls in (layers.ReLU, layers.LeakyReLU, layers.Add, layers.Subtract, layers.Multiply, layers.Average,
-                layers.Concatenate, layers.AveragePooling1D, layers.AveragePooling2D,
-                layers.GlobalAveragePooling1D, layers.GlobalAveragePooling2D, layers.BatchNormalization):
+                layers.Concatenate, layers.GlobalAveragePooling1D, layers.GlobalAveragePooling2D,
+                layers.BatchNormalization):
         register_quantize_config(cls, output_factory)
     register_quantize_config(layers.Activation, activation_layer_factory)
     for cls in (layers.Softmax, layers.Dropout, layers.SpatialDropout1D, layers.SpatialDropout2D,
                 layers.GaussianNoise, layers.ActivityRegularization, layers.Flatten, layers.Reshape,
                 layers.Permute, layers.ZeroPadding1D, layers.ZeroPadding2D, layers.Cropping1D, layers.Cropping2D,
-                layers.MaxPooling1D, layers.MaxPooling2D, layers.GlobalMaxPooling1D, layers.GlobalMaxPooling2D):
+                layers.MaxPooling1D, layers.MaxPooling2D, layers.GlobalMaxPooling1D, layers.GlobalMaxPooling2D,
+                layers.AveragePooling1D, layers.AveragePooling2D):
         register_quantize_config(cls, passthrough_factory)
 
 
