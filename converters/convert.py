@@ -54,13 +54,14 @@ def calibration_features(config, examples: int = CALIBRATION_EXAMPLES) -> np.nda
 
 def convert_run(run_dir, output, force: bool = False) -> dict:
     """Int8 LiteRT model of a trained run directory; returns sizes of the int8 and float files."""
+    from edgeasr.models.registry import build_model
     from edgeasr.train.run_dir import RunDir
 
     run = RunDir(run_dir)
     config = run.read_config()
-    if not run.model_path.exists():
-        raise EdgeasrError(f"{run.path}: no trained model ({run.model_path.name}); finish `edgeasr train` first")
-    model = keras.models.load_model(run.model_path)
+    model = run.load_model()
     int8_bytes = int8_tflite(model, calibration_features(config))
     write_model(output, int8_bytes, force=force)
-    return {"int8_bytes": len(int8_bytes), "float_bytes": len(float_tflite(model)), "parameters": model.count_params()}
+    float_twin = build_model(config.model)  # same architecture, float: the size to compare with
+    return {"int8_bytes": len(int8_bytes), "float_bytes": len(float_tflite(float_twin)),
+            "parameters": float_twin.count_params()}

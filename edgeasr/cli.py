@@ -78,30 +78,44 @@ def synth_kws(out, speakers, repeats, words, seed, overwrite):
               help="Where config, checkpoints, history and reports go; rerun to resume.")
 @click.option("--model", "model_name", default="ds_cnn_s", show_default=True,
               help="ds_cnn_s, ds_cnn_m or ffn_stateless.")
-@click.option("--epochs", default=20, show_default=True)
+@click.option("--epochs", "--epochs-per-stage", "epochs", default=20, show_default=True,
+              help="Epochs of each stage.")
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--learning-rate", default=3e-3, show_default=True)
+@click.option("--policy", default="float", show_default=True,
+              help="Precision policy: float, w8a8, w4a8, w4a8-tanh, mixed, or a policy JSON file.")
+@click.option("--stages", default=1, show_default=True, type=click.IntRange(1, 2),
+              help="2: tanh-quantised weights first, then inputs and activations too.")
+@click.option("--init-from", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Start from the weights of this trained run (QAT fine-tuning of a float model).")
+@click.option("--mracos-weight", default=0.0, show_default=True, help="Pull weights toward the grid (0: off).")
 @click.option("--keywords", default=None, help="Comma-separated keywords (default: the 10 Speech Commands words).")
 @click.option("--seed", default=0, show_default=True)
 @user_errors
-def train(dataset, run_dir, model_name, epochs, batch_size, learning_rate, keywords, seed):
-    """Train a keyword model (float) on a Speech Commands-layout DATASET.
+def train(dataset, run_dir, model_name, epochs, batch_size, learning_rate, policy, stages, init_from,
+          mracos_weight, keywords, seed):
+    """Train a keyword model on a Speech Commands-layout DATASET, float or quantization-aware.
 
     An interrupted run resumes from its last epoch when the same command is run again.
 
     \b
-    Example:
+    Examples:
       edgeasr train data/kws --run-dir runs/ffn --model ffn_stateless --epochs 15
+      edgeasr train data/kws --run-dir runs/ds4 --policy w4a8-tanh --stages 2 --epochs-per-stage 8
+      edgeasr train data/kws --run-dir runs/ds4ft --policy w4a8-tanh --init-from runs/ds_float --epochs 5
     """
     from edgeasr.data.speech_commands import DataConfig
     from edgeasr.eval.metrics import format_confusion
     from edgeasr.models.registry import ModelConfig
+    from edgeasr.quant.policy import load_policy
     from edgeasr.train.fit import train as train_run
     from edgeasr.train.run_dir import RunConfig, TrainConfig
 
     data_config = DataConfig(seed=seed, **({"keywords": _split_words(keywords)} if keywords else {}))
+    training = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
+                           stages=stages, init_from=str(init_from or ""), mracos_weight=mracos_weight)
     config = RunConfig(dataset=str(dataset), model=ModelConfig(name=model_name), data=data_config,
-                       train=TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed))
+                       train=training, policy=load_policy(policy))
     report = train_run(run_dir, config)
     click.echo(format_confusion(report))
     click.echo(f"test accuracy: {report['accuracy']:.2%} on {report['examples']} clips; run in {run_dir}")

@@ -34,7 +34,7 @@ def test_run_directory_holds_config_history_checkpoints_and_report(trained_run):
     assert config.model.name == "ds_cnn_s" and config.model.input_shape == (98, 40)
     assert config.model.num_classes == 2 + len(TINY_KEYWORDS)
     assert [entry["epoch"] for entry in run.read_history()] == list(range(1, 9))
-    assert any(p.name.startswith("ckpt-8") for p in run.checkpoints.iterdir())
+    assert any(p.name.startswith("ckpt-8") for p in (run.checkpoints / "float").iterdir())
     report = json.loads(run.test_report_path.read_text())
     assert np.asarray(report["confusion"]).sum() == report["examples"] > 0
     assert run.confusion_plot_path.stat().st_size > 1000
@@ -66,3 +66,31 @@ def test_int8_model_runs_in_litert_and_matches_keras_accuracy(trained_run, tmp_p
 
     again = CliRunner().invoke(main, ["convert", str(trained_run), "-o", str(out)])
     assert again.exit_code == 1 and "--force" in again.output
+
+
+def test_two_stage_w4_tanh_fine_tuning_converts_to_int4_and_keeps_accuracy(trained_run, tiny_dataset, tmp_path):
+    from edgeasr.converters.flatbuffer import read_model
+
+    qat_dir = tmp_path / "w4"
+    args = ["train", str(tiny_dataset), "--run-dir", str(qat_dir), "--model", "ds_cnn_s",
+            "--keywords", ",".join(TINY_KEYWORDS), "--batch-size", "16", "--learning-rate", "0.0005",
+            "--policy", "w4a8-tanh", "--stages", "2", "--epochs-per-stage", "2", "--init-from", str(trained_run)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    run = RunDir(qat_dir)
+    assert [(e["stage"], e["epoch"]) for e in run.read_history()] == [
+        ("stage1", 1), ("stage1", 2), ("stage2", 1), ("stage2", 2)]
+    assert run.read_config().policy.name == "w4a8-tanh"
+
+    out = tmp_path / "w4.tflite"
+    assert CliRunner().invoke(main, ["convert", str(qat_dir), "-o", str(out)]).exit_code == 0
+    ops, tensors = read_model(out.read_bytes())
+    weights = [t for t in tensors if t.data is not None and t.type not in ("INT32",) and len(t.shape) >= 2]
+    assert len(weights) == 10 and all(t.type == "INT4" for t in weights), [(t.name, t.type) for t in weights]
+    assert not [t.name for t in tensors if t.type == "FLOAT32"]
+
+    config = run.read_config()
+    test = load_split(config.dataset, config.data, "test", progress=False)
+    lite = litert_report(out, features_of(test.waves, config.frontend), test.labels, config.data.labels)
+    float_accuracy = json.loads(RunDir(trained_run).test_report_path.read_text())["accuracy"]
+    assert lite["accuracy"] >= float_accuracy - 0.15

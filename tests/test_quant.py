@@ -10,6 +10,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from edgeasr.configs import from_dict, to_dict
+from edgeasr.converters.flatbuffer import read_model, unpack_int4
 from edgeasr.errors import EdgeasrError
 from edgeasr.models.registry import ModelConfig, build_model
 from edgeasr.quant import qat
@@ -284,35 +285,6 @@ def test_mracos_is_off_by_default_and_pulls_weights_to_the_grid():
 
 
 # --- conversion -----------------------------------------------------------------------------------
-def _flatbuffer(model_bytes):
-    from tensorflow.lite.python import schema_py_generated as schema
-
-    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model_bytes, 0))
-    type_names = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
-    op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    graph = model.subgraphs[0]
-    ops = []
-    for op in graph.operators:
-        code = model.operatorCodes[op.opcodeIndex]
-        ops.append(op_names[max(code.builtinCode, code.deprecatedBuiltinCode)])
-    tensors = []
-    for tensor in graph.tensors:
-        data = model.buffers[tensor.buffer].data
-        quant = tensor.quantization
-        tensors.append({"name": tensor.name.decode(), "type": type_names[tensor.type],
-                        "shape": tuple(int(d) for d in tensor.shape),
-                        "data": None if data is None else np.asarray(data, np.uint8),
-                        "scale": None if quant is None or quant.scale is None else np.asarray(quant.scale)})
-    return ops, tensors
-
-
-def _unpack_int4(data, count):
-    low = (data & 0x0F).astype(np.int8)
-    high = (data >> 4).astype(np.int8)
-    values = np.stack([low, high], axis=1).reshape(-1)[:count]   # element 2i in the low nibble
-    return np.where(values > 7, values - 16, values)
-
-
 def test_w4a8_tanh_ds_cnn_converts_to_int8_with_int4_weights(trained_w4_tanh):
     x, _ = _data(16, seed=7)
 
@@ -328,30 +300,30 @@ def test_w4a8_tanh_ds_cnn_converts_to_int8_with_int4_weights(trained_w4_tanh):
     converter.inference_output_type = tf.int8
     model_bytes = converter.convert()
 
-    ops, tensors = _flatbuffer(model_bytes)
+    ops, tensors = read_model(model_bytes)
     assert ops.count("CONV_2D") == 5 and ops.count("DEPTHWISE_CONV_2D") == 4 and ops.count("FULLY_CONNECTED") == 1
     assert "DEQUANTIZE" not in ops and "QUANTIZE" not in ops
-    assert not [t["name"] for t in tensors if t["type"] in ("FLOAT32", "FLOAT16")]   # fully integer
+    assert not [t.name for t in tensors if t.type in ("FLOAT32", "FLOAT16")]   # fully integer
 
     # Every weight is INT4 (two per byte) and dequantizes to exactly the QAT model's effective weight.
     effective = qat.effective_weights(trained_w4_tanh)
     for name, weight in effective.items():
         label = f"/quant_{name}/" if name == "logits" else f"/{name}/"
-        found = [t for t in tensors if t["data"] is not None and label in t["name"] and t["type"] != "INT32"]
+        found = [t for t in tensors if t.data is not None and label in t.name and t.type != "INT32"]
         assert len(found) == 1, name
         tensor = found[0]
-        assert tensor["type"] == "INT4", (name, tensor["type"])
+        assert tensor.type == "INT4", (name, tensor.type)
         if name.startswith("dw"):
             expected = weight.reshape(1, *weight.shape[:2], -1)          # (1, kh, kw, channels)
         elif name == "logits":
             expected = weight.T                                          # (out, in)
         else:
             expected = weight.transpose(3, 0, 1, 2)                      # (out, kh, kw, in)
-        assert tensor["shape"] == expected.shape
-        levels = _unpack_int4(tensor["data"], expected.size).reshape(expected.shape)
+        assert tensor.shape == expected.shape
+        levels = unpack_int4(tensor.data, expected.size).reshape(expected.shape)
         assert np.abs(levels).max() <= 7
         axis = 3 if name.startswith("dw") else 0
-        scale = tensor["scale"].reshape([-1 if i == axis else 1 for i in range(expected.ndim)])
+        scale = tensor.scale.reshape([-1 if i == axis else 1 for i in range(expected.ndim)])
         np.testing.assert_allclose(levels * scale, expected, rtol=1e-5, atol=1e-7)
 
     from ai_edge_litert.interpreter import Interpreter

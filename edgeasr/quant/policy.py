@@ -131,3 +131,12 @@ def as_policy(policy) -> PrecisionPolicy:
     if isinstance(policy, dict):
         return PrecisionPolicy.from_dict(policy)
     raise EdgeasrError(f"expected a PrecisionPolicy, a preset name or a policy dict, got {type(policy).__name__}")
+
+
+def load_policy(name_or_path: str) -> PrecisionPolicy:
+    """A preset by name, or a policy JSON file (as written into every run's config.json)."""
+    if name_or_path.endswith(".json"):
+        from edgeasr.files import read_json
+
+        return PrecisionPolicy.from_dict(read_json(name_or_path))
+    return preset(name_or_path)

@@ -1,7 +1,10 @@
 """`edgeasr train`: fit a model on a Speech Commands-layout dataset into a run directory.
 
-Every epoch ends with a checkpoint (model, optimizer, epoch), so a run that was interrupted
-continues where it stopped when the same command is run again.
+A run is a list of stages (see `plan_stages`): float training, one-stage QAT, or the two stages
+of "Sub 8-bit quantization of streaming keyword spotting models" (tanh-quantised weights only,
+then weights, inputs, activations and folded BN gains). Each stage checkpoints every epoch in
+its own folder, so an interrupted run continues where it stopped when the same command is run
+again, and a finished stage is not trained twice.
 """
 import sys
 from dataclasses import dataclass
@@ -17,6 +20,8 @@ from edgeasr.errors import EdgeasrError
 from edgeasr.eval.metrics import classification_report, plot_confusion
 from edgeasr.files import write_json_atomic
 from edgeasr.models.registry import build_model
+from edgeasr.quant.mracos import add_mracos
+from edgeasr.quant.qat import quantize_model, transfer_weights
 from edgeasr.train.run_dir import RunConfig, RunDir
 
 
@@ -26,6 +31,26 @@ class TrainingData:
     validation: Split
     test: Split
     noise: list
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # also the checkpoint folder
+    quantize: str  # "none", or a quantize_model stage: "weights" or "full"
+    epochs: int
+
+
+def plan_stages(config: RunConfig) -> list:
+    epochs, stages = config.train.epochs, config.train.stages
+    if stages not in (1, 2):
+        raise EdgeasrError(f"--stages must be 1 or 2, got {stages}")
+    if config.policy.is_float:
+        if stages != 1:
+            raise EdgeasrError("two-stage training needs a quantized --policy, not 'float'")
+        return [Stage("float", "none", epochs)]
+    if stages == 2:
+        return [Stage("stage1", "weights", epochs), Stage("stage2", "full", epochs)]
+    return [Stage("qat", "full", epochs)]
 
 
 def load_training_data(config: RunConfig, progress: bool = True) -> TrainingData:
@@ -42,20 +67,19 @@ def load_training_data(config: RunConfig, progress: bool = True) -> TrainingData
 class EpochCheckpoint(keras.callbacks.Callback):
     """Saves model + optimizer + epoch and appends the epoch's metrics to history.json."""
 
-    def __init__(self, run_dir: RunDir, manager: tf.train.CheckpointManager, epoch: tf.Variable):
+    def __init__(self, run_dir: RunDir, manager: tf.train.CheckpointManager, epoch: tf.Variable, stage: str):
         super().__init__()
-        self.run_dir, self.manager, self.epoch = run_dir, manager, epoch
+        self.run_dir, self.manager, self.epoch, self.stage = run_dir, manager, epoch, stage
 
     def on_epoch_end(self, epoch, logs=None):
         self.epoch.assign(epoch + 1)
         self.manager.save(checkpoint_number=epoch + 1)
-        self.run_dir.append_history({"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}})
+        metrics = {k: float(v) for k, v in (logs or {}).items()}
+        self.run_dir.append_history({"stage": self.stage, "epoch": epoch + 1, **metrics})
 
 
-def compile_model(model: keras.Model, config: RunConfig, steps_per_epoch: int) -> None:
-    schedule = keras.optimizers.schedules.CosineDecay(
-        config.train.learning_rate, decay_steps=max(1, config.train.epochs * steps_per_epoch)
-    )
+def compile_model(model: keras.Model, learning_rate: float, total_steps: int) -> None:
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(1, total_steps))
     model.compile(
         optimizer=keras.optimizers.Adam(schedule),
         loss=keras.losses.SparseCategoricalCrossentropy(),
@@ -64,33 +88,56 @@ def compile_model(model: keras.Model, config: RunConfig, steps_per_epoch: int) -
 
 
 def train(run_dir, config: RunConfig, progress: bool = True, data: TrainingData = None) -> dict:
-    """Train (or resume) the run in `run_dir`; returns the test report."""
+    """Train (or resume) the run in `run_dir`, stage by stage; returns the test report."""
     config = config.with_model_shape()
+    stages = plan_stages(config)
     data = data or load_training_data(config, progress)
     run = RunDir(run_dir)
-    resuming = run.claim(config)
+    run.claim(config)
     keras.utils.set_random_seed(config.train.seed)
     train_ds = feature_dataset(data.train.waves, data.train.labels, config.frontend, config.train.batch_size,
                                config.augment, data.noise, seed=config.train.seed)
     val_ds = feature_dataset(data.validation.waves, data.validation.labels, config.frontend, config.train.batch_size)
 
-    model = build_model(config.model)
-    compile_model(model, config, steps_per_epoch=int(np.ceil(len(data.train.labels) / config.train.batch_size)))
-    epoch = tf.Variable(0, dtype=tf.int64, name="epoch")
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, epoch=epoch)
-    manager = tf.train.CheckpointManager(checkpoint, run.checkpoints, max_to_keep=2)
-    if resuming and manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint)
-        print(f"resuming {run.path} after epoch {int(epoch.numpy())}", file=sys.stderr)
-
-    try:
-        model.fit(train_ds, validation_data=val_ds, epochs=config.train.epochs, initial_epoch=int(epoch.numpy()),
-                  callbacks=[EpochCheckpoint(run, manager, epoch)], verbose=_verbosity(progress))
-    except KeyboardInterrupt:
-        print(f"\ninterrupted after epoch {int(epoch.numpy())}; run the same command to resume", file=sys.stderr)
-        raise
+    float_model = build_model(config.model)
+    if config.train.init_from:
+        transfer_weights(RunDir(config.train.init_from).load_model(), float_model)
+    model = float_model
+    for stage in stages:
+        previous, model = model, _stage_model(float_model, config, stage)
+        if previous is not model:
+            transfer_weights(previous, model)
+        _fit_stage(run, model, stage, config, train_ds, val_ds, progress)
     model.save(run.model_path)
     return evaluate_run(run, model, config, data.test)
+
+
+def _stage_model(float_model: keras.Model, config: RunConfig, stage: Stage) -> keras.Model:
+    if stage.quantize == "none":
+        return float_model
+    return quantize_model(float_model, config.policy, stage=stage.quantize)
+
+
+def _fit_stage(run: RunDir, model, stage: Stage, config: RunConfig, train_ds, val_ds, progress: bool) -> None:
+    if config.train.mracos_weight:
+        add_mracos(model, config.train.mracos_weight)
+    compile_model(model, config.train.learning_rate, stage.epochs * int(train_ds.cardinality()))
+    epoch = tf.Variable(0, dtype=tf.int64, name="epoch")
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, epoch=epoch)
+    manager = tf.train.CheckpointManager(checkpoint, run.checkpoints / stage.name, max_to_keep=2)
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint)
+        print(f"{stage.name}: resuming after epoch {int(epoch.numpy())} of {stage.epochs}", file=sys.stderr)
+    if int(epoch.numpy()) >= stage.epochs:
+        return
+    print(f"== {stage.name}: {stage.epochs} epochs, policy {config.policy.name}", file=sys.stderr)
+    try:
+        model.fit(train_ds, validation_data=val_ds, epochs=stage.epochs, initial_epoch=int(epoch.numpy()),
+                  callbacks=[EpochCheckpoint(run, manager, epoch, stage.name)], verbose=_verbosity(progress))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted in {stage.name} after epoch {int(epoch.numpy())}; run the same command to resume",
+              file=sys.stderr)
+        raise
 
 
 def evaluate_run(run: RunDir, model: keras.Model, config: RunConfig, test: Split) -> dict:
@@ -99,7 +146,8 @@ def evaluate_run(run: RunDir, model: keras.Model, config: RunConfig, test: Split
     predictions = np.argmax(model.predict(test_ds, verbose=0), axis=-1)
     report = classification_report(test.labels, predictions, config.data.labels)
     write_json_atomic(run.test_report_path, report)
-    plot_confusion(report, run.confusion_plot_path, title=f"{config.model.name}: test accuracy {report['accuracy']:.1%}")
+    title = f"{config.model.name} ({config.policy.name}): test accuracy {report['accuracy']:.1%}"
+    plot_confusion(report, run.confusion_plot_path, title=title)
     return report
 
 

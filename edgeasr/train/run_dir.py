@@ -1,7 +1,7 @@
 """A run directory: everything one training run wrote, enough to resume it or convert it.
 
     RUN/config.json         RunConfig (dataset, frontend, model, data, training, augmentation)
-    RUN/checkpoints/        model + optimizer + epoch, one per epoch (the last two kept)
+    RUN/checkpoints/STAGE/  model + optimizer + epoch, one per epoch (the last two kept), per stage
     RUN/history.json        per-epoch loss and accuracy
     RUN/model.keras         the trained model
     RUN/test_report.json    accuracy and confusion matrix on the test split
@@ -18,14 +18,18 @@ from edgeasr.files import read_json, write_json_atomic
 from edgeasr.data.speech_commands import DataConfig
 from edgeasr.errors import EdgeasrError
 from edgeasr.models.registry import ModelConfig
+from edgeasr.quant.policy import PrecisionPolicy, preset
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 20
+    epochs: int = 20  # per stage
     batch_size: int = 64
     learning_rate: float = 3e-3
     seed: int = 0
+    stages: int = 1  # 2: the sub-8-bit paper's schedule (tanh weights only, then everything)
+    init_from: str = ""  # a trained run directory whose weights start this run (QAT fine-tuning)
+    mracos_weight: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    policy: PrecisionPolicy = field(default_factory=lambda: preset("float"))
 
     def with_model_shape(self) -> "RunConfig":
         """The model's input and output sizes follow from the frontend and the label set."""
@@ -63,6 +68,14 @@ class RunDir:
         values = read_json(self.config_path)
         values.pop("edgeasr_version", None)
         return from_dict(RunConfig, values)
+
+    def load_model(self):
+        """The trained model, float or QAT."""
+        from edgeasr.quant.qat import load_model
+
+        if not self.model_path.exists():
+            raise EdgeasrError(f"{self.path}: no trained model ({self.model_path.name}); finish `edgeasr train` first")
+        return load_model(self.model_path, compile=False)
 
     def read_history(self) -> list:
         return read_json(self.history_path) if self.history_path.is_file() else []
