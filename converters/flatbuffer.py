@@ -48,3 +48,15 @@ def unpack_int4(data: np.ndarray, count: int) -> np.ndarray:
     high = (data >> 4).astype(np.int8)
     values = np.stack([low, high], axis=1).reshape(-1)[:count]
     return np.where(values > 7, values - 16, values).astype(np.int8)
+
+
+def weight_storage(model_bytes: bytes) -> dict:
+    """How the constant weight tensors (2-D and up, not biases) are stored: counts and bytes by type."""
+    _, tensors = read_model(model_bytes)
+    weights = [t for t in tensors if t.data is not None and len(t.shape) >= 2 and t.type != "INT32"]
+    by_type = {}
+    for tensor in weights:
+        entry = by_type.setdefault(tensor.type, {"tensors": 0, "bytes": 0})
+        entry["tensors"] += 1
+        entry["bytes"] += int(tensor.data.size)
+    return by_type

@@ -142,21 +142,25 @@ def convert(source, output, force):
 @main.command()
 @click.option("--out", default="demo_run", show_default=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--model", "model_name", default="ds_cnn_s", show_default=True)
-@click.option("--epochs", default=15, show_default=True)
+@click.option("--epochs", default=15, show_default=True, help="Float training epochs.")
+@click.option("--qat-epochs", default=3, show_default=True, help="Epochs of each of the two QAT stages.")
 @click.option("--speakers", default=240, show_default=True, help="Synthetic voices; a tenth are held out for test.")
 @click.option("--seed", default=0, show_default=True)
 @user_errors
-def demo(out, model_name, epochs, speakers, seed):
-    """Synthesise data, train, convert to int8 LiteRT, and compare accuracy and size.
+def demo(out, model_name, epochs, qat_epochs, speakers, seed):
+    """Synthesise data, train float, then 4-bit tanh QAT, convert both to LiteRT, compare.
+
+    Prints accuracy (Keras and LiteRT, held-out voices) and file sizes: the float model as
+    post-training int8, and the QAT model with INT4-packed weights.
 
     \b
     Example:
       edgeasr demo --out demo_run
-      edgeasr demo --out demo_ffn --model ffn_stateless --epochs 20
+      edgeasr demo --out demo_quick --speakers 60 --epochs 8 --qat-epochs 1
     """
     from edgeasr.demo import run_demo
 
-    run_demo(out, model=model_name, epochs=epochs, speakers=speakers, seed=seed)
+    run_demo(out, model=model_name, epochs=epochs, qat_epochs=qat_epochs, speakers=speakers, seed=seed)
 
 
 def _split_words(text: str) -> tuple:

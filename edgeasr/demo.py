@@ -1,7 +1,8 @@
-"""`edgeasr demo`: the whole path on built-in synthetic data, end to end, in one command.
+"""`edgeasr demo`: the kit's best current path on built-in synthetic data, in one command.
 
-synthesise keywords -> train DS-CNN-S -> int8 LiteRT -> accuracy of Keras and LiteRT side by side.
-Each stage reuses what an earlier, interrupted demo left in the output folder.
+synthesise keywords -> train DS-CNN-S (float) -> two-stage 4-bit tanh QAT from it -> LiteRT:
+the float model as int8 (post-training) and the QAT model with INT4-packed weights, their
+accuracy and size side by side. Each stage reuses what an interrupted demo left behind.
 """
 import sys
 import time
@@ -13,12 +14,17 @@ from edgeasr.data.synth import SynthConfig, synthesize_kws_dataset
 from edgeasr.eval.litert_accuracy import litert_report
 from edgeasr.files import write_json_atomic
 from edgeasr.models.registry import ModelConfig
+from edgeasr.quant.policy import preset
 from edgeasr.train.fit import load_training_data, train
 from edgeasr.train.run_dir import RunConfig, TrainConfig
 
+QAT_POLICY = "w4a8-tanh"
 
-def run_demo(out_dir, model: str = "ds_cnn_s", epochs: int = 15, speakers: int = 240, seed: int = 0) -> dict:
+
+def run_demo(out_dir, model: str = "ds_cnn_s", epochs: int = 15, qat_epochs: int = 3, speakers: int = 240,
+             seed: int = 0) -> dict:
     from edgeasr.converters.convert import convert_run
+    from edgeasr.converters.flatbuffer import weight_storage
 
     out = Path(out_dir)
     started = time.perf_counter()
@@ -27,47 +33,54 @@ def run_demo(out_dir, model: str = "ds_cnn_s", epochs: int = 15, speakers: int =
         _stage(f"synthesising keyword clips into {data_dir}")
         synthesize_kws_dataset(data_dir, SynthConfig(speakers=speakers, seed=seed), overwrite=True)
 
-    config = RunConfig(dataset=str(data_dir), model=ModelConfig(name=model),
-                       train=replace(TrainConfig(), epochs=epochs, seed=seed))
-    _stage(f"training {model} for {epochs} epochs in {out / 'run'}")
-    data = load_training_data(config.with_model_shape())
-    keras_report = train(out / "run", config, data=data)
+    float_config = RunConfig(dataset=str(data_dir), model=ModelConfig(name=model),
+                             train=replace(TrainConfig(), epochs=epochs, seed=seed))
+    data = load_training_data(float_config.with_model_shape())
+    _stage(f"training {model} (float) for {epochs} epochs in {out / 'float'}")
+    float_report = train(out / "float", float_config, data=data)
 
-    tflite_path = out / f"{model}_int8.tflite"
-    _stage(f"converting to fully-integer LiteRT: {tflite_path}")
-    sizes = convert_run(out / "run", tflite_path, force=True)
-    test_features = features_of(data.test.waves, config.frontend)
-    lite_report = litert_report(tflite_path, test_features, data.test.labels, config.data.labels)
+    qat_config = replace(float_config, policy=preset(QAT_POLICY),
+                         train=replace(float_config.train, epochs=qat_epochs, stages=2, learning_rate=1e-3,
+                                       init_from=str(out / "float")))
+    _stage(f"quantization-aware training ({QAT_POLICY}, 2 stages x {qat_epochs} epochs) in {out / QAT_POLICY}")
+    qat_report = train(out / QAT_POLICY, qat_config, data=data)
 
-    summary = {
-        "model": model,
-        "parameters": sizes["parameters"],
-        "keras_test_accuracy": keras_report["accuracy"],
-        "litert_int8_test_accuracy": lite_report["accuracy"],
-        "test_clips": lite_report["examples"],
-        "float_tflite_bytes": sizes["float_bytes"],
-        "int8_tflite_bytes": sizes["int8_bytes"],
-        "seconds": round(time.perf_counter() - started, 1),
-    }
+    test_features = features_of(data.test.waves, float_config.frontend)
+    rows = {}
+    for name, run_dir, keras_report in (("int8", out / "float", float_report),
+                                        (QAT_POLICY, out / QAT_POLICY, qat_report)):
+        path = out / f"{model}_{name}.tflite"
+        _stage(f"converting to fully-integer LiteRT: {path}")
+        sizes = convert_run(run_dir, path, force=True)
+        storage = weight_storage(path.read_bytes())
+        rows[name] = {
+            "keras_test_accuracy": keras_report["accuracy"],
+            "litert_test_accuracy": litert_report(path, test_features, data.test.labels,
+                                                  float_config.data.labels)["accuracy"],
+            "tflite_bytes": sizes["int8_bytes"],
+            "int4_weight_tensors": storage.get("INT4", {}).get("tensors", 0),
+            "weight_tensors": sum(entry["tensors"] for entry in storage.values()),
+        }
+    summary = {"model": model, "parameters": sizes["parameters"], "float_tflite_bytes": sizes["float_bytes"],
+               "test_clips": float_report["examples"], "models": rows,
+               "seconds": round(time.perf_counter() - started, 1)}
     write_json_atomic(out / "demo_summary.json", summary)
     print(format_summary(summary))
     return summary
 
 
 def format_summary(summary: dict) -> str:
-    rows = [
-        ("model", summary["model"]),
-        ("parameters", f"{summary['parameters']:,}"),
-        ("Keras float accuracy (test)", f"{summary['keras_test_accuracy']:.2%}"),
-        ("LiteRT int8 accuracy (test)", f"{summary['litert_int8_test_accuracy']:.2%}"),
-        ("test clips", summary["test_clips"]),
-        ("float .tflite", f"{summary['float_tflite_bytes']:,} bytes"),
-        ("int8 .tflite", f"{summary['int8_tflite_bytes']:,} bytes "
-                         f"({summary['float_tflite_bytes'] / summary['int8_tflite_bytes']:.1f}x smaller)"),
-        ("total time", f"{summary['seconds']:.0f} s"),
-    ]
-    width = max(len(name) for name, _ in rows)
-    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+    header = ("LiteRT model", "Keras acc.", "LiteRT acc.", "bytes", "vs float", "INT4 weights")
+    rows = [("float (reference)", "", "", f"{summary['float_tflite_bytes']:,}", "1.0x", "")]
+    for name, row in summary["models"].items():
+        rows.append((name, f"{row['keras_test_accuracy']:.2%}", f"{row['litert_test_accuracy']:.2%}",
+                     f"{row['tflite_bytes']:,}", f"{summary['float_tflite_bytes'] / row['tflite_bytes']:.1f}x",
+                     f"{row['int4_weight_tensors']}/{row['weight_tensors']}"))
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = [f"{summary['model']}: {summary['parameters']:,} parameters, {summary['test_clips']} test clips "
+             f"(held-out voices), {summary['seconds']:.0f} s"]
+    lines += ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)) for row in [header, *rows]]
+    return "\n".join(lines)
 
 
 def _stage(message: str) -> None:
