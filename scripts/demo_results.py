@@ -1,0 +1,61 @@
+#!/usr/bin/env python3
+"""Measures `make demo`'s targets (issue 2): whole run <= 15 minutes on 2 CPU cores and LiteRT
+test accuracy >= 90% on the synthetic 12-class set. Runs the demo from scratch in --out (the
+same defaults as `edgeasr demo`) and writes docs/demo_results.md from what it measured.
+
+    python scripts/demo_results.py                 # into build/demo, then docs/demo_results.md
+"""
+import edgeasr  # noqa: F401
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from edgeasr.demo import format_summary, run_demo
+
+REPO = Path(__file__).resolve().parents[1]
+TARGET_SECONDS = 15 * 60
+TARGET_ACCURACY = 0.90
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=REPO / "build" / "demo")
+    parser.add_argument("--docs", type=Path, default=REPO / "docs")
+    args = parser.parse_args(argv)
+    shutil.rmtree(args.out, ignore_errors=True)
+    summary = run_demo(args.out)
+    args.docs.mkdir(parents=True, exist_ok=True)
+    (args.docs / "demo_results.md").write_text(report(summary))
+
+
+def report(summary: dict) -> str:
+    best = max(row["litert_test_accuracy"] for row in summary["models"].values())
+    w4 = summary["models"]["w4a8-tanh"]["litert_test_accuracy"]
+    lines = [
+        "# `make demo` on this machine (issue 2)",
+        "",
+        f"Produced by `python scripts/demo_results.py` with the demo's defaults, from an empty folder, "
+        f"on {os.cpu_count()} CPU cores (the machine may have been shared with other work).",
+        "",
+        "```",
+        format_summary(summary),
+        "```",
+        "",
+        "| target | measured | |",
+        "|---|---|---|",
+        f"| whole run ≤ 15 min | {summary['seconds'] / 60:.1f} min | "
+        f"{'met' if summary['seconds'] <= TARGET_SECONDS else 'MISSED'} |",
+        f"| LiteRT test accuracy ≥ 90% | int8 {summary['models']['int8']['litert_test_accuracy']:.2%}, "
+        f"w4a8-tanh {w4:.2%} | {'met' if best >= TARGET_ACCURACY else 'MISSED'} |",
+        "",
+        "The time excludes creating the virtualenv and installing packages (`make venv`).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
