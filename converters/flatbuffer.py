@@ -1,11 +1,36 @@
-"""Reading a .tflite flatbuffer: op names and tensors with their types, shapes, data and scales.
+"""Reading and rewriting a .tflite flatbuffer: ops, tensors with their types, shapes, data and scales.
 
 The interpreter hides what the file really stores (it reports INT4 weights as int8, for one);
-this reads the file itself, through the schema TensorFlow ships.
+this reads the file itself, through the schema that ai_edge_litert ships (TensorFlow's copy when
+ai_edge_litert is missing), so nothing here imports TensorFlow.
 """
 from dataclasses import dataclass
 
 import numpy as np
+
+from edgeasr.errors import EdgeasrError
+
+FILE_IDENTIFIER = b"TFL3"
+
+
+def schema():
+    try:
+        from ai_edge_litert import schema_py_generated
+    except ImportError:  # pragma: no cover - the runtime's fallback order
+        from tensorflow.lite.python import schema_py_generated
+    return schema_py_generated
+
+
+def _names(enum) -> dict:
+    return {v: k for k, v in vars(enum).items() if not k.startswith("_")}
+
+
+def type_names() -> dict:
+    return _names(schema().TensorType)
+
+
+def op_names() -> dict:
+    return _names(schema().BuiltinOperator)
 
 
 @dataclass
@@ -17,26 +42,59 @@ class TensorInfo:
     scale: np.ndarray  # quantisation scales, or None
 
 
+def load(model_bytes: bytes, source: str = "model"):
+    """The whole model as the schema's mutable object tree (ModelT)."""
+    s = schema()
+    data = bytes(model_bytes)
+    if len(data) < 8 or data[4:8] != FILE_IDENTIFIER:
+        raise EdgeasrError(f"{source}: not a TFLite model (no TFL3 flatbuffer identifier)")
+    try:
+        return s.ModelT.InitFromObj(s.Model.GetRootAsModel(data, 0))
+    except Exception as exc:  # a truncated or corrupt flatbuffer raises anything from struct to IndexError
+        raise EdgeasrError(f"{source}: corrupt TFLite model ({type(exc).__name__}: {exc})") from exc
+
+
+def dump(model) -> bytes:
+    """ModelT back to bytes (deterministic for the same tree)."""
+    import flatbuffers
+
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=FILE_IDENTIFIER)
+    return bytes(builder.Output())
+
+
+def op_name(model, op) -> str:
+    code = model.operatorCodes[op.opcodeIndex]
+    name = op_names().get(max(code.builtinCode, code.deprecatedBuiltinCode), "UNKNOWN")
+    if name == "CUSTOM":
+        custom = code.customCode.decode() if isinstance(code.customCode, bytes) else str(code.customCode)
+        return f"CUSTOM:{custom}"
+    return name
+
+
+def tensor_name(tensor) -> str:
+    name = tensor.name
+    return name.decode() if isinstance(name, bytes) else str(name or "")
+
+
+def buffer_data(model, tensor):
+    data = model.buffers[tensor.buffer].data
+    return None if data is None or len(data) == 0 else np.asarray(data, np.uint8)
+
+
 def read_model(model_bytes: bytes):
     """(op names in execution order, [TensorInfo]) of the first subgraph."""
-    from tensorflow.lite.python import schema_py_generated as schema
-
-    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model_bytes, 0))
-    type_names = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
-    op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    model = load(model_bytes)
+    types = type_names()
     graph = model.subgraphs[0]
-    ops = []
-    for op in graph.operators:
-        code = model.operatorCodes[op.opcodeIndex]
-        ops.append(op_names[max(code.builtinCode, code.deprecatedBuiltinCode)])
+    ops = [op_name(model, op) for op in graph.operators]
     tensors = []
     for tensor in graph.tensors:
-        data = model.buffers[tensor.buffer].data
         quant = tensor.quantization
         tensors.append(TensorInfo(
-            name=tensor.name.decode(), type=type_names[tensor.type],
-            shape=tuple(int(d) for d in tensor.shape),
-            data=None if data is None else np.asarray(data, np.uint8),
+            name=tensor_name(tensor), type=types[tensor.type],
+            shape=tuple(int(d) for d in tensor.shape) if tensor.shape is not None else (),
+            data=buffer_data(model, tensor),
             scale=None if quant is None or quant.scale is None else np.asarray(quant.scale),
         ))
     return ops, tensors
@@ -50,6 +108,17 @@ def unpack_int4(data: np.ndarray, count: int) -> np.ndarray:
     return np.where(values > 7, values - 16, values).astype(np.int8)
 
 
+def pack_int4(values: np.ndarray) -> np.ndarray:
+    """The inverse of unpack_int4: int values in [-8, 7] -> ceil(n / 2) bytes."""
+    flat = np.asarray(values).reshape(-1).astype(np.int16)
+    if flat.size and (flat.min() < -8 or flat.max() > 7):
+        raise ValueError(f"values outside the INT4 range [-8, 7]: {flat.min()}..{flat.max()}")
+    if flat.size % 2:
+        flat = np.append(flat, 0)
+    nibbles = (flat & 0x0F).astype(np.uint8).reshape(-1, 2)
+    return (nibbles[:, 0] | (nibbles[:, 1] << 4)).astype(np.uint8)
+
+
 def weight_storage(model_bytes: bytes) -> dict:
     """How the constant weight tensors (2-D and up, not biases) are stored: counts and bytes by type."""
     _, tensors = read_model(model_bytes)
@@ -60,3 +129,20 @@ def weight_storage(model_bytes: bytes) -> dict:
         entry["tensors"] += 1
         entry["bytes"] += int(tensor.data.size)
     return by_type
+
+
+def layer_of(name: str, layer_names) -> str:
+    """The Keras layer a TFLite tensor came from, read from its name.
+
+    Converted tensor names are ';'-joined TensorFlow op paths such as
+    'model/quant_dense1/MatMul;model/quant_relu1/Relu'; wrapped layers appear as quant_<name>.
+    Returns the first path component that names a layer of `layer_names`, else ''.
+    """
+    known = set(layer_names)
+    for part in name.split(";"):
+        for component in part.split("/"):
+            stripped = component[len("quant_"):] if component.startswith("quant_") else None
+            for candidate in (stripped, component):
+                if candidate and candidate in known:
+                    return candidate
+    return ""

@@ -1,0 +1,171 @@
+"""The INT4 packing pass on the converter traps of DESIGN.md: a Dense on a 3-D input left in an
+INT8 container with an unfused bias, zero weights sharing one buffer between a 4-bit and an
+8-bit layer, per-tensor FULLY_CONNECTED scales, weights off the grid, op versions."""
+import edgeasr  # noqa: F401
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+
+from edgeasr.converters import flatbuffer as fb
+from edgeasr.converters.int4 import INT4_OP_VERSIONS, keras_layer_names, pack_int4_weights, policy_bits
+from edgeasr.errors import EdgeasrError
+from edgeasr.quant import qat
+from edgeasr.quant.policy import LayerPrecision, PrecisionPolicy, PrecisionRule
+
+W4 = LayerPrecision(weight_bits=4, weight_transform="linear", activation_bits=8)
+
+
+def _open_batch_int8(model, x):
+    """The stock path that hits the traps: from_keras_model with an open batch size."""
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([example[None]] for example in x)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    return converter.convert()
+
+
+def _run(model_bytes, x, xnnpack=True):
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    resolver = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    interpreter = Interpreter(model_content=model_bytes, experimental_op_resolver_type=resolver)
+    interpreter.allocate_tensors()
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    results = []
+    for example in x:
+        interpreter.set_tensor(inp["index"], example[None])
+        interpreter.invoke()
+        results.append(interpreter.get_tensor(out["index"])[0].astype(np.int32))
+    return np.stack(results)
+
+
+def _ops_and_versions(model_bytes):
+    model = fb.load(model_bytes)
+    return [(fb.op_name(model, op), model.operatorCodes[op.opcodeIndex].version)
+            for op in model.subgraphs[0].operators]
+
+
+def _int8_inputs(n, shape, seed=0):
+    return np.random.default_rng(seed).integers(-128, 128, size=(n, *shape)).astype(np.int8)
+
+
+@pytest.fixture(scope="module")
+def dense_3d():
+    """Dense on a (frames, mels) input (Tensordot path) + a Dense head, w4 QAT, a few steps."""
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((12, 8), name="features")
+    x = keras.layers.Dense(16, name="d3")(inputs)
+    x = keras.layers.ReLU(name="relu")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    outputs = keras.layers.Dense(4, name="logits")(x)
+    model = qat.quantize_model(keras.Model(inputs, outputs), PrecisionPolicy("w4", W4))
+    data = np.random.default_rng(0).normal(size=(32, 12, 8)).astype(np.float32)
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(data, np.arange(32) % 4, batch_size=16, verbose=0)
+    return model, data, _open_batch_int8(model, data[:16])
+
+
+def test_dense_on_3d_input_int8_container_is_packed_onto_the_qat_grid(dense_3d):
+    model, _, stock = dense_3d
+    ops, tensors = fb.read_model(stock)
+    d3 = next(t for t in tensors if "quant_d3/" in t.name and t.data is not None and len(t.shape) == 2)
+    assert d3.type == "INT8" and "ADD" in ops   # the trap: INT8 container, bias left to an ADD
+
+    layer_names = keras_layer_names(model)
+    packed, report = pack_int4_weights(stock, policy_bits(PrecisionPolicy("w4", W4), layer_names))
+    by_layer = {entry["layer"]: entry for entry in report}
+    assert by_layer["d3"]["stored_as"] == "INT8" and by_layer["d3"]["action"].startswith("packed")
+    assert by_layer["logits"]["stored_as"] == "INT4"
+
+    _, tensors = fb.read_model(packed)
+    weights = [t for t in tensors if t.data is not None and len(t.shape) == 2 and t.type != "INT32"]
+    assert [t.type for t in weights] == ["INT4", "INT4"]
+    d3 = next(t for t in weights if "quant_d3/" in t.name)
+    assert d3.data.size == d3.shape[0] * d3.shape[1] // 2                  # two per byte
+    levels = fb.unpack_int4(d3.data, d3.shape[0] * d3.shape[1]).reshape(d3.shape)
+    assert np.abs(levels).max() <= 7
+    scale = d3.scale.reshape(-1, 1) if d3.scale.size > 1 else d3.scale
+    # Back on exactly the grid Keras computes with (the INT8 container had rounded it).
+    np.testing.assert_allclose(levels * scale, qat.effective_weights(model)["d3"].T, rtol=1e-5, atol=1e-7)
+    assert ("ADD", 1) in [(name, 1) for name, _ in _ops_and_versions(packed)]     # the unfused bias stays int8
+    for name, version in _ops_and_versions(packed):
+        if name == "FULLY_CONNECTED":
+            assert version >= INT4_OP_VERSIONS[("FULLY_CONNECTED", "INT8")]
+
+    x = _int8_inputs(8, (12, 8))
+    for xnnpack in (True, False):   # runs on both kernel sets; near the container's rounded weights
+        assert np.abs(_run(packed, x, xnnpack) - _run(stock, x, xnnpack)).max() <= 2
+
+
+def test_per_tensor_fc_scales_become_per_channel_without_changing_outputs(dense_3d):
+    model, _, stock = dense_3d
+    bits_of = policy_bits(PrecisionPolicy("w4", W4), keras_layer_names(model))
+    per_tensor, _ = pack_int4_weights(stock, bits_of, fc_per_channel=False)
+    per_channel, report = pack_int4_weights(stock, bits_of, fc_per_channel=True)
+    _, tensors = fb.read_model(per_channel)
+    logits = next(t for t in tensors if "quant_logits/MatMul" in t.name)
+    bias = next(t for t in tensors if t.name.endswith("quant_logits/BiasAdd"))
+    assert logits.type == "INT4" and logits.scale.size == 4 and np.all(logits.scale == logits.scale[0])
+    assert bias.scale.size == 4
+    assert all(entry["scales"] == "per-channel" for entry in report)
+    x = _int8_inputs(8, (12, 8), seed=1)
+    for xnnpack in (True, False):
+        np.testing.assert_array_equal(_run(per_channel, x, xnnpack), _run(per_tensor, x, xnnpack))
+
+
+def _two_fc_sharing_a_zero_buffer():
+    """Zero weights deduplicated into one buffer shared by a 4-bit and an 8-bit layer."""
+    inputs = keras.Input((16,), name="features")
+    x = keras.layers.ReLU(name="r1")(keras.layers.Dense(16, name="d1")(inputs))
+    x = keras.layers.ReLU(name="r2")(keras.layers.Dense(16, name="d2")(x))
+    outputs = keras.layers.Dense(4, name="logits")(x)
+    policy = PrecisionPolicy("t", LayerPrecision(weight_bits=8), [PrecisionRule("d1", W4)])
+    model = qat.quantize_model(keras.Model(inputs, outputs), policy)
+    data = np.random.default_rng(0).normal(size=(16, 16)).astype(np.float32)
+    model(data)
+    stock = fb.load(_open_batch_int8(model, data))
+    graph = stock.subgraphs[0]
+    d1, d2 = (next(t for t in graph.tensors if f"quant_{n}/MatMul;" in fb.tensor_name(t)) for n in ("d1", "d2"))
+    stock.buffers[d2.buffer].data = np.zeros(256, np.uint8)       # d2 all zero (INT8)
+    d1.type, d1.buffer = d2.type, d2.buffer                        # d1: an INT8 container on d2's buffer
+    d1.quantization.scale = [1e-3] * 16
+    d1.quantization.zeroPoint = [0] * 16
+    d1.quantization.quantizedDimension = 0
+    return model, policy, fb.dump(stock)
+
+
+def test_zero_weights_on_a_shared_buffer_pack_without_touching_the_8bit_layer():
+    model, policy, stock = _two_fc_sharing_a_zero_buffer()
+    packed, report = pack_int4_weights(stock, policy_bits(policy, keras_layer_names(model)))
+    assert {entry["layer"] for entry in report} == {"d1"}
+    _, tensors = fb.read_model(packed)
+    d1 = next(t for t in tensors if "quant_d1/MatMul;" in t.name)
+    d2 = next(t for t in tensors if "quant_d2/MatMul;" in t.name)
+    assert d1.type == "INT4" and d1.data.size == 128 and not d1.data.any()
+    assert d2.type == "INT8" and d2.data.size == 256 and not d2.data.any()
+    out = _run(packed, _int8_inputs(4, (16,)))
+    assert out.shape == (4, 4) and (out == out[0]).all()          # zero weights: a constant output
+
+
+def test_weights_off_the_4bit_grid_are_refused_naming_the_layer():
+    inputs = keras.Input((16,), name="features")
+    model = keras.Model(inputs, keras.layers.Dense(4, name="head")(inputs))
+    data = np.random.default_rng(0).normal(size=(16, 16)).astype(np.float32)
+    stock = _open_batch_int8(model, data)       # plain int8 PTQ: 255 levels, not a 4-bit grid
+    with pytest.raises(EdgeasrError, match=r"layer head .*not on a 4-bit grid"):
+        pack_int4_weights(stock, policy_bits(PrecisionPolicy("w4", W4), ["head"]))
+    unchanged, report = pack_int4_weights(stock, policy_bits(PrecisionPolicy("w8", LayerPrecision()), ["head"]))
+    assert report == [] and fb.read_model(unchanged)[1] and _run(unchanged, _int8_inputs(2, (16,))).shape == (2, 4)
+
+
+def test_int4_nibble_order_round_trips():
+    values = np.array([-8, 7, 3, -1, 0, 5, -7], np.int8)
+    packed = fb.pack_int4(values)
+    assert packed.size == 4 and packed[0] == 0x78       # element 0 in the low nibble
+    np.testing.assert_array_equal(fb.unpack_int4(packed, values.size), values)
+    with pytest.raises(ValueError):
+        fb.pack_int4(np.array([8]))
