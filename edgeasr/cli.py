@@ -124,19 +124,85 @@ def train(dataset, run_dir, model_name, epochs, batch_size, learning_rate, polic
 @main.command()
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--policy", default=None,
+              help="Float models: precision policy for post-training quantisation (w8a8 [default], w4a8, "
+                   "w4a8-tanh, mixed or a policy JSON file). QAT models keep their own.")
+@click.option("--calibration", "calibration", default=None, type=click.Path(exists=True, path_type=Path),
+              help="Dataset folder or .npy array of model inputs (default for run directories: the run's "
+                   "training clips). Required for model files.")
+@click.option("--io", type=click.Choice(["int8", "float"]), default="int8", show_default=True,
+              help="Input and output tensor type.")
+@click.option("--min-agreement", default=0.99, show_default=True,
+              help="Fail (write nothing) when Keras-LiteRT argmax agreement is below this.")
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 @user_errors
-def convert(source, output, force):
-    """Convert a trained run directory to a fully-integer (int8) LiteRT model.
+def convert(source, output, policy, calibration, io, min_agreement, force):
+    """Convert a run directory or a tf_keras model file to a fully-integer LiteRT model.
+
+    Weights whose policy is 4 bits or less are stored as INT4; the file carries an `edgeasr`
+    metadata entry; parity with the Keras model is checked and written to
+    OUTPUT.parity.json / .parity.md.
+
+    \b
+    Examples:
+      edgeasr convert runs/ds_cnn_s -o ds_cnn_s_int8.tflite
+      edgeasr convert my_kws.keras -o my_kws_w4.tflite --policy w4a8-tanh --calibration inputs.npy
+    """
+    from edgeasr.converters.convert import convert as convert_source
+
+    result = convert_source(source, output, policy=policy, calibration=calibration, io=io, force=force,
+                            min_agreement=min_agreement)
+    parity = result["parity"]
+    sizes = f"{result['bytes']:,} bytes"
+    if result.get("float_bytes"):
+        sizes += f" (float LiteRT: {result['float_bytes']:,} bytes, {result['float_bytes'] / result['bytes']:.1f}x)"
+    click.echo(f"wrote {output}: {sizes}; INT4 weight share {result['int4_share'] or 0:.0%}; "
+               f"argmax agreement {parity['argmax_agreement']:.2%} on {parity['examples']} examples "
+               f"(report: {result['parity_md']})")
+
+
+@main.command()
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
+@user_errors
+def inspect(model, as_json):
+    """Show a .tflite: ops, dtypes, bytes per tensor, INT4 share, XNNPACK nodes, metadata.
 
     \b
     Example:
-      edgeasr convert runs/ds_cnn_s -o ds_cnn_s_int8.tflite
+      edgeasr inspect ds_cnn_s_w4.tflite
     """
-    from edgeasr.converters.convert import convert_run
+    from edgeasr.converters.inspect import format_inspection, inspect_model
 
-    sizes = convert_run(source, output, force=force)
-    click.echo(f"wrote {output}: {sizes['int8_bytes']:,} bytes (float LiteRT: {sizes['float_bytes']:,} bytes)")
+    report = inspect_model(model)
+    click.echo(json.dumps(report, indent=2) if as_json else format_inspection(report))
+
+
+@main.command()
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--source", required=True, type=click.Path(exists=True, path_type=Path),
+              help="The run directory or Keras model file it was converted from.")
+@click.option("--data", default=None, type=click.Path(exists=True, path_type=Path),
+              help="Dataset folder (its test split) or .npy array of inputs (default: the run's test split).")
+@click.option("--examples", default=500, show_default=True)
+@click.option("--min-agreement", default=0.99, show_default=True)
+@user_errors
+def validate(model, source, data, examples, min_agreement):
+    """Parity of MODEL with its Keras SOURCE: agreement, LSB difference, XNNPACK vs reference, accuracy.
+
+    Writes MODEL.parity.json and MODEL.parity.md; exits 1 when agreement is below the threshold.
+
+    \b
+    Example:
+      edgeasr validate ds_cnn_s_w4.tflite --source runs/ds_w4 --data data/kws
+    """
+    from edgeasr.converters.convert import validate as validate_model
+
+    report = validate_model(model, source, data, examples=examples, min_agreement=min_agreement)
+    click.echo(f"argmax agreement {report['argmax_agreement']:.2%} on {report['examples']} examples; "
+               f"XNNPACK vs reference {report['xnnpack_vs_reference_agreement']:.2%}; report {report['markdown']}")
+    if not report["passed"]:
+        raise click.ClickException(f"parity below {min_agreement:.2%}")
 
 
 @main.command()

@@ -1,0 +1,57 @@
+"""Embedding the `edgeasr` JSON metadata entry into a .tflite (read back by edgeasr.runtime.metadata)."""
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+import edgeasr
+from edgeasr.converters import flatbuffer as fb
+from edgeasr.runtime.metadata import FORMAT, METADATA_NAME
+
+
+def embed_metadata(model_bytes: bytes, values: dict, name: str = METADATA_NAME) -> bytes:
+    """The model with `values` as JSON in the metadata entry `name` (replacing one already there).
+
+    Keys are sorted and no timestamps are written, so the same values give the same bytes.
+    """
+    model = fb.load(model_bytes)
+    payload = json.dumps({"format": FORMAT, "edgeasr_version": edgeasr.__version__, **values},
+                         sort_keys=True, separators=(",", ":")).encode()
+    buffer = fb.schema().BufferT()
+    buffer.data = np.frombuffer(payload, np.uint8).copy()
+    for old in (m for m in (model.metadata or []) if _name(m) == name):
+        model.buffers[old.buffer].data = None
+    model.metadata = [m for m in (model.metadata or []) if _name(m) != name]
+    model.buffers.append(buffer)
+    entry = fb.schema().MetadataT()
+    entry.name = name
+    entry.buffer = len(model.buffers) - 1
+    model.metadata.append(entry)
+    return fb.dump(model)
+
+
+def _name(entry) -> str:
+    return entry.name.decode() if isinstance(entry.name, bytes) else str(entry.name)
+
+
+def tensor_io(detail: dict) -> dict:
+    """An interpreter input/output detail as plain JSON: dtype, shape, scale, zero point."""
+    scale, zero_point = detail["quantization"]
+    return {"dtype": detail["dtype"].__name__, "shape": [int(d) for d in detail["shape"]],
+            "scale": float(scale), "zero_point": int(zero_point)}
+
+
+def source_hash(path) -> str:
+    """sha256 of a file, or of a directory's files (relative path + bytes, in sorted order)."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        if path.is_dir():
+            relative = file.relative_to(path).as_posix()
+            if relative.startswith("checkpoints/"):
+                continue                          # training state, not the model
+            digest.update(relative.encode() + b"\0")
+        digest.update(file.read_bytes())
+    return digest.hexdigest()

@@ -1,0 +1,91 @@
+"""Parity of a converted .tflite with the Keras model it came from (fake-quant for QAT models).
+
+On N examples: argmax agreement Keras vs LiteRT (XNNPACK) and XNNPACK vs the builtin reference
+kernels, the output difference in LSBs of the int8 output (Keras scores put on the output grid),
+and task accuracy of Keras and LiteRT when labels are given. Reports as JSON and Markdown.
+Keras scores are passed in, so this module needs no TensorFlow.
+"""
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from edgeasr.errors import EdgeasrError
+from edgeasr.files import write_bytes_atomic, write_json_atomic
+from edgeasr.runtime.litert import LiteRTModel, quantize
+
+DEFAULT_MIN_AGREEMENT = 0.99
+
+
+def _raw_outputs(model: LiteRTModel, features: np.ndarray) -> np.ndarray:
+    return np.stack([model.run_raw(quantize(x, model.input_detail)) for x in features]).astype(np.int64)
+
+
+def parity_report(model_path, keras_scores: np.ndarray, features: np.ndarray, labels: Optional[np.ndarray] = None,
+                  min_agreement: float = DEFAULT_MIN_AGREEMENT) -> dict:
+    features = np.asarray(features, np.float32)
+    keras_scores = np.asarray(keras_scores, np.float32)
+    if not len(features):
+        raise EdgeasrError("parity needs at least one example")
+    xnn, ref = LiteRTModel(model_path, xnnpack=True), LiteRTModel(model_path, xnnpack=False)
+    raw_xnn, raw_ref = _raw_outputs(xnn, features), _raw_outputs(ref, features)
+    detail = xnn.output_detail
+    scale, zero_point = detail["quantization"]
+    if scale:
+        lite_scores = ((raw_xnn - zero_point) * scale).astype(np.float32)
+        keras_on_grid = quantize(keras_scores, detail).astype(np.int64)
+        lsb = np.abs(keras_on_grid - raw_xnn)
+        lsb_stats = {"max": int(lsb.max()), "mean": float(lsb.mean()),
+                     "p99": float(np.percentile(lsb, 99))}
+        kernel_lsb = int(np.abs(raw_xnn - raw_ref).max())
+    else:
+        lite_scores = raw_xnn.astype(np.float32)
+        lsb_stats, kernel_lsb = None, None
+    keras_top, lite_top, ref_top = keras_scores.argmax(-1), lite_scores.argmax(-1), raw_ref.argmax(-1)
+    report = {
+        "model": str(model_path),
+        "examples": int(len(features)),
+        "argmax_agreement": float(np.mean(keras_top == lite_top)),
+        "xnnpack_vs_reference_agreement": float(np.mean(lite_top == ref_top)),
+        "xnnpack_vs_reference_max_lsb": kernel_lsb,
+        "output_lsb_difference": lsb_stats,
+        "output_max_abs_difference": float(np.abs(keras_scores - lite_scores).max()),
+        "min_agreement": float(min_agreement),
+    }
+    if labels is not None:
+        labels = np.asarray(labels)
+        report["keras_accuracy"] = float(np.mean(keras_top == labels))
+        report["litert_accuracy"] = float(np.mean(lite_top == labels))
+        report["litert_reference_accuracy"] = float(np.mean(ref_top == labels))
+    report["passed"] = report["argmax_agreement"] >= min_agreement
+    return report
+
+
+def markdown(report: dict) -> str:
+    rows = [("examples", report["examples"]),
+            ("argmax agreement Keras vs LiteRT (XNNPACK)", f"{report['argmax_agreement']:.2%}"),
+            ("argmax agreement XNNPACK vs reference kernels", f"{report['xnnpack_vs_reference_agreement']:.2%}")]
+    if report.get("output_lsb_difference"):
+        lsb = report["output_lsb_difference"]
+        rows.append(("output difference, LSB (max / mean / p99)", f"{lsb['max']} / {lsb['mean']:.3f} / {lsb['p99']:.1f}"))
+        rows.append(("XNNPACK vs reference, max LSB", report["xnnpack_vs_reference_max_lsb"]))
+    rows.append(("output max abs difference", f"{report['output_max_abs_difference']:.4g}"))
+    for key, title in (("keras_accuracy", "Keras (fake-quant) accuracy"), ("litert_accuracy", "LiteRT accuracy"),
+                       ("litert_reference_accuracy", "LiteRT reference-kernel accuracy")):
+        if key in report:
+            rows.append((title, f"{report[key]:.2%}"))
+    verdict = "passed" if report["passed"] else "FAILED"
+    rows.append(("verdict", f"{verdict} (threshold {report['min_agreement']:.2%} agreement)"))
+    lines = [f"# Parity: {Path(report['model']).name}", "", "| check | value |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(report: dict, stem) -> tuple:
+    """STEM.parity.json and STEM.parity.md next to the model."""
+    stem = Path(stem)
+    json_path = stem.with_name(stem.stem + ".parity.json")
+    md_path = stem.with_name(stem.stem + ".parity.md")
+    write_json_atomic(json_path, report)
+    write_bytes_atomic(md_path, markdown(report).encode())
+    return json_path, md_path
