@@ -88,7 +88,9 @@ def float_ops(model_bytes: bytes, layer_names=(), io: str = "int8") -> list:
     for op in graph.operators:
         name = fb.op_name(model, op)
         tensors = [graph.tensors[i] for i in list(op.inputs) + list(op.outputs) if i >= 0]
-        layer = next((fb.layer_of(fb.tensor_name(t), layer_names) for t in reversed(tensors)
+        # The weight names the layer best (outputs carry fused activations' names), then outputs.
+        ordered = [graph.tensors[i] for i in list(op.inputs[1:2]) + list(op.outputs) + list(op.inputs) if i >= 0]
+        layer = next((fb.layer_of(fb.tensor_name(t), layer_names) for t in ordered
                       if fb.layer_of(fb.tensor_name(t), layer_names)), "")
         if name.startswith("CUSTOM") or name == "UNKNOWN":
             found.append((name, layer, "not a builtin op (Flex / custom)"))

@@ -49,9 +49,16 @@ def load(model_bytes: bytes, source: str = "model"):
     if len(data) < 8 or data[4:8] != FILE_IDENTIFIER:
         raise EdgeasrError(f"{source}: not a TFLite model (no TFL3 flatbuffer identifier)")
     try:
-        return s.ModelT.InitFromObj(s.Model.GetRootAsModel(data, 0))
+        model = s.ModelT.InitFromObj(s.Model.GetRootAsModel(data, 0))
+        if not model.subgraphs or model.buffers is None or model.operatorCodes is None:
+            raise ValueError("no subgraph, buffers or operator codes")
+        for graph in model.subgraphs:
+            for tensor in graph.tensors or []:
+                if not 0 <= tensor.buffer < len(model.buffers):
+                    raise ValueError(f"tensor buffer index {tensor.buffer} out of range")
     except Exception as exc:  # a truncated or corrupt flatbuffer raises anything from struct to IndexError
         raise EdgeasrError(f"{source}: corrupt TFLite model ({type(exc).__name__}: {exc})") from exc
+    return model
 
 
 def dump(model) -> bytes:

@@ -18,7 +18,8 @@ DEFAULT_MIN_AGREEMENT = 0.99
 
 
 def _raw_outputs(model: LiteRTModel, features: np.ndarray) -> np.ndarray:
-    return np.stack([model.run_raw(quantize(x, model.input_detail)) for x in features]).astype(np.int64)
+    raw = np.stack([model.run_raw(quantize(x, model.input_detail)) for x in features])
+    return raw.astype(np.int64) if np.issubdtype(raw.dtype, np.integer) else raw.astype(np.float32)
 
 
 def parity_report(model_path, keras_scores: np.ndarray, features: np.ndarray, labels: Optional[np.ndarray] = None,
@@ -42,6 +43,8 @@ def parity_report(model_path, keras_scores: np.ndarray, features: np.ndarray, la
         lite_scores = raw_xnn.astype(np.float32)
         lsb_stats, kernel_lsb = None, None
     keras_top, lite_top, ref_top = keras_scores.argmax(-1), lite_scores.argmax(-1), raw_ref.argmax(-1)
+    if not scale:
+        kernel_lsb = None
     report = {
         "model": str(model_path),
         "examples": int(len(features)),

@@ -1,0 +1,113 @@
+"""`edgeasr convert` / `inspect` / `validate` on a foreign tf_keras file with .npy calibration:
+PTQ to 4 bits, fully integer, byte-identical reruns, --force, and plain errors."""
+import edgeasr  # noqa: F401
+
+import json
+
+import numpy as np
+import pytest
+import tf_keras as keras
+from click.testing import CliRunner
+
+from edgeasr.cli import main
+from edgeasr.converters import flatbuffer as fb
+from edgeasr.converters.convert import check_fully_integer, float_tflite
+from edgeasr.errors import EdgeasrError
+from edgeasr.models.registry import ModelConfig, build_model
+from edgeasr.runtime.metadata import read_metadata
+
+
+@pytest.fixture(scope="module")
+def foreign(tmp_path_factory):
+    """A small trained float DS-CNN saved as .keras, and a .npy of its inputs."""
+    root = tmp_path_factory.mktemp("foreign")
+    keras.utils.set_random_seed(0)
+    model = build_model(ModelConfig(name="ds_cnn_s", num_classes=4, options={"channels": 16, "blocks": 1}))
+    x = np.random.default_rng(0).normal(size=(48, 98, 40)).astype(np.float32)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x, np.arange(48) % 4, epochs=2, verbose=0)
+    model.save(root / "kws.keras")
+    np.save(root / "inputs.npy", x)
+    return root
+
+
+def _convert(foreign, out, *extra):
+    return CliRunner().invoke(main, ["convert", str(foreign / "kws.keras"), "-o", str(out), "--calibration",
+                                     str(foreign / "inputs.npy"), *extra])
+
+
+def test_float_keras_file_converts_to_int4_fully_integer_with_metadata(foreign, tmp_path):
+    out = tmp_path / "kws_w4.tflite"
+    result = _convert(foreign, out, "--policy", "w4a8-tanh")
+    assert result.exit_code == 0, result.output
+    ops, tensors = fb.read_model(out.read_bytes())
+    weights = [t for t in tensors if t.data is not None and len(t.shape) >= 2 and t.type != "INT32"]
+    assert weights and all(t.type == "INT4" for t in weights)
+    assert not [t.name for t in tensors if t.type.startswith("FLOAT")]
+    assert "QUANTIZE" not in ops and "DEQUANTIZE" not in ops
+    meta = read_metadata(out)
+    assert meta["policy"]["name"] == "w4a8-tanh" and meta["quantization"] == "post-training"
+    assert meta["input"]["dtype"] == "int8" and meta["output"]["shape"] == [1, 4]
+    assert len(meta["source"]["sha256"]) == 64
+    parity = json.loads((tmp_path / "kws_w4.parity.json").read_text())
+    assert parity["argmax_agreement"] >= 0.99 and (tmp_path / "kws_w4.parity.md").is_file()
+
+    again = _convert(foreign, out, "--policy", "w4a8-tanh")          # no overwrite without --force
+    assert again.exit_code == 1 and "--force" in again.output
+    second = tmp_path / "second.tflite"
+    assert _convert(foreign, second, "--policy", "w4a8-tanh").exit_code == 0
+    assert second.read_bytes() == out.read_bytes()                  # same inputs, same bytes
+
+    shown = CliRunner().invoke(main, ["inspect", str(out)])
+    assert shown.exit_code == 0 and "100% packed INT4" in shown.output and "w4a8-tanh" in shown.output
+    checked = CliRunner().invoke(main, ["validate", str(out), "--source", str(foreign / "kws.keras"),
+                                        "--data", str(foreign / "inputs.npy")])
+    assert checked.exit_code == 0, checked.output
+    strict = CliRunner().invoke(main, ["validate", str(out), "--source", str(foreign / "kws.keras"),
+                                       "--data", str(foreign / "inputs.npy"), "--min-agreement", "1.01"])
+    assert strict.exit_code == 1 and "below" in strict.output
+
+
+def test_float_io_keeps_only_the_boundary_in_float(foreign, tmp_path):
+    out = tmp_path / "kws_float_io.tflite"
+    assert _convert(foreign, out, "--io", "float").exit_code == 0
+    ops, _ = fb.read_model(out.read_bytes())
+    assert ops[0] == "QUANTIZE" and ops[-1] == "DEQUANTIZE" and ops.count("QUANTIZE") == 1
+    assert read_metadata(out)["policy"]["name"] == "w8a8"
+
+
+def test_plain_errors(foreign, tmp_path):
+    bad = tmp_path / "bad.keras"
+    bad.write_bytes(b"not a model")
+    result = CliRunner().invoke(main, ["convert", str(bad), "-o", str(tmp_path / "x.tflite"),
+                                       "--calibration", str(foreign / "inputs.npy")])
+    assert result.exit_code == 1 and "not a readable tf_keras model" in result.output
+    missing = CliRunner().invoke(main, ["convert", str(foreign / "kws.keras"), "-o", str(tmp_path / "x.tflite")])
+    assert missing.exit_code == 1 and "needs --calibration" in missing.output
+    wrong = tmp_path / "wrong.npy"
+    np.save(wrong, np.zeros((4, 10, 40), np.float32))
+    shaped = _convert(foreign, tmp_path / "x.tflite", "--calibration", str(wrong))
+    assert shaped.exit_code == 1 and "shape (4, 10, 40)" in shaped.output
+
+    inputs = keras.Input((98, 40))
+    odd = keras.Model(inputs, keras.layers.Dense(4)(keras.layers.LayerNormalization(name="norm")(inputs)))
+    odd.save(tmp_path / "odd.keras")
+    unsupported = CliRunner().invoke(main, ["convert", str(tmp_path / "odd.keras"), "-o", str(tmp_path / "o.tflite"),
+                                            "--calibration", str(foreign / "inputs.npy")])
+    assert unsupported.exit_code == 1 and "'norm'" in unsupported.output and "LayerNormalization" in unsupported.output
+    assert not (tmp_path / "x.tflite").exists() and not (tmp_path / "o.tflite").exists()
+
+    corrupt = tmp_path / "corrupt.tflite"
+    corrupt.write_bytes(b"\0\0\0\0TFL3" + b"\xff" * 20)
+    shown = CliRunner().invoke(main, ["inspect", str(corrupt)])
+    assert shown.exit_code == 1 and "corrupt TFLite model" in shown.output
+    text = tmp_path / "notes.tflite"
+    text.write_text("hello")
+    assert "not a TFLite model" in CliRunner().invoke(main, ["inspect", str(text)]).output
+
+
+def test_float_ops_are_named_with_their_layers(foreign):
+    model = keras.models.load_model(foreign / "kws.keras")
+    names = [layer.name for layer in model.layers]
+    with pytest.raises(EdgeasrError, match=r"not fully integer: .*CONV_2D \(layer conv0: FLOAT32"):
+        check_fully_integer(float_tflite(model), names)

@@ -1,0 +1,59 @@
+"""The `edgeasr` metadata entry: embedded by the converter, read back by the runtime without TensorFlow."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from edgeasr.converters.metadata import embed_metadata
+from edgeasr.runtime.metadata import MetadataError, read_metadata
+
+
+def _tiny_tflite() -> bytes:
+    import edgeasr  # noqa: F401
+    import tf_keras as keras
+
+    from edgeasr.converters.convert import float_tflite
+
+    inputs = keras.Input((4,))
+    return float_tflite(keras.Model(inputs, keras.layers.Dense(2)(inputs)))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = tmp_path_factory.mktemp("meta") / "tiny.tflite"
+    values = {"labels": ["_silence_", "yes"], "frontend": {"hop_ms": 10.0}, "window_ms": 30.0, "hop_ms": 10.0}
+    path.write_bytes(embed_metadata(_tiny_tflite(), values))
+    return path
+
+
+def test_embed_read_replace(tiny):
+    meta = read_metadata(tiny)
+    assert meta["labels"] == ["_silence_", "yes"] and meta["format"] == 1 and meta["edgeasr_version"]
+    replaced = embed_metadata(tiny.read_bytes(), {"labels": ["a"]})
+    assert read_metadata(replaced)["labels"] == ["a"]
+    assert len(replaced) < len(tiny.read_bytes()) + 64            # the old entry's buffer is emptied
+    assert embed_metadata(tiny.read_bytes(), {"labels": ["a"]}) == replaced   # deterministic
+    assert read_metadata(_tiny_tflite()) is None
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=replaced)                 # still a valid model
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], np.ones((1, 4), np.float32))
+    interpreter.invoke()
+
+
+def test_runtime_reads_metadata_without_tensorflow(tiny):
+    code = ("import sys; from edgeasr.runtime.metadata import read_metadata; "
+            f"m = read_metadata({str(tiny)!r}); assert m['labels'][1] == 'yes'; "
+            "bad = [n for n in sys.modules if n.split('.')[0] in ('tensorflow', 'tf_keras')]; "
+            "assert not bad, bad; print('ok')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr
+
+
+def test_not_a_model(tmp_path):
+    path = tmp_path / "x.tflite"
+    path.write_bytes(b"hello world")
+    with pytest.raises(MetadataError, match="not a TFLite model"):
+        read_metadata(path)
