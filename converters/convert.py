@@ -127,7 +127,7 @@ def load_keras(path) -> keras.Model:
     if not path.exists():
         raise EdgeasrError(f"{path}: no such file or directory")
     if path.is_dir() and not (path / "saved_model.pb").exists():
-        raise EdgeasrError(f"{path}: neither an edgeasr run directory (no config.json) nor a SavedModel "
+        raise EdgeasrError(f"{path}: not an edgeasr run directory (no config.json) and not a SavedModel "
                            f"(no saved_model.pb)")
     try:
         model = load_model(path, compile=False)
