@@ -72,7 +72,8 @@ def one(run_dir, out, policy, mode, repeats):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=Path, default=REPO / "build" / "qat_runs")
+    parser.add_argument("--runs", type=Path, nargs="+", default=[REPO / "build" / "qat_runs"],
+                        help="Roots holding MODEL/POLICY run directories; the first that has one wins.")
     parser.add_argument("--out", type=Path, default=REPO / "build" / "convert_results")
     parser.add_argument("--docs", type=Path, default=REPO / "docs")
     parser.add_argument("--models", nargs="+", default=list(MODELS))
@@ -81,18 +82,21 @@ def main(argv=None):
     parser.add_argument("--no-ptq", action="store_true", help="Only the QAT runs.")
     args = parser.parse_args(argv)
     rows = []
+    def find(model, name):
+        return next((root / model / name for root in args.runs if (root / model / name / "model.keras").is_file()),
+                    None)
+
     for model in args.models:
         for policy in args.policies:
-            run = args.runs / model / policy
-            if (run / "model.keras").is_file():
+            run = find(model, policy)
+            if run is not None:
                 rows.append(one(run, args.out / f"{model}_{policy}_qat.tflite", policy, "QAT", args.repeats))
             if not args.no_ptq:
-                float_run = next((args.runs / model / n for n in ("float", "pretrained_float")
-                                  if (args.runs / model / n / "model.keras").is_file()), None)
+                float_run = find(model, "float") or find(model, "pretrained_float")
                 if float_run is not None:
                     rows.append(one(float_run, args.out / f"{model}_{policy}_ptq.tflite", policy, "PTQ", args.repeats))
     summary = {"rows": rows, "machine": f"{platform.machine()}, {platform.processor() or platform.system()}",
-               "runs": str(args.runs), "repeats": args.repeats}
+               "runs": ", ".join(str(r.relative_to(REPO) if r.is_relative_to(REPO) else r) for r in args.runs), "repeats": args.repeats}
     args.docs.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.docs / "convert_results.json", summary)
     write_bytes_atomic(args.docs / "convert_results.md", markdown(summary).encode())
