@@ -6,7 +6,7 @@ from click.testing import CliRunner
 from edgeasr.cli import main
 from tests.conftest import TINY_KEYWORDS
 
-COMMANDS = [[], ["data"], ["data", "synth-kws"], ["train"], ["convert"], ["demo"]]
+COMMANDS = [[], ["data"], ["data", "synth-kws"], ["train"], ["convert"], ["inspect"], ["validate"], ["demo"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "edgeasr")
