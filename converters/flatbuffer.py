@@ -9,16 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgeasr.errors import EdgeasrError
+from edgeasr.runtime.metadata import schema
 
 FILE_IDENTIFIER = b"TFL3"
-
-
-def schema():
-    try:
-        from ai_edge_litert import schema_py_generated
-    except ImportError:  # pragma: no cover - the runtime's fallback order
-        from tensorflow.lite.python import schema_py_generated
-    return schema_py_generated
 
 
 def _names(enum) -> dict:

@@ -24,7 +24,8 @@ class MetadataError(ValueError):
     """The file is not a TFLite model, or has no readable edgeasr metadata."""
 
 
-def _schema():
+def schema():
+    """The TFLite flatbuffer schema module, in the runtime's import order (no TensorFlow needed)."""
     try:
         from ai_edge_litert import schema_py_generated
     except ImportError:
@@ -45,7 +46,7 @@ def read_metadata(model, name: str = METADATA_NAME):
     if len(data) < 8 or data[4:8] != b"TFL3":
         raise MetadataError(f"{source}: not a TFLite model")
     try:
-        root = _schema().Model.GetRootAsModel(data, 0)
+        root = schema().Model.GetRootAsModel(data, 0)
         for i in range(root.MetadataLength()):
             entry = root.Metadata(i)
             entry_name = entry.Name()
