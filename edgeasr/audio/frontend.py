@@ -14,6 +14,7 @@ The mel filterbank is the Slaney-style one librosa builds by default (htk=False,
 norm="slaney"); it is computed here in NumPy so the runtime needs neither librosa nor
 TensorFlow, and tests hold it equal to librosa.filters.mel.
 """
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,12 +87,30 @@ def numpy_log_mel(audio: np.ndarray, config: FrontendConfig) -> np.ndarray:
     """Log-mel features of float audio in [-1, 1], shape (..., samples) -> (..., frames, n_mels)."""
     audio = np.asarray(audio, dtype=np.float32)
     frames = np.lib.stride_tricks.sliding_window_view(audio, config.window_samples, axis=-1)
-    frames = frames[..., :: config.hop_samples, :] * hann_window(config.window_samples)
-    spectrum = np.fft.rfft(frames, n=config.n_fft, axis=-1)
+    return log_mel_of_frames(frames[..., :: config.hop_samples, :], config)
+
+
+def log_mel_of_frames(frames: np.ndarray, config: FrontendConfig) -> np.ndarray:
+    """Log-mel of already framed audio, (..., window_samples) -> (..., n_mels).
+
+    Shared with the streaming frontend (edgeasr.runtime.streaming), which calls it every hop.
+    """
+    window, mel_matrix = _analysis_constants(config)
+    spectrum = np.fft.rfft(frames * window, n=config.n_fft, axis=-1)
     power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32)
-    mel = power @ mel_weights(config).T
+    # einsum, not `@`: BLAS rounds a row differently depending on how many rows it gets, and the
+    # streaming frontend must give the batch frontend's frames bit for bit.
+    mel = np.einsum("...k,km->...m", power, mel_matrix)
     log_mel = np.log(np.maximum(mel, config.log_floor))
     return ((log_mel - config.feature_mean) / config.feature_std).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=8)
+def _analysis_constants(config: FrontendConfig):
+    """Hann window and transposed mel matrix, built once per config (read-only: they are shared)."""
+    window, mel_matrix = hann_window(config.window_samples), np.ascontiguousarray(mel_weights(config).T)
+    window.flags.writeable = mel_matrix.flags.writeable = False
+    return window, mel_matrix
 
 
 def tf_log_mel(audio, config: FrontendConfig):

@@ -1,0 +1,159 @@
+"""Streaming keyword spotting: audio chunks of any size in, (time, keyword, score) detections out.
+
+    audio chunks ─► StreamingFrontend ─► last `input_frames` frames (kept quantized) ─► model once
+    per hop ─► posteriors averaged over `smoothing_ms` ─► per-keyword threshold + refractory period
+
+Runtime side: NumPy and LiteRT only (the frontend module imports TensorFlow only inside
+tf_log_mel). The frontend computes each new frame once, with the batch frontend's own code
+(log_mel_of_frames), so streamed frames equal numpy_log_mel on the whole signal; each hop costs
+one model invoke, never a recomputation of the window.
+
+The trigger is one function, `fire_indices`, used both online (KeywordSpotter) and offline over a
+whole stream's posteriors (edgeasr.eval.stream sweeps thresholds with it), so evaluated
+thresholds mean the same thing on the device.
+"""
+from dataclasses import dataclass, field
+from typing import Dict, List, NamedTuple, Optional
+
+import numpy as np
+
+from edgeasr.audio.frontend import FrontendConfig, log_mel_of_frames
+from edgeasr.runtime.litert import LiteRTModel, dequantize, quantize
+from edgeasr.runtime.metadata import read_metadata
+
+
+class StreamingFrontend:
+    """Log-mel frames of a stream fed in chunks of any size (1 sample upwards)."""
+
+    def __init__(self, config: FrontendConfig):
+        self.config = config
+        self._pending = np.zeros(0, dtype=np.float32)   # samples after the last emitted frame's hop
+
+    def push(self, audio: np.ndarray) -> np.ndarray:
+        """New float samples in [-1, 1] -> the frames they complete, (frames, n_mels)."""
+        config = self.config
+        buffer = np.concatenate([self._pending, np.asarray(audio, dtype=np.float32).reshape(-1)])
+        count = config.num_frames(len(buffer))
+        if count == 0:
+            self._pending = buffer
+            return np.zeros((0, config.n_mels), dtype=np.float32)
+        frames = np.lib.stride_tricks.sliding_window_view(buffer, config.window_samples)
+        features = log_mel_of_frames(frames[:: config.hop_samples][:count], config)
+        self._pending = buffer[count * config.hop_samples:]
+        return features
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    hop_ms: float = 20.0             # the model runs once per hop on the last window
+    smoothing_ms: float = 60.0       # posteriors are averaged over this much history
+    refractory_ms: float = 1000.0    # a keyword that fired stays silent this long
+    default_threshold: float = 0.5
+    thresholds: Dict[str, float] = field(default_factory=dict)   # per keyword, else the default
+
+    def threshold(self, keyword: str) -> float:
+        return float(self.thresholds.get(keyword, self.default_threshold))
+
+    @classmethod
+    def from_metadata(cls, metadata: dict, **overrides) -> "DetectorConfig":
+        """The detector settings a model's metadata carries (written by eval-stream), then overrides."""
+        stored = dict(metadata.get("detector") or {})
+        stored.update({k: v for k, v in overrides.items() if v is not None})
+        known = {k: stored[k] for k in cls.__dataclass_fields__ if k in stored}
+        return cls(**known)
+
+
+class Detection(NamedTuple):
+    time_s: float      # stream time at the end of the window that fired
+    keyword: str
+    score: float       # smoothed posterior
+
+
+def fire_indices(times: np.ndarray, scores: np.ndarray, threshold: float, refractory_s: float,
+                 last_fire: float = -np.inf) -> np.ndarray:
+    """Indices where one keyword fires: score >= threshold, at least refractory_s after its last firing.
+
+    Jumps from firing to firing with searchsorted, so a whole stream costs one step per detection.
+    """
+    candidates = np.flatnonzero(scores >= threshold)
+    candidate_times = times[candidates]
+    fired = []
+    position = int(np.searchsorted(candidate_times, last_fire + refractory_s, side="left"))
+    while position < len(candidates):
+        fired.append(candidates[position])
+        position = int(np.searchsorted(candidate_times, candidate_times[position] + refractory_s, side="left"))
+    return np.asarray(fired, dtype=np.int64)
+
+
+class PosteriorStream:
+    """Frontend + model + smoothing: audio chunks -> (times, smoothed posteriors) of each model run."""
+
+    def __init__(self, model: LiteRTModel, frontend: FrontendConfig, input_frames: int, config: DetectorConfig):
+        self.model, self.frontend_config, self.input_frames = model, frontend, int(input_frames)
+        self.hop_frames = max(1, int(round(config.hop_ms / frontend.hop_ms)))
+        self.smoothing_runs = max(1, int(round(config.smoothing_ms / (self.hop_frames * frontend.hop_ms))))
+        self.frontend = StreamingFrontend(frontend)
+        self._history = np.zeros((0, frontend.n_mels), dtype=model.input_detail["dtype"])
+        self._frames_seen = 0
+        self._recent = []                       # last `smoothing_runs` raw posteriors
+
+    def push(self, audio: np.ndarray):
+        """-> (times in s, smoothed posteriors (runs, classes)) of the runs this chunk completes."""
+        new = quantize(self.frontend.push(audio), self.model.input_detail)
+        frames = np.concatenate([self._history, new]) if len(self._history) else new
+        first = self._frames_seen - len(self._history)            # stream index of frames[0]
+        self._frames_seen += len(new)
+        ends = self._run_ends(self._frames_seen - len(new), self._frames_seen)
+        times, smoothed = [], []
+        for end in ends:                                           # frames [end - input_frames, end)
+            window = frames[end - self.input_frames - first:end - first]
+            posterior = dequantize(self.model.run_raw(window)[None], self.model.output_detail)[0]
+            self._recent = (self._recent + [posterior])[-self.smoothing_runs:]
+            smoothed.append(np.mean(self._recent, axis=0))
+            times.append(self._end_time(end))
+        self._history = frames[-(self.input_frames - 1):] if self.input_frames > 1 else frames[:0]
+        classes = self.model.output_detail["shape"][-1]
+        return np.asarray(times), (np.stack(smoothed) if smoothed else np.zeros((0, classes), np.float32))
+
+    def _run_ends(self, start: int, stop: int) -> range:
+        """Frame counts in (start, stop] at which the model runs: a full window, then every hop."""
+        first = self.input_frames
+        begin = max(first, start + 1)
+        offset = (begin - first) % self.hop_frames
+        return range(begin + (self.hop_frames - offset) % self.hop_frames, stop + 1, self.hop_frames)
+
+    def _end_time(self, frames: int) -> float:
+        config = self.frontend_config
+        return ((frames - 1) * config.hop_samples + config.window_samples) / config.sample_rate
+
+
+class KeywordSpotter:
+    """The whole detector for one converted model; settings from its metadata unless given."""
+
+    def __init__(self, model_path, config: Optional[DetectorConfig] = None, num_threads: int = 1,
+                 xnnpack: bool = True, metadata: Optional[dict] = None):
+        metadata = metadata if metadata is not None else read_metadata(model_path)
+        if not metadata or not metadata.get("labels") or not metadata.get("frontend"):
+            raise ValueError(f"{model_path}: no edgeasr metadata with labels and frontend (convert it with "
+                             f"`edgeasr convert`)")
+        self.labels = list(metadata["labels"])
+        self.frontend = FrontendConfig(**metadata["frontend"])
+        self.config = config or DetectorConfig.from_metadata(metadata)
+        self.keyword_indices = [i for i, name in enumerate(self.labels) if not name.startswith("_")]
+        model = LiteRTModel(model_path, num_threads=num_threads, xnnpack=xnnpack)
+        frames = metadata.get("input_frames") or int(model.input_detail["shape"][1])
+        self.posteriors = PosteriorStream(model, self.frontend, frames, self.config)
+        self._last_fire = {i: -np.inf for i in self.keyword_indices}
+
+    def push(self, audio: np.ndarray) -> List[Detection]:
+        """Float samples in [-1, 1] at the model's sample rate -> detections completed by them."""
+        times, scores = self.posteriors.push(audio)
+        detections = []
+        refractory = self.config.refractory_ms / 1000.0
+        for index in self.keyword_indices:
+            keyword = self.labels[index]
+            for run in fire_indices(times, scores[:, index], self.config.threshold(keyword), refractory,
+                                    self._last_fire[index]):
+                detections.append(Detection(float(times[run]), keyword, float(scores[run, index])))
+                self._last_fire[index] = float(times[run])
+        return sorted(detections)
