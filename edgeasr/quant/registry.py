@@ -36,6 +36,7 @@ QAT weight ranges to be used, and computes the rest from the representative data
 """
 import edgeasr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 
+import importlib
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Sequence
 
@@ -62,6 +63,19 @@ Factory = Callable[[keras.layers.Layer, QuantizeRequest], Optional[QuantizeConfi
 
 _FACTORIES: Dict[type, Factory] = {}
 
+# Modules that register configs for other model families' layers, imported on first lookup
+# (they import their models, which must not be imported by this module's import).
+_CONFIG_MODULES = ("edgeasr.quant.conformer_configs",)
+_config_modules_loaded = False
+
+
+def _load_config_modules() -> None:
+    global _config_modules_loaded
+    if not _config_modules_loaded:
+        _config_modules_loaded = True
+        for module in _CONFIG_MODULES:
+            importlib.import_module(module)
+
 
 def register_quantize_config(layer_class: type, factory: Factory, replace: bool = False) -> None:
     if layer_class in _FACTORIES and _FACTORIES[layer_class] is not factory and not replace:
@@ -70,6 +84,7 @@ def register_quantize_config(layer_class: type, factory: Factory, replace: bool 
 
 
 def is_supported(layer: keras.layers.Layer) -> bool:
+    _load_config_modules()
     return type(layer) in _FACTORIES
 
 
@@ -86,6 +101,7 @@ def quantize_config_for(layer: keras.layers.Layer, request: QuantizeRequest) -> 
 
 
 def supported_classes() -> list:
+    _load_config_modules()
     return sorted(_FACTORIES, key=lambda c: c.__name__)
 
 
