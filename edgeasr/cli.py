@@ -229,6 +229,55 @@ def demo(out, model_name, epochs, qat_epochs, speakers, seed):
     run_demo(out, model=model_name, epochs=epochs, qat_epochs=qat_epochs, speakers=speakers, seed=seed)
 
 
+@main.command("eval-stream")
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Synthetic dataset (edgeasr data synth-kws) whose test split builds the stream.")
+@click.option("--wav", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Your own stream instead of --data (needs --labels).")
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Label file of --wav: one 'start_s end_s keyword' line per keyword occurrence.")
+@click.option("--hours", default=1.0, show_default=True, help="Length of the built stream.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--cache-dir", default=Path("build/stream_cache"), show_default=True,
+              type=click.Path(file_okay=False, path_type=Path), help="Where built streams are kept.")
+@click.option("--out", default=None, type=click.Path(file_okay=False, path_type=Path),
+              help="Report and DET PNG folder (default: the model's folder).")
+@click.option("--hop-ms", type=float, default=None, help="Model run interval (default: metadata, else 20).")
+@click.option("--smoothing-ms", type=float, default=None, help="Posterior averaging (default: metadata, else 60).")
+@click.option("--refractory-ms", type=float, default=None, help="Silence after a detection (default: 1000).")
+@click.option("--target-fa-per-hour", default=1.0, show_default=True,
+              help="False accepts per hour the per-keyword thresholds are chosen for.")
+@click.option("--write-thresholds", is_flag=True, help="Write the thresholds and detector settings into MODEL.")
+@user_errors
+def eval_stream(model, data, wav, labels, hours, seed, cache_dir, out, hop_ms, smoothing_ms, refractory_ms,
+                target_fa_per_hour, write_thresholds):
+    """False rejects at fixed false accepts per hour of MODEL on a long stream, DET curve, latency.
+
+    \b
+    Examples:
+      edgeasr eval-stream kws.tflite --data data/kws --hours 1 --write-thresholds
+      edgeasr eval-stream kws.tflite --wav kitchen.wav --labels kitchen.labels.txt
+    """
+    from edgeasr.eval import stream
+    from edgeasr.runtime.metadata import read_metadata
+    from edgeasr.runtime.streaming import DetectorConfig
+
+    metadata = read_metadata(model) or {}
+    if (wav is None) == (data is None) or (wav is None) != (labels is None):
+        raise EdgeasrError("give either --data DATASET or --wav WAV with --labels LABELS")
+    if data is not None:
+        keywords = [k for k in metadata.get("labels") or [] if not k.startswith("_")]
+        wav, labels = stream.build_test_stream(data, keywords, cache_dir, hours=hours, seed=seed)
+    config = DetectorConfig.from_metadata(metadata, hop_ms=hop_ms, smoothing_ms=smoothing_ms,
+                                          refractory_ms=refractory_ms)
+    report = stream.evaluate_stream(model, wav, labels, config, out or model.parent, target_fa_per_hour)
+    click.echo(stream.format_report(report))
+    if write_thresholds:
+        stream.write_thresholds(model, report)
+        click.echo(f"thresholds for {target_fa_per_hour} FA/h written into {model}")
+
+
 def _split_words(text: str) -> tuple:
     words = tuple(w.strip() for w in text.split(",") if w.strip())
     if not words:

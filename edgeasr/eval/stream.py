@@ -1,0 +1,376 @@
+"""Long-stream keyword-spotting evaluation: false rejects at fixed false accepts per hour.
+
+The test stream is a WAV plus a label file, either the user's or one built here from held-out
+synthetic voices (`build_test_stream`, cached). Label file format, one keyword occurrence a line,
+times in seconds from the start of the WAV, `#` starts a comment:
+
+    # start_s  end_s  keyword
+    12.340  12.810  yes
+    17.025  17.400  stop
+
+The model runs over the stream once (edgeasr.runtime.streaming.PosteriorStream, the code the
+device runs); thresholds are then swept offline with the same trigger function. A detection of
+keyword k at time t hits an occurrence of k when start <= t <= end + max_latency_s, each
+occurrence at most once; every other detection is a false accept.
+"""
+import hashlib
+import json
+import re
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from edgeasr.audio.frontend import FrontendConfig
+from edgeasr.audio.io import load_audio, write_wav
+from edgeasr.errors import EdgeasrError
+from edgeasr.files import read_json, write_bytes_atomic, write_json_atomic
+from edgeasr.runtime.litert import LiteRTModel
+from edgeasr.runtime.metadata import read_metadata
+from edgeasr.runtime.streaming import DetectorConfig, PosteriorStream, fire_indices
+
+STREAM_FORMAT = 1
+MAX_LATENCY_S = 1.0
+FA_PER_HOUR_POINTS = (0.5, 1.0, 2.0, 5.0)
+THRESHOLDS = np.unique(np.round(np.concatenate([np.linspace(0.05, 0.95, 91), 1.0 - np.geomspace(0.05, 0.0005, 40)]), 4))
+# Non-keyword speech for the stream: no Speech Commands keyword as a word (checked in _sentences).
+SENTENCES = (
+    "the weather will be warm and sunny this afternoon", "please bring me a cup of tea",
+    "I would like to book a table for two people", "my brother lives in a small town by the sea",
+    "what time does the train leave", "she reads a book every evening", "we walked through the park",
+    "can you help me with this problem", "the children are playing in the garden",
+    "I think it will rain later", "this is the best pizza in the city", "they moved here last year",
+    "remember to call your mother", "the meeting starts at nine", "how much does this cost",
+    "a cat sat near the window", "he plays the piano very well", "we need more milk and bread",
+    "the museum is closed today", "let me think about it", "the river runs past the old mill",
+    "thank you for waiting", "seven birds flew across the field", "happy birthday to you",
+    "the house at the corner is for sale", "follow the signs to the station",
+)
+
+
+class StreamError(EdgeasrError):
+    """A stream or label file that cannot be evaluated."""
+
+
+# ---- labels -------------------------------------------------------------------------------
+
+def read_labels(path) -> list:
+    """[(start_s, end_s, keyword)] from a label file (format in the module docstring)."""
+    path = Path(path)
+    if not path.is_file():
+        raise StreamError(f"{path}: label file not found")
+    labels = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        fields = line.split("#", 1)[0].split()
+        if not fields:
+            continue
+        try:
+            start, end, keyword = float(fields[0]), float(fields[1]), fields[2]
+        except (IndexError, ValueError):
+            raise StreamError(f"{path}:{number}: expected 'start_s end_s keyword', got {line!r}") from None
+        if end < start:
+            raise StreamError(f"{path}:{number}: end {end} is before start {start}")
+        labels.append((start, end, keyword))
+    return sorted(labels)
+
+
+def write_labels(path, labels) -> None:
+    text = "# start_s  end_s  keyword\n" + "".join(f"{s:.3f} {e:.3f} {k}\n" for s, e, k in labels)
+    write_bytes_atomic(path, text.encode())
+
+
+# ---- building a test stream ---------------------------------------------------------------
+
+def build_test_stream(dataset, keywords, out_dir, hours: float = 1.0, seed: int = 0,
+                      sample_rate: int = 16000, progress: bool = True):
+    """A WAV of `hours` with the test split's keyword clips at known times -> (wav path, label path).
+
+    Made of: keyword and unknown-word clips of the dataset's test split (held-out voices), espeak
+    sentences without keywords spoken by the same held-out voices, coloured noise bursts and
+    silence, over a quiet noise bed. Deterministic by seed; cached in out_dir by a key of the
+    inputs, so a second call returns the cached files.
+    """
+    dataset = Path(dataset)
+    synth = read_json(dataset / "synth_config.json") if (dataset / "synth_config.json").is_file() else None
+    if synth is None:
+        raise StreamError(f"{dataset}: not a synthetic dataset (no synth_config.json): its held-out voices "
+                          f"are unknown; pass a WAV and a label file instead")
+    key = hashlib.sha256(json.dumps([STREAM_FORMAT, synth, sorted(keywords), hours, seed, sample_rate],
+                                    sort_keys=True).encode()).hexdigest()[:12]
+    wav, label_path = Path(out_dir) / f"stream_{key}.wav", Path(out_dir) / f"stream_{key}.labels.txt"
+    if wav.is_file() and label_path.is_file():
+        return wav, label_path
+    audio, labels = _compose(dataset, synth, tuple(keywords), hours, seed, sample_rate, progress)
+    write_wav(wav, audio, sample_rate)
+    write_labels(label_path, labels)
+    return wav, label_path
+
+
+def _compose(dataset: Path, synth: dict, keywords, hours, seed, sample_rate, progress):
+    rng = np.random.default_rng([seed, 6])
+    keyword_clips, other_clips = _test_clips(dataset, keywords)
+    if not keyword_clips:
+        raise StreamError(f"{dataset}: the test split has no clips of {list(keywords)}")
+    speakers = synth["speakers"]["testing"]
+    noises = _noises(dataset, sample_rate)
+    total = int(round(hours * 3600 * sample_rate))
+    audio = np.zeros(total, dtype=np.float32)
+    labels, position = [], int(rng.uniform(0.5, 2.0) * sample_rate)
+    keyword_order = iter(np.concatenate([rng.permutation(len(keyword_clips)) for _ in range(100)]))
+    with tqdm(total=total // sample_rate, desc="building test stream", unit="s", disable=not progress) as bar:
+        while position < total:
+            kind = rng.choice(["keyword", "other", "sentence", "noise", "silence"], p=[0.45, 0.15, 0.2, 0.1, 0.1])
+            if kind == "keyword":
+                word, path = keyword_clips[next(keyword_order)]
+                piece = _speech(load_audio(path, sample_rate), rng)
+            elif kind == "other":
+                piece = _speech(load_audio(other_clips[rng.integers(len(other_clips))], sample_rate), rng)
+            elif kind == "sentence":
+                piece = _sentence(speakers[rng.integers(len(speakers))], rng, sample_rate)
+            elif kind == "noise":
+                noise = noises[rng.integers(len(noises))]
+                length = int(rng.uniform(1.0, 4.0) * sample_rate)
+                start = rng.integers(len(noise) - length)
+                piece = noise[start:start + length] * rng.uniform(0.05, 0.3)
+            else:
+                piece = np.zeros(int(rng.uniform(1.0, 3.0) * sample_rate), np.float32)
+            piece = piece[: total - position]
+            audio[position:position + len(piece)] += piece
+            if kind == "keyword" and len(piece):
+                labels.append((position / sample_rate, (position + len(piece)) / sample_rate, word))
+            step = len(piece) + int(rng.uniform(0.3, 1.5) * sample_rate)
+            bar.update(min(total, position + step) // sample_rate - position // sample_rate)
+            position += step
+    bed = np.concatenate([noises[rng.integers(len(noises))] for _ in range(total // len(noises[0]) + 1)])
+    audio += bed[:total] * 0.01
+    return np.clip(audio, -1.0, 1.0), labels
+
+
+def _test_clips(dataset: Path, keywords):
+    listed = (dataset / "testing_list.txt").read_text().split() if (dataset / "testing_list.txt").is_file() else []
+    keyword_clips, other_clips = [], []
+    for relative in sorted(listed):
+        word = relative.split("/", 1)[0]
+        (keyword_clips.append((word, dataset / relative)) if word in keywords
+         else other_clips.append(dataset / relative))
+    return keyword_clips, other_clips
+
+
+def _speech(clip: np.ndarray, rng) -> np.ndarray:
+    """The spoken part of a 1 s clip (samples above -46 dB of its peak), at a random level."""
+    peak = float(np.max(np.abs(clip)))
+    loud = np.flatnonzero(np.abs(clip) > peak * 0.005) if peak > 0 else []
+    if len(loud) == 0:
+        return clip[:0]
+    speech = clip[loud[0]:loud[-1] + 1]
+    return speech * (rng.uniform(0.3, 0.9) / peak)
+
+
+def _sentence(speaker: str, rng, sample_rate: int) -> np.ndarray:
+    import soxr
+
+    from edgeasr.data.espeak import Espeak
+
+    voice, variant = speaker.split("+", 1)
+    engine = Espeak()
+    engine.reset(seed=int(rng.integers(2**31)))        # espeak's output depends on what it said before
+    text = _sentences()[rng.integers(len(SENTENCES))]
+    pcm = engine.synthesize(text, voice, variant, rate=int(rng.integers(130, 231)), pitch=int(rng.integers(25, 76)))
+    speech = soxr.resample(pcm.astype(np.float32) / 32768.0, engine.sample_rate, sample_rate).astype(np.float32)
+    peak = float(np.max(np.abs(speech))) or 1.0
+    return speech * (rng.uniform(0.3, 0.9) / peak)
+
+
+def _sentences():
+    from edgeasr.data.speech_commands import SPEECH_COMMANDS_KEYWORDS
+
+    for sentence in SENTENCES:
+        clash = set(re.findall(r"[a-z']+", sentence.lower())) & set(SPEECH_COMMANDS_KEYWORDS)
+        if clash:
+            raise AssertionError(f"sentence {sentence!r} contains keywords {clash}")
+    return SENTENCES
+
+
+def _noises(dataset: Path, sample_rate: int) -> list:
+    """The dataset's coloured noises (babble is left out: it is spoken by training voices)."""
+    paths = sorted(p for p in (dataset / "_background_noise_").glob("*_noise.wav"))
+    if not paths:
+        raise StreamError(f"{dataset}/_background_noise_: no *_noise.wav files")
+    return [load_audio(p, sample_rate) for p in paths]
+
+
+# ---- running a model over a stream --------------------------------------------------------
+
+def stream_posteriors(model_path, audio: np.ndarray, config: DetectorConfig, metadata=None,
+                      chunk_seconds: float = 10.0, progress: bool = True, num_threads: int = 1):
+    """(times, smoothed posteriors, labels) of one model over the whole stream, chunk by chunk."""
+    metadata = metadata or read_metadata(model_path)
+    if not metadata or not metadata.get("labels") or not metadata.get("frontend"):
+        raise StreamError(f"{model_path}: no edgeasr metadata with labels and frontend; convert it with "
+                          f"`edgeasr convert`")
+    frontend = FrontendConfig(**metadata["frontend"])
+    model = LiteRTModel(model_path, num_threads=num_threads)
+    frames = metadata.get("input_frames") or int(model.input_detail["shape"][1])
+    stream = PosteriorStream(model, frontend, frames, config)
+    chunk = int(chunk_seconds * frontend.sample_rate)
+    times, scores = [], []
+    for start in tqdm(range(0, len(audio), chunk), desc=f"scoring {Path(model_path).name}", unit="chunk",
+                      disable=not progress):
+        t, s = stream.push(audio[start:start + chunk])
+        times.append(t)
+        scores.append(s)
+    return np.concatenate(times), np.concatenate(scores), list(metadata["labels"])
+
+
+# ---- scoring detections -------------------------------------------------------------------
+
+def count_errors(times, scores, column: int, occurrences, threshold: float, refractory_s: float,
+                 max_latency_s: float = MAX_LATENCY_S):
+    """(hit latencies, false accepts, detections) of one keyword at one threshold."""
+    fired = times[fire_indices(times, scores[:, column], threshold, refractory_s)]
+    if not len(occurrences):
+        return np.zeros(0), len(fired), len(fired)
+    starts, ends = occurrences[:, 0], occurrences[:, 1]
+    index = np.searchsorted(starts, fired, side="right") - 1
+    inside = (index >= 0) & (fired <= ends[np.maximum(index, 0)] + max_latency_s)
+    _, first = np.unique(index[inside], return_index=True)          # each occurrence hit once
+    hit_positions = np.flatnonzero(inside)[first]
+    latencies = fired[hit_positions] - ends[index[hit_positions]]
+    return latencies, len(fired) - len(hit_positions), len(fired)
+
+
+def evaluate(times, scores, labels_list, occurrences, hours: float, config: DetectorConfig,
+             target_fa_per_hour: float = 1.0, max_latency_s: float = MAX_LATENCY_S) -> dict:
+    """DET curve (one threshold for all keywords), FRR at fixed FA/h, per-keyword thresholds for a target."""
+    refractory = config.refractory_ms / 1000.0
+    keywords = [(i, name) for i, name in enumerate(labels_list) if not name.startswith("_")]
+    by_keyword = {name: np.array([(s, e) for s, e, k in occurrences if k == name]).reshape(-1, 2)
+                  for _, name in keywords}
+    total = sum(len(v) for v in by_keyword.values())
+    if total == 0:
+        raise StreamError("the label file has no occurrence of the model's keywords "
+                          f"{[name for _, name in keywords]}")
+    table = {name: [count_errors(times, scores, i, by_keyword[name], t, refractory, max_latency_s)
+                    for t in THRESHOLDS] for i, name in keywords}
+    misses = np.array([[len(by_keyword[name]) - len(table[name][j][0]) for j in range(len(THRESHOLDS))]
+                       for _, name in keywords])
+    false_accepts = np.array([[table[name][j][1] for j in range(len(THRESHOLDS))] for _, name in keywords])
+    det = {"threshold": THRESHOLDS.tolist(), "frr": (misses.sum(0) / total).tolist(),
+           "fa_per_hour": (false_accepts.sum(0) / hours).tolist()}
+    at_points = {str(p): _frr_at(det, p) for p in FA_PER_HOUR_POINTS}
+    chosen = _per_keyword_thresholds(keywords, false_accepts, hours, target_fa_per_hour)
+    operating = _at_thresholds(times, scores, keywords, by_keyword, chosen, refractory, max_latency_s)
+    return {"hours": hours, "keyword_occurrences": total, "detector": asdict(config),
+            "max_latency_s": max_latency_s, "det": det, "frr_at_fa_per_hour": at_points,
+            "target_fa_per_hour": target_fa_per_hour, "thresholds": chosen,
+            "at_thresholds": {**operating, "frr": operating["misses"] / total,
+                              "fa_per_hour": operating["false_accepts"] / hours}}
+
+
+def _frr_at(det: dict, fa_per_hour: float) -> dict:
+    """The lowest common threshold with at most `fa_per_hour` false accepts per hour, and its FRR."""
+    for threshold, frr, fa in zip(det["threshold"], det["frr"], det["fa_per_hour"]):
+        if fa <= fa_per_hour:
+            return {"threshold": threshold, "frr": frr, "fa_per_hour": fa}
+    return {"threshold": None, "frr": 1.0, "fa_per_hour": None}
+
+
+def _per_keyword_thresholds(keywords, false_accepts, hours, target) -> dict:
+    """Per keyword, the lowest threshold keeping its false accepts within target / #keywords per hour."""
+    share = target / len(keywords)
+    chosen = {}
+    for row, (_, name) in enumerate(keywords):
+        allowed = np.flatnonzero(false_accepts[row] / hours <= share)
+        chosen[name] = float(THRESHOLDS[allowed[0]]) if len(allowed) else 1.0
+    return chosen
+
+
+def _at_thresholds(times, scores, keywords, by_keyword, chosen, refractory, max_latency_s) -> dict:
+    misses = false_accepts = 0
+    latencies = []
+    for i, name in keywords:
+        hits, fa, _ = count_errors(times, scores, i, by_keyword[name], chosen[name], refractory, max_latency_s)
+        misses += len(by_keyword[name]) - len(hits)
+        false_accepts += fa
+        latencies.extend(hits.tolist())
+    latency = np.asarray(latencies)
+    return {"misses": misses, "false_accepts": false_accepts,
+            "latency_s": {"median": float(np.median(latency)) if len(latency) else None,
+                          "p90": float(np.percentile(latency, 90)) if len(latency) else None}}
+
+
+def plot_det(curves: dict, path, title: str = "") -> None:
+    """DET curves (FRR against false accepts per hour) of one or more models into a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for name, det in curves.items():
+        fa, frr = np.asarray(det["fa_per_hour"]), np.asarray(det["frr"]) * 100
+        ax.plot(np.maximum(fa, 0.1), frr, label=name, drawstyle="steps-post")
+    ax.set_xscale("log")
+    ax.set_xlabel("false accepts per hour (0 drawn at 0.1)")
+    ax.set_ylabel("false reject rate (%)")
+    ax.axvline(1.0, color="grey", linewidth=0.8, linestyle=":")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title or "DET: keyword stream")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---- the whole evaluation ------------------------------------------------------------------
+
+def evaluate_stream(model_path, wav, label_path, config: DetectorConfig, out_dir,
+                    target_fa_per_hour: float = 1.0, progress: bool = True) -> dict:
+    """Run MODEL over WAV, score against the labels, write report JSON/Markdown and the DET PNG."""
+    metadata = read_metadata(model_path)
+    frontend = FrontendConfig(**(metadata or {}).get("frontend", {}))
+    audio = load_audio(wav, frontend.sample_rate)
+    occurrences = read_labels(label_path)
+    times, scores, labels_list = stream_posteriors(model_path, audio, config, metadata, progress=progress)
+    hours = len(audio) / frontend.sample_rate / 3600
+    report = {"model": str(model_path), "stream": str(wav), "labels": str(label_path),
+              **evaluate(times, scores, labels_list, occurrences, hours, config, target_fa_per_hour)}
+    out_dir = Path(out_dir)
+    stem = Path(model_path).stem
+    report["det_png"] = str(out_dir / f"{stem}.det.png")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plot_det({stem: report["det"]}, report["det_png"], f"{stem}: {hours:.2f} h stream")
+    write_json_atomic(out_dir / f"{stem}.stream.json", report)
+    return report
+
+
+def write_thresholds(model_path, report: dict) -> None:
+    """Put the chosen per-keyword thresholds and detector settings into the model's metadata."""
+    from edgeasr.converters.metadata import embed_metadata
+
+    model_path = Path(model_path)
+    metadata = read_metadata(model_path) or {}
+    values = {k: v for k, v in metadata.items() if k not in ("format", "edgeasr_version")}
+    values["detector"] = {**report["detector"], "thresholds": report["thresholds"],
+                          "target_fa_per_hour": report["target_fa_per_hour"]}
+    write_bytes_atomic(model_path, embed_metadata(model_path.read_bytes(), values))
+
+
+def format_report(report: dict) -> str:
+    lines = [f"{report['model']}: {report['hours']:.2f} h, {report['keyword_occurrences']} keywords"]
+    for point, entry in report["frr_at_fa_per_hour"].items():
+        threshold = "none" if entry["threshold"] is None else f"{entry['threshold']:.3f}"
+        lines.append(f"  FRR at <= {point} FA/h: {entry['frr']:.2%} (common threshold {threshold})")
+    at = report["at_thresholds"]
+    latency = at["latency_s"]
+    lines.append(f"  per-keyword thresholds for {report['target_fa_per_hour']} FA/h: FRR {at['frr']:.2%}, "
+                 f"{at['fa_per_hour']:.2f} FA/h, latency after keyword end median "
+                 f"{_seconds(latency['median'])}, p90 {_seconds(latency['p90'])}")
+    lines.append("  thresholds: " + ", ".join(f"{k}={v:.3f}" for k, v in report["thresholds"].items()))
+    lines.append(f"  DET curve: {report['det_png']}")
+    return "\n".join(lines)
+
+
+def _seconds(value) -> str:
+    return "n/a" if value is None else f"{value * 1000:.0f} ms"
