@@ -37,8 +37,10 @@ class StreamingFrontend:
         if count == 0:
             self._pending = buffer
             return np.zeros((0, config.n_mels), dtype=np.float32)
-        frames = np.lib.stride_tricks.sliding_window_view(buffer, config.window_samples)
-        features = log_mel_of_frames(frames[:: config.hop_samples][:count], config)
+        frames = np.lib.stride_tricks.as_strided(          # read-only view: frame i starts at i * hop
+            buffer, (count, config.window_samples), (config.hop_samples * buffer.itemsize, buffer.itemsize),
+            writeable=False)
+        features = log_mel_of_frames(frames, config)
         self._pending = buffer[count * config.hop_samples:]
         return features
 
@@ -144,13 +146,15 @@ class KeywordSpotter:
         frames = metadata.get("input_frames") or int(model.input_detail["shape"][1])
         self.posteriors = PosteriorStream(model, self.frontend, frames, self.config)
         self._last_fire = {i: -np.inf for i in self.keyword_indices}
+        self._thresholds = np.array([self.config.threshold(self.labels[i]) for i in self.keyword_indices])
 
     def push(self, audio: np.ndarray) -> List[Detection]:
         """Float samples in [-1, 1] at the model's sample rate -> detections completed by them."""
         times, scores = self.posteriors.push(audio)
         detections = []
         refractory = self.config.refractory_ms / 1000.0
-        for index in self.keyword_indices:
+        above = (scores[:, self.keyword_indices] >= self._thresholds).any(axis=0)
+        for index in np.asarray(self.keyword_indices)[above]:     # most hops: no keyword near its threshold
             keyword = self.labels[index]
             for run in fire_indices(times, scores[:, index], self.config.threshold(keyword), refractory,
                                     self._last_fire[index]):
