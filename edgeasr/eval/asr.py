@@ -1,0 +1,73 @@
+"""Speech-recognition evaluation: WER and CER (jiwer), real-time factor, model size.
+
+    error_rates(references, hypotheses)       corpus WER / CER over normalised text
+    keras_transcripts(model, split, ...)      greedy CTC transcripts of a Keras model (batched)
+    litert_transcripts(path, split, ...)      transcripts + real-time factor of a .tflite (one thread)
+
+RTF = (frontend + model + decoding time) / audio duration, measured on a single LiteRT thread,
+one utterance at a time, as a device would run it.
+"""
+from pathlib import Path
+from typing import List, Sequence
+
+import jiwer
+import numpy as np
+
+from edgeasr.audio.frontend import FrontendConfig
+from edgeasr.data.asr_pipeline import AsrSplit, length_batches, pad_batch
+from edgeasr.data.tokenizer import Tokenizer
+from edgeasr.runtime.ctc import decode
+
+
+def error_rates(references: Sequence[str], hypotheses: Sequence[str]) -> dict:
+    """Corpus-level WER and CER (errors over all reference words / characters)."""
+    references, hypotheses = list(references), list(hypotheses)
+    if len(references) != len(hypotheses) or not references:
+        raise ValueError(f"need as many hypotheses as references (>0), got {len(hypotheses)} and {len(references)}")
+    # jiwer refuses empty references; every reference here has text (load_asr_split checks it).
+    return {
+        "utterances": len(references),
+        "wer": float(jiwer.wer(references, hypotheses)),
+        "cer": float(jiwer.cer(references, hypotheses)),
+        "sentence_accuracy": float(np.mean([r == h for r, h in zip(references, hypotheses)])),
+    }
+
+
+def keras_transcripts(model, split: AsrSplit, frontend: FrontendConfig, tokenizer: Tokenizer,
+                      batch_size: int = 32, beam_width: int = 0) -> List[str]:
+    """Transcripts in the split's order; utterances batched by length and padded with silence."""
+    import tensorflow as tf
+
+    from edgeasr.audio.frontend import tf_log_mel
+    from edgeasr.models.conformer import output_frames
+
+    transcripts = [""] * len(split)
+    for batch in length_batches([len(w) for w in split.waves], batch_size):
+        waves, targets = pad_batch(split, batch, frontend, output_frames)
+        features = tf_log_mel(tf.constant(waves, tf.float32) / 32768.0, frontend)
+        logits = model(features, training=False).numpy()
+        for row, index in enumerate(batch):
+            ids = decode(logits[row, :targets[row, 0]], beam_width)
+            transcripts[index] = tokenizer.decode(ids)
+    return transcripts
+
+
+def litert_transcripts(model_path, split: AsrSplit, beam_width: int = 0, num_threads: int = 1) -> dict:
+    """{"transcripts", "rtf", "audio_seconds", "compute_seconds"} of a converted model."""
+    from edgeasr.runtime.asr import Transcriber
+
+    transcriber = Transcriber(model_path, num_threads=num_threads, beam_width=beam_width)
+    rate = transcriber.frontend.sample_rate
+    transcriber.transcribe(split.waves[0].astype(np.float32) / 32768.0)   # warm-up (XNNPACK packs weights)
+    transcripts, compute, audio_seconds = [], 0.0, 0.0
+    for wave in split.waves:
+        text, seconds = transcriber.transcribe_timed(wave.astype(np.float32) / 32768.0)
+        transcripts.append(text)
+        compute += seconds
+        audio_seconds += len(wave) / rate
+    return {"transcripts": transcripts, "rtf": compute / audio_seconds, "audio_seconds": audio_seconds,
+            "compute_seconds": compute}
+
+
+def file_size(path) -> int:
+    return Path(path).stat().st_size

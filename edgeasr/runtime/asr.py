@@ -1,0 +1,76 @@
+"""Speech to text with a converted Conformer-CTC: NumPy frontend, LiteRT model, NumPy CTC decoding.
+
+Runtime side: NumPy and LiteRT only. Everything the transcriber needs comes from the model's
+`edgeasr` metadata: the frontend config, the window length in frames (`input_frames`), the
+subsampling factor and the tokens (`asr`).
+
+The model takes a fixed window of frames. Shorter audio is padded at the end with silence (the
+model's chunked attention and causal convolutions keep earlier outputs as they were); longer
+audio is cut into consecutive windows whose outputs are joined before decoding (a word cut
+in two at a window edge may come out misspelt: windows do not share context).
+"""
+import time
+from pathlib import Path
+from typing import List
+
+import numpy as np
+
+from edgeasr.audio.frontend import FrontendConfig, numpy_log_mel
+from edgeasr.data.tokenizer import decode_tokens
+from edgeasr.runtime.ctc import decode
+from edgeasr.runtime.litert import LiteRTModel
+from edgeasr.runtime.metadata import read_metadata
+
+
+class TranscriberError(ValueError):
+    """The model is not a speech-recognition model converted by edgeasr."""
+
+
+class Transcriber:
+    def __init__(self, model_path, num_threads: int = 1, beam_width: int = 0, xnnpack: bool = True):
+        self.path = Path(model_path)
+        metadata = read_metadata(self.path) or {}
+        if "asr" not in metadata or not metadata.get("frontend"):
+            raise TranscriberError(f"{self.path}: no speech-recognition metadata (convert an ASR run with "
+                                   f"`edgeasr convert RUN_DIR`)")
+        self.metadata = metadata
+        self.frontend = FrontendConfig(**metadata["frontend"])
+        self.tokens = metadata["asr"]["tokens"]
+        self.subsampling = int(metadata["asr"]["subsampling"])
+        self.window_frames = int(metadata["input_frames"])
+        self.beam_width = beam_width
+        self.model = LiteRTModel(self.path, num_threads=num_threads, xnnpack=xnnpack)
+
+    @property
+    def window_samples(self) -> int:
+        return self.frontend.window_samples + (self.window_frames - 1) * self.frontend.hop_samples
+
+    def scores(self, audio: np.ndarray) -> np.ndarray:
+        """Per-output-frame logits (T_out, V) of float audio in [-1, 1] at the frontend's rate."""
+        audio = np.asarray(audio, np.float32)
+        step = self.window_frames * self.frontend.hop_samples   # windows start every window_frames frames
+        outputs = []
+        for start in range(0, max(1, len(audio)), step):
+            piece = audio[start:start + self.window_samples]
+            valid_frames = max(1, min(self.window_frames, self.frontend.num_frames(len(piece))))
+            padded = np.zeros(self.window_samples, np.float32)
+            padded[:len(piece)] = piece
+            logits = self.model.predict(numpy_log_mel(padded, self.frontend)[None])[0]
+            outputs.append(logits[: -(-valid_frames // self.subsampling)])
+            if start + self.window_samples >= len(audio):
+                break
+        return np.concatenate(outputs)
+
+    def transcribe(self, audio: np.ndarray) -> str:
+        return decode_tokens(self.tokens, decode(self.scores(audio), self.beam_width))
+
+    def transcribe_timed(self, audio: np.ndarray) -> tuple:
+        """(text, seconds of model + decoding time): real-time factor = seconds / audio seconds."""
+        started = time.perf_counter()
+        text = self.transcribe(audio)
+        return text, time.perf_counter() - started
+
+    def transcribe_files(self, paths) -> List[str]:
+        from edgeasr.audio.io import load_audio
+
+        return [self.transcribe(load_audio(p, self.frontend.sample_rate)) for p in paths]
