@@ -146,3 +146,16 @@ def layer_of(name: str, layer_names) -> str:
                 if candidate and candidate in known:
                     return candidate
     return ""
+
+
+def operator_code(model, builtin: int, version: int) -> int:
+    """Index of the operator code (builtin op, version), added to the model when missing."""
+    for index, code in enumerate(model.operatorCodes):
+        if max(code.builtinCode, code.deprecatedBuiltinCode) == builtin and code.version == version:
+            return index
+    code = schema().OperatorCodeT()
+    code.builtinCode = builtin
+    code.deprecatedBuiltinCode = min(builtin, 127)   # 127: PLACEHOLDER_FOR_GREATER_OP_CODES
+    code.version = version
+    model.operatorCodes.append(code)
+    return len(model.operatorCodes) - 1

@@ -134,14 +134,19 @@ def train(dataset, run_dir, model_name, epochs, batch_size, learning_rate, polic
               help="Input and output tensor type.")
 @click.option("--min-agreement", default=0.99, show_default=True,
               help="Fail (write nothing) when Keras-LiteRT argmax agreement is below this.")
+@click.option("--conv-storage", type=click.Choice(["int8", "int4"]), default="int8", show_default=True,
+              help="4-bit depthwise and non-pointwise conv filters: 4-bit levels in INT8 containers "
+                   "(XNNPACK runs them) or packed INT4 (smaller, builtin kernels only).")
+@click.option("--fc-scales", type=click.Choice(["per-channel", "per-tensor"]), default="per-channel",
+              show_default=True, help="Scales of 4-bit FULLY_CONNECTED weights quantized per tensor.")
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 @user_errors
-def convert(source, output, policy, calibration, io, min_agreement, force):
+def convert(source, output, policy, calibration, io, min_agreement, conv_storage, fc_scales, force):
     """Convert a run directory or a tf_keras model file to a fully-integer LiteRT model.
 
-    Weights whose policy is 4 bits or less are stored as INT4; the file carries an `edgeasr`
-    metadata entry; parity with the Keras model is checked and written to
-    OUTPUT.parity.json / .parity.md.
+    Weights whose policy is 4 bits or less are stored as INT4 (see --conv-storage); pointwise
+    convolutions become FULLY_CONNECTED; the file carries an `edgeasr` metadata entry; parity
+    with the Keras model is checked and written to OUTPUT.parity.json / .parity.md.
 
     \b
     Examples:
@@ -151,7 +156,8 @@ def convert(source, output, policy, calibration, io, min_agreement, force):
     from edgeasr.converters.convert import convert as convert_source
 
     result = convert_source(source, output, policy=policy, calibration=calibration, io=io, force=force,
-                            min_agreement=min_agreement)
+                            min_agreement=min_agreement, conv_storage=conv_storage,
+                            fc_per_channel=fc_scales == "per-channel")
     parity = result["parity"]
     sizes = f"{result['bytes']:,} bytes"
     if result.get("float_bytes"):

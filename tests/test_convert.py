@@ -41,8 +41,15 @@ def test_float_keras_file_converts_to_int4_fully_integer_with_metadata(foreign, 
     result = _convert(foreign, out, "--policy", "w4a8-tanh")
     assert result.exit_code == 0, result.output
     ops, tensors = fb.read_model(out.read_bytes())
-    weights = [t for t in tensors if t.data is not None and len(t.shape) >= 2 and t.type != "INT32"]
-    assert weights and all(t.type == "INT4" for t in weights)
+    weights = {t.name: t for t in tensors if t.data is not None and len(t.shape) >= 2 and t.type != "INT32"}
+    # Pointwise conv (now FULLY_CONNECTED) and logits packed; depthwise and first conv keep their
+    # 4-bit levels in INT8 containers, which XNNPACK takes.
+    assert {name: t.type for name, t in weights.items()} == {
+        "conv0/weight": "INT8", "dw1/weight": "INT8", "pw1/weight": "INT4", "logits/weight": "INT4"}
+    for name in ("conv0/weight", "dw1/weight"):
+        levels = weights[name].data.view(np.int8)
+        assert levels.min() >= -8 and levels.max() <= 7
+    assert ops.count("FULLY_CONNECTED") == 2 and ops.count("CONV_2D") == 1
     assert not [t.name for t in tensors if t.type.startswith("FLOAT")]
     assert "QUANTIZE" not in ops and "DEQUANTIZE" not in ops
     meta = read_metadata(out)
@@ -59,13 +66,21 @@ def test_float_keras_file_converts_to_int4_fully_integer_with_metadata(foreign, 
     assert second.read_bytes() == out.read_bytes()                  # same inputs, same bytes
 
     shown = CliRunner().invoke(main, ["inspect", str(out)])
-    assert shown.exit_code == 0 and "100% packed INT4" in shown.output and "w4a8-tanh" in shown.output
+    assert shown.exit_code == 0 and "packed INT4" in shown.output and "w4a8-tanh" in shown.output
     checked = CliRunner().invoke(main, ["validate", str(out), "--source", str(foreign / "kws.keras"),
                                         "--data", str(foreign / "inputs.npy")])
     assert checked.exit_code == 0, checked.output
     strict = CliRunner().invoke(main, ["validate", str(out), "--source", str(foreign / "kws.keras"),
                                        "--data", str(foreign / "inputs.npy"), "--min-agreement", "1.01"])
     assert strict.exit_code == 1 and "below" in strict.output
+
+
+def test_conv_storage_int4_packs_every_4bit_weight(foreign, tmp_path):
+    out = tmp_path / "kws_all_int4.tflite"
+    assert _convert(foreign, out, "--policy", "w4a8-tanh", "--conv-storage", "int4").exit_code == 0
+    _, tensors = fb.read_model(out.read_bytes())
+    weights = [t for t in tensors if t.data is not None and len(t.shape) >= 2 and t.type != "INT32"]
+    assert len(weights) == 4 and all(t.type == "INT4" for t in weights)
 
 
 def test_float_io_keeps_only_the_boundary_in_float(foreign, tmp_path):

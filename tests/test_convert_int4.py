@@ -9,7 +9,10 @@ import tensorflow as tf
 import tf_keras as keras
 
 from edgeasr.converters import flatbuffer as fb
+from edgeasr.converters.inspect import xnnpack_nodes
 from edgeasr.converters.int4 import INT4_OP_VERSIONS, keras_layer_names, pack_int4_weights, policy_bits
+from edgeasr.converters.pointwise import pointwise_as_fully_connected
+from edgeasr.converters.trim import trim_model
 from edgeasr.errors import EdgeasrError
 from edgeasr.quant import qat
 from edgeasr.quant.policy import LayerPrecision, PrecisionPolicy, PrecisionRule
@@ -78,7 +81,8 @@ def test_dense_on_3d_input_int8_container_is_packed_onto_the_qat_grid(dense_3d):
     layer_names = keras_layer_names(model)
     packed, report = pack_int4_weights(stock, policy_bits(PrecisionPolicy("w4", W4), layer_names))
     by_layer = {entry["layer"]: entry for entry in report}
-    assert by_layer["d3"]["stored_as"] == "INT8" and by_layer["d3"]["action"].startswith("packed")
+    assert by_layer["d3"]["converter_wrote"] == "INT8" and by_layer["d3"]["action"].startswith("packed")
+    assert by_layer["d3"]["stored_as"] == "INT4"
     assert by_layer["logits"]["stored_as"] == "INT4"
 
     _, tensors = fb.read_model(packed)
@@ -169,3 +173,83 @@ def test_int4_nibble_order_round_trips():
     np.testing.assert_array_equal(fb.unpack_int4(packed, values.size), values)
     with pytest.raises(ValueError):
         fb.pack_int4(np.array([8]))
+
+
+@pytest.fixture(scope="module")
+def ds_cnn_w4():
+    """A small DS-CNN quantised post-training to w4a8, converted by the stock converter."""
+    from edgeasr.converters.ptq import post_training_quantize
+    from edgeasr.converters.stock import int8_tflite
+    from edgeasr.models.registry import ModelConfig, build_model
+
+    keras.utils.set_random_seed(0)
+    model = build_model(ModelConfig(name="ds_cnn_s", num_classes=4, options={"channels": 16, "blocks": 2}))
+    x = np.random.default_rng(0).normal(size=(32, 98, 40)).astype(np.float32)
+    quantized = post_training_quantize(model, PrecisionPolicy("w4", W4), x)
+    stock = int8_tflite(quantized, x)
+    bits_of = policy_bits(PrecisionPolicy("w4", W4), keras_layer_names(quantized))
+    return quantized, stock, bits_of
+
+
+def _delegated(model_bytes, tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(model_bytes)
+    return len(xnnpack_nodes(path))
+
+
+def test_pointwise_convs_become_fully_connected_with_bit_identical_outputs(ds_cnn_w4, tmp_path):
+    _, stock, bits_of = ds_cnn_w4
+    packed, _ = pack_int4_weights(stock, bits_of, conv_storage="int4")
+    rewritten, names = pointwise_as_fully_connected(packed)
+    assert len(names) == 2 and all("pw" in name for name in names)
+    model = fb.load(rewritten)
+    ops = [(fb.op_name(model, op), op) for op in model.subgraphs[0].operators]
+    assert [name for name, _ in ops].count("CONV_2D") == 1 and [name for name, _ in ops].count("FULLY_CONNECTED") == 3
+    pointwise = [op for name, op in ops if name == "FULLY_CONNECTED" and op.builtinOptions.keepNumDims]
+    assert len(pointwise) == 2 and all(op.builtinOptions.fusedActivationFunction == 1 for op in pointwise)  # RELU
+    x = _int8_inputs(12, (98, 40), seed=3)
+    np.testing.assert_array_equal(_run(rewritten, x, xnnpack=False), _run(packed, x, xnnpack=False))
+    # XNNPACK has no INT4 CONV_2D; as FULLY_CONNECTED the pointwise convolutions are delegated.
+    assert _delegated(rewritten, tmp_path, "fc.tflite") == _delegated(packed, tmp_path, "conv.tflite") + 2
+
+
+def test_depthwise_and_first_conv_keep_4bit_levels_in_int8_containers(ds_cnn_w4, tmp_path):
+    _, stock, bits_of = ds_cnn_w4
+    all_int4, _ = pointwise_as_fully_connected(pack_int4_weights(stock, bits_of, conv_storage="int4")[0])
+    fast, report = pack_int4_weights(stock, bits_of, conv_storage="int8")
+    fast, _ = pointwise_as_fully_connected(fast)
+    stored = {entry["layer"]: entry["stored_as"] for entry in report}
+    assert stored == {"conv0": "INT8", "dw1": "INT8", "dw2": "INT8", "pw1": "INT4", "pw2": "INT4", "logits": "INT4"}
+    _, tensors = fb.read_model(fast)
+    for tensor in (t for t in tensors if t.type == "INT8" and t.data is not None):
+        assert np.abs(tensor.data.view(np.int8)).max() <= 8 and tensor.data.view(np.int8).min() >= -8
+    x = _int8_inputs(12, (98, 40), seed=4)
+    np.testing.assert_array_equal(_run(fast, x, xnnpack=False), _run(all_int4, x, xnnpack=False))
+    model = fb.load(fast)
+    delegated = _delegated(fast, tmp_path, "fast.tflite")
+    weighted = sum(fb.op_name(model, op) in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+                   for op in model.subgraphs[0].operators)
+    assert delegated >= weighted and delegated > _delegated(all_int4, tmp_path, "all_int4.tflite")
+
+
+def test_trimmed_model_is_smaller_and_computes_the_same(ds_cnn_w4, tmp_path):
+    quantized, stock, bits_of = ds_cnn_w4
+    untrimmed, _ = pointwise_as_fully_connected(pack_int4_weights(stock, bits_of, conv_storage="int8")[0])
+    trimmed = trim_model(untrimmed, keras_layer_names(quantized))
+    assert len(trimmed) < len(untrimmed) - 1000
+    model = fb.load(trimmed)
+    graph = model.subgraphs[0]
+    used = {t.buffer for t in graph.tensors} | {m.buffer for m in model.metadata or []} | {0}
+    assert used == set(range(len(model.buffers)))                       # no orphaned buffers
+    assert "CONVERSION_METADATA" not in [fb.tensor_name(m) for m in model.metadata or []]
+    names = [fb.tensor_name(t) for t in graph.tensors]
+    assert {"pw1/weight", "pw1/bias", "dw2/weight", "logits/weight"} <= set(names)
+    for op in graph.operators:
+        if len(op.inputs) > 2 and op.inputs[2] >= 0:
+            bias = graph.tensors[op.inputs[2]]
+            one_scale = fb.op_name(model, op) == "FULLY_CONNECTED"      # conv biases keep theirs (XNNPACK)
+            assert (len(bias.quantization.scale) == 1) == one_scale, fb.tensor_name(bias)
+    x = _int8_inputs(12, (98, 40), seed=5)
+    for xnnpack in (True, False):
+        np.testing.assert_array_equal(_run(trimmed, x, xnnpack), _run(untrimmed, x, xnnpack))
+    assert _delegated(trimmed, tmp_path, "trimmed.tflite") == _delegated(untrimmed, tmp_path, "untrimmed.tflite")

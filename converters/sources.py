@@ -1,0 +1,112 @@
+"""What `convert` and `validate` read: the Keras model (an edgeasr run directory or a tf_keras
+file), whether it is QAT, and the calibration / test features (a dataset folder or a .npy array)."""
+import edgeasr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+
+from pathlib import Path
+
+import numpy as np
+import tf_keras as keras
+
+from edgeasr.errors import EdgeasrError
+from edgeasr.converters.stock import CALIBRATION_EXAMPLES
+
+
+def load_source(source) -> tuple:
+    """(Keras model, RunConfig or None) of a run directory or a tf_keras model file."""
+    source = Path(source)
+    if source.is_dir() and (source / "config.json").is_file():
+        from edgeasr.train.run_dir import RunDir
+
+        run = RunDir(source)
+        return run.load_model(), run.read_config()
+    return load_keras(source), None
+
+
+def is_qat(model: keras.Model) -> bool:
+    from edgeasr.quant.qat import FoldedConvBN, QuantizeLayer, QuantizeWrapper
+
+    return any(isinstance(layer, (QuantizeWrapper, QuantizeLayer, FoldedConvBN)) for layer in model.layers)
+
+
+def load_keras(path) -> keras.Model:
+    """A tf_keras model from a SavedModel folder, .h5 or .keras file (float or edgeasr QAT)."""
+    from edgeasr.quant.qat import load_model
+
+    path = Path(path)
+    if not path.exists():
+        raise EdgeasrError(f"{path}: no such file or directory")
+    if path.is_dir() and not (path / "saved_model.pb").exists():
+        raise EdgeasrError(f"{path}: not an edgeasr run directory (no config.json) and not a SavedModel "
+                           f"(no saved_model.pb)")
+    try:
+        model = load_model(path, compile=False)
+    except Exception as exc:
+        raise EdgeasrError(f"{path}: not a readable tf_keras model ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0][:300] if str(exc) else ''})") from exc
+    if not isinstance(model, keras.Model) or not getattr(model, "_is_graph_network", False):
+        raise EdgeasrError(f"{path}: convert needs a functional or Sequential tf_keras model")
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise EdgeasrError(f"{path}: convert handles models with one input and one output, this one has "
+                           f"{len(model.inputs)} and {len(model.outputs)}")
+    return model
+
+
+def qat_weight_bits(model: keras.Model) -> dict:
+    from edgeasr.quant.qat import weight_quantizers
+
+    return {entry["layer"]: entry["quantizer"].bits for entry in weight_quantizers(model)}
+
+
+def load_calibration(data, model: keras.Model, config=None, split: str = "train"):
+    """(features, labels or None) from a .npy array of model inputs or a dataset folder."""
+    path = Path(data)
+    if not path.exists():
+        raise EdgeasrError(f"calibration data {path}: no such file or directory")
+    if path.is_file():
+        if path.suffix != ".npy":
+            raise EdgeasrError(f"calibration data {path}: expected a .npy array of model inputs or a dataset folder")
+        try:
+            features = np.load(path, allow_pickle=False)
+        except Exception as exc:
+            raise EdgeasrError(f"calibration data {path}: not a readable .npy array ({exc})") from exc
+        labels = None
+    else:
+        from edgeasr.audio.frontend import FrontendConfig
+        from edgeasr.data.pipeline import features_of
+        from edgeasr.data.speech_commands import DataConfig, load_split
+
+        frontend = config.frontend if config is not None else FrontendConfig()
+        data_config = config.data if config is not None else DataConfig()
+        clips = load_split(path, data_config, split, progress=False)
+        if not len(clips.labels):
+            raise EdgeasrError(f"calibration data {path}: no {split} clips")
+        features, labels = features_of(clips.waves, frontend), np.asarray(clips.labels)
+    expected = tuple(model.input_shape[1:])
+    if features.ndim != len(expected) + 1 or tuple(features.shape[1:]) != expected or not len(features):
+        raise EdgeasrError(f"calibration data {path}: shape {features.shape}, the model takes (N, "
+                           f"{', '.join(map(str, expected))})")
+    return features.astype(np.float32), labels
+
+
+def calibration_features(config, examples: int = CALIBRATION_EXAMPLES) -> np.ndarray:
+    """Features of a seeded random sample of the run's training clips (no augmentation)."""
+    from edgeasr.data.pipeline import features_of
+    from edgeasr.data.speech_commands import load_split
+
+    train = load_split(Path(config.dataset), config.data, "train", progress=False)
+    if not len(train.labels):
+        raise EdgeasrError(f"{config.dataset}: no training clips to calibrate with")
+    rng = np.random.default_rng(config.train.seed)
+    chosen = rng.choice(len(train.labels), size=min(examples, len(train.labels)), replace=False)
+    return features_of(train.waves[np.sort(chosen)], config.frontend)
+
+
+def run_test_features(config):
+    """(features, labels) of the run's test split, or None when the dataset is not there."""
+    from edgeasr.data.pipeline import features_of
+    from edgeasr.data.speech_commands import load_split
+
+    if not Path(config.dataset).is_dir():
+        return None
+    test = load_split(Path(config.dataset), config.data, "test", progress=False)
+    return (features_of(test.waves, config.frontend), np.asarray(test.labels)) if len(test.labels) else None

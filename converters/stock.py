@@ -1,0 +1,53 @@
+"""The stock TFLite converter, called the way edgeasr needs it.
+
+Conversion runs from a concrete function with a fixed batch of 1: an open batch adds
+SHAPE/STRIDED_SLICE/PACK ops and sent a Dense on a 3-D input down the Tensordot path, into an
+INT8 container with an unfused bias.
+"""
+import edgeasr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from edgeasr.errors import EdgeasrError
+
+CALIBRATION_EXAMPLES = 300
+
+
+def _concrete(model: keras.Model):
+    spec = tf.TensorSpec([1, *model.input_shape[1:]], tf.float32)
+    return tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
+
+
+def float_tflite(model: keras.Model) -> bytes:
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([_concrete(model)], model)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    return converter.convert()
+
+
+def int8_tflite(model: keras.Model, calibration: np.ndarray, io: str = "int8", int16_activations: bool = False
+                ) -> bytes:
+    """The converter's fully-integer output (before the checks and the INT4 pass). Float ops it
+    cannot quantise are let through (TFLITE_BUILTINS as a fallback) so the check can name them.
+    int16_activations: the 16x8 mode (int16 activations, int8 weights, int64 biases)."""
+    examples = np.asarray(calibration, np.float32)[:CALIBRATION_EXAMPLES]
+
+    def representative_dataset():
+        for example in examples:
+            yield [example[None, ...]]
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([_concrete(model)], model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative_dataset
+    integer_set = (tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
+                   if int16_activations else tf.lite.OpsSet.TFLITE_BUILTINS_INT8)
+    converter.target_spec.supported_ops = [integer_set, tf.lite.OpsSet.TFLITE_BUILTINS]
+    if io == "int8":
+        io_type = tf.int16 if int16_activations else tf.int8
+        converter.inference_input_type = converter.inference_output_type = io_type
+    try:
+        return converter.convert()
+    except Exception as exc:  # the converter raises ConverterError and others with long logs
+        lines = [line for line in str(exc).splitlines() if "error" in line.lower()] or str(exc).splitlines()
+        raise EdgeasrError(f"the TFLite converter failed: {' | '.join(lines[-3:])[:800]}") from exc
