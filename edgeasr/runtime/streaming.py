@@ -77,7 +77,7 @@ def fire_indices(times: np.ndarray, scores: np.ndarray, threshold: float, refrac
 
     Jumps from firing to firing with searchsorted, so a whole stream costs one step per detection.
     """
-    candidates = np.flatnonzero(scores >= threshold)
+    candidates = np.flatnonzero(scores >= scores.dtype.type(threshold))    # compared in the scores' dtype
     candidate_times = times[candidates]
     fired = []
     position = int(np.searchsorted(candidate_times, last_fire + refractory_s, side="left"))
@@ -146,7 +146,8 @@ class KeywordSpotter:
         frames = metadata.get("input_frames") or int(model.input_detail["shape"][1])
         self.posteriors = PosteriorStream(model, self.frontend, frames, self.config)
         self._last_fire = {i: -np.inf for i in self.keyword_indices}
-        self._thresholds = np.array([self.config.threshold(self.labels[i]) for i in self.keyword_indices])
+        self._thresholds = np.array([self.config.threshold(self.labels[i]) for i in self.keyword_indices],
+                                    dtype=np.float32)
 
     def push(self, audio: np.ndarray) -> List[Detection]:
         """Float samples in [-1, 1] at the model's sample rate -> detections completed by them."""

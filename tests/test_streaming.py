@@ -1,0 +1,235 @@
+"""Streaming detector: incremental frontend, hop schedule, trigger, and the long-stream evaluation."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgeasr.audio.frontend import FrontendConfig, numpy_log_mel
+from edgeasr.audio.io import write_wav
+from edgeasr.runtime.streaming import DetectorConfig, KeywordSpotter, StreamingFrontend, fire_indices
+
+LABELS = ["_silence_", "_unknown_", "yes"]
+RATE = 16000
+BURSTS_S = (2.0, 5.0, 8.5)          # 0.4 s noise bursts: the "keyword" of the energy model
+BURST_LENGTH_S = 0.4
+BLOCK_TF = ("import sys\nfor name in ('tensorflow', 'tf_keras', 'tensorflow_model_optimization'):\n"
+            "    sys.modules[name] = None\n")
+
+
+def energy_model(path, extra_metadata=None):
+    """An int8 model on (98, 40) log-mel whose 'yes' score rises with the window's mean loudness."""
+    import tf_keras as keras
+
+    from edgeasr.converters.convert import int8_tflite
+    from edgeasr.converters.metadata import embed_metadata
+
+    inputs = keras.Input((98, 40))
+    mean = keras.layers.GlobalAveragePooling1D()(inputs)
+    dense = keras.layers.Dense(3)
+    model = keras.Model(inputs, keras.layers.Softmax()(dense(mean)))
+    weights = np.zeros((40, 3), np.float32)
+    weights[:, 0], weights[:, 2] = -5.0 / 40, 5.0 / 40
+    dense.set_weights([weights, np.array([0.0, -1.0, 0.0], np.float32)])
+    calibration = numpy_log_mel(np.stack([bursts_audio(seconds=1.0, bursts=(0.3,), seed=s) for s in range(8)]),
+                                FrontendConfig())
+    values = {"labels": LABELS, "frontend": FrontendConfig().__dict__, "input_frames": 98, **(extra_metadata or {})}
+    path.write_bytes(embed_metadata(int8_tflite(model, calibration), values))
+    return path
+
+
+def bursts_audio(seconds=10.0, bursts=BURSTS_S, seed=0):
+    rng = np.random.default_rng(seed)
+    audio = rng.standard_normal(int(seconds * RATE)).astype(np.float32) * 0.001
+    for start in (b for b in bursts if b + BURST_LENGTH_S <= seconds):
+        begin = int(start * RATE)
+        audio[begin:begin + int(BURST_LENGTH_S * RATE)] += rng.standard_normal(int(BURST_LENGTH_S * RATE)) * 0.3
+    return np.clip(audio, -1, 1).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    return energy_model(tmp_path_factory.mktemp("stream") / "energy.tflite")
+
+
+def push_in_chunks(target, audio, sizes):
+    outputs, start, index = [], 0, 0
+    while start < len(audio):
+        size = int(sizes[index % len(sizes)])
+        outputs.append(target.push(audio[start:start + size]))
+        start, index = start + size, index + 1
+    return outputs
+
+
+def test_incremental_frontend_equals_batch(speech_16k):
+    config = FrontendConfig()
+    whole = numpy_log_mel(speech_16k, config)
+    sizes = np.random.default_rng(0).integers(1, 3000, size=50)
+    for chunk_sizes in (sizes, [1], [160], [7, 1, 480, 2]):
+        frontend = StreamingFrontend(config)
+        audio = speech_16k if len(chunk_sizes) > 1 or chunk_sizes[0] > 1 else speech_16k[:12000]
+        frames = np.concatenate(push_in_chunks(frontend, audio, chunk_sizes))
+        assert frames.shape == (config.num_frames(len(audio)), 40)
+        np.testing.assert_array_equal(frames, whole[:len(frames)])      # bit for bit, not allclose
+
+
+def test_fire_indices_threshold_and_refractory():
+    times = np.arange(0, 5, 0.02)
+    scores = np.zeros_like(times)
+    scores[(times >= 1.0) & (times < 1.3)] = 0.9        # one keyword: fires once
+    scores[(times >= 2.0) & (times < 4.0)] = 0.7        # 2 s above 0.6: fires at 2.0, 3.0 (refractory 1 s)
+    assert times[fire_indices(times, scores, 0.8, 1.0)].tolist() == pytest.approx([1.0])
+    assert times[fire_indices(times, scores, 0.6, 1.0)].tolist() == pytest.approx([1.0, 2.0, 3.0])
+    assert times[fire_indices(times, scores, 0.6, 1.0, last_fire=1.5)].tolist() == pytest.approx([2.5, 3.5])
+    assert len(fire_indices(times, scores, 0.95, 1.0)) == 0
+
+
+def test_model_runs_once_per_hop(model_path):
+    spotter = KeywordSpotter(model_path, DetectorConfig(hop_ms=20.0, smoothing_ms=20.0))
+    calls = []
+    run_raw = spotter.posteriors.model.run_raw
+    spotter.posteriors.model.run_raw = lambda window: calls.append(window.shape) or run_raw(window)
+    times = np.concatenate([spotter.posteriors.push(c)[0] for c in np.array_split(bursts_audio(3.0), 37)])
+    # 3 s -> 298 frames; the first run needs 98 frames, then one every 2 frames
+    assert len(calls) == (298 - 98) // 2 + 1 and set(calls) == {(98, 40)}
+    np.testing.assert_allclose(np.diff(times), 0.02, atol=1e-9)
+    assert times[0] == pytest.approx((97 * 160 + 480) / RATE)
+
+
+def test_detections_at_the_keywords(model_path):
+    config = DetectorConfig(hop_ms=20.0, smoothing_ms=60.0, refractory_ms=1000.0, default_threshold=0.8)
+    audio = bursts_audio()
+    whole = KeywordSpotter(model_path, config).push(audio)
+    assert [d.keyword for d in whole] == ["yes"] * len(BURSTS_S)
+    for detection, start in zip(whole, BURSTS_S):
+        assert start < detection.time_s < start + BURST_LENGTH_S + 1.0 and detection.score >= 0.8
+    chunked = KeywordSpotter(model_path, config)
+    streamed = sum(push_in_chunks(chunked, audio, [1, 333, 160, 4000, 17]), [])
+    assert streamed == whole                              # chunking changes nothing
+    strict = KeywordSpotter(model_path, DetectorConfig(default_threshold=0.999)).push(audio)
+    assert strict == []
+
+
+def test_thresholds_from_metadata(tmp_path):
+    detector = {"hop_ms": 40.0, "smoothing_ms": 80.0, "thresholds": {"yes": 0.75}}
+    spotter = KeywordSpotter(energy_model(tmp_path / "m.tflite", {"detector": detector}))
+    assert spotter.config.threshold("yes") == 0.75 and spotter.posteriors.hop_frames == 4
+    assert spotter.posteriors.smoothing_runs == 2
+
+
+def test_runtime_without_tensorflow(model_path):
+    """The frontend imports TensorFlow only inside tf_log_mel; the runtime works with TF blocked."""
+    code = BLOCK_TF + (
+        "import numpy as np\n"
+        "from edgeasr.runtime.streaming import KeywordSpotter, DetectorConfig\n"
+        f"s = KeywordSpotter({str(model_path)!r}, DetectorConfig(default_threshold=0.8))\n"
+        "rng = np.random.default_rng(0); a = rng.standard_normal(48000).astype(np.float32) * 0.001\n"
+        "a[16000:22400] += rng.standard_normal(6400).astype(np.float32) * 0.3\n"
+        "d = s.push(a); assert [x.keyword for x in d] == ['yes'], d\n"
+        "bad = [n for n in sys.modules if n.split('.')[0] in ('tensorflow', 'tf_keras') and sys.modules[n]]\n"
+        "assert not bad, bad; print('ok')\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr
+
+
+# ---- long-stream evaluation ---------------------------------------------------------------
+
+def test_count_errors_and_evaluate():
+    from edgeasr.eval.stream import count_errors, evaluate
+
+    times = np.round(np.arange(0, 100, 0.02), 2)
+    scores = np.zeros((len(times), 3), np.float32)
+    scores[:, 0] = 1.0
+    for start, score in ((10.0, 0.9), (30.0, 0.6), (50.0, 0.9)):      # keyword ends at start + 0.5
+        scores[(times >= start + 0.3) & (times < start + 0.8), 2] = score
+    scores[(times >= 70.0) & (times < 70.2), 2] = 0.95                  # a false accept
+    occurrences = [(10.0, 10.5, "yes"), (30.0, 30.5, "yes"), (50.0, 50.5, "yes"), (90.0, 90.5, "yes")]
+    array = np.array([(s, e) for s, e, _ in occurrences])
+    latencies, false_accepts, fired = count_errors(times, scores, 2, array, 0.8, 1.0)
+    assert fired == 3 and false_accepts == 1 and latencies.tolist() == pytest.approx([-0.2, -0.2])
+    report = evaluate(times, scores, LABELS, occurrences, hours=0.5, config=DetectorConfig(), target_fa_per_hour=2.0)
+    assert report["frr_at_fa_per_hour"]["2.0"]["frr"] == pytest.approx(0.25)    # any threshold: 3 of 4, 1 FA
+    assert report["frr_at_fa_per_hour"]["1.0"]["frr"] == pytest.approx(1.0)     # 0 FA needs t above the FA score
+    assert report["thresholds"]["yes"] == pytest.approx(0.05)
+    assert report["at_thresholds"]["false_accepts"] == 1 and report["at_thresholds"]["misses"] == 1
+    assert report["at_thresholds"]["latency_s"]["median"] == pytest.approx(-0.2)
+    strict = evaluate(times, scores, LABELS, occurrences, hours=0.5, config=DetectorConfig(), target_fa_per_hour=1.0)
+    assert strict["thresholds"]["yes"] > 0.9 and strict["at_thresholds"]["misses"] == 4
+    assert strict["at_thresholds"]["false_accepts"] == 0
+
+
+def test_labels_file(tmp_path):
+    from edgeasr.eval.stream import StreamError, read_labels, write_labels
+
+    path = tmp_path / "l.txt"
+    write_labels(path, [(3.0, 3.5, "no"), (1.25, 1.75, "yes")])
+    path.write_text(path.read_text() + "# a comment\n\n")
+    assert read_labels(path) == [(1.25, 1.75, "yes"), (3.0, 3.5, "no")]
+    path.write_text("1.0 yes\n")
+    with pytest.raises(StreamError, match="l.txt:1: expected 'start_s end_s keyword'"):
+        read_labels(path)
+
+
+@pytest.mark.slow
+def test_built_stream_and_cli(tiny_dataset, tmp_path, model_path):
+    from edgeasr.audio.io import load_audio
+    from edgeasr.cli import main
+    from edgeasr.eval.stream import build_test_stream, read_labels
+    from edgeasr.runtime.metadata import read_metadata
+
+    wav, labels = build_test_stream(tiny_dataset, ["yes", "no", "stop"], tmp_path / "cache", hours=0.02,
+                                    seed=1, progress=False)
+    again = build_test_stream(tiny_dataset, ["yes", "no", "stop"], tmp_path / "cache2", hours=0.02, seed=1,
+                              progress=False)
+    assert wav.read_bytes() == again[0].read_bytes() and labels.read_text() == again[1].read_text()
+    audio, occurrences = load_audio(wav, RATE), read_labels(labels)
+    assert len(audio) == int(0.02 * 3600 * RATE) and len(occurrences) >= 8
+    assert {k for _, _, k in occurrences} <= {"yes", "no", "stop"}
+    for start, end, _ in occurrences:                      # labelled spans hold the loud speech
+        inside = audio[int(start * RATE):int(end * RATE)]
+        assert np.max(np.abs(inside)) > 0.2
+    model = tmp_path / "energy.tflite"
+    model.write_bytes(model_path.read_bytes())
+    result = CliRunner().invoke(main, ["eval-stream", str(model), "--wav", str(wav), "--labels", str(labels),
+                                       "--out", str(tmp_path / "out"), "--write-thresholds"])
+    assert result.exit_code == 0, result.output
+    assert "FRR at <= 1.0 FA/h" in result.output and (tmp_path / "out" / "energy.det.png").stat().st_size > 5000
+    report = json.loads((tmp_path / "out" / "energy.stream.json").read_text())
+    detector = read_metadata(model)["detector"]
+    assert detector["thresholds"] == report["thresholds"] and detector["hop_ms"] == 20.0
+    assert read_metadata(model)["labels"] == LABELS                       # the rest is kept
+    bad = CliRunner().invoke(main, ["eval-stream", str(model), "--wav", str(wav)])
+    assert bad.exit_code == 1 and "--labels" in bad.output
+
+
+def test_eval_stream_needs_synthetic_dataset(tmp_path):
+    from edgeasr.eval.stream import StreamError, build_test_stream
+
+    (tmp_path / "yes").mkdir()
+    with pytest.raises(StreamError, match="not a synthetic dataset"):
+        build_test_stream(tmp_path, ["yes"], tmp_path / "cache", hours=0.01)
+
+
+@pytest.mark.slow
+def test_ffn_cpu_per_second_of_audio(tmp_path):
+    """The stateless FFN (real architecture, int8) at a 20 ms hop costs well under 2% of a core."""
+    import time
+
+    import edgeasr  # noqa: F401
+    from edgeasr.converters.convert import int8_tflite
+    from edgeasr.converters.metadata import embed_metadata
+    from edgeasr.models.kws import ffn_stateless
+
+    model = ffn_stateless((98, 40), len(LABELS))
+    calibration = numpy_log_mel(np.stack([bursts_audio(1.0, (0.3,), seed=s) for s in range(8)]), FrontendConfig())
+    path = tmp_path / "ffn.tflite"
+    path.write_bytes(embed_metadata(int8_tflite(model, calibration),
+                                    {"labels": LABELS, "frontend": FrontendConfig().__dict__, "input_frames": 98}))
+    spotter = KeywordSpotter(path, DetectorConfig(hop_ms=20.0))
+    audio = bursts_audio(30.0, bursts=np.arange(1, 29, 3))
+    started = time.process_time()
+    push_in_chunks(spotter, audio, [320])
+    share = (time.process_time() - started) / 30.0
+    assert share < 0.02, f"{share:.2%} of one core per second of audio"
