@@ -137,8 +137,9 @@ def train(dataset, run_dir, model_name, epochs, batch_size, learning_rate, polic
 @click.option("--conv-storage", type=click.Choice(["int8", "int4"]), default="int8", show_default=True,
               help="4-bit depthwise and non-pointwise conv filters: 4-bit levels in INT8 containers "
                    "(XNNPACK runs them) or packed INT4 (smaller, builtin kernels only).")
-@click.option("--fc-scales", type=click.Choice(["per-channel", "per-tensor"]), default="per-channel",
-              show_default=True, help="Scales of 4-bit FULLY_CONNECTED weights quantized per tensor.")
+@click.option("--fc-scales", type=click.Choice(["per-tensor", "per-channel"]), default="per-tensor",
+              show_default=True, help="4-bit FULLY_CONNECTED weights quantized per tensor: keep one scale, or "
+                                      "repeat it per channel (older XNNPACK builds delegate only that).")
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 @user_errors
 def convert(source, output, policy, calibration, io, min_agreement, conv_storage, fc_scales, force):
@@ -154,7 +155,10 @@ def convert(source, output, policy, calibration, io, min_agreement, conv_storage
       edgeasr convert my_kws.keras -o my_kws_w4.tflite --policy w4a8-tanh --calibration inputs.npy
     """
     from edgeasr.converters.convert import convert as convert_source
+    from edgeasr.train.asr_fit import is_asr_run
 
+    if is_asr_run(source):
+        return _convert_asr(source, output, policy, force)
     result = convert_source(source, output, policy=policy, calibration=calibration, io=io, force=force,
                             min_agreement=min_agreement, conv_storage=conv_storage,
                             fc_per_channel=fc_scales == "per-channel")
@@ -165,6 +169,18 @@ def convert(source, output, policy, calibration, io, min_agreement, conv_storage
     click.echo(f"wrote {output}: {sizes}; INT4 weight share {result['int4_share'] or 0:.0%}; "
                f"argmax agreement {parity['argmax_agreement']:.2%} on {parity['examples']} examples "
                f"(report: {result['parity_md']})")
+
+
+def _convert_asr(source, output, policy, force):
+    """`edgeasr convert` of a train-asr run: fixed 4 s window, vocabulary in the metadata."""
+    from edgeasr.train.asr_convert import convert_asr_run
+
+    result = convert_asr_run(source, output, policy=policy, force=force)
+    parity = result["parity"]
+    click.echo(f"wrote {output}: {result['bytes']:,} bytes (float LiteRT: {result['float_bytes']:,} bytes, "
+               f"{result['float_bytes'] / result['bytes']:.1f}x); INT4 weight share {result['int4_share'] or 0:.0%}; "
+               f"Keras-LiteRT frame agreement {parity['frame_argmax_agreement']:.2%}, same transcript "
+               f"{parity['transcript_agreement']:.0%} of {parity['utterances']} utterances")
 
 
 @main.command()
@@ -282,6 +298,139 @@ def eval_stream(model, data, wav, labels, hours, seed, cache_dir, out, hop_ms, s
     if write_thresholds:
         stream.write_thresholds(model, report)
         click.echo(f"thresholds for {target_fa_per_hour} FA/h written into {model}")
+
+
+@data.command("synth-asr")
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--speakers", default=300, show_default=True, help="Voice+variant pairs, split 80/10/10, disjoint.")
+@click.option("--utterances", default=40, show_default=True, help="Utterances per speaker.")
+@click.option("--max-seconds", default=4.0, show_default=True, help="Longer texts are redrawn, never cropped.")
+@click.option("--seed", default=0, show_default=True, help="Same seed, same bytes.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@user_errors
+def synth_asr(out, speakers, utterances, max_seconds, seed, overwrite):
+    """Synthesise a speech-recognition corpus (digit strings, commands, short sentences) with espeak-ng.
+
+    Writes OUT/train.jsonl, validation.jsonl and test.jsonl; the test voices are held out.
+
+    \b
+    Example:
+      edgeasr data synth-asr data/asr --speakers 300 --utterances 40
+    """
+    from edgeasr.data.asr_synth import AsrSynthConfig, synthesize_asr_corpus
+
+    config = AsrSynthConfig(speakers=speakers, utterances_per_speaker=utterances, max_seconds=max_seconds, seed=seed)
+    click.echo(json.dumps(synthesize_asr_corpus(out, config, overwrite=overwrite), indent=2))
+
+
+@data.command("manifest")
+@click.option("--librispeech", "librispeech", required=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A LibriSpeech-layout folder (SPEAKER/CHAPTER/*.trans.txt and audio).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--max-seconds", type=float, default=None, help="Leave out longer utterances.")
+@user_errors
+def manifest(librispeech, output, max_seconds):
+    """Write the JSONL manifest (audio, text, duration) of a LibriSpeech-layout folder.
+
+    \b
+    Example:
+      edgeasr data manifest --librispeech LibriSpeech/dev-clean -o dev-clean.jsonl
+    """
+    from edgeasr.data.manifest import librispeech_manifest
+
+    click.echo(json.dumps(librispeech_manifest(librispeech, output, max_seconds), indent=2))
+
+
+@main.command("train-asr")
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--run-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Where config, tokenizer, checkpoints and reports go; rerun to resume.")
+@click.option("--size", default="xs", show_default=True, help="Conformer size: tiny, xs or s.")
+@click.option("--epochs", "--epochs-per-stage", "epochs", default=10, show_default=True)
+@click.option("--batch-size", default=24, show_default=True)
+@click.option("--learning-rate", default=2e-3, show_default=True, help="Peak, after warm-up.")
+@click.option("--policy", default="float", show_default=True, help="float, w8a8, w4a8-tanh, mixed or a JSON file.")
+@click.option("--stages", default=1, show_default=True, type=click.IntRange(1, 2))
+@click.option("--init-from", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Start from this trained ASR run (QAT fine-tuning of a float model).")
+@click.option("--tokenizer", type=click.Choice(["char", "sentencepiece"]), default="char", show_default=True)
+@click.option("--noise/--no-noise", default=False, show_default=True, help="Mix coloured noise into training audio.")
+@click.option("--seed", default=0, show_default=True)
+@user_errors
+def train_asr(data_dir, run_dir, size, epochs, batch_size, learning_rate, policy, stages, init_from, tokenizer,
+              noise, seed):
+    """Train a Conformer-CTC on DATA_DIR/{train,validation,test}.jsonl, float or quantization-aware.
+
+    \b
+    Examples:
+      edgeasr train-asr data/asr --run-dir runs/asr_xs --size xs --epochs 10
+      edgeasr train-asr data/asr --run-dir runs/asr_xs_w4 --policy w4a8-tanh --stages 2 \\
+          --init-from runs/asr_xs --epochs-per-stage 2 --learning-rate 5e-4
+    """
+    from dataclasses import replace
+
+    from edgeasr.quant.policy import load_policy
+    from edgeasr.train.asr_fit import asr_run_config, train_asr as train_run
+
+    config = asr_run_config(data_dir / "train.jsonl", data_dir / "validation.jsonl", data_dir / "test.jsonl", size)
+    config = replace(config, policy=load_policy(policy),
+                     train=replace(config.train, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                                   stages=stages, init_from=str(init_from or ""), seed=seed),
+                     asr=replace(config.asr, tokenizer=tokenizer, noise=noise))
+    report = train_run(run_dir, config)
+    if report:
+        click.echo(f"test WER {report['wer']:.2%}, CER {report['cer']:.2%} on {report['utterances']} utterances; "
+                   f"run in {run_dir}")
+
+
+@main.command()
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("audio", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--beam", default=0, show_default=True, help="Prefix beam search width (0: greedy).")
+@click.option("--threads", default=1, show_default=True)
+@user_errors
+def transcribe(model, audio, beam, threads):
+    """Transcribe AUDIO files with a converted speech-recognition MODEL (.tflite), one line each.
+
+    \b
+    Example:
+      edgeasr transcribe asr_xs_w4.tflite hello.wav --beam 8
+    """
+    from edgeasr.runtime.asr import Transcriber, TranscriberError
+
+    try:
+        transcriber = Transcriber(model, num_threads=threads, beam_width=beam)
+    except TranscriberError as exc:
+        raise EdgeasrError(str(exc)) from exc
+    for path, text in zip(audio, transcriber.transcribe_files(audio)):
+        click.echo(f"{path}\t{text}")
+
+
+@main.command("eval-asr")
+@click.argument("models", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--manifest", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Test manifest (JSONL), e.g. data/asr/test.jsonl.")
+@click.option("--limit", type=int, default=None, help="Only the first N utterances.")
+@click.option("--beam", default=0, show_default=True, help="Prefix beam search width (0: greedy).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the reports as JSON here.")
+@user_errors
+def eval_asr(models, manifest, limit, beam, json_path):
+    """WER and CER of MODELS (train-asr run directories: Keras; .tflite files: LiteRT, with
+    single-thread real-time factor and size) on a manifest.
+
+    \b
+    Example:
+      edgeasr eval-asr runs/asr_xs runs/asr_xs_w4 asr_xs_w8.tflite asr_xs_w4.tflite --manifest data/asr/test.jsonl
+    """
+    from edgeasr.eval.asr import evaluate_model, format_reports
+    from edgeasr.files import write_json_atomic
+
+    reports = [evaluate_model(m, manifest, limit=limit, beam_width=beam) for m in models]
+    click.echo(format_reports(reports))
+    if json_path is not None:
+        write_json_atomic(json_path, reports)
 
 
 def _split_words(text: str) -> tuple:

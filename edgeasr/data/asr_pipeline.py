@@ -41,9 +41,9 @@ class AsrSplit:
         return len(self.waves)
 
 
-def load_asr_split(manifest, tokenizer: Tokenizer, frontend: FrontendConfig, limit: Optional[int] = None
+def load_asr_split(manifest, tokenizer: Optional[Tokenizer], frontend: FrontendConfig, limit: Optional[int] = None
                    ) -> AsrSplit:
-    """Audio (int16, at the frontend's rate), normalised text and label ids of a manifest."""
+    """Audio (int16, at the frontend's rate), normalised text and label ids (none without a tokenizer)."""
     utterances = read_manifest(manifest)[:limit]
     waves, texts, labels = [], [], []
     for utterance in utterances:
@@ -52,7 +52,7 @@ def load_asr_split(manifest, tokenizer: Tokenizer, frontend: FrontendConfig, lim
             raise EdgeasrError(f"{manifest}: {utterance.audio} has no spellable text ({utterance.text!r})")
         waves.append(to_int16(load_audio(utterance.audio, frontend.sample_rate)))
         texts.append(text)
-        labels.append(np.asarray(tokenizer.encode(text), np.int32))
+        labels.append(np.asarray(tokenizer.encode(text) if tokenizer else [], np.int32))
     return AsrSplit(waves, texts, labels)
 
 

@@ -8,7 +8,7 @@ RTF = (frontend + model + decoding time) / audio duration, measured on a single 
 one utterance at a time, as a device would run it.
 """
 from pathlib import Path
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import jiwer
 import numpy as np
@@ -71,3 +71,39 @@ def litert_transcripts(model_path, split: AsrSplit, beam_width: int = 0, num_thr
 
 def file_size(path) -> int:
     return Path(path).stat().st_size
+
+
+def evaluate_model(model, manifest, limit: Optional[int] = None, beam_width: int = 0) -> dict:
+    """WER / CER of a train-asr run directory (Keras) or a converted .tflite (LiteRT, with RTF and size)."""
+    from edgeasr.data.asr_pipeline import load_asr_split
+
+    model = Path(model)
+    if model.is_dir():
+        from edgeasr.train.asr_fit import AsrRunDir
+
+        run = AsrRunDir(model)
+        config, tokenizer = run.read_config(), run.read_tokenizer()
+        split = load_asr_split(manifest, None, config.frontend, limit)
+        hypotheses = keras_transcripts(run.load_model(), split, config.frontend, tokenizer, beam_width=beam_width)
+        report = {"model": str(model), "kind": f"keras {config.policy.name}", **error_rates(split.texts, hypotheses)}
+    else:
+        from edgeasr.runtime.asr import Transcriber
+
+        frontend = Transcriber(model).frontend
+        split = load_asr_split(manifest, None, frontend, limit)
+        measured = litert_transcripts(model, split, beam_width=beam_width)
+        hypotheses = measured.pop("transcripts")
+        report = {"model": str(model), "kind": "litert", **error_rates(split.texts, hypotheses), **measured,
+                  "bytes": file_size(model)}
+    report["examples"] = [{"reference": r, "hypothesis": h} for r, h in list(zip(split.texts, hypotheses))[:5]]
+    return report
+
+
+def format_reports(reports: List[dict]) -> str:
+    lines = [f"{'model':<40} {'kind':<16} {'WER':>7} {'CER':>7} {'RTF':>7} {'bytes':>10}"]
+    for r in reports:
+        rtf = f"{r['rtf']:.4f}" if "rtf" in r else "-"
+        size = f"{r['bytes']:,}" if "bytes" in r else "-"
+        lines.append(f"{Path(r['model']).name[:40]:<40} {r['kind'][:16]:<16} {r['wer']:>7.2%} {r['cer']:>7.2%} "
+                     f"{rtf:>7} {size:>10}")
+    return "\n".join(lines)

@@ -1,0 +1,128 @@
+"""A train-asr run directory -> a fully-integer LiteRT Conformer-CTC with its vocabulary inside.
+
+LiteRT takes a fixed input, so the model is rebuilt for a window of `window_frames` frames
+(batch 1) and given the trained weights (a chunk size other than the trained one is the same
+weights in a rebuilt model). A QAT run keeps its learned ranges; a float run is quantised
+post-training (w8a8 unless told otherwise). Conversion is the kit's (edgeasr.converters:
+stock converter, fully-integer check, INT4 packing, trimming); on top, the `edgeasr` metadata
+carries what the transcriber needs: frontend, window, subsampling and the tokens (`asr`).
+
+Parity is measured on test utterances: the share of output frames whose argmax (the greedy CTC
+path) is the same in Keras and LiteRT, and the share of identical transcripts.
+"""
+import edgeasr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from edgeasr.configs import to_dict
+from edgeasr.converters.convert import convert_keras
+from edgeasr.converters.int4 import int4_share
+from edgeasr.converters.metadata import embed_metadata, source_hash, tensor_io
+from edgeasr.converters.ptq import post_training_quantize
+from edgeasr.converters.sources import is_qat
+from edgeasr.converters.stock import float_tflite
+from edgeasr.data.asr_pipeline import load_asr_split, padded_features
+from edgeasr.errors import EdgeasrError
+from edgeasr.files import write_bytes_atomic
+from edgeasr.models.conformer import SUBSAMPLING, build_conformer
+from edgeasr.quant.policy import as_policy, load_policy
+from edgeasr.quant.qat import quantize_model, transfer_weights
+from edgeasr.runtime.ctc import greedy_decode
+from edgeasr.runtime.litert import LiteRTModel
+from edgeasr.train.asr_fit import AsrRunDir
+
+WINDOW_FRAMES = 400        # 4.0 s of 10 ms frames
+CALIBRATION_UTTERANCES = 100
+PARITY_UTTERANCES = 50
+
+
+def fixed_window_model(run: AsrRunDir, window_frames: int, chunk_frames: Optional[int] = None):
+    """(float model, Keras model to convert) for a fixed window, with the run's trained weights."""
+    config, tokenizer = run.read_config(), run.read_tokenizer()
+    model_config = config.model if chunk_frames is None else replace(config.model, chunk_frames=int(chunk_frames))
+    trained = run.load_model()
+    float_model = build_conformer(model_config, tokenizer.vocab_size, time_frames=window_frames)
+    if not is_qat(trained):
+        transfer_weights(trained, float_model)
+        return float_model, None
+    quantized = quantize_model(float_model, config.policy, stage="full")
+    transfer_weights(trained, quantized)
+    return float_model, quantized
+
+
+def convert_asr_run(run_dir, output, policy=None, window_frames: int = WINDOW_FRAMES,
+                    chunk_frames: Optional[int] = None, force: bool = False) -> dict:
+    """Convert, check parity, write OUTPUT; returns sizes, INT4 share and parity."""
+    output = Path(output)
+    if output.exists() and not force:
+        raise EdgeasrError(f"{output} already exists; pass --force to overwrite it")
+    run = AsrRunDir(run_dir)
+    config, tokenizer = run.read_config(), run.read_tokenizer()
+    float_model, quantized = fixed_window_model(run, window_frames, chunk_frames)
+    train = load_asr_split(config.train_manifest, tokenizer, config.frontend, CALIBRATION_UTTERANCES)
+    calibration = padded_features(train, range(len(train)), config.frontend, window_frames)
+    if quantized is None:
+        used_policy = as_policy(load_policy(policy) if isinstance(policy, str) else (policy or "w8a8"))
+        if used_policy.is_float:
+            raise EdgeasrError("convert writes fully-integer models; choose a quantized policy")
+        quantized, mode = post_training_quantize(float_model, used_policy, calibration), "post-training"
+    else:
+        if policy is not None and as_policy(load_policy(policy) if isinstance(policy, str) else policy
+                                            ).to_dict() != config.policy.to_dict():
+            raise EdgeasrError(f"{run_dir} was trained with policy {config.policy.name!r}; convert it without --policy")
+        used_policy, mode = config.policy, "qat"
+    model_bytes, int4_report = convert_keras(quantized, calibration)
+    values = _metadata(config, tokenizer, used_policy, mode, run.path, model_bytes, int4_report, window_frames,
+                       chunk_frames if chunk_frames is not None else config.model.chunk_frames)
+    model_bytes = embed_metadata(model_bytes, values)
+    parity = _parity(quantized, model_bytes, config, tokenizer, window_frames)
+    write_bytes_atomic(output, model_bytes, force=force)
+    return {"path": str(output), "bytes": len(model_bytes), "float_bytes": len(float_tflite(float_model)),
+            "parameters": int(float_model.count_params()), "int4_share": int4_share(model_bytes),
+            "policy": used_policy.name, "quantization": mode, "parity": parity}
+
+
+def _metadata(config, tokenizer, policy, mode, source: Path, model_bytes: bytes, int4_report, window_frames: int,
+              chunk_frames: int) -> dict:
+    from edgeasr.runtime.litert import _interpreter_module
+
+    interpreter = _interpreter_module().Interpreter(model_content=model_bytes)
+    return {
+        "labels": None,
+        "frontend": to_dict(config.frontend),
+        "window_ms": config.frontend.window_ms,
+        "hop_ms": config.frontend.hop_ms,
+        "input_frames": int(window_frames),
+        "input": tensor_io(interpreter.get_input_details()[0]),
+        "output": tensor_io(interpreter.get_output_details()[0]),
+        "policy": policy.to_dict(),
+        "quantization": mode,
+        "io": "int8",
+        "source": {"path": source.name, "sha256": source_hash(source)},
+        "int4_weights": [{k: e[k] for k in ("layer", "op", "stored_as", "action")} for e in int4_report],
+        "asr": {"tokens": tokenizer.tokens, "tokenizer": tokenizer.kind, "subsampling": SUBSAMPLING,
+                "chunk_frames": int(chunk_frames), "left_chunks": int(config.model.left_chunks),
+                "model_size": config.model_size},
+    }
+
+
+def _parity(keras_model, model_bytes: bytes, config, tokenizer, window_frames: int) -> dict:
+    """Frame-argmax and transcript agreement of Keras and LiteRT on test (else validation) utterances."""
+    manifest = config.test_manifest or config.validation_manifest
+    split = load_asr_split(manifest, tokenizer, config.frontend, PARITY_UTTERANCES)
+    features = padded_features(split, range(len(split)), config.frontend, window_frames)
+    keras_logits = keras_model.predict(features, batch_size=16, verbose=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "candidate.tflite"
+        path.write_bytes(model_bytes)
+        litert_logits = LiteRTModel(path).predict(features)
+    frames = np.argmax(keras_logits, -1) == np.argmax(litert_logits, -1)
+    same_text = [greedy_decode(k) == greedy_decode(t) for k, t in zip(keras_logits, litert_logits)]
+    return {"utterances": len(split), "frame_argmax_agreement": float(frames.mean()),
+            "transcript_agreement": float(np.mean(same_text)),
+            "max_abs_logit_difference": float(np.max(np.abs(keras_logits - litert_logits)))}

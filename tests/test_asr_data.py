@@ -1,0 +1,156 @@
+"""ASR data: synthetic corpus (determinism, held-out voices), manifests, tokenizers, tf.data batches."""
+import json
+
+import numpy as np
+import pytest
+import soundfile
+
+from edgeasr.audio.frontend import FrontendConfig
+from edgeasr.data.asr_synth import AsrSynthConfig, synthesize_asr_corpus, word_list
+from edgeasr.data.manifest import Utterance, librispeech_manifest, read_manifest, write_manifest
+from edgeasr.data.tokenizer import Tokenizer, char_tokenizer, normalize_text, train_sentencepiece
+from edgeasr.errors import EdgeasrError
+
+CONFIG = AsrSynthConfig(speakers=6, utterances_per_speaker=3, seed=5, max_seconds=3.0)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("asr") / "corpus"
+    summary = synthesize_asr_corpus(root, CONFIG, progress=False)
+    return root, summary
+
+
+def _files(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_synthesis_is_deterministic(corpus, tmp_path):
+    root, _ = corpus
+    again = tmp_path / "again"
+    synthesize_asr_corpus(again, CONFIG, progress=False)
+    assert _files(root) == _files(again)
+
+
+def test_test_voices_are_held_out(corpus):
+    root, summary = corpus
+    assert summary["utterances"] == {"training": 12, "validation": 3, "testing": 3}
+    speakers = json.loads((root / "synth_asr_config.json").read_text())["speakers"]
+    variants = {split: {name.split("+")[1] for name in names} for split, names in speakers.items()}
+    assert not variants["training"] & variants["testing"]
+    assert not variants["training"] & variants["validation"]
+    in_manifest = {u.speaker for u in read_manifest(root / "test.jsonl")}
+    assert in_manifest == set(speakers["testing"])
+
+
+def test_utterances_fit_and_use_the_word_list(corpus):
+    root, _ = corpus
+    vocabulary = set(word_list())
+    assert 250 <= len(vocabulary) <= 500
+    for name in ("train.jsonl", "validation.jsonl", "test.jsonl"):
+        for utterance in read_manifest(root / name):
+            audio, rate = soundfile.read(str(utterance.audio))
+            assert rate == 16000
+            assert abs(len(audio) / rate - utterance.duration) < 1e-3
+            assert 0.3 < utterance.duration <= CONFIG.max_seconds
+            assert set(utterance.text.split()) <= vocabulary
+            assert np.max(np.abs(audio)) > 0.2
+
+
+def test_manifest_round_trip(tmp_path):
+    (tmp_path / "a").mkdir()
+    wav = tmp_path / "a" / "x.wav"
+    soundfile.write(str(wav), np.zeros(1600, np.int16), 16000)
+    outside = tmp_path.parent / f"{tmp_path.name}_outside.wav"
+    soundfile.write(str(outside), np.zeros(800, np.int16), 16000)
+    utterances = [Utterance(wav, "turn it off", 0.1, "s1"), Utterance(outside, "yes", 0.05)]
+    path = write_manifest(tmp_path / "m.jsonl", utterances)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert lines[0]["audio"] == "a/x.wav" and lines[1]["audio"] == str(outside.resolve())
+    back = read_manifest(path)
+    assert [(u.audio.resolve(), u.text, u.duration, u.speaker) for u in back] == \
+        [(wav.resolve(), "turn it off", 0.1, "s1"), (outside.resolve(), "yes", 0.05, "")]
+    outside.unlink()
+
+
+def test_manifest_errors_name_the_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"audio": "missing.wav", "text": "hi", "duration": 1}\n')
+    with pytest.raises(EdgeasrError, match=r"bad.jsonl:1: audio file .*missing.wav"):
+        read_manifest(path)
+    path.write_text('{"text": "hi"}\n')
+    with pytest.raises(EdgeasrError, match=r"bad.jsonl:1: not a manifest line"):
+        read_manifest(path)
+
+
+def test_librispeech_layout_gives_the_same_manifest(tmp_path):
+    chapter = tmp_path / "LibriSpeech" / "19" / "198"
+    chapter.mkdir(parents=True)
+    for k, seconds in enumerate((0.5, 1.25)):
+        soundfile.write(str(chapter / f"19-198-000{k}.flac"), np.zeros(int(16000 * seconds), np.int16), 16000)
+    (chapter / "19-198.trans.txt").write_text("19-198-0000 NORTHANGER ABBEY\n19-198-0001 THIS LITTLE WORK\n")
+    summary = librispeech_manifest(tmp_path / "LibriSpeech", tmp_path / "libri.jsonl", max_seconds=1.0)
+    assert summary["utterances"] == 1 and summary["skipped_too_long"] == 1
+    (utterance,) = read_manifest(tmp_path / "libri.jsonl")
+    assert utterance.text == "northanger abbey" and utterance.speaker == "19"
+    assert utterance.duration == pytest.approx(0.5)
+
+
+def test_char_tokenizer_round_trip():
+    tokenizer = char_tokenizer()
+    assert tokenizer.vocab_size == 29 and tokenizer.tokens[0] == "<blank>"
+    ids = tokenizer.encode("Turn ON the kitchen's  lights!")
+    assert 0 not in ids
+    assert tokenizer.decode(ids) == "turn on the kitchen's lights"
+    assert Tokenizer.from_dict(json.loads(json.dumps(tokenizer.to_dict()))).encode("abc") == [3, 4, 5]
+    assert normalize_text("Set it to 5, please.") == "set it to please"
+
+
+def test_sentencepiece_tokenizer_round_trip():
+    pytest.importorskip("sentencepiece")
+    texts = [f"turn {s} the {room} lights" for s in ("on", "off") for room in ("kitchen", "garden", "office")] * 20
+    tokenizer = train_sentencepiece(texts, vocab_size=30)
+    ids = tokenizer.encode("turn off the garden lights")
+    assert 0 not in ids and len(ids) < len("turn off the garden lights")
+    assert tokenizer.decode(ids) == "turn off the garden lights"
+    restored = Tokenizer.from_dict(json.loads(json.dumps(tokenizer.to_dict())))
+    assert restored.encode("turn on the office lights") == tokenizer.encode("turn on the office lights")
+
+
+def test_batches_pack_lengths_and_labels(corpus):
+    from edgeasr.data.asr_pipeline import asr_dataset, ctc_feasible, ctc_loss, load_asr_split
+    from edgeasr.models.conformer import output_frames
+
+    root, _ = corpus
+    frontend = FrontendConfig()
+    tokenizer = char_tokenizer()
+    split = load_asr_split(root / "train.jsonl", tokenizer, frontend)
+    features, targets = next(iter(asr_dataset(split, frontend, output_frames, batch_size=4)))
+    assert features.shape[0] == 4 and features.shape[2] == frontend.n_mels
+    lengths = sorted(len(w) for w in split.waves)[:4]          # unshuffled: the 4 shortest
+    assert features.shape[1] == frontend.num_frames(lengths[-1])
+    frames = sorted(output_frames(frontend.num_frames(n)) for n in lengths)
+    assert sorted(targets[:, 0].numpy().tolist()) == frames
+    for row in targets.numpy():
+        labels = row[1:][row[1:] > 0]
+        assert tokenizer.decode(labels) in split.texts
+        assert ctc_feasible(labels, row[0])
+    logits = np.random.default_rng(0).normal(size=(4, int(features.shape[1]) // 4 + 1, 29)).astype(np.float32)
+    loss = float(ctc_loss(targets, logits))
+    assert np.isfinite(loss) and loss > 0
+    assert not ctc_feasible(np.array([3, 3, 3]), 4) and ctc_feasible(np.array([3, 4, 3]), 3)
+
+
+def test_spec_augment_zeroes_bands_and_spans():
+    import tensorflow as tf
+
+    from edgeasr.data.asr_pipeline import SpecAugmentConfig, spec_augment
+
+    features = tf.ones((3, 200, 40))
+    masked = spec_augment(features, SpecAugmentConfig(freq_masks=1, freq_width=6, time_masks=1, time_fraction=0.1),
+                          tf.constant([1, 2]))
+    zero = masked.numpy() == 0
+    assert 0 < zero.mean() < 0.3
+    whole_bands = zero.all(axis=1).sum(axis=1)     # per example: zeroed mel bins
+    whole_spans = zero.all(axis=2).sum(axis=1)     # per example: zeroed frames
+    assert (whole_bands <= 6).all() and (whole_spans <= 20).all()

@@ -1,0 +1,73 @@
+"""CTC decoding (NumPy) on hand-made posteriors, against brute force over every alignment."""
+import itertools
+
+import numpy as np
+import pytest
+
+from edgeasr.runtime.ctc import decode, greedy_decode, log_softmax, prefix_beam_search
+
+
+def _posteriors(rows):
+    """Probabilities (T, V) -> log-probabilities, the decoders' input."""
+    return np.log(np.asarray(rows, np.float64))
+
+
+def _collapse(path):
+    out, previous = [], 0
+    for label in path:
+        if label != previous and label != 0:
+            out.append(label)
+        previous = label
+    return tuple(out)
+
+
+def _best_labelling(log_probs):
+    """The labelling with the highest probability summed over all its alignments (exhaustive)."""
+    totals = {}
+    frames, vocab = log_probs.shape
+    for path in itertools.product(range(vocab), repeat=frames):
+        p = float(np.exp(sum(log_probs[t, k] for t, k in enumerate(path))))
+        key = _collapse(path)
+        totals[key] = totals.get(key, 0.0) + p
+    return max(totals.items(), key=lambda item: item[1])
+
+
+def test_greedy_merges_repeats_and_drops_blanks():
+    # best path: a a _ a b b _ c  ->  a a b c
+    best = [1, 1, 0, 1, 2, 2, 0, 3]
+    scores = np.full((len(best), 4), -5.0)
+    scores[np.arange(len(best)), best] = 0.0
+    assert greedy_decode(scores) == [1, 1, 2, 3]
+    assert decode(scores, beam_width=0) == [1, 1, 2, 3]
+
+
+def test_beam_search_sums_alignments_where_greedy_does_not():
+    # Two frames, p(blank) = 0.6, p(a) = 0.4: the best path is "" (0.36) but "a" has three
+    # alignments (a a, a _, _ a) worth 0.16 + 0.24 + 0.24 = 0.64.
+    log_probs = _posteriors([[0.6, 0.4], [0.6, 0.4]])
+    assert greedy_decode(log_probs) == []
+    assert prefix_beam_search(log_probs, beam_width=4) == [1]
+    assert list(_best_labelling(log_probs)[0]) == [1]
+
+
+def test_beam_search_keeps_a_doubled_letter_only_with_a_blank_between():
+    # "a _ a" is two a's, "a a a" is one.
+    separated = _posteriors([[0.05, 0.9, 0.05], [0.9, 0.05, 0.05], [0.05, 0.9, 0.05]])
+    held = _posteriors([[0.05, 0.9, 0.05]] * 3)
+    assert prefix_beam_search(separated, beam_width=8) == [1, 1]
+    assert prefix_beam_search(held, beam_width=8) == [1]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_beam_search_finds_the_most_probable_labelling(seed):
+    rng = np.random.default_rng(seed)
+    log_probs = log_softmax(rng.normal(0.0, 1.5, size=(5, 3)))
+    best, _ = _best_labelling(log_probs)
+    assert tuple(prefix_beam_search(log_probs, beam_width=64, prune=-np.inf)) == best
+
+
+def test_logits_and_log_probabilities_decode_alike():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(0.0, 2.0, size=(12, 5))
+    assert prefix_beam_search(logits, 8) == prefix_beam_search(log_softmax(logits) - 3.0, 8)
+    assert greedy_decode(logits) == greedy_decode(log_softmax(logits))
