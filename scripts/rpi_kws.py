@@ -439,6 +439,12 @@ def run_parity(model_path: str, inputs_path: str, outputs_path: str, num_threads
 
 
 def peak_rss_kib() -> int:
+    """Peak resident memory of this process (VmHWM; getrusage's maxrss would include a parent's before exec)."""
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        pass
     try:
         import resource
     except ImportError:      # not on every platform
