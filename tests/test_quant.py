@@ -140,7 +140,7 @@ def test_policy_patterns_first_match_wins_and_json_round_trip():
 
 
 def test_presets():
-    assert known_presets() == ["float", "w8a8", "w4a8", "w4a8-tanh", "mixed"]
+    assert known_presets() == ["float", "w8a8", "w4a8", "w4a8-tanh", "mixed", "conformer-mixed"]
     assert preset("float").is_float
     mixed = preset("mixed")
     for name in ("conv0", "dense1", "logits"):

@@ -94,17 +94,19 @@ def chunk_mask(frames: int, chunk_frames: int, left_chunks: int) -> np.ndarray:
 @keras.utils.register_keras_serializable(package="edgeasr")
 class LayerNorm(keras.layers.Layer):
     """LayerNormalization over the last axis from primitives that all have int8 kernels:
-    MEAN, SUB, MUL, MEAN, ADD, RSQRT, MUL, MUL, ADD."""
+    MEAN, SUB, MUL, MEAN, ADD, RSQRT, MUL, MUL, ADD.
 
-    def __init__(self, epsilon=1e-3, **kwargs):
+    gamma and beta are created in __init__ (hence `channels`): TFMOT's QuantizeWrapperV2 lists
+    the inner layer's weights before building it, so weights made in build() were missing from a
+    new wrapper but present in a reloaded one, and a saved QAT model did not load.
+    """
+
+    def __init__(self, channels, epsilon=1e-3, **kwargs):
         super().__init__(**kwargs)
+        self.channels = int(channels)
         self.epsilon = float(epsilon)
-
-    def build(self, input_shape):
-        channels = int(input_shape[-1])
-        self.gamma = self.add_weight("gamma", shape=(channels,), initializer="ones")
-        self.beta = self.add_weight("beta", shape=(channels,), initializer="zeros")
-        super().build(input_shape)
+        self.gamma = self.add_weight("gamma", shape=(self.channels,), initializer="ones")
+        self.beta = self.add_weight("beta", shape=(self.channels,), initializer="zeros")
 
     def call(self, inputs):
         centred = inputs - tf.reduce_mean(inputs, axis=-1, keepdims=True)
@@ -112,7 +114,7 @@ class LayerNorm(keras.layers.Layer):
         return centred * tf.math.rsqrt(variance + self.epsilon) * self.gamma + self.beta
 
     def get_config(self):
-        return {**super().get_config(), "epsilon": self.epsilon}
+        return {**super().get_config(), "channels": self.channels, "epsilon": self.epsilon}
 
 
 @keras.utils.register_keras_serializable(package="edgeasr")
@@ -198,7 +200,7 @@ def _subsampling(features, config: ConformerConfig):
 
 def _feed_forward(x, config: ConformerConfig, prefix: str):
     layers = keras.layers
-    y = LayerNorm(name=f"{prefix}_norm")(x)
+    y = LayerNorm(config.d_model, name=f"{prefix}_norm")(x)
     y = layers.Dense(config.ff_mult * config.d_model, name=f"{prefix}_dense1")(y)
     y = layers.Activation("swish", name=f"{prefix}_swish")(y)
     y = layers.Dropout(config.dropout, name=f"{prefix}_dropout1")(y)
@@ -211,7 +213,7 @@ def _feed_forward(x, config: ConformerConfig, prefix: str):
 def _self_attention(x, config: ConformerConfig, prefix: str):
     layers = keras.layers
     heads, depth = config.num_heads, config.d_model // config.num_heads
-    y = LayerNorm(name=f"{prefix}_norm")(x)
+    y = LayerNorm(config.d_model, name=f"{prefix}_norm")(x)
 
     def split_heads(name):
         h = layers.Dense(config.d_model, name=f"{prefix}_{name}")(y)
@@ -235,7 +237,7 @@ def _convolution(x, config: ConformerConfig, prefix: str):
     """Pointwise GLU (two Dense halves), causal depthwise conv + BN, swish, pointwise Dense."""
     layers = keras.layers
     d = config.d_model
-    y = LayerNorm(name=f"{prefix}_norm")(x)
+    y = LayerNorm(config.d_model, name=f"{prefix}_norm")(x)
     value = layers.Dense(d, name=f"{prefix}_glu_a")(y)
     gate = layers.Dense(d, name=f"{prefix}_glu_gate")(y)
     gate = layers.Activation("sigmoid", name=f"{prefix}_glu_sigmoid")(gate)
@@ -274,7 +276,7 @@ def build_conformer(config: ConformerConfig, vocab_size: int, time_frames=None, 
         x = _self_attention(x, config, f"block{i}_mhsa")
         x = _convolution(x, config, f"block{i}_conv")
         x = _feed_forward(x, config, f"block{i}_ff2")
-        x = LayerNorm(name=f"block{i}_norm")(x)
+        x = LayerNorm(config.d_model, name=f"block{i}_norm")(x)
     logits = keras.layers.Dense(vocab_size, name="logits")(x)
     return keras.Model(features, logits, name=name)
 

@@ -102,6 +102,12 @@ _W4_TANH = LayerPrecision(weight_bits=4, weight_transform="tanh", granularity="p
 # The first and last weighted layers of edgeasr/models/kws.py: DS-CNN conv0, FFN dense1, logits.
 MIXED_8BIT_LAYERS = ("conv0", "dense1", "logits")
 
+# Conformer (edgeasr/models/conformer.py) layers kept at 8 bits by "conformer-mixed": the
+# subsampling convolutions and their projection, the depthwise convolutions (XNNPACK has no INT4
+# convolution, and they are a few KB), and the CTC head; feed-forward, attention and pointwise
+# (GLU, output) Dense layers get 4 bits.
+CONFORMER_8BIT_LAYERS = ("subsample_*", "*_dw", "logits")
+
 _PRESETS = {
     "float": lambda: PrecisionPolicy("float", LayerPrecision(weight_bits=None, activation_bits=None)),
     "w8a8": lambda: PrecisionPolicy("w8a8", replace(_W8)),
@@ -109,6 +115,8 @@ _PRESETS = {
     "w4a8-tanh": lambda: PrecisionPolicy("w4a8-tanh", replace(_W4_TANH)),
     "mixed": lambda: PrecisionPolicy(
         "mixed", replace(_W4_TANH), [PrecisionRule(name, replace(_W8)) for name in MIXED_8BIT_LAYERS]),
+    "conformer-mixed": lambda: PrecisionPolicy(
+        "conformer-mixed", replace(_W4_TANH), [PrecisionRule(name, replace(_W8)) for name in CONFORMER_8BIT_LAYERS]),
 }
 
 

@@ -383,6 +383,11 @@ class _Rebuilder:
                                                       depthwise=isinstance(conv, keras.layers.DepthwiseConv2D))
         folded = FoldedConvBN(keras.layers.serialize(conv), bn.get_config(), weight_quantizer=quantizer)
         config = registry.quantize_config_for(folded, request)
+        if config is not None:
+            # Built before wrapping: QuantizeWrapperV2 lists the inner layer's weights when it is
+            # built, and a reloaded model builds the inner layer first (else a saved model with a
+            # wrapped folded layer, e.g. the Conformer's depthwise conv before swish, did not load).
+            folded.build(conv_node.keras_inputs[0].shape)
         new_layer = QuantizeWrapperV2(folded, config) if config is not None else folded
         self._call(new_layer, conv_node, bn_node)
 
