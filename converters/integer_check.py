@@ -3,7 +3,7 @@ are not are named with the Keras layers they came from."""
 from edgeasr.converters import flatbuffer as fb
 from edgeasr.errors import EdgeasrError
 
-INTEGER_TYPES = ("INT8", "INT16", "INT32", "INT4")
+INTEGER_TYPES = ("INT8", "INT16", "INT32", "INT64", "INT4")   # INT64: 16x8 biases
 
 
 def float_ops(model_bytes: bytes, layer_names=(), io: str = "int8") -> list:

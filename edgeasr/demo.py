@@ -9,9 +9,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from edgeasr.data.pipeline import features_of
 from edgeasr.data.synth import SynthConfig, synthesize_kws_dataset
-from edgeasr.eval.litert_accuracy import litert_report
 from edgeasr.files import write_json_atomic
 from edgeasr.models.registry import ModelConfig
 from edgeasr.quant.policy import preset
@@ -45,18 +43,16 @@ def run_demo(out_dir, model: str = "ds_cnn_s", epochs: int = 15, qat_epochs: int
     _stage(f"quantization-aware training ({QAT_POLICY}, 2 stages x {qat_epochs} epochs) in {out / QAT_POLICY}")
     qat_report = train(out / QAT_POLICY, qat_config, data=data)
 
-    test_features = features_of(data.test.waves, float_config.frontend)
     rows = {}
     for name, run_dir, keras_report in (("int8", out / "float", float_report),
                                         (QAT_POLICY, out / QAT_POLICY, qat_report)):
         path = out / f"{model}_{name}.tflite"
         _stage(f"converting to fully-integer LiteRT: {path}")
-        sizes = convert_run(run_dir, path, force=True)
+        sizes = convert_run(run_dir, path, force=True, parity_examples=None)   # parity on the whole test split
         storage = weight_storage(path.read_bytes())
         rows[name] = {
             "keras_test_accuracy": keras_report["accuracy"],
-            "litert_test_accuracy": litert_report(path, test_features, data.test.labels,
-                                                  float_config.data.labels)["accuracy"],
+            "litert_test_accuracy": sizes["parity"]["litert_accuracy"],
             "tflite_bytes": sizes["int8_bytes"],
             "int4_weight_tensors": storage.get("INT4", {}).get("tensors", 0),
             "weight_tensors": sum(entry["tensors"] for entry in storage.values()),

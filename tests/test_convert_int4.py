@@ -105,7 +105,7 @@ def test_dense_on_3d_input_int8_container_is_packed_onto_the_qat_grid(dense_3d):
         assert np.abs(_run(packed, x, xnnpack) - _run(stock, x, xnnpack)).max() <= 2
 
 
-def test_per_tensor_fc_scales_become_per_channel_without_changing_outputs(dense_3d):
+def test_per_tensor_fc_scales_become_per_channel_without_changing_outputs(dense_3d, tmp_path):
     model, _, stock = dense_3d
     bits_of = policy_bits(PrecisionPolicy("w4", W4), keras_layer_names(model))
     per_tensor, _ = pack_int4_weights(stock, bits_of, fc_per_channel=False)
@@ -119,6 +119,8 @@ def test_per_tensor_fc_scales_become_per_channel_without_changing_outputs(dense_
     x = _int8_inputs(8, (12, 8), seed=1)
     for xnnpack in (True, False):
         np.testing.assert_array_equal(_run(per_channel, x, xnnpack), _run(per_tensor, x, xnnpack))
+    # The installed runtime's XNNPACK takes INT4 FULLY_CONNECTED with one scale too (convert's default).
+    assert _delegated(per_tensor, tmp_path, "pt.tflite") == _delegated(per_channel, tmp_path, "pc.tflite") >= 2
 
 
 def _two_fc_sharing_a_zero_buffer():

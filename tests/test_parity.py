@@ -3,14 +3,15 @@ import json
 
 import numpy as np
 
-from edgeasr.eval.parity import markdown, parity_report, write_reports
+from edgeasr.eval.parity import litert_accuracy, markdown, parity_report, write_reports
 
 
 def _model(tmp_path):
     import edgeasr  # noqa: F401
     import tf_keras as keras
 
-    from edgeasr.converters.convert import convert_keras, post_training_quantize
+    from edgeasr.converters.convert import convert_keras
+    from edgeasr.converters.ptq import post_training_quantize
 
     keras.utils.set_random_seed(0)
     inputs = keras.Input((8,))
@@ -33,6 +34,8 @@ def test_parity_of_a_ptq_model_and_its_reports(tmp_path):
     assert report["passed"] and report["argmax_agreement"] >= 0.9
     assert report["output_lsb_difference"]["max"] <= 3 and report["keras_accuracy"] == 1.0
     assert abs(report["litert_accuracy"] - report["argmax_agreement"]) < 1e-9
+    assert litert_accuracy(path, features, labels) == report["litert_accuracy"]
+    assert litert_accuracy(path, features, labels, xnnpack=False) == report["litert_reference_accuracy"]
     json_path, md_path = write_reports(report, path)
     assert json.loads(json_path.read_text())["examples"] == 64
     assert "| argmax agreement Keras vs LiteRT (XNNPACK) |" in md_path.read_text()

@@ -3,6 +3,7 @@
 On N examples: argmax agreement Keras vs LiteRT (XNNPACK) and XNNPACK vs the builtin reference
 kernels, the output difference in LSBs of the int8 output (Keras scores put on the output grid),
 and task accuracy of Keras and LiteRT when labels are given. Reports as JSON and Markdown.
+litert_accuracy is the same LiteRT path for a model that has no Keras twin to compare with.
 Keras scores are passed in, so this module needs no TensorFlow.
 """
 from pathlib import Path
@@ -20,6 +21,16 @@ DEFAULT_MIN_AGREEMENT = 0.99
 def _raw_outputs(model: LiteRTModel, features: np.ndarray) -> np.ndarray:
     raw = np.stack([model.run_raw(quantize(x, model.input_detail)) for x in features])
     return raw.astype(np.int64) if np.issubdtype(raw.dtype, np.integer) else raw.astype(np.float32)
+
+
+def _accuracy(top: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(top == np.asarray(labels)))
+
+
+def litert_accuracy(model_path, features: np.ndarray, labels: np.ndarray, xnnpack: bool = True) -> float:
+    """Task accuracy of a .tflite on float features (the same path parity_report takes)."""
+    raw = _raw_outputs(LiteRTModel(model_path, xnnpack=xnnpack), np.asarray(features, np.float32))
+    return _accuracy(raw.argmax(-1), labels)
 
 
 def parity_report(model_path, keras_scores: np.ndarray, features: np.ndarray, labels: Optional[np.ndarray] = None,
@@ -56,10 +67,9 @@ def parity_report(model_path, keras_scores: np.ndarray, features: np.ndarray, la
         "min_agreement": float(min_agreement),
     }
     if labels is not None:
-        labels = np.asarray(labels)
-        report["keras_accuracy"] = float(np.mean(keras_top == labels))
-        report["litert_accuracy"] = float(np.mean(lite_top == labels))
-        report["litert_reference_accuracy"] = float(np.mean(ref_top == labels))
+        report["keras_accuracy"] = _accuracy(keras_top, labels)
+        report["litert_accuracy"] = _accuracy(lite_top, labels)
+        report["litert_reference_accuracy"] = _accuracy(ref_top, labels)
     report["passed"] = report["argmax_agreement"] >= min_agreement
     return report
 
