@@ -96,17 +96,27 @@ class LayerNorm(keras.layers.Layer):
     """LayerNormalization over the last axis from primitives that all have int8 kernels:
     MEAN, SUB, MUL, MEAN, ADD, RSQRT, MUL, MUL, ADD.
 
-    gamma and beta are created in __init__ (hence `channels`): TFMOT's QuantizeWrapperV2 lists
-    the inner layer's weights before building it, so weights made in build() were missing from a
-    new wrapper but present in a reloaded one, and a saved QAT model did not load.
+    gamma and beta are created in __init__ when `channels` is given (the model builder gives
+    it): TFMOT's QuantizeWrapperV2 lists the inner layer's weights before building it, so weights
+    made in build() were missing from a new wrapper but present in a reloaded one, and a saved
+    QAT model did not load. Without `channels` (models saved before) they are made in build().
     """
 
-    def __init__(self, channels, epsilon=1e-3, **kwargs):
+    def __init__(self, channels=None, epsilon=1e-3, **kwargs):
         super().__init__(**kwargs)
-        self.channels = int(channels)
+        self.channels = None if channels is None else int(channels)
         self.epsilon = float(epsilon)
-        self.gamma = self.add_weight("gamma", shape=(self.channels,), initializer="ones")
-        self.beta = self.add_weight("beta", shape=(self.channels,), initializer="zeros")
+        if self.channels is not None:
+            self._add_weights(self.channels)
+
+    def _add_weights(self, channels):
+        self.gamma = self.add_weight("gamma", shape=(channels,), initializer="ones")
+        self.beta = self.add_weight("beta", shape=(channels,), initializer="zeros")
+
+    def build(self, input_shape):
+        if self.channels is None:
+            self._add_weights(int(input_shape[-1]))
+        super().build(input_shape)
 
     def call(self, inputs):
         centred = inputs - tf.reduce_mean(inputs, axis=-1, keepdims=True)
