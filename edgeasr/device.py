@@ -35,6 +35,7 @@ LEFT_OUT = {"tf_log_mel"}                # training-side code the device never r
 BEGIN = "# ---- BEGIN BUNDLED RUNTIME"
 END = "# ---- END BUNDLED RUNTIME ----"
 PARITY_WINDOWS = 64
+OUTPUTS = ("outputs.npy", "outputs.reference.npy")      # XNNPACK, builtin kernels alone
 MAX_LSB = 1
 
 
@@ -204,31 +205,39 @@ def device_check(transport, model_path, wav=None) -> dict:
         for name in ("model.tflite", "rpi_kws.py", "check.wav", "inputs.npy"):
             transport.put(local / name, f"{remote}/{name}")
         on_device = run_script(transport.python, remote, transport.run)
-        transport.get(f"{remote}/outputs.npy", local / "device_outputs.npy")
+        for name in OUTPUTS:
+            transport.get(f"{remote}/{name}", local / f"device_{name}")
         here = run_script(shlex.quote(sys.executable), str(local), _local_run)
         transport.run(f"rm -rf {shlex.quote(remote)}")
-        return compare(np.load(local / "device_outputs.npy"), np.load(local / "outputs.npy"), on_device, here)
+        return compare({name: (np.load(local / f"device_{name}"), np.load(local / name)) for name in OUTPUTS},
+                       on_device, here)
 
 
 def _local_run(command: str) -> str:
     return _call(["/bin/sh", "-c", command])
 
 
-def compare(device_outputs, host_outputs, on_device: dict, here: dict) -> dict:
-    lsb = np.abs(device_outputs.astype(np.int64) - host_outputs.astype(np.int64))
+def compare(outputs: dict, on_device: dict, here: dict) -> dict:
+    """Raw int8 outputs within MAX_LSB (measured: builtin kernels differ by up to 1 LSB between x86 and
+    aarch64 on real inputs, XNNPACK's INT4 FULLY_CONNECTED on x86 by more); detections identical."""
+    lsb = {name: np.abs(device.astype(np.int64) - host.astype(np.int64)) for name, (device, host) in outputs.items()}
+    xnnpack, reference = lsb["outputs.npy"], lsb["outputs.reference.npy"]
     same_detections = [(d["keyword"], round(d["time_s"], 3)) for d in on_device["detections"]] == \
                       [(d["keyword"], round(d["time_s"], 3)) for d in here["detections"]]
     return {"device": on_device["summary"], "host": here["summary"],
-            "outputs": int(lsb.size), "outputs_equal": int((lsb == 0).sum()), "max_lsb": int(lsb.max()),
+            "outputs": int(xnnpack.size), "outputs_equal": int((xnnpack == 0).sum()), "max_lsb": int(xnnpack.max()),
+            "reference_max_lsb": int(reference.max()),
             "detections_device": on_device["detections"], "detections_host": here["detections"],
-            "same_detections": same_detections, "passed": bool(lsb.max() <= MAX_LSB and same_detections)}
+            "same_detections": same_detections,
+            "passed": bool(max(reference.max(), xnnpack.max()) <= MAX_LSB and same_detections)}
 
 
 def format_check(report: dict, label: str) -> str:
     device, host = report["device"], report["host"]
     return "\n".join([
         f"{label}: {'PASSED' if report['passed'] else 'FAILED'}",
-        f"  raw outputs equal {report['outputs_equal']}/{report['outputs']}, max diff {report['max_lsb']} LSB",
+        f"  raw outputs (XNNPACK) equal {report['outputs_equal']}/{report['outputs']}, max diff "
+        f"{report['max_lsb']} LSB; builtin kernels max diff {report['reference_max_lsb']} LSB",
         f"  detections: {len(report['detections_device'])} on device, {len(report['detections_host'])} here, "
         f"{'identical' if report['same_detections'] else 'DIFFERENT'}",
         f"  invoke median {device['parity']['invoke_ms_median']:.3f} ms (here "
@@ -250,7 +259,8 @@ def main(argv=None) -> int:
         return 0
     report = device_check(ChrootTransport(args.chroot), args.model, args.wav)
     print(format_check(report, f"aarch64 (qemu, {args.chroot})"))
-    print(json.dumps({k: report[k] for k in ("device", "host", "max_lsb", "same_detections", "passed")}))
+    print(json.dumps({k: report[k] for k in ("device", "host", "max_lsb", "reference_max_lsb", "same_detections",
+                                             "passed")}))
     return 0 if report["passed"] else 1
 
 

@@ -425,17 +425,22 @@ def chunks_of(args, sample_rate: int, chunk: int):
 
 
 def run_parity(model_path: str, inputs_path: str, outputs_path: str, num_threads: int) -> dict:
-    """Raw outputs of the model on raw inputs (N, ...) in the input dtype, and invoke latency."""
-    model = LiteRTModel(model_path, num_threads=num_threads)
+    """Raw outputs of raw inputs (N, ...) with XNNPACK (saved to outputs_path) and with the builtin
+    kernels alone (saved next to it as *.reference.npy), and XNNPACK's invoke latency."""
     inputs = np.load(inputs_path)
-    outputs, seconds = [], []
-    for example in inputs:
-        started = time.perf_counter()
-        outputs.append(model.run_raw(example))
-        seconds.append(time.perf_counter() - started)
-    np.save(outputs_path, np.stack(outputs))
-    return {"examples": len(inputs), "invoke_ms_median": 1000 * float(np.median(seconds)),
-            "invoke_ms_p90": 1000 * float(np.percentile(seconds, 90))}
+    timings = {}
+    for xnnpack, path in ((True, outputs_path), (False, outputs_path[:-len(".npy")] + ".reference.npy")):
+        model = LiteRTModel(model_path, num_threads=num_threads, xnnpack=xnnpack)
+        outputs, seconds = [], []
+        for example in inputs:
+            started = time.perf_counter()
+            outputs.append(model.run_raw(example))
+            seconds.append(time.perf_counter() - started)
+        np.save(path, np.stack(outputs))
+        timings[xnnpack] = seconds
+    return {"examples": len(inputs), "invoke_ms_median": 1000 * float(np.median(timings[True])),
+            "invoke_ms_p90": 1000 * float(np.percentile(timings[True], 90)),
+            "reference_invoke_ms_median": 1000 * float(np.median(timings[False]))}
 
 
 def peak_rss_kib() -> int:
