@@ -433,6 +433,53 @@ def eval_asr(models, manifest, limit, beam, json_path):
         write_json_atomic(json_path, reports)
 
 
+@main.command("device-check")
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--ssh", "ssh_target", default=None, help="USER@HOST of a Raspberry Pi (or any Linux device).")
+@click.option("--port", default=22, show_default=True, help="ssh port.")
+@click.option("--identity", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="ssh private key.")
+@click.option("--ssh-option", "ssh_options", multiple=True, help="Extra ssh -o Key=value (repeatable).")
+@click.option("--adb", "adb_serial", default=None,
+              help="An Android device's adb serial ('-' for the only one) instead of --ssh; needs Python on "
+                   "the phone (e.g. Termux) with numpy and ai-edge-litert.")
+@click.option("--python", "python", default=None, help="Python command on the device (default: python3; "
+              "adb: Termux's python3).")
+@click.option("--wav", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Test audio (default: the model's keywords spoken by espeak).")
+@click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the whole report here.")
+@user_errors
+def device_check(model, ssh_target, port, identity, ssh_options, adb_serial, python, wav, json_path):
+    """Run MODEL with scripts/rpi_kws.py on a device: latency, CPU, memory, parity with this machine.
+
+    Copies the model and the script, runs them there and here on the same audio and input
+    windows, and compares raw int8 outputs (within 1 LSB) and detections. Exits 1 when they differ.
+
+    \b
+    Examples:
+      edgeasr device-check kws.tflite --ssh pi@raspberrypi.local
+      edgeasr device-check kws.tflite --adb -
+    """
+    from edgeasr import device
+
+    if (ssh_target is None) == (adb_serial is None):
+        raise EdgeasrError("give one of --ssh USER@HOST or --adb SERIAL")
+    if ssh_target is not None:
+        transport = device.SshTransport(ssh_target, port, identity, python or "python3", ssh_options)
+    else:
+        transport = device.AdbTransport(None if adb_serial == "-" else adb_serial,
+                                        **({"python": python} if python else {}))
+    report = device.device_check(transport, model, wav)
+    click.echo(device.format_check(report, ssh_target or f"adb {adb_serial}"))
+    if json_path:
+        from edgeasr.files import write_json_atomic
+
+        write_json_atomic(json_path, report)
+    if not report["passed"]:
+        raise click.ClickException("the device's results differ from this machine's")
+
+
 def _split_words(text: str) -> tuple:
     words = tuple(w.strip() for w in text.split(",") if w.strip())
     if not words:

@@ -77,9 +77,13 @@ def bundle_script(script_text: str, root: Path = REPO) -> str:
 # ---- transports --------------------------------------------------------------------------
 
 class SshTransport:
-    def __init__(self, target: str, port: int = 22, identity=None, python: str = "python3"):
+    """ssh/scp to USER@HOST; `options` are extra `-o Key=value` settings (e.g. UserKnownHostsFile)."""
+
+    def __init__(self, target: str, port: int = 22, identity=None, python: str = "python3", options=()):
         self.target, self.port, self.python = target, int(port), python
         self.options = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=accept-new"]
+        for option in options:
+            self.options += ["-o", option]
         if identity:
             self.options += ["-i", str(identity)]
 
@@ -185,7 +189,7 @@ def _spoken_keywords(metadata: dict, sample_rate: int) -> np.ndarray:
 def run_script(python_command: str, folder: str, run) -> dict:
     """rpi_kws.py in `folder` on check.wav and inputs.npy; its detections and summary."""
     command = (f"cd {shlex.quote(folder)} && {python_command} rpi_kws.py model.tflite --wav check.wav --json "
-               f"--threshold 0.5 --parity inputs.npy outputs.npy")
+               f"--parity inputs.npy outputs.npy")
     lines = [json.loads(line) for line in run(command).splitlines() if line.startswith("{")]
     summary = next((line["summary"] for line in lines if "summary" in line), None)
     if summary is None:

@@ -1,0 +1,159 @@
+"""scripts/rpi_kws.py (bundled from the runtime, no TensorFlow) and `edgeasr device-check` over ssh."""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgeasr.audio.io import write_wav
+from edgeasr.device import SCRIPT, bundle_script
+from edgeasr.runtime.streaming import DetectorConfig, KeywordSpotter
+from tests.test_streaming import BLOCK_TF, BURSTS_S, bursts_audio, energy_model
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    return energy_model(tmp_path_factory.mktemp("device") / "energy.tflite")
+
+
+def test_script_is_the_current_bundle():
+    assert bundle_script(SCRIPT.read_text()) == SCRIPT.read_text(), \
+        "scripts/rpi_kws.py is stale: run `python -m edgeasr.device --bundle`"
+
+
+def test_bundle_follows_the_runtime(tmp_path):
+    """A change in a runtime module shows up in the regenerated script."""
+    root = tmp_path / "repo"
+    shutil.copytree(Path(SCRIPT).parents[1] / "edgeasr", root / "edgeasr")
+    streaming = root / "edgeasr" / "runtime" / "streaming.py"
+    streaming.write_text(streaming.read_text() + "\nMARKER_FOR_TEST = 1\n")
+    regenerated = bundle_script(SCRIPT.read_text(), root)
+    assert "MARKER_FOR_TEST = 1" in regenerated and "MARKER_FOR_TEST" not in SCRIPT.read_text()
+    assert "\nfrom edgeasr" not in regenerated and "\nimport edgeasr" not in regenerated
+    assert "def tf_log_mel" not in regenerated
+
+
+def run_script(args, **kwargs):
+    """rpi_kws.py in a fresh interpreter with TensorFlow blocked and edgeasr not importable."""
+    code = BLOCK_TF + ("sys.modules['edgeasr'] = None\n"
+                       f"sys.argv = ['rpi_kws.py'] + {args!r}\n"
+                       f"exec(compile(open({str(SCRIPT)!r}).read(), 'rpi_kws.py', 'exec'))\n")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, **kwargs)
+
+
+def test_script_wav_and_stdin_without_tensorflow(model_path, tmp_path):
+    audio = bursts_audio()
+    wav = tmp_path / "a.wav"
+    write_wav(wav, audio, 16000)
+    from edgeasr.audio.io import load_audio
+
+    expected = KeywordSpotter(model_path, DetectorConfig(default_threshold=0.8)).push(load_audio(wav, 16000))
+    assert len(expected) == len(BURSTS_S)
+    for args, stdin in ((["--wav", str(wav)], None), (["--stdin", "--chunk-ms", "7"], wav.read_bytes()[44:])):
+        result = run_script([str(model_path), "--json", "--threshold", "0.8"] + args,
+                            input=stdin.decode("latin-1") if stdin else None, encoding="latin-1")
+        assert result.returncode == 0, result.stderr
+        lines = [json.loads(line) for line in result.stdout.splitlines()]
+        detections = [(d["keyword"], round(d["time_s"], 3)) for d in lines if "keyword" in d]
+        assert detections == [(d.keyword, round(d.time_s, 3)) for d in expected]
+        summary = lines[-1]["summary"]
+        assert summary["audio_s"] == pytest.approx(10.0) and 0 < summary["cpu_per_audio_s"] < 0.5
+        assert summary["peak_rss_kib"] > 10_000
+
+
+def test_script_parity_mode(model_path, tmp_path):
+    from edgeasr.runtime.litert import LiteRTModel
+
+    inputs = np.random.default_rng(0).integers(-128, 128, (5, 98, 40)).astype(np.int8)
+    np.save(tmp_path / "in.npy", inputs)
+    result = run_script([str(model_path), "--parity", str(tmp_path / "in.npy"), str(tmp_path / "out.npy"), "--json"])
+    assert result.returncode == 0, result.stderr
+    model = LiteRTModel(model_path)
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), np.stack([model.run_raw(x) for x in inputs]))
+    assert np.load(tmp_path / "out.reference.npy").shape == (5, 3)
+    assert json.loads(result.stdout.splitlines()[-1])["summary"]["parity"]["examples"] == 5
+
+
+# ---- ssh on loopback ------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def loopback_sshd(tmp_path):
+    """An sshd on 127.0.0.1:<high port> with a temporary host key, accepting one temporary client key."""
+    sshd, keygen = shutil.which("sshd") or "/usr/sbin/sshd", shutil.which("ssh-keygen")
+    if not (os.path.exists(sshd) and keygen and shutil.which("ssh") and shutil.which("scp")):
+        if os.geteuid() == 0 and shutil.which("apt-get"):
+            subprocess.run(["apt-get", "install", "-y", "-qq", "openssh-server", "openssh-client"],
+                           capture_output=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        sshd, keygen = shutil.which("sshd") or "/usr/sbin/sshd", shutil.which("ssh-keygen")
+        if not (os.path.exists(sshd) and keygen):
+            pytest.skip("no sshd/ssh-keygen, and openssh-server cannot be installed here (not root or no apt)")
+    folder = tmp_path / "ssh"
+    folder.mkdir(mode=0o700)
+    for name in ("host_key", "client_key"):
+        subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "", "-f", str(folder / name)], check=True)
+    (folder / "authorized_keys").write_text((folder / "client_key.pub").read_text())
+    os.chmod(folder / "authorized_keys", 0o600)
+    port = _free_port()
+    (folder / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {folder / 'host_key'}\n"
+        f"AuthorizedKeysFile {folder / 'authorized_keys'}\nPidFile {folder / 'sshd.pid'}\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
+        "PermitRootLogin prohibit-password\nSubsystem sftp internal-sftp\n")
+    if os.geteuid() == 0:
+        os.makedirs("/run/sshd", exist_ok=True)
+    server = subprocess.Popen([sshd, "-D", "-e", "-f", str(folder / "sshd_config")],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for _ in range(50):
+            if server.poll() is not None:
+                pytest.skip(f"sshd could not start: {server.stdout.read()[-400:]}")
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+        else:
+            pytest.skip("sshd did not listen within 5 s")
+        yield {"port": port, "identity": folder / "client_key", "known_hosts": folder / "known_hosts"}
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_device_check_over_ssh_loopback(loopback_sshd, model_path, tmp_path):
+    from edgeasr.cli import main
+
+    user = os.environ.get("USER") or __import__("getpass").getuser()
+    write_wav(tmp_path / "bursts.wav", bursts_audio(), 16000)
+    result = CliRunner().invoke(main, [
+        "device-check", str(model_path), "--ssh", f"{user}@127.0.0.1", "--port", str(loopback_sshd["port"]),
+        "--identity", str(loopback_sshd["identity"]),
+        "--ssh-option", f"UserKnownHostsFile={loopback_sshd['known_hosts']}",
+        "--python", sys.executable, "--wav", str(tmp_path / "bursts.wav"), "--json", str(tmp_path / "report.json")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["passed"] and report["max_lsb"] == 0 and report["reference_max_lsb"] == 0
+    assert len(report["detections_device"]) == len(BURSTS_S) and report["same_detections"]
+    assert report["device"]["parity"]["examples"] == 64 and report["device"]["parity"]["invoke_ms_median"] > 0
+    assert 0 < report["device"]["cpu_per_audio_s"] < 0.5 and report["device"]["peak_rss_kib"] > 10_000
+    assert "PASSED" in result.output
+
+
+def test_device_check_needs_one_transport(model_path):
+    from edgeasr.cli import main
+
+    result = CliRunner().invoke(main, ["device-check", str(model_path)])
+    assert result.exit_code == 1 and "--ssh USER@HOST or --adb" in result.output
