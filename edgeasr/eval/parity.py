@@ -60,6 +60,9 @@ def parity_report(model_path, keras_scores: np.ndarray, features: np.ndarray, la
         "model": str(model_path),
         "examples": int(len(features)),
         "argmax_agreement": float(np.mean(keras_top == lite_top)),
+        # Examples whose Keras top score is an exact tie (fake-quant logits are on a grid): there
+        # the Keras argmax is the first of the tied classes and LiteRT may pick another.
+        "keras_tied_top": int(np.sum(np.sum(keras_scores == keras_scores.max(-1, keepdims=True), -1) > 1)),
         "xnnpack_vs_reference_agreement": float(np.mean(lite_top == ref_top)),
         "xnnpack_vs_reference_max_lsb": kernel_lsb,
         "output_lsb_difference": lsb_stats,
@@ -77,7 +80,8 @@ def parity_report(model_path, keras_scores: np.ndarray, features: np.ndarray, la
 def markdown(report: dict) -> str:
     rows = [("examples", report["examples"]),
             ("argmax agreement Keras vs LiteRT (XNNPACK)", f"{report['argmax_agreement']:.2%}"),
-            ("argmax agreement XNNPACK vs reference kernels", f"{report['xnnpack_vs_reference_agreement']:.2%}")]
+            ("argmax agreement XNNPACK vs reference kernels", f"{report['xnnpack_vs_reference_agreement']:.2%}"),
+            ("examples whose Keras top score is a tie", report["keras_tied_top"])]
     if report.get("output_lsb_difference"):
         lsb = report["output_lsb_difference"]
         rows.append(("output difference, LSB (max / mean / p99)", f"{lsb['max']} / {lsb['mean']:.3f} / {lsb['p99']:.1f}"))
