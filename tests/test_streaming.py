@@ -27,7 +27,8 @@ def energy_model(path, extra_metadata=None):
     from edgeasr.converters.metadata import embed_metadata
 
     inputs = keras.Input((98, 40))
-    mean = keras.layers.GlobalAveragePooling1D()(inputs)
+    pooled = keras.layers.AveragePooling2D((98, 1))(keras.layers.Reshape((98, 40, 1))(inputs))   # as ffn_stateless
+    mean = keras.layers.Flatten()(pooled)
     dense = keras.layers.Dense(3)
     model = keras.Model(inputs, keras.layers.Softmax()(dense(mean)))
     weights = np.zeros((40, 3), np.float32)
