@@ -18,9 +18,10 @@ pointwise convolutions, GLU halves) is a Dense, so it becomes FULLY_CONNECTED, t
 XNNPACK runs with INT4 weights; heads are Reshape + Permute (RESHAPE, TRANSPOSE); attention
 products are BATCH_MATMUL (`MatMul`); the mask is a constant multiply and add (`ChunkMask`);
 the depthwise convolution is a DepthwiseConv2D on (T, 1, C) followed by BatchNormalization,
-which quantize_model folds. `LayerNorm` is written from mean, subtract, multiply and rsqrt so
-every step has an int8 kernel (tf_keras' LayerNormalization converts to the same primitives
-only in float; see docs/conformer_conversion.md for the measurement).
+which quantize_model folds. `LayerNorm` is written from mean, subtract, multiply and rsqrt, each
+with an int8 kernel. tf_keras' LayerNormalization converts to integer ops too (measured in
+docs/conformer_conversion.md); the own layer exists for QAT: its weights are made where TFMOT's
+wrapper can see them, so a saved QAT Conformer loads (see LayerNorm).
 
 Layer names (policies select layers by pattern): subsample_conv1/2, subsample_dense;
 block{i}_ff{1,2}_{norm,dense1,dense2}, block{i}_mhsa_{norm,query,key,value,output},
