@@ -52,6 +52,19 @@ def test_output_shape(frames, expected):
     assert model(_features(2, frames)).shape == (2, expected, VOCAB)
 
 
+def test_config_round_trips_and_registry_builds_it():
+    import json
+
+    from edgeasr.configs import from_dict, to_dict
+    from edgeasr.models.registry import ModelConfig, build_model
+
+    config = cf.conformer_config("xs", chunk_frames=3)
+    assert from_dict(cf.ConformerConfig, json.loads(json.dumps(to_dict(config)))) == config
+    model = build_model(ModelConfig("conformer", (None, 40), VOCAB, {"size": "tiny", "chunk_frames": 2}))
+    assert model.get_layer("block1_mhsa_mask").chunk_frames == 2
+    assert model(_features(1, 40)).shape == (1, 10, VOCAB)
+
+
 def test_chunk_mask_no_frame_attends_beyond_its_chunk():
     frames, chunk, left = 14, 3, 1
     mask = cf.chunk_mask(frames, chunk, left)
