@@ -40,7 +40,7 @@ from edgeasr.converters.inspect import inspect_model
 from edgeasr.errors import EdgeasrError
 from edgeasr.files import write_bytes_atomic, write_json_atomic
 from edgeasr.models import conformer as cf
-from edgeasr.quant.policy import LayerPrecision, PrecisionPolicy, PrecisionRule, preset
+from edgeasr.quant.policy import LayerPrecision, PrecisionPolicy, PrecisionRule
 from edgeasr.runtime.litert import LiteRTModel, quantize
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,20 +111,10 @@ def _source(run, size, examples):
             "untrained, randomised biases / norms / BN statistics")
 
 
-def _randomize(model, seed=0):
-    rng = np.random.default_rng(seed)
-    for variable in model.weights:
-        name = variable.name
-        if any(key in name for key in ("bias", "beta", "moving_mean")):
-            variable.assign(rng.normal(0.0, 0.1, variable.shape))
-        elif any(key in name for key in ("gamma", "moving_variance")):
-            variable.assign(rng.uniform(0.5, 1.5, variable.shape))
-
-
 def _float_model(model_config, vocab, weights, frames):
     model = cf.build_conformer(model_config, vocab, time_frames=frames)
     if weights is None:
-        _randomize(model)
+        cf.randomize_untrained(model)
     else:
         model.set_weights(weights)
     return model

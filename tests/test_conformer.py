@@ -20,18 +20,6 @@ def _tiny(time_frames=None, **overrides):
     return cf.build_conformer(cf.conformer_config("tiny", **overrides), VOCAB, time_frames=time_frames)
 
 
-def _randomize(model, seed=0):
-    """Non-trivial biases, norms and BN statistics (an untrained model has zeros and ones there)."""
-    rng = np.random.default_rng(seed)
-    for variable in model.weights:
-        name = variable.name
-        if any(key in name for key in ("bias", "beta", "moving_mean")):
-            variable.assign(rng.normal(0.0, 0.1, variable.shape))
-        elif any(key in name for key in ("gamma", "moving_variance")):
-            variable.assign(rng.uniform(0.5, 1.5, variable.shape))
-    return model
-
-
 def _features(count, frames, seed=1):
     return np.random.default_rng(seed).normal(size=(count, frames, 40)).astype(np.float32)
 
@@ -91,7 +79,7 @@ def test_masked_scores_get_no_attention():
 def test_streaming_outputs_ignore_later_chunks():
     """Changing input from output frame 8 on (chunk 2 of 4-frame chunks) leaves frames 0-7 as they are;
     with one chunk over everything (the control) it does not."""
-    model = _randomize(_tiny())
+    model = cf.randomize_untrained(_tiny())
     x = _features(1, 64)
     y = x.copy()
     y[:, 32:] += 3.0
@@ -106,7 +94,7 @@ def test_streaming_outputs_ignore_later_chunks():
 
 def test_subsampling_and_depthwise_conv_are_causal():
     """With attention to itself only, output frame i sees input frames up to 4i and no further."""
-    model = _randomize(_tiny(chunk_frames=1, left_chunks=0))
+    model = cf.randomize_untrained(_tiny(chunk_frames=1, left_chunks=0))
     x = _features(1, 64)
     y = x.copy()
     y[:, 37] += 3.0                                   # input frame 37 first reaches output frame 10
@@ -154,7 +142,7 @@ def test_conformer_mixed_preset():
 
 
 def test_qat_model_saves_and_loads(tmp_path):
-    quantized = qat.quantize_model(_randomize(_tiny(time_frames=32)), "w4a8-tanh")
+    quantized = qat.quantize_model(cf.randomize_untrained(_tiny(time_frames=32)), "w4a8-tanh")
     x = _features(2, 32)
     path = tmp_path / "qat.keras"
     quantized.save(path)
@@ -165,7 +153,7 @@ def test_qat_model_saves_and_loads(tmp_path):
 def converted(tmp_path_factory):
     """A tiny Conformer (one block, 64 frames) quantised under w4a8-tanh the way `edgeasr convert`
     quantises a float model, converted and INT4-packed; Keras and LiteRT outputs on 8 windows."""
-    model = _randomize(cf.build_conformer(cf.conformer_config("tiny", num_blocks=1), VOCAB, time_frames=64))
+    model = cf.randomize_untrained(cf.build_conformer(cf.conformer_config("tiny", num_blocks=1), VOCAB, time_frames=64))
     calibration = _features(8, 64, seed=2)
     quantized = cv.post_training_quantize(model, "w4a8-tanh", calibration)
     model_bytes, report = cv.convert_keras(quantized, calibration)

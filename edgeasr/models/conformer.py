@@ -190,6 +190,20 @@ class ChunkMask(keras.layers.Layer):
         return {**super().get_config(), "chunk_frames": self.chunk_frames, "left_chunks": self.left_chunks}
 
 
+def randomize_untrained(model: keras.Model, seed: int = 0) -> keras.Model:
+    """Give an untrained model the non-trivial biases, norm gains and BN statistics a trained one
+    has (it has zeros and ones there), so conversion and parity checks see every path carry data
+    (and do not share the converter's deduplicated all-zero buffers)."""
+    rng = np.random.default_rng(seed)
+    for variable in model.weights:
+        name = variable.name
+        if any(key in name for key in ("bias", "beta", "moving_mean")):
+            variable.assign(rng.normal(0.0, 0.1, variable.shape))
+        elif any(key in name for key in ("gamma", "moving_variance")):
+            variable.assign(rng.uniform(0.5, 1.5, variable.shape))
+    return model
+
+
 def custom_objects() -> dict:
     return {cls.__name__: cls for cls in (LayerNorm, Scale, MatMul, ChunkMask)}
 
