@@ -8,8 +8,8 @@ own quantizers. A float model is quantised post-training with edgeasr's quantize
 `policy` (w8a8 by default, converters/ptq.py). Then, in order: the stock converter
 (converters/stock.py), the fully-integer check naming float ops and their layers
 (converters/integer_check.py), the INT4 packing pass (converters/int4.py), pointwise
-convolutions as FULLY_CONNECTED (converters/pointwise.py), trimming what the runtime does not
-need (converters/trim.py), the `edgeasr` metadata entry, parity against the Keras model and an
+convolutions as FULLY_CONNECTED (converters/pointwise.py), global average pooling as MEAN with
+its own scale (converters/pooling.py), trimming what the runtime does not need (converters/trim.py), the `edgeasr` metadata entry, parity against the Keras model and an
 atomic write.
 """
 import edgeasr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
@@ -26,6 +26,7 @@ from edgeasr.converters.int4 import int4_share, keras_layer_names, pack_int4_wei
 from edgeasr.converters.integer_check import INTEGER_TYPES, check_fully_integer, float_ops  # noqa: F401
 from edgeasr.converters.metadata import embed_metadata, source_hash, tensor_io
 from edgeasr.converters.pointwise import pointwise_as_fully_connected
+from edgeasr.converters.pooling import global_pools_as_mean
 from edgeasr.converters.ptq import calibrate_activations, post_training_quantize  # noqa: F401
 from edgeasr.converters.sources import (calibration_features, is_qat, load_calibration, load_keras,  # noqa: F401
                                         load_source, qat_weight_bits, run_test_features)
@@ -43,7 +44,7 @@ def convert_keras(model: keras.Model, calibration: np.ndarray, io: str = "int8",
                   conv_storage: str = "int8", int16_activations: bool = False, trim: bool = True,
                   float_model: Optional[keras.Model] = None) -> tuple:
     """(model bytes, INT4 report) of a QAT (or PTQ'd) Keras model: convert, check, pack, rewrite
-    pointwise convolutions, trim. conv_storage: see converters/int4.py.
+    pointwise convolutions and global pools, trim. conv_storage: see converters/int4.py.
 
     fc_per_channel=False keeps a 4-bit FULLY_CONNECTED weight quantized per tensor with its one
     scale: on LiteRT 2.3 XNNPACK delegates it as it does the per-channel copy, with identical
@@ -62,6 +63,7 @@ def convert_keras(model: keras.Model, calibration: np.ndarray, io: str = "int8",
     model_bytes, report = pack_int4_weights(model_bytes, bits_of, fc_per_channel=fc_per_channel,
                                             conv_storage=conv_storage)
     model_bytes, rewritten = pointwise_as_fully_connected(model_bytes)
+    model_bytes, _ = global_pools_as_mean(model_bytes, np.asarray(calibration, np.float32)[:CALIBRATION_EXAMPLES])
     for entry in report:
         if entry["tensor"] in rewritten:
             entry["op"], entry["action"] = "FULLY_CONNECTED", entry["action"] + ", pointwise CONV_2D as FULLY_CONNECTED"

@@ -159,3 +159,11 @@ def operator_code(model, builtin: int, version: int) -> int:
     code.version = version
     model.operatorCodes.append(code)
     return len(model.operatorCodes) - 1
+
+
+def add_buffer(model, values: np.ndarray) -> int:
+    """Index of a new buffer holding the raw bytes of `values`."""
+    buffer = schema().BufferT()
+    buffer.data = np.ascontiguousarray(values).reshape(-1).view(np.uint8)
+    model.buffers.append(buffer)
+    return len(model.buffers) - 1

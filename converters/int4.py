@@ -213,10 +213,7 @@ class _Pass:
         return tensor
 
     def _new_buffer(self, data: np.ndarray) -> int:
-        buffer = fb.schema().BufferT()
-        buffer.data = np.asarray(data, np.uint8)
-        self.model.buffers.append(buffer)
-        return len(self.model.buffers) - 1
+        return fb.add_buffer(self.model, np.asarray(data, np.uint8))
 
     def _packed_buffer(self, data: np.ndarray) -> int:
         key = bytes(data)

@@ -12,6 +12,7 @@ from edgeasr.converters import flatbuffer as fb
 from edgeasr.converters.inspect import xnnpack_nodes
 from edgeasr.converters.int4 import INT4_OP_VERSIONS, keras_layer_names, pack_int4_weights, policy_bits
 from edgeasr.converters.pointwise import pointwise_as_fully_connected
+from edgeasr.converters.pooling import global_pools_as_mean
 from edgeasr.converters.trim import trim_model
 from edgeasr.errors import EdgeasrError
 from edgeasr.quant import qat
@@ -190,7 +191,7 @@ def ds_cnn_w4():
     quantized = post_training_quantize(model, PrecisionPolicy("w4", W4), x)
     stock = int8_tflite(quantized, x)
     bits_of = policy_bits(PrecisionPolicy("w4", W4), keras_layer_names(quantized))
-    return quantized, stock, bits_of
+    return quantized, stock, bits_of, x
 
 
 def _delegated(model_bytes, tmp_path, name):
@@ -200,7 +201,7 @@ def _delegated(model_bytes, tmp_path, name):
 
 
 def test_pointwise_convs_become_fully_connected_with_bit_identical_outputs(ds_cnn_w4, tmp_path):
-    _, stock, bits_of = ds_cnn_w4
+    _, stock, bits_of, _ = ds_cnn_w4
     packed, _ = pack_int4_weights(stock, bits_of, conv_storage="int4")
     rewritten, names = pointwise_as_fully_connected(packed)
     assert len(names) == 2 and all("pw" in name for name in names)
@@ -216,7 +217,7 @@ def test_pointwise_convs_become_fully_connected_with_bit_identical_outputs(ds_cn
 
 
 def test_depthwise_and_first_conv_keep_4bit_levels_in_int8_containers(ds_cnn_w4, tmp_path):
-    _, stock, bits_of = ds_cnn_w4
+    _, stock, bits_of, _ = ds_cnn_w4
     all_int4, _ = pointwise_as_fully_connected(pack_int4_weights(stock, bits_of, conv_storage="int4")[0])
     fast, report = pack_int4_weights(stock, bits_of, conv_storage="int8")
     fast, _ = pointwise_as_fully_connected(fast)
@@ -235,7 +236,7 @@ def test_depthwise_and_first_conv_keep_4bit_levels_in_int8_containers(ds_cnn_w4,
 
 
 def test_trimmed_model_is_smaller_and_computes_the_same(ds_cnn_w4, tmp_path):
-    quantized, stock, bits_of = ds_cnn_w4
+    quantized, stock, bits_of, _ = ds_cnn_w4
     untrimmed, _ = pointwise_as_fully_connected(pack_int4_weights(stock, bits_of, conv_storage="int8")[0])
     trimmed = trim_model(untrimmed, keras_layer_names(quantized))
     assert len(trimmed) < len(untrimmed) - 1000
@@ -255,3 +256,46 @@ def test_trimmed_model_is_smaller_and_computes_the_same(ds_cnn_w4, tmp_path):
     for xnnpack in (True, False):
         np.testing.assert_array_equal(_run(trimmed, x, xnnpack), _run(untrimmed, x, xnnpack))
     assert _delegated(trimmed, tmp_path, "trimmed.tflite") == _delegated(untrimmed, tmp_path, "untrimmed.tflite")
+
+
+def _pool_values(model_bytes, x):
+    """(map feeding the global pool, pooled values) in float, per example, on the reference kernels."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    model = fb.load(model_bytes)
+    graph = model.subgraphs[0]
+    pool = next(op for op in graph.operators if fb.op_name(model, op) in ("AVERAGE_POOL_2D", "MEAN"))
+    interpreter = Interpreter(model_content=model_bytes, experimental_preserve_all_tensors=True,
+                              experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interpreter.allocate_tensors()
+    details = {d["index"]: d for d in interpreter.get_tensor_details()}
+    values = []
+    for example in x:
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], example[None])
+        interpreter.invoke()
+        values.append([(interpreter.get_tensor(i).astype(np.float64) - details[i]["quantization"][1])
+                       * details[i]["quantization"][0] for i in (pool.inputs[0], pool.outputs[0])])
+    return values, details[pool.outputs[0]]["quantization"][0]
+
+
+def test_global_average_pool_becomes_a_finer_delegated_mean(ds_cnn_w4, tmp_path):
+    _, stock, bits_of, x = ds_cnn_w4
+    before, _ = pointwise_as_fully_connected(pack_int4_weights(stock, bits_of, conv_storage="int8")[0])
+    after, rewritten = global_pools_as_mean(before, x)
+    model = fb.load(after)
+    ops = [fb.op_name(model, op) for op in model.subgraphs[0].operators]
+    assert rewritten == 1 and "MEAN" in ops and "AVERAGE_POOL_2D" not in ops
+    from edgeasr.runtime.litert import quantize
+
+    graph = model.subgraphs[0]
+    quant = graph.tensors[graph.inputs[0]].quantization
+    inputs = quantize(x[:8], {"quantization": (quant.scale[0], quant.zeroPoint[0]), "dtype": np.int8})  # calibrated
+    (old, old_scale), (new, new_scale) = _pool_values(before, inputs), _pool_values(after, inputs)
+    assert new_scale < old_scale / 2
+    for (feature_map, pooled), (_, pooled_before) in zip(new, old):
+        exact = feature_map.mean(axis=(1, 2)).reshape(pooled.shape)     # the float average Keras computes
+        assert np.abs(pooled - exact).max() <= new_scale + 1e-9          # within one step of the finer grid
+        assert np.abs(pooled_before - exact).max() <= old_scale / 2 + 1e-6
+    for xnnpack in (True, False):                                      # runs on both; logits bias rescaled
+        assert np.abs(_run(after, inputs, xnnpack) - _run(before, inputs, xnnpack)).max() <= 16
+    assert _delegated(after, tmp_path, "mean.tflite") == _delegated(before, tmp_path, "pool.tflite") + 1
