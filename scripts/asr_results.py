@@ -1,0 +1,196 @@
+#!/usr/bin/env python3
+"""Issue 5 results: Conformer-CTC `xs` on the synthetic corpus, test voices held out.
+
+Protocol:
+  1. corpus: `edgeasr data synth-asr` (--speakers x --utterances, split 80/10/10 by voice+variant);
+  2. float training for --float-epochs (SpecAugment, batch 24, peak LR 2e-3, warm-up + cosine);
+  3. from the float run, the same fine-tuning budget (2 x --qat-epochs epochs, peak LR
+     --qat-learning-rate) for: float (the reference the 4-bit gap is measured against) and
+     w4a8-tanh QAT in two stages (tanh 4-bit weights only, then 8-bit inputs and activations too,
+     BN folded); and one-stage w8a8 QAT for --qat-epochs;
+  4. conversion of both QAT runs to fully-integer LiteRT (4 s window, INT4-packed weights for
+     w4a8) and of the float model to float TFLite (the size reference);
+  5. WER / CER (jiwer, greedy CTC) of the Keras float, Keras QAT and LiteRT models on the first
+     --test-utterances test utterances; real-time factor of the LiteRT models on one thread.
+Each step is skipped when its output exists, so an interrupted run continues.
+
+Writes docs/asr_results.md and docs/asr_results.json.
+
+    python scripts/asr_results.py                   # everything, into build/asr_data and build/asr_runs
+    python scripts/asr_results.py --train-only float-ft   # one training run (to run several at once)
+    python scripts/asr_results.py --report-only     # rewrite the Markdown from docs/asr_results.json
+"""
+import edgeasr  # noqa: F401
+
+import argparse
+import json
+import os
+import platform
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from edgeasr.data.asr_synth import AsrSynthConfig, synthesize_asr_corpus
+from edgeasr.eval.asr import evaluate_model
+from edgeasr.files import write_json_atomic
+from edgeasr.train.asr_convert import convert_asr_run
+from edgeasr.train.asr_fit import asr_run_config, train_asr, with_policy
+
+REPO = Path(__file__).resolve().parents[1]
+RUNS = ("float", "float-ft", "w4a8-tanh", "w8a8")
+TARGETS = {"float_cer_max": 0.10, "w4_cer_gap_max_points": 0.5, "w4_size_ratio_min": 7.5, "rtf_max": 0.05}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=REPO / "build" / "asr_data")
+    parser.add_argument("--work", type=Path, default=REPO / "build" / "asr_runs")
+    parser.add_argument("--docs", type=Path, default=REPO / "docs")
+    parser.add_argument("--speakers", type=int, default=300)
+    parser.add_argument("--utterances", type=int, default=40)
+    parser.add_argument("--size", default="xs")
+    parser.add_argument("--float-epochs", type=int, default=10)
+    parser.add_argument("--qat-epochs", type=int, default=2)
+    parser.add_argument("--qat-learning-rate", type=float, default=5e-4)
+    parser.add_argument("--test-utterances", type=int, default=400)
+    parser.add_argument("--train-only", choices=RUNS, default=None, help="Train this run and stop.")
+    parser.add_argument("--report-only", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.report_only:
+        write_markdown(json.loads((args.docs / "asr_results.json").read_text()), args.docs)
+        return
+    started = time.perf_counter()
+    if not (args.data / "train.jsonl").is_file():
+        synthesize_asr_corpus(args.data, AsrSynthConfig(speakers=args.speakers, utterances_per_speaker=args.utterances))
+    base = asr_run_config(args.data / "train.jsonl", args.data / "validation.jsonl", args.data / "test.jsonl",
+                          size=args.size)
+    base = replace(base, train=replace(base.train, epochs=args.float_epochs, batch_size=24, learning_rate=2e-3),
+                   asr=replace(base.asr, noise=False))
+    runs = {name: args.work / f"{args.size}_{name.replace('-', '_')}" for name in RUNS}
+    configs = {"float": base}
+    for name, policy, stages, epochs in (("float-ft", "float", 1, 2 * args.qat_epochs),
+                                         ("w4a8-tanh", "w4a8-tanh", 2, args.qat_epochs),
+                                         ("w8a8", "w8a8", 1, args.qat_epochs)):
+        configs[name] = with_policy(base, policy, stages, epochs, runs["float"], args.qat_learning_rate)
+    if args.train_only:
+        train_once(runs[args.train_only], configs[args.train_only])
+        return
+    timings = {name: train_once(runs[name], configs[name]) for name in RUNS}
+    models = {policy: args.work / f"{args.size}_{policy.replace('-', '_')}.tflite" for policy in ("w4a8-tanh", "w8a8")}
+    conversions = {policy: convert_once(runs[policy], models[policy]) for policy in models}
+    manifest = args.data / "test.jsonl"
+    evaluations = [evaluate_model(runs[p], manifest, limit=args.test_utterances)
+                   for p in ("float", "float-ft", "w8a8", "w4a8-tanh")]
+    evaluations += [evaluate_model(models[p], manifest, limit=args.test_utterances) for p in ("w8a8", "w4a8-tanh")]
+    results = summarise(args, runs, timings, conversions, evaluations, time.perf_counter() - started)
+    args.docs.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(args.docs / "asr_results.json", results)
+    write_markdown(results, args.docs)
+
+
+def train_once(run_dir: Path, config) -> dict:
+    """Train unless the run already has its model; the seconds of training from history."""
+    if not (run_dir / "model.keras").is_file():
+        started = time.perf_counter()
+        train_asr(run_dir, config)
+        return {"seconds_this_session": round(time.perf_counter() - started, 1)}
+    return {"seconds_this_session": 0.0}
+
+
+def convert_once(run_dir: Path, output: Path) -> dict:
+    report_path = output.with_suffix(".convert.json")
+    if output.is_file() and report_path.is_file():
+        return json.loads(report_path.read_text())
+    result = convert_asr_run(run_dir, output, force=True)
+    write_json_atomic(report_path, result)
+    return result
+
+
+def _history_seconds(run_dir: Path) -> dict:
+    history = json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").is_file() else []
+    return {"epochs": len(history), "final_loss": history[-1].get("loss") if history else None,
+            "final_val_loss": history[-1].get("val_loss") if history else None}
+
+
+def summarise(args, runs, timings, conversions, evaluations, seconds) -> dict:
+    names = [("keras", "float"), ("keras", "float-ft"), ("keras", "w8a8"), ("keras", "w4a8-tanh"),
+             ("litert", "w8a8"), ("litert", "w4a8-tanh")]
+    by_name = dict(zip(names, evaluations))
+    float_cer = by_name[("keras", "float-ft")]["cer"]   # the same fine-tuning budget as the QAT runs
+    w4 = by_name[("litert", "w4a8-tanh")]
+    w4_conversion = conversions["w4a8-tanh"]
+    ratio = w4_conversion["float_bytes"] / w4_conversion["bytes"]
+    rtf = max(by_name[("litert", p)]["rtf"] for p in ("w8a8", "w4a8-tanh"))
+    targets = {
+        "float_cer": {"value": float_cer, "target": f"<= {TARGETS['float_cer_max']:.0%}",
+                      "met": float_cer <= TARGETS["float_cer_max"]},
+        "w4a8_cer_gap_points": {"value": 100 * (w4["cer"] - float_cer),
+                                "target": f"<= {TARGETS['w4_cer_gap_max_points']} points",
+                                "met": 100 * (w4["cer"] - float_cer) <= TARGETS["w4_cer_gap_max_points"]},
+        "w4a8_size_ratio": {"value": ratio, "target": f">= {TARGETS['w4_size_ratio_min']}x",
+                            "met": ratio >= TARGETS["w4_size_ratio_min"]},
+        "rtf_single_thread": {"value": rtf, "target": f"<= {TARGETS['rtf_max']}", "met": rtf <= TARGETS["rtf_max"]},
+    }
+    return {
+        "size": args.size, "test_utterances": args.test_utterances, "seconds": round(seconds, 1),
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+        "corpus": json.loads((args.data / "synth_asr_config.json").read_text())["config"],
+        "recipe": {"float_epochs": args.float_epochs, "qat_epochs_per_stage": args.qat_epochs,
+                   "qat_learning_rate": args.qat_learning_rate},
+        "training": {name: {**_history_seconds(path), **timings.get(name, {})} for name, path in runs.items()},
+        "conversions": {p: {k: c[k] for k in ("bytes", "float_bytes", "parameters", "int4_share", "parity")}
+                        for p, c in conversions.items()},
+        "evaluations": [{"model": f"{kind} {policy}", **{k: v for k, v in e.items() if k != "model"}}
+                        for (kind, policy), e in by_name.items()],
+        "targets": targets,
+    }
+
+
+def write_markdown(results: dict, docs: Path) -> None:
+    lines = [
+        f"# Conformer-CTC `{results['size']}` on the synthetic corpus (held-out voices)",
+        "",
+        "Produced by `python scripts/asr_results.py`; do not edit by hand.",
+        "",
+        f"Corpus: {results['corpus']['speakers']} espeak-ng voice+variant speakers x "
+        f"{results['corpus']['utterances_per_speaker']} utterances (digit strings, commands, short sentences, "
+        f"<= {results['corpus']['max_seconds']} s), split 80/10/10 by speaker with no timbre shared. "
+        f"Test: the first {results['test_utterances']} test utterances. Greedy CTC decoding, character tokens.",
+        "",
+        "| model | WER | CER | sentences right | RTF (1 thread) | file bytes |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for e in results["evaluations"]:
+        rtf = f"{e['rtf']:.4f}" if "rtf" in e else "-"
+        size = f"{e['bytes']:,}" if "bytes" in e else "-"
+        lines.append(f"| {e['model']} | {e['wer']:.2%} | {e['cer']:.2%} | {e['sentence_accuracy']:.1%} | {rtf} | {size} |")
+    lines += ["", "| conversion | bytes | float TFLite bytes | ratio | INT4 share | Keras-LiteRT frame agreement |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for policy, c in results["conversions"].items():
+        lines.append(f"| {policy} | {c['bytes']:,} | {c['float_bytes']:,} | {c['float_bytes'] / c['bytes']:.2f}x | "
+                     f"{(c['int4_share'] or 0):.0%} | {c['parity']['frame_argmax_agreement']:.2%} |")
+    lines += ["", "## Targets", "", "| target | value | required | |", "|---|---:|---|---|"]
+    formats = {"float_cer": "{:.2%}", "w4a8_cer_gap_points": "{:+.2f} points", "w4a8_size_ratio": "{:.2f}x",
+               "rtf_single_thread": "{:.4f}"}
+    for name, t in results["targets"].items():
+        lines.append(f"| {name} | {formats[name].format(t['value'])} | {t['target']} | "
+                     f"{'met' if t['met'] else 'MISSED'} |")
+    lines += ["", "## Training", "", "| run | epochs (all stages) | final loss | final validation loss |",
+              "|---|---:|---:|---:|"]
+    for name, t in results["training"].items():
+        loss = f"{t['final_loss']:.3f}" if t["final_loss"] is not None else "-"
+        val = f"{t['final_val_loss']:.3f}" if t["final_val_loss"] is not None else "-"
+        lines.append(f"| {name} | {t['epochs']} | {loss} | {val} |")
+    lines += ["", "## Examples (LiteRT w4a8-tanh)", ""]
+    w4 = next(e for e in results["evaluations"] if e["model"] == "litert w4a8-tanh")
+    for example in w4.get("examples", []):
+        lines.append(f"- ref: `{example['reference']}`  \n  hyp: `{example['hypothesis']}`")
+    (docs / "asr_results.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""The whole ASR path on a tiny corpus: synth-asr -> train-asr (float, then 4-bit QAT) -> convert
+-> transcribe and eval-asr, through the CLI. Checks that it runs and that the pieces agree,
+not accuracy (a few steps of a tiny model learn little)."""
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from edgeasr.cli import main
+
+
+def _invoke(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.mark.slow
+def test_synth_train_convert_transcribe(tmp_path):
+    from edgeasr.converters import flatbuffer as fb
+    from edgeasr.runtime.metadata import read_metadata
+    from edgeasr.train.asr_fit import AsrRunDir
+
+    data = tmp_path / "asr"
+    _invoke("data", "synth-asr", data, "--speakers", 6, "--utterances", 4, "--max-seconds", 3, "--seed", 2)
+    float_run, qat_run = tmp_path / "float", tmp_path / "w4"
+    _invoke("train-asr", data, "--run-dir", float_run, "--size", "tiny", "--epochs", 1, "--batch-size", 8)
+    output = _invoke("train-asr", data, "--run-dir", qat_run, "--size", "tiny", "--epochs", 1, "--batch-size", 8,
+                     "--policy", "w4a8-tanh", "--init-from", float_run)
+    assert "test WER" in output and (qat_run / "test_report.json").is_file()
+
+    model = tmp_path / "tiny_w4.tflite"
+    output = _invoke("convert", qat_run, "-o", model)
+    assert "INT4 weight share" in output
+    metadata = read_metadata(model)
+    tokenizer = AsrRunDir(qat_run).read_tokenizer()
+    assert metadata["asr"]["tokens"] == tokenizer.tokens and metadata["input_frames"] == 400
+    assert metadata["quantization"] == "qat" and metadata["policy"]["name"] == "w4a8-tanh"
+    storage = fb.weight_storage(model.read_bytes())
+    assert storage["INT4"]["tensors"] > 0, storage
+    agreement = float(output.split("frame agreement ")[1].split("%")[0]) / 100
+    assert agreement >= 0.9
+
+    wavs = sorted((data / "audio").rglob("*.wav"))[:2]
+    lines = _invoke("transcribe", model, *wavs, "--beam", 4).strip().splitlines()
+    assert [line.split("\t")[0] for line in lines] == [str(w) for w in wavs]
+
+    report_path = tmp_path / "eval.json"
+    _invoke("eval-asr", qat_run, model, "--manifest", data / "test.jsonl", "--json", report_path)
+    keras_report, litert_report = json.loads(report_path.read_text())
+    assert keras_report["utterances"] == litert_report["utterances"] == 4
+    assert litert_report["rtf"] > 0 and litert_report["bytes"] == model.stat().st_size
+    assert 0 <= litert_report["cer"] and 0 <= keras_report["cer"]
