@@ -148,6 +148,25 @@ def _count(values) -> dict:
     return counts
 
 
+def size_breakdown(path) -> dict:
+    """Bytes of the file by what they hold: INT4 / INT8 weights (2-D and up), INT32 biases,
+    other constants, and the flatbuffer's structure (ops, tensors, shapes, quantisation)."""
+    model = fb.load(Path(path).read_bytes())
+    types = fb.type_names()
+    parts = {"int4_weights": 0, "int8_weights": 0, "int32_biases": 0, "other_constants": 0}
+    for tensor in model.subgraphs[0].tensors:
+        data = fb.buffer_data(model, tensor)
+        if data is None:
+            continue
+        kind = types[tensor.type]
+        key = {"INT4": "int4_weights", "INT32": "int32_biases"}.get(kind, "other_constants")
+        if kind == "INT8" and len(tensor.shape) >= 2 and tensor.shape[-1] > 1 and data.size > 4096:
+            key = "int8_weights"
+        parts[key] += int(data.size)
+    parts["structure"] = Path(path).stat().st_size - sum(parts.values())
+    return parts
+
+
 def not_delegated(report) -> dict:
     counts = {}
     for op in report["ops"]:
@@ -232,6 +251,7 @@ def run_size(size, args, work, run):
         if "bytes" in row:
             row["smaller_than_float"] = float_bytes / row["bytes"]
             row["latency_ms"] = {"1 s": latency_ms(work / row["file"], held_out[0], args.repeats)}
+            row["size_breakdown"] = size_breakdown(work / row["file"])
         result["policies"].append(row)
     # 5 s windows: the w4a8-tanh model and the float model rebuilt at 500 frames.
     long_frames = WINDOW_FRAMES["5 s"]
@@ -289,6 +309,12 @@ def findings(results) -> list:
                          f"window (RTF {w4['latency_ms']['1 s'] / 1000:.4f})"
                          + (f", {w4['latency_ms']['5 s']:.2f} ms per 5 s window (RTF "
                             f"{w4['latency_ms']['5 s'] / 5000:.4f})" if "5 s" in w4["latency_ms"] else "") + ".")
+        if w4 is not None and "size_breakdown" in w4:
+            parts = w4["size_breakdown"]
+            lines.append("  Where the w4a8-tanh bytes are: " + ", ".join(
+                f"{name.replace('_', ' ')} {value:,}" for name, value in parts.items()) + f" (weights alone: "
+                f"{result['parameters'] * 4 / (parts['int4_weights'] + parts['int8_weights']):.2f}x smaller than "
+                f"their float32).")
         ablation = result.get("activation_ablation")
         if ablation:
             base = ablation[0]
@@ -373,6 +399,10 @@ def main():
     out = Path(args.out)
     if args.render:
         saved = json.loads(out.with_suffix(".json").read_text())
+        for row in (row for result in saved["results"] for row in result["policies"]):
+            if "file" in row and "size_breakdown" not in row and (Path(args.work) / row["file"]).is_file():
+                row["size_breakdown"] = size_breakdown(Path(args.work) / row["file"])
+        write_json_atomic(out.with_suffix(".json"), saved)
         write_bytes_atomic(out.with_suffix(".md"), markdown(saved["results"], saved["meta"]).encode(), force=True)
         return
     work = Path(args.work)
