@@ -9,7 +9,8 @@ own quantizers. A float model is quantised post-training with edgeasr's quantize
 (converters/stock.py), the fully-integer check naming float ops and their layers
 (converters/integer_check.py), the INT4 packing pass (converters/int4.py), pointwise
 convolutions as FULLY_CONNECTED (converters/pointwise.py), global average pooling as MEAN with
-its own scale (converters/pooling.py), trimming what the runtime does not need (converters/trim.py), the `edgeasr` metadata entry, parity against the Keras model and an
+its own scale (converters/pooling.py), trimming what the runtime does not need
+(converters/trim.py), the `edgeasr` metadata entry, parity against the Keras model and an
 atomic write.
 """
 import edgeasr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)

@@ -40,12 +40,9 @@ def _global_pools(model) -> list:
 
 def _pooled_ranges(model_bytes: bytes, tensor_indices, calibration: np.ndarray) -> dict:
     """{tensor index: (min, max)} of the float values the pooled tensors take on `calibration`."""
-    from edgeasr.runtime.litert import _interpreter_module, dequantize, quantize
+    from edgeasr.runtime.litert import dequantize, quantize, tracing_interpreter
 
-    module = _interpreter_module()
-    interpreter = module.Interpreter(model_content=bytes(model_bytes), experimental_preserve_all_tensors=True,
-                                     experimental_op_resolver_type=module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-    interpreter.allocate_tensors()
+    interpreter = tracing_interpreter(model_bytes)
     detail = interpreter.get_input_details()[0]
     details = {d["index"]: d for d in interpreter.get_tensor_details()}
     low = {index: 0.0 for index in tensor_indices}

@@ -194,7 +194,7 @@ def layer_differences(run_dir, path) -> dict:
     import tf_keras as keras
 
     from edgeasr.converters.sources import load_source, run_test_features
-    from edgeasr.runtime.litert import _interpreter_module
+    from edgeasr.runtime.litert import tracing_interpreter
 
     model, config = load_source(run_dir)
     features, labels = run_test_features(config)
@@ -202,10 +202,7 @@ def layer_differences(run_dir, path) -> dict:
                    if layer.name.startswith("quant_relu") or layer.name in ("avg_pool", "quant_logits", "probs")]
     probe = keras.Model(model.inputs, [model.get_layer(name).output for name in keras_names])
     keras_values = probe.predict(features, batch_size=64, verbose=0)
-    module = _interpreter_module()
-    interpreter = module.Interpreter(model_path=str(path), experimental_preserve_all_tensors=True,
-                                     experimental_op_resolver_type=module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-    interpreter.allocate_tensors()
+    interpreter = tracing_interpreter(path)
     details = {d["name"]: d for d in interpreter.get_tensor_details()}
     input_detail, output_detail = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     lite_names = [name[len("quant_"):] if name.startswith("quant_") else name for name in keras_names[:-1]]
@@ -302,7 +299,7 @@ def markdown(summary) -> str:
     lines = ["# Conversion results (scripts/convert_results.py)", "",
              f"Runs from `{summary['runs']}`, converted with `edgeasr convert` defaults (pointwise convs as "
              f"FULLY_CONNECTED, 4-bit depthwise / first-conv levels in INT8 containers, one scale for per-tensor "
-             f"INT4 FULLY_CONNECTED, trimmed). Accuracy and agreement on the whole test split. Latency: one "
+             f"INT4 FULLY_CONNECTED, global average pool as MEAN, trimmed). Accuracy and agreement on the whole test split. Latency: one "
              f"thread, median of {summary['rounds']} interleaved rounds x {summary['invokes']} invokes on "
              f"{summary['machine']}.", "",
              "| model | policy | how | bytes | float bytes | smaller | floor (smaller) | INT4 share | Keras acc | "

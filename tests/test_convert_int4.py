@@ -260,14 +260,12 @@ def test_trimmed_model_is_smaller_and_computes_the_same(ds_cnn_w4, tmp_path):
 
 def _pool_values(model_bytes, x):
     """(map feeding the global pool, pooled values) in float, per example, on the reference kernels."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    from edgeasr.runtime.litert import tracing_interpreter
 
     model = fb.load(model_bytes)
     graph = model.subgraphs[0]
     pool = next(op for op in graph.operators if fb.op_name(model, op) in ("AVERAGE_POOL_2D", "MEAN"))
-    interpreter = Interpreter(model_content=model_bytes, experimental_preserve_all_tensors=True,
-                              experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-    interpreter.allocate_tensors()
+    interpreter = tracing_interpreter(model_bytes)
     details = {d["index"]: d for d in interpreter.get_tensor_details()}
     values = []
     for example in x:
