@@ -269,6 +269,7 @@ def run_size(size, args, work, run):
     result["float_latency_ms"] = {"1 s": latency_ms(float_path, held_out[0], args.repeats)}
     if size == args.ablation_size:
         result["activation_ablation"] = activation_ablation(float_model, calibration, held_out, float_scores)
+        result["ablation_frames"] = int(float_scores.shape[0] * float_scores.shape[1])
     return result
 
 
@@ -323,6 +324,18 @@ def findings(results) -> list:
                          f"agreement with float, rel. RMS error {base['relative_rms_error']:.3f}; the largest "
                          f"gain from 16-bit activations is for {best['16-bit']}: "
                          f"{_pct(best['frame_agreement'])}, {best['relative_rms_error']:.3f}.")
+            frames = result.get("ablation_frames")
+            gain = best["frame_agreement"] - base["frame_agreement"]
+            resolution = f" (one frame is {_pct(1 / frames)})" if frames else ""
+            lines.append(f"  So 16-bit activations gain at most {100 * gain:.1f} points of frame agreement"
+                         f"{resolution}: " + ("too little to pay for int16 kernels that XNNPACK does not run; "
+                                              "conformer-mixed keeps 8-bit activations everywhere."
+                                              if gain < 0.01 else "worth a 16-bit rule for that group."))
+        if converted:
+            left = sorted({key.split("(")[0] for row in converted for key in row["not_delegated"]})
+            lines.append(f"  XNNPACK (LiteRT {result.get('litert', '2.3')}) left {', '.join(left)} to the builtin "
+                         f"kernels: per LayerNorm its RSQRT and the ADD of epsilon to the (T, 1) variance, per "
+                         f"attention module its two BATCH_MATMUL and its SOFTMAX.")
     return lines + [""]
 
 
@@ -399,9 +412,12 @@ def main():
     out = Path(args.out)
     if args.render:
         saved = json.loads(out.with_suffix(".json").read_text())
-        for row in (row for result in saved["results"] for row in result["policies"]):
-            if "file" in row and "size_breakdown" not in row and (Path(args.work) / row["file"]).is_file():
-                row["size_breakdown"] = size_breakdown(Path(args.work) / row["file"])
+        for result in saved["results"]:
+            for row in result["policies"]:
+                if "file" in row and "size_breakdown" not in row and (Path(args.work) / row["file"]).is_file():
+                    row["size_breakdown"] = size_breakdown(Path(args.work) / row["file"])
+            if "activation_ablation" in result and "ablation_frames" not in result:
+                result["ablation_frames"] = saved["meta"]["examples"] * cf.output_frames(WINDOW_FRAMES["1 s"])
         write_json_atomic(out.with_suffix(".json"), saved)
         write_bytes_atomic(out.with_suffix(".md"), markdown(saved["results"], saved["meta"]).encode(), force=True)
         return
