@@ -185,6 +185,17 @@ def _interpreter_module():
     return interpreter
 
 
+def tracing_interpreter(model):
+    """An interpreter on the builtin (reference) kernels that keeps every intermediate tensor readable
+    after invoke, for layer-by-layer comparisons. `model`: a path or the model's bytes."""
+    module = _interpreter_module()
+    source = {"model_content": bytes(model)} if isinstance(model, (bytes, bytearray)) else {"model_path": str(model)}
+    interpreter = module.Interpreter(**source, experimental_preserve_all_tensors=True,
+                                     experimental_op_resolver_type=module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interpreter.allocate_tensors()
+    return interpreter
+
+
 def quantize(values: np.ndarray, detail: dict) -> np.ndarray:
     """Float values into the tensor's dtype using its scale and zero point (identity for float tensors)."""
     scale, zero_point = detail["quantization"]
