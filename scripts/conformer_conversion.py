@@ -348,7 +348,9 @@ def markdown(results, meta) -> str:
              f"(fully-integer check, INT4 pass). Latency: single thread, XNNPACK, median of "
              f"{meta['repeats']} invokes. Agreement: LiteRT against the Keras model on {meta['examples']} "
              f"held-out windows, per output frame (argmax), and the logit RMS error relative to the "
-             f"reference's logit RMS.", ""]
+             f"reference's logit RMS."]
+    lines += [f"Sizes added from `python scripts/conformer_conversion.py {args}` (same method, its own "
+              f"--examples)." for args in meta.get("merged", [])] + [""]
     lines += findings(results)
     for result in results:
         lines += [f"## {result['size']}: {result['parameters']:,} parameters ({result['weights']})", "",
@@ -408,10 +410,16 @@ def main():
     parser.add_argument("--work", default="build/conformer_conversion")
     parser.add_argument("--out", default="docs/conformer_conversion")
     parser.add_argument("--render", action="store_true", help="only rewrite OUT.md from OUT.json")
+    parser.add_argument("--merge", nargs="*", default=[],
+                        help="with --render: add the sizes of these JSON files (runs with another --out)")
     args = parser.parse_args()
     out = Path(args.out)
     if args.render:
         saved = json.loads(out.with_suffix(".json").read_text())
+        for extra in map(lambda path: json.loads(Path(path).read_text()), args.merge):
+            sizes = {result["size"] for result in extra["results"]}
+            saved["results"] = [r for r in saved["results"] if r["size"] not in sizes] + extra["results"]
+            saved["meta"].setdefault("merged", []).append(extra["meta"]["args"])
         for result in saved["results"]:
             for row in result["policies"]:
                 if "file" in row and "size_breakdown" not in row and (Path(args.work) / row["file"]).is_file():
