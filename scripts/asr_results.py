@@ -137,6 +137,7 @@ def summarise(args, runs, timings, conversions, evaluations, seconds) -> dict:
     }
     return {
         "size": args.size, "test_utterances": args.test_utterances, "seconds": round(seconds, 1),
+        "test_total": len((args.data / "test.jsonl").read_text().splitlines()),
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
         "corpus": json.loads((args.data / "synth_asr_config.json").read_text())["config"],
         "recipe": {"float_epochs": args.float_epochs, "qat_epochs_per_stage": args.qat_epochs,
@@ -159,7 +160,10 @@ def write_markdown(results: dict, docs: Path) -> None:
         f"Corpus: {results['corpus']['speakers']} espeak-ng voice+variant speakers x "
         f"{results['corpus']['utterances_per_speaker']} utterances (digit strings, commands, short sentences, "
         f"<= {results['corpus']['max_seconds']} s), split 80/10/10 by speaker with no timbre shared. "
-        f"Test: the first {results['test_utterances']} test utterances. Greedy CTC decoding, character tokens.",
+        f"Test: {min(results['test_utterances'], results['test_total'])} of the {results['test_total']} test "
+        f"utterances. Greedy CTC decoding, "
+        f"character tokens. `float-ft` is the float run trained on for the same epochs and learning rate as the "
+        f"w4a8-tanh QAT run: the reference of the 4-bit gap.",
         "",
         "| model | WER | CER | sentences right | RTF (1 thread) | file bytes |",
         "|---|---:|---:|---:|---:|---:|",
@@ -179,6 +183,11 @@ def write_markdown(results: dict, docs: Path) -> None:
     for name, t in results["targets"].items():
         lines.append(f"| {name} | {formats[name].format(t['value'])} | {t['target']} | "
                      f"{'met' if t['met'] else 'MISSED'} |")
+    cer = {e["model"]: e["cer"] for e in results["evaluations"]}
+    lines += ["", f"The 4-bit gap in CER points: QAT in Keras "
+              f"{100 * (cer['keras w4a8-tanh'] - cer['keras float-ft']):+.2f}, conversion to LiteRT "
+              f"{100 * (cer['litert w4a8-tanh'] - cer['keras w4a8-tanh']):+.2f} (w8a8: "
+              f"{100 * (cer['litert w8a8'] - cer['keras w8a8']):+.2f})."]
     lines += ["", "## Training", "", "| run | epochs (all stages) | final loss | final validation loss |",
               "|---|---:|---:|---:|"]
     for name, t in results["training"].items():
