@@ -1,6 +1,6 @@
 """Keras -> fully-integer LiteRT, with guaranteed INT4 packing, metadata and parity.
 
-    convert(SOURCE, OUTPUT, policy=None, calibration=None, io="int8")
+    convert(SOURCE, OUTPUT, policy=None, calibration=None, io="int8", scores="auto")
 
 SOURCE is an edgeasr run directory or a tf_keras model file (SavedModel folder, .h5, .keras),
 read by converters/sources.py. A QAT model keeps its learned ranges; its weight bits come from its
@@ -12,6 +12,12 @@ convolutions as FULLY_CONNECTED (converters/pointwise.py), global average poolin
 its own scale (converters/pooling.py), trimming what the runtime does not need
 (converters/trim.py), the `edgeasr` metadata entry, parity against the Keras model and an
 atomic write.
+
+scores="logits" converts the model up to its final Softmax layer: the int8 output is the logits
+tensor with its learned range, and the runtime applies the softmax in float (an int8 softmax
+output tops out at 255/256, so confident false peaks saturate exactly like keywords;
+docs/stream_results.md). "probabilities" keeps the model's own output (its Softmax, if any);
+"auto" is logits for a model ending in a Softmax layer, else the model's own output.
 """
 import edgeasr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 
@@ -38,6 +44,7 @@ from edgeasr.files import write_bytes_atomic
 
 PARITY_EXAMPLES = 500
 IO_TYPES = ("int8", "float")
+SCORE_KINDS = ("auto", "logits", "probabilities")
 
 
 # --- the whole conversion ------------------------------------------------------------------------
@@ -112,6 +119,27 @@ def _model_to_convert(model, config, policy, features, source):
     return post_training_quantize(model, used_policy, features), used_policy, "post-training"
 
 
+def resolved_scores(model: keras.Model, scores: str) -> str:
+    """"logits" or "probabilities": what `scores` ("auto" included) means for this model."""
+    if scores not in SCORE_KINDS:
+        raise EdgeasrError(f"--scores must be one of {', '.join(SCORE_KINDS)}, got {scores!r}")
+    if scores == "auto":
+        return "logits" if isinstance(model.layers[-1], keras.layers.Softmax) else "probabilities"
+    return scores
+
+
+def with_scores(model: keras.Model, scores: str) -> keras.Model:
+    """The model itself ("probabilities"), or the sub-model ending at the input of its final
+    Softmax layer ("logits"; in a QAT model that is the wrapped `logits` Dense's output)."""
+    if resolved_scores(model, scores) == "probabilities":
+        return model
+    last = model.layers[-1]
+    if not isinstance(last, keras.layers.Softmax):
+        raise EdgeasrError(f"--scores logits needs a model ending in a Softmax layer; {model.name}'s last layer "
+                           f"is {last.name} ({type(last).__name__}); convert it with --scores probabilities")
+    return keras.Model(model.inputs, last.input, name=f"{model.name}_logits")
+
+
 def uses_int16_activations(policy) -> bool:
     return policy is not None and all(
         p.activation_bits == 16 for p in [policy.default] + [r.precision for r in policy.rules])
@@ -119,7 +147,7 @@ def uses_int16_activations(policy) -> bool:
 
 def convert(source, output, policy=None, calibration=None, io: str = "int8", force: bool = False,
             min_agreement: Optional[float] = None, parity_examples: Optional[int] = PARITY_EXAMPLES,
-            fc_per_channel: bool = False, conv_storage: str = "int8") -> dict:
+            fc_per_channel: bool = False, conv_storage: str = "int8", scores: str = "auto") -> dict:
     """Convert SOURCE, validate it, write OUTPUT (and OUTPUT's .parity.json / .parity.md).
 
     min_agreement: fail (nothing written but the parity reports) when the Keras-LiteRT argmax
@@ -132,6 +160,8 @@ def convert(source, output, policy=None, calibration=None, io: str = "int8", for
         raise EdgeasrError(f"{output} already exists; pass --force to overwrite it")
     source = Path(source)
     model, config = load_source(source)
+    scores = resolved_scores(model, scores)
+    with_scores(model, scores)                     # a model without a final Softmax fails here, early
     if calibration is not None:
         features, labels = load_calibration(calibration, model, config)
     elif config is not None:
@@ -140,12 +170,14 @@ def convert(source, output, policy=None, calibration=None, io: str = "int8", for
         raise EdgeasrError(f"{source}: a model file needs --calibration (a dataset folder or a .npy array of "
                            f"model inputs)")
     qat_model, used_policy, mode = _model_to_convert(model, config, policy, features, source)
+    qat_model = with_scores(qat_model, scores)
     model_bytes, int4_report = convert_keras(qat_model, features, io=io, fc_per_channel=fc_per_channel,
                                              conv_storage=conv_storage,
                                              int16_activations=uses_int16_activations(used_policy),
-                                             float_model=model if mode == "post-training" else None)
-    model_bytes = embed_metadata(model_bytes, _metadata(model, config, used_policy, mode, io, source,
-                                                        model_bytes, int4_report))
+                                             float_model=with_scores(model, scores) if mode == "post-training"
+                                             else None)
+    model_bytes = embed_metadata(model_bytes, {**_metadata(model, config, used_policy, mode, io, source,
+                                                           model_bytes, int4_report), "scores": scores})
     parity_features, parity_labels = _parity_data(calibration, model, config, features, labels)
     parity_features = parity_features[:parity_examples]
     parity_labels = None if parity_labels is None else parity_labels[:parity_examples]
@@ -253,6 +285,7 @@ def validate(model_path, source, data=None, examples: int = PARITY_EXAMPLES,
             raise EdgeasrError(f"{model_path}: no edgeasr policy in its metadata to quantise the float source with")
         calibration = calibration_features(config) if config is not None else features
         model = post_training_quantize(model, PrecisionPolicy.from_dict(policy_dict), calibration)
+    model = with_scores(model, metadata.get("scores", "probabilities"))
     features, labels = features[:examples], None if labels is None else labels[:examples]
     keras_scores = model.predict(features, batch_size=64, verbose=0)
     report = parity_report(model_path, keras_scores, features, labels, min_agreement=min_agreement)

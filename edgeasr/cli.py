@@ -140,9 +140,13 @@ def train(dataset, run_dir, model_name, epochs, batch_size, learning_rate, polic
 @click.option("--fc-scales", type=click.Choice(["per-tensor", "per-channel"]), default="per-tensor",
               show_default=True, help="4-bit FULLY_CONNECTED weights quantized per tensor: keep one scale, or "
                                       "repeat it per channel (older XNNPACK builds delegate only that).")
+@click.option("--scores", type=click.Choice(["auto", "logits", "probabilities"]), default="auto", show_default=True,
+              help="Model output: logits (the model up to its final Softmax; the runtime applies the softmax in "
+                   "float, no int8 saturation at 255/256), probabilities (the model's own output); auto: "
+                   "logits when the model ends in a Softmax layer.")
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 @user_errors
-def convert(source, output, policy, calibration, io, min_agreement, conv_storage, fc_scales, force):
+def convert(source, output, policy, calibration, io, min_agreement, conv_storage, fc_scales, scores, force):
     """Convert a run directory or a tf_keras model file to a fully-integer LiteRT model.
 
     Weights whose policy is 4 bits or less are stored as INT4 (see --conv-storage); pointwise
@@ -161,7 +165,7 @@ def convert(source, output, policy, calibration, io, min_agreement, conv_storage
         return _convert_asr(source, output, policy, force)
     result = convert_source(source, output, policy=policy, calibration=calibration, io=io, force=force,
                             min_agreement=min_agreement, conv_storage=conv_storage,
-                            fc_per_channel=fc_scales == "per-channel")
+                            fc_per_channel=fc_scales == "per-channel", scores=scores)
     parity = result["parity"]
     sizes = f"{result['bytes']:,} bytes"
     if result.get("float_bytes"):

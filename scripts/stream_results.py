@@ -4,14 +4,21 @@
 For the stateless FFN and DS-CNN-S, each as float (reference), 8-bit (w8a8 QAT) and 4-bit
 (w4a8-tanh QAT, INT4 weights): false rejects at 1 false accept per hour, CPU time per second of
 audio (x86, one thread, XNNPACK, measured by running scripts/rpi_kws.py on a minute of the stream
-in 10 ms blocks), peak RSS of that process, and a DET plot.
+in blocks of one hop), peak RSS of that process, and a DET plot; and FRR at 1 FA/h against the
+smoothing window, to choose the detector's default.
+
+The models output int8 logits and the detector applies the softmax (`edgeasr convert --scores
+logits`, the default for KWS models); `--scores probabilities` converts with the int8 Softmax in
+the model, as before, for comparison. Each model runs over the stream once; its raw posteriors
+(no smoothing) are cached, and each smoothing window is the detector's own mean over the last
+runs (`smoothed_posteriors`) applied to them.
 
 The models are the runs of scripts/qat_results.py (build/qat_runs, trained on build/qat_data);
 run that first when they are missing. The quantized ones are converted with `edgeasr convert`
 (metadata, INT4 packing, parity), the float one with the stock float converter plus the same
 metadata. The stream is built from build/qat_data's test split (held-out voices).
 
-    python scripts/stream_results.py                  # about 10 min here
+    python scripts/stream_results.py                  # about 25 min here
     python scripts/stream_results.py --hours 0.2 --models ffn_stateless --docs /tmp/docs   # quick
     python scripts/stream_results.py --markdown-only   # re-render the table from docs/stream_results.json
 """
@@ -27,16 +34,17 @@ from pathlib import Path
 import numpy as np
 
 from edgeasr.audio.io import load_audio, write_wav
-from edgeasr.eval.stream import build_test_stream, evaluate_stream, plot_det
+from edgeasr.eval.stream import build_test_stream, evaluate, plot_det, read_labels, stream_posteriors
 from edgeasr.files import write_bytes_atomic, write_json_atomic
 from edgeasr.runtime.metadata import read_metadata
-from edgeasr.runtime.streaming import DetectorConfig
+from edgeasr.runtime.streaming import DetectorConfig, smoothed_posteriors
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ("ffn_stateless", "ds_cnn_s")
 VARIANTS = (("float", "float"), ("8-bit", "w8a8"), ("4-bit", "w4a8-tanh"))
 HOP_MS = {"ffn_stateless": 20.0, "ds_cnn_s": 40.0}
 CPU_SECONDS = 60.0
+SMOOTHING_SWEEP_MS = (40.0, 80.0, 120.0, 200.0, 300.0)
 
 
 def main(argv=None):
@@ -54,20 +62,29 @@ def main(argv=None):
         excerpt = cpu_excerpt(wav, args.work / "streams")
         for variant, path in models.items():
             config = DetectorConfig(hop_ms=HOP_MS[model_name], smoothing_ms=args.smoothing_ms)
-            report = evaluate_stream(path, wav, labels, config, args.work / "reports")
+            reports = smoothing_reports(path, wav, labels, config, args.work / "posteriors")
+            report = reports[args.smoothing_ms]
             cost = cpu_cost(path, excerpt, config)
             emulated = None if args.no_emulation or variant == "float" else emulated_parity(path, excerpt)
-            rows.append({**row(model_name, variant, path, report, cost), "aarch64": emulated})
+            rows.append({**row(model_name, variant, path, report, cost), "aarch64": emulated,
+                         "frr_at_1_fa_per_hour_by_smoothing_ms": {
+                             f"{ms:g}": r["frr_at_fa_per_hour"]["1.0"]["frr"] for ms, r in reports.items()}})
             curves[f"{model_name} {variant}"] = report["det"]
             print(json.dumps(rows[-1]), flush=True)
-    summary = {"protocol": {"hours": args.hours, "seed": args.seed, "data": str(args.data),
-                            "smoothing_ms": args.smoothing_ms, "hop_ms": HOP_MS, "cpu_audio_s": CPU_SECONDS,
+    summary = {"protocol": {"hours": args.hours, "seed": args.seed, "data": repo_relative(args.data),
+                            "scores": args.scores, "smoothing_ms": args.smoothing_ms, "hop_ms": HOP_MS, "cpu_audio_s": CPU_SECONDS,
                             "cpu_block": "one hop", "threads": 1, "delegate": "XNNPACK"},
                "results": rows, "minutes": round((time.perf_counter() - started) / 60, 1)}
     args.docs.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.docs / "stream_results.json", summary)
     plot_det(curves, args.docs / "stream_results.png", f"DET on a {args.hours:g} h held-out stream")
     write_bytes_atomic(args.docs / "stream_results.md", markdown(summary).encode())
+
+
+def repo_relative(path: Path) -> str:
+    """`path` relative to the repository when inside it, so docs/ hold no path of this machine."""
+    path = path.resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
 def parse_args(argv):
@@ -78,7 +95,9 @@ def parse_args(argv):
     parser.add_argument("--docs", type=Path, default=REPO / "docs")
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--hours", type=float, default=1.0)
-    parser.add_argument("--smoothing-ms", type=float, default=200.0)
+    parser.add_argument("--smoothing-ms", type=float, default=DetectorConfig.smoothing_ms)
+    parser.add_argument("--scores", choices=("logits", "probabilities"), default="logits",
+                        help="what the converted models output (edgeasr convert --scores)")
     parser.add_argument("--no-emulation", action="store_true", help="skip the emulated aarch64 parity check")
     parser.add_argument("--markdown-only", action="store_true",
                         help="rewrite stream_results.md from the stream_results.json already in --docs")
@@ -91,22 +110,22 @@ def tflite_for(args, model_name: str, policy: str) -> Path:
     run = args.runs / model_name / policy
     if not (run / "config.json").is_file():
         raise SystemExit(f"{run}: missing; train the runs first with `python scripts/qat_results.py`")
-    path = args.work / f"{model_name}_{policy}.tflite"
+    path = args.work / f"{model_name}_{policy}_{args.scores}.tflite"
     if path.is_file():
         return path
     if policy == "float":
-        write_bytes_atomic(path, float_with_metadata(run))
+        write_bytes_atomic(path, float_with_metadata(run, args.scores))
     else:
         subprocess.run([sys.executable, "-m", "edgeasr.cli", "convert", str(run), "-o", str(path),
-                        "--min-agreement", "0.95"], check=True)
+                        "--min-agreement", "0.95", "--scores", args.scores], check=True)
     return path
 
 
-def float_with_metadata(run: Path) -> bytes:
+def float_with_metadata(run: Path, scores: str) -> bytes:
     """The float run as a float .tflite carrying the same metadata keys a converted model has."""
     from dataclasses import asdict
 
-    from edgeasr.converters.convert import float_tflite
+    from edgeasr.converters.convert import float_tflite, with_scores
     from edgeasr.converters.metadata import embed_metadata
     from edgeasr.train.run_dir import RunDir
 
@@ -114,8 +133,35 @@ def float_with_metadata(run: Path) -> bytes:
     model = RunDir(run).load_model()
     values = {"labels": list(config.data.labels), "frontend": asdict(config.frontend),
               "window_ms": config.frontend.window_ms, "hop_ms": config.frontend.hop_ms,
-              "input_frames": int(model.input_shape[1]), "policy": {"name": "float"}, "io": "float"}
-    return embed_metadata(float_tflite(model), values)
+              "input_frames": int(model.input_shape[1]), "policy": {"name": "float"}, "io": "float",
+              "scores": scores}
+    return embed_metadata(float_tflite(with_scores(model, scores)), values)
+
+
+def smoothing_reports(model: Path, wav: Path, label_path: Path, config: DetectorConfig, folder: Path) -> dict:
+    """{smoothing_ms: evaluation report} for the sweep and config.smoothing_ms, from one pass over the stream.
+
+    The raw posteriors (one run per hop, no smoothing) are cached in `folder` per model and stream.
+    """
+    from dataclasses import replace
+
+    frontend = read_metadata(model)["frontend"]
+    audio = load_audio(wav, frontend["sample_rate"])
+    cache = folder / f"{model.stem}.{wav.stem}.hop{config.hop_ms:g}.npz"
+    if not cache.is_file():
+        times, raw, names = stream_posteriors(model, audio, replace(config, smoothing_ms=config.hop_ms))
+        folder.mkdir(parents=True, exist_ok=True)
+        np.savez(cache, times=times, raw=raw, labels=np.array(names))
+    stored = np.load(cache)
+    times, raw, names = stored["times"], stored["raw"], [str(n) for n in stored["labels"]]
+    hours = len(audio) / frontend["sample_rate"] / 3600
+    occurrences = read_labels(label_path)
+    reports = {}
+    for smoothing_ms in sorted(set(SMOOTHING_SWEEP_MS) | {config.smoothing_ms}):
+        smoothed = replace(config, smoothing_ms=smoothing_ms)
+        runs = max(1, int(round(smoothing_ms / config.hop_ms)))
+        reports[smoothing_ms] = evaluate(times, smoothed_posteriors(raw, runs), names, occurrences, hours, smoothed)
+    return reports
 
 
 def cpu_excerpt(wav: Path, folder: Path) -> Path:

@@ -91,6 +91,39 @@ def test_float_io_keeps_only_the_boundary_in_float(foreign, tmp_path):
     assert read_metadata(out)["policy"]["name"] == "w8a8"
 
 
+def test_logits_output_with_the_softmax_in_the_runtime(foreign, tmp_path):
+    """--scores logits: int8 logits within 2 LSB of the fake-quant Keras logits; the runtime's softmax
+    of them sums to 1 and follows Keras' probabilities. --scores probabilities keeps the int8 SOFTMAX."""
+    from edgeasr.converters.convert import with_scores
+    from edgeasr.converters.ptq import post_training_quantize
+    from edgeasr.runtime.litert import LiteRTModel, quantize
+    from edgeasr.runtime.streaming import softmax
+
+    out, softmax_out = tmp_path / "logits.tflite", tmp_path / "probabilities.tflite"
+    assert _convert(foreign, out, "--scores", "logits").exit_code == 0
+    assert _convert(foreign, softmax_out, "--scores", "probabilities").exit_code == 0
+    ops, _ = fb.read_model(out.read_bytes())
+    assert "SOFTMAX" not in ops and "SOFTMAX" in fb.read_model(softmax_out.read_bytes())[0]
+    meta = read_metadata(out)
+    assert meta["scores"] == "logits" and read_metadata(softmax_out)["scores"] == "probabilities"
+    output = meta["output"]                       # the logits' own range, not the softmax's fixed one
+    assert output["dtype"] == "int8" and (output["scale"], output["zero_point"]) != (1 / 256, -128)
+    x = np.load(foreign / "inputs.npy")
+    quantized = post_training_quantize(keras.models.load_model(foreign / "kws.keras"), "w8a8", x)
+    keras_logits = with_scores(quantized, "logits").predict(x, verbose=0)
+    lite = LiteRTModel(out)
+    raw = np.stack([lite.run_raw(quantize(example, lite.input_detail)) for example in x]).astype(np.int64)
+    assert np.abs(raw - quantize(keras_logits, lite.output_detail)).max() <= 2
+    probabilities = softmax(lite.predict(x))
+    np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=1e-6)
+    assert np.abs(probabilities - quantized.predict(x, verbose=0)).max() < 0.03
+    parity = json.loads((tmp_path / "logits.parity.json").read_text())
+    assert parity["argmax_agreement"] >= 0.99 and parity["output_lsb_difference"]["max"] <= 2
+    checked = CliRunner().invoke(main, ["validate", str(out), "--source", str(foreign / "kws.keras"),
+                                        "--data", str(foreign / "inputs.npy")])
+    assert checked.exit_code == 0 and "100.00%" in checked.output, checked.output
+
+
 def test_plain_errors(foreign, tmp_path):
     bad = tmp_path / "bad.keras"
     bad.write_bytes(b"not a model")
@@ -110,6 +143,9 @@ def test_plain_errors(foreign, tmp_path):
     unsupported = CliRunner().invoke(main, ["convert", str(tmp_path / "odd.keras"), "-o", str(tmp_path / "o.tflite"),
                                             "--calibration", str(foreign / "inputs.npy")])
     assert unsupported.exit_code == 1 and "'norm'" in unsupported.output and "LayerNormalization" in unsupported.output
+    no_softmax = CliRunner().invoke(main, ["convert", str(tmp_path / "odd.keras"), "-o", str(tmp_path / "o.tflite"),
+                                           "--calibration", str(foreign / "inputs.npy"), "--scores", "logits"])
+    assert no_softmax.exit_code == 1 and "ending in a Softmax layer" in no_softmax.output
     assert not (tmp_path / "x.tflite").exists() and not (tmp_path / "o.tflite").exists()
 
     corrupt = tmp_path / "corrupt.tflite"

@@ -19,11 +19,12 @@ BLOCK_TF = ("import sys\nfor name in ('tensorflow', 'tf_keras', 'tensorflow_mode
             "    sys.modules[name] = None\n")
 
 
-def energy_model(path, extra_metadata=None):
-    """An int8 model on (98, 40) log-mel whose 'yes' score rises with the window's mean loudness."""
+def energy_model(path, extra_metadata=None, scores="probabilities", gain=5.0):
+    """An int8 model on (98, 40) log-mel whose 'yes' score rises with the window's mean loudness.
+    scores="logits": the model without its Softmax, as `edgeasr convert --scores logits` writes it."""
     import tf_keras as keras
 
-    from edgeasr.converters.convert import int8_tflite
+    from edgeasr.converters.convert import int8_tflite, with_scores
     from edgeasr.converters.metadata import embed_metadata
 
     inputs = keras.Input((98, 40))
@@ -32,12 +33,13 @@ def energy_model(path, extra_metadata=None):
     dense = keras.layers.Dense(3)
     model = keras.Model(inputs, keras.layers.Softmax()(dense(mean)))
     weights = np.zeros((40, 3), np.float32)
-    weights[:, 0], weights[:, 2] = -5.0 / 40, 5.0 / 40
+    weights[:, 0], weights[:, 2] = -gain / 40, gain / 40
     dense.set_weights([weights, np.array([0.0, -1.0, 0.0], np.float32)])
     calibration = numpy_log_mel(np.stack([bursts_audio(seconds=1.0, bursts=(0.3,), seed=s) for s in range(8)]),
                                 FrontendConfig())
-    values = {"labels": LABELS, "frontend": FrontendConfig().__dict__, "input_frames": 98, **(extra_metadata or {})}
-    path.write_bytes(embed_metadata(int8_tflite(model, calibration), values))
+    values = {"labels": LABELS, "frontend": FrontendConfig().__dict__, "input_frames": 98, "scores": scores,
+              **(extra_metadata or {})}
+    path.write_bytes(embed_metadata(int8_tflite(with_scores(model, scores), calibration), values))
     return path
 
 
@@ -111,6 +113,33 @@ def test_detections_at_the_keywords(model_path):
     assert streamed == whole                              # chunking changes nothing
     strict = KeywordSpotter(model_path, DetectorConfig(default_threshold=0.999)).push(audio)
     assert strict == []
+
+
+def test_logits_model_gets_its_softmax_in_the_runtime(tmp_path):
+    """int8 logits out, softmax in NumPy: posteriors sum to 1, are not capped at the int8 softmax's
+    255/256, and detect the same keywords as the model with the softmax inside."""
+    logits_path = energy_model(tmp_path / "logits.tflite", scores="logits", gain=20.0)
+    softmax_path = energy_model(tmp_path / "softmax.tflite", gain=20.0)
+    config = DetectorConfig(hop_ms=20.0, smoothing_ms=20.0, default_threshold=0.8)
+    audio = bursts_audio()
+    logits_spotter, probability_spotter = KeywordSpotter(logits_path, config), KeywordSpotter(softmax_path, config)
+    assert logits_spotter.posteriors.logits and not probability_spotter.posteriors.logits
+    _, from_logits = logits_spotter.posteriors.push(audio)
+    _, from_softmax = probability_spotter.posteriors.push(audio)
+    np.testing.assert_allclose(from_logits.sum(-1), 1.0, atol=1e-6)
+    assert from_softmax[:, 2].max() <= 255 / 256 < from_logits[:, 2].max()
+    assert np.abs(from_logits - from_softmax).max() < 0.05            # int8 softmax vs float softmax of int8 logits
+    assert [d.keyword for d in KeywordSpotter(logits_path, config).push(audio)] == ["yes"] * len(BURSTS_S)
+
+
+def test_smoothed_posteriors_is_the_detectors_mean(model_path):
+    from edgeasr.runtime.streaming import smoothed_posteriors
+
+    audio = bursts_audio()
+    _, raw = KeywordSpotter(model_path, DetectorConfig(hop_ms=20.0, smoothing_ms=20.0)).posteriors.push(audio)
+    _, online = KeywordSpotter(model_path, DetectorConfig(hop_ms=20.0, smoothing_ms=100.0)).posteriors.push(audio)
+    np.testing.assert_allclose(smoothed_posteriors(raw, 5), online, atol=1e-6)
+    assert np.abs(smoothed_posteriors(raw, 5) - raw).max() > 0.1      # the window does smooth
 
 
 def test_thresholds_from_metadata(tmp_path):

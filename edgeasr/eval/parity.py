@@ -3,6 +3,9 @@
 On N examples: argmax agreement Keras vs LiteRT (XNNPACK) and XNNPACK vs the builtin reference
 kernels, the output difference in LSBs of the int8 output (Keras scores put on the output grid),
 and task accuracy of Keras and LiteRT when labels are given. Reports as JSON and Markdown.
+Like is compared with like: a model converted with `--scores logits` outputs int8 logits, and
+`convert` / `validate` pass the Keras logits (the model up to its Softmax); the report's
+`scores` says which (from the model's metadata).
 litert_accuracy is the same LiteRT path for a model that has no Keras twin to compare with.
 Keras scores are passed in, so this module needs no TensorFlow.
 """
@@ -14,6 +17,7 @@ import numpy as np
 from edgeasr.errors import EdgeasrError
 from edgeasr.files import write_bytes_atomic, write_json_atomic
 from edgeasr.runtime.litert import LiteRTModel, quantize
+from edgeasr.runtime.metadata import read_metadata
 
 DEFAULT_MIN_AGREEMENT = 0.99
 
@@ -59,6 +63,7 @@ def parity_report(model_path, keras_scores: np.ndarray, features: np.ndarray, la
     report = {
         "model": str(model_path),
         "examples": int(len(features)),
+        "scores": (read_metadata(model_path) or {}).get("scores", "probabilities"),
         "argmax_agreement": float(np.mean(keras_top == lite_top)),
         # Examples whose Keras top score is an exact tie (fake-quant logits are on a grid): there
         # the Keras argmax is the first of the tied classes and LiteRT may pick another.
@@ -78,7 +83,7 @@ def parity_report(model_path, keras_scores: np.ndarray, features: np.ndarray, la
 
 
 def markdown(report: dict) -> str:
-    rows = [("examples", report["examples"]),
+    rows = [("examples", report["examples"]), ("outputs compared", report.get("scores", "probabilities")),
             ("argmax agreement Keras vs LiteRT (XNNPACK)", f"{report['argmax_agreement']:.2%}"),
             ("argmax agreement XNNPACK vs reference kernels", f"{report['xnnpack_vs_reference_agreement']:.2%}"),
             ("examples whose Keras top score is a tie", report["keras_tied_top"])]

@@ -28,7 +28,7 @@ from edgeasr.errors import EdgeasrError
 from edgeasr.files import read_json, write_bytes_atomic, write_json_atomic
 from edgeasr.runtime.litert import LiteRTModel
 from edgeasr.runtime.metadata import read_metadata
-from edgeasr.runtime.streaming import DetectorConfig, PosteriorStream, fire_indices
+from edgeasr.runtime.streaming import DetectorConfig, PosteriorStream, fire_indices, outputs_logits
 
 STREAM_FORMAT = 1
 MAX_LATENCY_S = 1.0
@@ -212,7 +212,7 @@ def stream_posteriors(model_path, audio: np.ndarray, config: DetectorConfig, met
     frontend = FrontendConfig(**metadata["frontend"])
     model = LiteRTModel(model_path, num_threads=num_threads)
     frames = metadata.get("input_frames") or int(model.input_detail["shape"][1])
-    stream = PosteriorStream(model, frontend, frames, config)
+    stream = PosteriorStream(model, frontend, frames, config, outputs_logits(metadata))
     chunk = int(chunk_seconds * frontend.sample_rate)
     times, scores = [], []
     for start in tqdm(range(0, len(audio), chunk), desc=f"scoring {Path(model_path).name}", unit="chunk",

@@ -1,7 +1,12 @@
 """Streaming keyword spotting: audio chunks of any size in, (time, keyword, score) detections out.
 
     audio chunks ─► StreamingFrontend ─► last `input_frames` frames (kept quantized) ─► model once
-    per hop ─► posteriors averaged over `smoothing_ms` ─► per-keyword threshold + refractory period
+    per hop ─► (softmax) ─► posteriors averaged over `smoothing_ms` ─► per-keyword threshold +
+    refractory period
+
+A model converted with `--scores logits` (metadata "scores": "logits", the default for KWS models)
+outputs int8 logits; the softmax runs here in float32 on the dequantized logits, so a posterior
+is not capped at the 255/256 of an int8 softmax output. Thresholds stay in probability space.
 
 Runtime side: NumPy and LiteRT only (the frontend module imports TensorFlow only inside
 tf_log_mel). The frontend computes each new frame once, with the batch frontend's own code
@@ -44,6 +49,26 @@ class StreamingFrontend:
         self._pending = buffer[count * config.hop_samples:]
         return features
 
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, in float32."""
+    shifted = np.asarray(logits, np.float32) - np.max(logits, axis=-1, keepdims=True)
+    exponentials = np.exp(shifted)
+    return exponentials / np.sum(exponentials, axis=-1, keepdims=True)
+
+
+def outputs_logits(metadata: Optional[dict]) -> bool:
+    """Whether a model's metadata says its output is logits (else it outputs probabilities)."""
+    return (metadata or {}).get("scores", "probabilities") == "logits"
+
+
+def smoothed_posteriors(raw: np.ndarray, runs: int) -> np.ndarray:
+    """Each row of `raw` (runs, classes) averaged with up to runs - 1 rows before it: PosteriorStream's
+    smoothing over a whole stream at once (for sweeping the smoothing window offline)."""
+    totals = np.concatenate([np.zeros((1, raw.shape[1])), np.cumsum(np.asarray(raw, np.float64), axis=0)])
+    ends = np.arange(1, len(raw) + 1)
+    starts = np.maximum(ends - runs, 0)
+    return ((totals[ends] - totals[starts]) / (ends - starts)[:, None]).astype(np.float32)
 
 @dataclass(frozen=True)
 class DetectorConfig:
@@ -97,8 +122,10 @@ def fire_indices(times: np.ndarray, scores: np.ndarray, threshold: float, refrac
 class PosteriorStream:
     """Frontend + model + smoothing: audio chunks -> (times, smoothed posteriors) of each model run."""
 
-    def __init__(self, model: LiteRTModel, frontend: FrontendConfig, input_frames: int, config: DetectorConfig):
+    def __init__(self, model: LiteRTModel, frontend: FrontendConfig, input_frames: int, config: DetectorConfig,
+                 logits: bool = False):
         self.model, self.frontend_config, self.input_frames = model, frontend, int(input_frames)
+        self.logits = logits                    # the model outputs logits: softmax them here
         self.hop_frames = max(1, int(round(config.hop_ms / frontend.hop_ms)))
         self.smoothing_runs = max(1, int(round(config.smoothing_ms / (self.hop_frames * frontend.hop_ms))))
         self.frontend = StreamingFrontend(frontend)
@@ -117,6 +144,7 @@ class PosteriorStream:
         for end in ends:                                           # frames [end - input_frames, end)
             window = frames[end - self.input_frames - first:end - first]
             posterior = dequantize(self.model.run_raw(window)[None], self.model.output_detail)[0]
+            posterior = softmax(posterior) if self.logits else posterior
             self._recent = (self._recent + [posterior])[-self.smoothing_runs:]
             smoothed.append(np.mean(self._recent, axis=0))
             times.append(self._end_time(end))
@@ -151,7 +179,7 @@ class KeywordSpotter:
         self.keyword_indices = [i for i, name in enumerate(self.labels) if not name.startswith("_")]
         model = LiteRTModel(model_path, num_threads=num_threads, xnnpack=xnnpack)
         frames = metadata.get("input_frames") or int(model.input_detail["shape"][1])
-        self.posteriors = PosteriorStream(model, self.frontend, frames, self.config)
+        self.posteriors = PosteriorStream(model, self.frontend, frames, self.config, outputs_logits(metadata))
         self._last_fire = {i: -np.inf for i in self.keyword_indices}
         self._thresholds = np.array([self.config.threshold(self.labels[i]) for i in self.keyword_indices],
                                     dtype=np.float32)
