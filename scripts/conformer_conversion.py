@@ -365,11 +365,12 @@ def markdown(results, meta) -> str:
                 lines.append(f"| {row['policy']} | NO: {row['error'][:200]} | | | | | | | | | |")
                 continue
             latency = row["latency_ms"]
+            five = f"{latency['5 s']:.2f}" if "5 s" in latency else "-"
             lines.append(
                 f"| {row['policy']} | yes | {row['bytes']:,} | {row['smaller_than_float']:.2f}x | "
                 f"{_pct(row['int4_weight_share'])} | {'/'.join(row['fc_weights']) or 'INT8'} | "
-                f"{row['xnnpack_ops']} of {row['ops']} | {latency['1 s']:.2f} | "
-                f"{latency.get('5 s', float('nan')):.2f} | {_pct(row['vs_keras_float']['frame_agreement'])} / "
+                f"{row['xnnpack_ops']} of {row['ops']} | {latency['1 s']:.2f} | {five} | "
+                f"{_pct(row['vs_keras_float']['frame_agreement'])} / "
                 f"{_pct(row['vs_keras_fake_quant']['frame_agreement'])} | "
                 f"{row['vs_keras_float']['relative_rms_error']:.3f} |")
         lines += ["", "Ops XNNPACK does not take (op(input types): count):", ""]
