@@ -171,10 +171,12 @@ def markdown(summary: dict) -> str:
                      f"| {delta:+.2f} | {per_seed} | {100 * r['litert_mean']:.2f}% | {r['tflite_bytes']:,} |")
     lines += ["", "Targets: w4a8-tanh within 0.5 points of float for both models, and not worse than w4a8.", ""]
     lines += target_lines(rows, floats)
+    lines += ["", "Differences between policies of one model are of the order of the spread between seeds of "
+              "one policy (± above): a single test clip is 0.10 points."]
     lines += ["", "Why tanh and linear score alike here: the tanh transform only bends weights of order 1, and "
               "these models' weights are small. On each trained float model (the shared starting point), "
-              "the share of weights whose 4-bit value differs between the tanh and the linear quantizer "
-              "(by at least half a grid step of the linear quantizer):", ""]
+              "the share of weights whose 4-bit grid level differs between the tanh and the linear quantizer "
+              "(same granularity as the w4a8 presets: per channel for convolutions, per tensor for Dense):", ""]
     lines += [f"- {t['model']}: {100 * t['changed_share']:.1f}% of {t['weights']:,} weights "
               f"(largest |w| = {t['max_abs_weight']:.2f})" for t in summary.get("tanh_vs_linear", [])]
     lines += ["", "![accuracy per policy](qat_results.png)", ""]
