@@ -38,10 +38,18 @@ def _text(value) -> str:
 
 
 def _fully_connected_biases(model):
+    """Bias tensors that only FULLY_CONNECTED ops read (the converter may hand one all-zero bias
+    tensor to an FC and a convolution alike; the convolution needs its per-channel scales)."""
     graph = model.subgraphs[0]
+    fc_biases, other_inputs = set(), set()
     for op in graph.operators:
         if fb.op_name(model, op) == "FULLY_CONNECTED" and len(op.inputs) > 2 and op.inputs[2] >= 0:
-            yield graph.tensors[op.inputs[2]]
+            fc_biases.add(op.inputs[2])
+            other_inputs.update(op.inputs[:2])
+        else:
+            other_inputs.update(op.inputs)
+    for index in sorted(fc_biases - other_inputs):
+        yield graph.tensors[index]
 
 
 def _one_bias_scale(model):

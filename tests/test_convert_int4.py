@@ -297,3 +297,28 @@ def test_global_average_pool_becomes_a_finer_delegated_mean(ds_cnn_w4, tmp_path)
     for xnnpack in (True, False):                                      # runs on both; logits bias rescaled
         assert np.abs(_run(after, inputs, xnnpack) - _run(before, inputs, xnnpack)).max() <= 16
     assert _delegated(after, tmp_path, "mean.tflite") == _delegated(before, tmp_path, "pool.tflite") + 1
+
+
+def test_trim_keeps_the_scales_of_a_bias_a_convolution_shares_with_a_fully_connected(tmp_path):
+    """The converter may give an FC and a conv one all-zero bias tensor: trimming the FC's bias
+    scales must not take the conv's per-channel scales with them (XNNPACK then fails to prepare)."""
+    from edgeasr.converters.stock import int8_tflite
+
+    inputs = keras.Input((6, 6, 4))
+    x = keras.layers.Conv2D(8, 3, name="conv")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(8, name="dense")(x))
+    x = np.random.default_rng(0).normal(size=(16, 6, 6, 4)).astype(np.float32)
+    flat = fb.load(int8_tflite(model, x))
+    graph = flat.subgraphs[0]
+    ops = {fb.op_name(flat, op): op for op in graph.operators}
+    conv_bias = ops["CONV_2D"].inputs[2]
+    ops["FULLY_CONNECTED"].inputs = [*ops["FULLY_CONNECTED"].inputs[:2], conv_bias]
+    graph.tensors[conv_bias].buffer = fb.add_buffer(flat, np.zeros(8, np.int32))
+    shared = fb.dump(flat)
+
+    trimmed = fb.load(trim_model(shared))
+    assert len(trimmed.subgraphs[0].tensors[conv_bias].quantization.scale) == 8
+    probe = np.random.default_rng(1).integers(-128, 128, size=(1, 6, 6, 4)).astype(np.int8)
+    for xnnpack in (False, True):
+        np.testing.assert_array_equal(_run(trim_model(shared), probe, xnnpack), _run(shared, probe, xnnpack))
