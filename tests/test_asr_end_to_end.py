@@ -1,4 +1,4 @@
-"""The whole ASR path on a tiny corpus: synth-asr -> train-asr (float, then 4-bit QAT) -> convert
+"""The whole ASR path on a tiny corpus: synth-asr -> train-asr (4-bit QAT) -> convert
 -> transcribe and eval-asr, through the CLI. Checks that it runs and that the pieces agree,
 not accuracy (a few steps of a tiny model learn little)."""
 import json
@@ -23,10 +23,9 @@ def test_synth_train_convert_transcribe(tmp_path):
 
     data = tmp_path / "asr"
     _invoke("data", "synth-asr", data, "--speakers", 6, "--utterances", 4, "--max-seconds", 3, "--seed", 2)
-    float_run, qat_run = tmp_path / "float", tmp_path / "w4"
-    _invoke("train-asr", data, "--run-dir", float_run, "--size", "tiny", "--epochs", 1, "--batch-size", 8)
+    qat_run = tmp_path / "w4"
     output = _invoke("train-asr", data, "--run-dir", qat_run, "--size", "tiny", "--epochs", 1, "--batch-size", 8,
-                     "--policy", "w4a8-tanh", "--init-from", float_run)
+                     "--policy", "w4a8-tanh")
     assert "test WER" in output and (qat_run / "test_report.json").is_file()
 
     model = tmp_path / "tiny_w4.tflite"

@@ -71,3 +71,12 @@ def test_logits_and_log_probabilities_decode_alike():
     logits = rng.normal(0.0, 2.0, size=(12, 5))
     assert prefix_beam_search(logits, 8) == prefix_beam_search(log_softmax(logits) - 3.0, 8)
     assert greedy_decode(logits) == greedy_decode(log_softmax(logits))
+
+
+def test_transcriber_side_imports_no_tensorflow():
+    import subprocess
+    import sys
+
+    code = ("import sys, edgeasr.runtime.asr, edgeasr.runtime.ctc; "
+            "assert 'tensorflow' not in sys.modules and 'tf_keras' not in sys.modules, sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True)
