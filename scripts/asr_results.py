@@ -52,7 +52,7 @@ def parse_args(argv=None):
     parser.add_argument("--float-epochs", type=int, default=10)
     parser.add_argument("--qat-epochs", type=int, default=2)
     parser.add_argument("--qat-learning-rate", type=float, default=5e-4)
-    parser.add_argument("--test-utterances", type=int, default=400)
+    parser.add_argument("--test-utterances", type=int, default=1200)
     parser.add_argument("--train-only", choices=RUNS, default=None, help="Train this run and stop.")
     parser.add_argument("--report-only", action="store_true")
     return parser.parse_args(argv)
