@@ -21,6 +21,7 @@ metadata. The stream is built from build/qat_data's test split (held-out voices)
     python scripts/stream_results.py                  # about 25 min here
     python scripts/stream_results.py --hours 0.2 --models ffn_stateless --docs /tmp/docs   # quick
     python scripts/stream_results.py --markdown-only   # re-render the table from docs/stream_results.json
+    python scripts/stream_results.py --seed-spread --compare-scores   # what docs/ shows: + seeds, + int8 softmax
 """
 import edgeasr  # noqa: F401
 
@@ -44,7 +45,8 @@ MODELS = ("ffn_stateless", "ds_cnn_s")
 VARIANTS = (("float", "float"), ("8-bit", "w8a8"), ("4-bit", "w4a8-tanh"))
 HOP_MS = {"ffn_stateless": 20.0, "ds_cnn_s": 40.0}
 CPU_SECONDS = 60.0
-SMOOTHING_SWEEP_MS = (40.0, 80.0, 120.0, 200.0, 300.0)
+SMOOTHING_SWEEP_MS = (40.0, 80.0, 120.0, 200.0, 300.0, 400.0, 600.0)
+SEED_SUFFIXES = ("_seed0", "_seed1", "_seed2")
 
 
 def main(argv=None):
@@ -67,14 +69,19 @@ def main(argv=None):
             cost = cpu_cost(path, excerpt, config)
             emulated = None if args.no_emulation or variant == "float" else emulated_parity(path, excerpt)
             rows.append({**row(model_name, variant, path, report, cost), "aarch64": emulated,
-                         "frr_at_1_fa_per_hour_by_smoothing_ms": {
-                             f"{ms:g}": r["frr_at_fa_per_hour"]["1.0"]["frr"] for ms, r in reports.items()}})
+                         "frr_at_1_fa_per_hour_by_smoothing_ms": frr_by_smoothing(reports)})
+            if args.compare_scores:
+                other = "probabilities" if args.scores == "logits" else "logits"
+                twin = tflite_for(args, model_name, dict(VARIANTS)[variant], scores=other)
+                rows[-1][f"{other}_frr_at_1_fa_per_hour_by_smoothing_ms"] = frr_by_smoothing(
+                    smoothing_reports(twin, wav, labels, config, args.work / "posteriors"))
             curves[f"{model_name} {variant}"] = report["det"]
             print(json.dumps(rows[-1]), flush=True)
+    spread = seed_spread(args) if args.seed_spread else []
     summary = {"protocol": {"hours": args.hours, "seed": args.seed, "data": repo_relative(args.data),
                             "scores": args.scores, "smoothing_ms": args.smoothing_ms, "hop_ms": HOP_MS, "cpu_audio_s": CPU_SECONDS,
                             "cpu_block": "one hop", "threads": 1, "delegate": "XNNPACK"},
-               "results": rows, "minutes": round((time.perf_counter() - started) / 60, 1)}
+               "results": rows, "seed_spread": spread, "minutes": round((time.perf_counter() - started) / 60, 1)}
     args.docs.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.docs / "stream_results.json", summary)
     plot_det(curves, args.docs / "stream_results.png", f"DET on a {args.hours:g} h held-out stream")
@@ -99,25 +106,30 @@ def parse_args(argv):
     parser.add_argument("--scores", choices=("logits", "probabilities"), default="logits",
                         help="what the converted models output (edgeasr convert --scores)")
     parser.add_argument("--no-emulation", action="store_true", help="skip the emulated aarch64 parity check")
+    parser.add_argument("--compare-scores", action="store_true",
+                        help="also sweep the smoothing for the models converted with the other --scores")
+    parser.add_argument("--seed-spread", action="store_true",
+                        help="also evaluate the runs of the other fine-tuning seeds (<policy>_seed<i> in --runs)")
     parser.add_argument("--markdown-only", action="store_true",
                         help="rewrite stream_results.md from the stream_results.json already in --docs")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
 
-def tflite_for(args, model_name: str, policy: str) -> Path:
-    """The converted model of one run (converted once, then reused)."""
+def tflite_for(args, model_name: str, policy: str, scores=None) -> Path:
+    """The converted model of one run (converted once, then reused), outputting `scores` (default --scores)."""
+    scores = scores or args.scores
     run = args.runs / model_name / policy
     if not (run / "config.json").is_file():
         raise SystemExit(f"{run}: missing; train the runs first with `python scripts/qat_results.py`")
-    path = args.work / f"{model_name}_{policy}_{args.scores}.tflite"
+    path = args.work / f"{model_name}_{policy}_{scores}.tflite"
     if path.is_file():
         return path
-    if policy == "float":
-        write_bytes_atomic(path, float_with_metadata(run, args.scores))
+    if policy.startswith("float"):
+        write_bytes_atomic(path, float_with_metadata(run, scores))
     else:
         subprocess.run([sys.executable, "-m", "edgeasr.cli", "convert", str(run), "-o", str(path),
-                        "--min-agreement", "0.95", "--scores", args.scores], check=True)
+                        "--min-agreement", "0.95", "--scores", scores], check=True)
     return path
 
 
@@ -136,6 +148,10 @@ def float_with_metadata(run: Path, scores: str) -> bytes:
               "input_frames": int(model.input_shape[1]), "policy": {"name": "float"}, "io": "float",
               "scores": scores}
     return embed_metadata(float_tflite(with_scores(model, scores)), values)
+
+
+def frr_by_smoothing(reports: dict) -> dict:
+    return {f"{ms:g}": report["frr_at_fa_per_hour"]["1.0"]["frr"] for ms, report in reports.items()}
 
 
 def smoothing_reports(model: Path, wav: Path, label_path: Path, config: DetectorConfig, folder: Path) -> dict:
@@ -162,6 +178,26 @@ def smoothing_reports(model: Path, wav: Path, label_path: Path, config: Detector
         runs = max(1, int(round(smoothing_ms / config.hop_ms)))
         reports[smoothing_ms] = evaluate(times, smoothed_posteriors(raw, runs), names, occurrences, hours, smoothed)
     return reports
+
+
+def seed_spread(args) -> list:
+    """FRR at 1 FA/h of every `<policy>_seed<i>` run there is: how much one fine-tuning seed moves it."""
+    rows = []
+    for model_name in args.models:
+        for variant, policy in VARIANTS:
+            for suffix in SEED_SUFFIXES:
+                if not (args.runs / model_name / (policy + suffix) / "config.json").is_file():
+                    continue
+                path = tflite_for(args, model_name, policy + suffix)
+                keywords = [k for k in read_metadata(path)["labels"] if not k.startswith("_")]
+                wav, labels = build_test_stream(args.data, keywords, args.work / "streams", hours=args.hours,
+                                                seed=args.seed)
+                config = DetectorConfig(hop_ms=HOP_MS[model_name], smoothing_ms=args.smoothing_ms)
+                report = smoothing_reports(path, wav, labels, config, args.work / "posteriors")[args.smoothing_ms]
+                rows.append({"model": model_name, "variant": variant, "run": policy + suffix,
+                             "frr_at_fa_per_hour": {k: v["frr"] for k, v in report["frr_at_fa_per_hour"].items()}})
+                print(json.dumps(rows[-1]), flush=True)
+    return rows
 
 
 def cpu_excerpt(wav: Path, folder: Path) -> Path:
@@ -222,7 +258,8 @@ def markdown(summary: dict) -> str:
         f"keywords, noise bursts, silence, a quiet noise bed), seed {protocol['seed']}. Detector: posteriors "
         f"averaged over {protocol['smoothing_ms']:g} ms, refractory 1 s; FFN run every "
         f"{protocol['hop_ms']['ffn_stateless']:g} ms, DS-CNN-S every {protocol['hop_ms']['ds_cnn_s']:g} ms. "
-        "A detection hits a keyword when it falls between the keyword's start and 1 s after its end.", "",
+        "A detection hits a keyword when it falls between the keyword's start and 1 s after its end. "
+        + SCORES_TEXT[protocol.get("scores", "probabilities")], "",
         "FRR at N FA/h: one threshold for all keywords, the lowest with at most N false accepts per hour. "
         f"CPU: scripts/rpi_kws.py on the first {protocol['cpu_audio_s']:g} s of the stream fed in blocks of "
         f"one hop, x86, {protocol['threads']} thread, {protocol['delegate']} "
@@ -245,8 +282,70 @@ def markdown(summary: dict) -> str:
     lines += ["", "Latency: detection time minus the keyword's end, at the per-keyword thresholds chosen for "
               "1 FA/h (what `eval-stream --write-thresholds` writes).", "", "Targets:", ""]
     lines += target_lines(rows)
+    lines += seed_mean_lines(rows, summary.get("seed_spread") or [])
+    lines += smoothing_lines(rows, protocol.get("scores", "probabilities"))
+    lines += seed_lines(summary.get("seed_spread") or [])
     lines += ["", "![DET curves](stream_results.png)", ""]
     return "\n".join(lines)
+
+
+SCORES_TEXT = {
+    "logits": "Scores: the models output int8 logits (`edgeasr convert --scores logits`) and the detector "
+              "applies the softmax in float32, so posteriors are not capped at the 255/256 of an int8 softmax.",
+    "probabilities": "Scores: the models output int8 softmax probabilities (`edgeasr convert --scores "
+                     "probabilities`), at most 255/256.",
+}
+
+
+def smoothing_lines(rows, scores: str) -> list:
+    """FRR at 1 FA/h against the smoothing window, for the models as run and their other-scores twins."""
+    sweeps = [(r, scores, r["frr_at_1_fa_per_hour_by_smoothing_ms"]) for r in rows]
+    sweeps += [(r, key.split("_frr_")[0], r[key]) for r in rows for key in r
+               if key.endswith("_frr_at_1_fa_per_hour_by_smoothing_ms") and key != "frr_at_1_fa_per_hour_by_smoothing_ms"]
+    if not sweeps:
+        return []
+    windows = sorted(sweeps[0][2], key=float)
+    lines = ["", "FRR at 1 FA/h against the smoothing window (the detector's mean over the last runs, applied to "
+             "the raw posteriors of the same pass over the stream):", "",
+             "| model | variant | output | " + " | ".join(f"{w} ms" for w in windows) + " |",
+             "|---|---|---|" + "---|" * len(windows)]
+    for r, kind, sweep in sorted(sweeps, key=lambda s: (s[0]["model"], s[1], [v for v, _ in VARIANTS].index(s[0]["variant"]))):
+        precision = "float" if r["variant"] == "float" else "int8"
+        lines.append(f"| {r['model']} | {r['variant']} | {precision} {kind} | " +
+                     " | ".join(f"{sweep[w]:.2%}" for w in windows) + " |")
+    return lines
+
+
+def seed_mean_lines(rows, spread) -> list:
+    """The 4-bit target on the mean over every fine-tuning seed there is (the run above and the seed runs)."""
+    lines = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        values = {variant: [r["frr_at_fa_per_hour"]["1.0"] for r in rows + spread
+                            if r["model"] == model and r["variant"] == variant] for variant in ("float", "4-bit")}
+        if min(len(v) for v in values.values()) < 2:
+            continue
+        mean = {k: float(np.mean(v)) for k, v in values.items()}
+        spread_text = {k: f"{mean[k]:.2%} ± {100 * float(np.std(v, ddof=1)):.2f} over {len(v)} runs"
+                       for k, v in values.items()}
+        gap = 100 * (mean["4-bit"] - mean["float"])
+        lines.append(f"- {model}, mean over fine-tuning seeds: 4-bit FRR at 1 FA/h {spread_text['4-bit']} vs float "
+                     f"{spread_text['float']} ({gap:+.2f} points; target within 1 point: "
+                     f"{'met' if gap <= 1.0 else 'MISSED'})")
+    return lines
+
+
+def seed_lines(spread) -> list:
+    """FRR of the runs of the other fine-tuning seeds: how far one seed moves the figure."""
+    if not spread:
+        return []
+    lines = ["", "Other fine-tuning seeds (runs `<policy>_seed<i>` of scripts/qat_results.py, same stream and "
+             "detector):", "", "| model | variant | run | FRR @ 0.5 FA/h | FRR @ 1 FA/h | FRR @ 2 FA/h | FRR @ 5 FA/h |",
+             "|---|---|---|---|---|---|---|"]
+    for r in spread:
+        frr = r["frr_at_fa_per_hour"]
+        lines.append(f"| {r['model']} | {r['variant']} | {r['run']} | {frr['0.5']:.2%} | {frr['1.0']:.2%} | "
+                     f"{frr['2.0']:.2%} | {frr['5.0']:.2%} |")
+    return lines
 
 
 def emulation_text(result) -> str:
