@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import tensorflow as tf
 import tf_keras as keras
 
 from edgeasr.audio.augment import AugmentConfig
@@ -28,7 +27,7 @@ from edgeasr.files import read_json, write_json_atomic
 from edgeasr.models.conformer import ConformerConfig, build_conformer, conformer_config, output_frames
 from edgeasr.quant.policy import PrecisionPolicy, preset
 from edgeasr.quant.qat import quantize_model, transfer_weights
-from edgeasr.train.fit import EpochCheckpoint, plan_stages
+from edgeasr.train.fit import fit_checkpointed, plan_stages
 from edgeasr.train.run_dir import RunDir, TrainConfig
 
 # Waveform augmentation for ASR: gain always, noise sometimes; no time shift (it would push
@@ -191,21 +190,10 @@ def train_asr(run_dir, config: AsrRunConfig, progress: bool = True, data: Option
 
 def _fit_stage(run: AsrRunDir, model, stage, config: AsrRunConfig, train_ds, val_ds, steps_per_epoch: int,
                progress: bool) -> None:
-    """One stage, checkpointed every epoch (as fit.py does), resumed from its last checkpoint."""
+    """One stage, checkpointed every epoch and resumed like `edgeasr train`'s stages."""
     compile_ctc(model, config, stage.epochs * steps_per_epoch)
-    epoch = tf.Variable(0, dtype=tf.int64, name="epoch")
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, epoch=epoch)
-    manager = tf.train.CheckpointManager(checkpoint, run.checkpoints / stage.name, max_to_keep=2)
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint)
-        print(f"{stage.name}: resuming after epoch {int(epoch.numpy())} of {stage.epochs}", file=sys.stderr)
-    if int(epoch.numpy()) >= stage.epochs:
-        return
-    print(f"== {stage.name}: {stage.epochs} epochs of {steps_per_epoch} steps, policy {config.policy.name}",
-          file=sys.stderr)
-    verbose = 1 if progress else 0
-    model.fit(train_ds, validation_data=val_ds, epochs=stage.epochs, initial_epoch=int(epoch.numpy()),
-              callbacks=[EpochCheckpoint(run, manager, epoch, stage.name)], verbose=verbose)
+    fit_checkpointed(run, model, stage, train_ds, val_ds, 1 if progress else 0,
+                     f"{steps_per_epoch} steps each, policy {config.policy.name}")
 
 
 def with_policy(config: AsrRunConfig, policy, stages: int, epochs: int, init_from, learning_rate: float

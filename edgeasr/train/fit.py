@@ -122,6 +122,12 @@ def _fit_stage(run: RunDir, model, stage: Stage, config: RunConfig, train_ds, va
     if config.train.mracos_weight:
         add_mracos(model, config.train.mracos_weight)
     compile_model(model, config.train.learning_rate, stage.epochs * int(train_ds.cardinality()))
+    fit_checkpointed(run, model, stage, train_ds, val_ds, _verbosity(progress), f"policy {config.policy.name}")
+
+
+def fit_checkpointed(run: RunDir, model, stage: Stage, train_ds, val_ds, verbose: int, about: str) -> None:
+    """Fit a compiled model for the stage's epochs, checkpointing every epoch into the stage's
+    folder and resuming after the last checkpoint (nothing to do when the stage is finished)."""
     epoch = tf.Variable(0, dtype=tf.int64, name="epoch")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, epoch=epoch)
     manager = tf.train.CheckpointManager(checkpoint, run.checkpoints / stage.name, max_to_keep=2)
@@ -130,10 +136,10 @@ def _fit_stage(run: RunDir, model, stage: Stage, config: RunConfig, train_ds, va
         print(f"{stage.name}: resuming after epoch {int(epoch.numpy())} of {stage.epochs}", file=sys.stderr)
     if int(epoch.numpy()) >= stage.epochs:
         return
-    print(f"== {stage.name}: {stage.epochs} epochs, policy {config.policy.name}", file=sys.stderr)
+    print(f"== {stage.name}: {stage.epochs} epochs, {about}", file=sys.stderr)
     try:
         model.fit(train_ds, validation_data=val_ds, epochs=stage.epochs, initial_epoch=int(epoch.numpy()),
-                  callbacks=[EpochCheckpoint(run, manager, epoch, stage.name)], verbose=_verbosity(progress))
+                  callbacks=[EpochCheckpoint(run, manager, epoch, stage.name)], verbose=verbose)
     except KeyboardInterrupt:
         print(f"\ninterrupted in {stage.name} after epoch {int(epoch.numpy())}; run the same command to resume",
               file=sys.stderr)
