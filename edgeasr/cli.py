@@ -270,7 +270,7 @@ def demo(out, model_name, epochs, qat_epochs, speakers, seed):
 @click.option("--out", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="Report and DET PNG folder (default: the model's folder).")
 @click.option("--hop-ms", type=float, default=None, help="Model run interval (default: metadata, else 20).")
-@click.option("--smoothing-ms", type=float, default=None, help="Posterior averaging (default: metadata, else 200).")
+@click.option("--smoothing-ms", type=float, default=None, help="Posterior averaging (default: metadata, else 400).")
 @click.option("--refractory-ms", type=float, default=None, help="Silence after a detection (default: 1000).")
 @click.option("--target-fa-per-hour", default=1.0, show_default=True,
               help="False accepts per hour the per-keyword thresholds are chosen for.")
