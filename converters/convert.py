@@ -101,7 +101,7 @@ def _parity_data(calibration, model, config, features, labels):
     return features, labels
 
 
-def _model_to_convert(model, config, policy, features, source):
+def model_to_convert(model, config, policy, features, source):
     """(Keras model the converter sees, policy or None, "qat" | "post-training")."""
     from edgeasr.quant.policy import as_policy, load_policy
 
@@ -169,7 +169,7 @@ def convert(source, output, policy=None, calibration=None, io: str = "int8", for
     else:
         raise EdgeasrError(f"{source}: a model file needs --calibration (a dataset folder or a .npy array of "
                            f"model inputs)")
-    qat_model, used_policy, mode = _model_to_convert(model, config, policy, features, source)
+    qat_model, used_policy, mode = model_to_convert(model, config, policy, features, source)
     qat_model = with_scores(qat_model, scores)
     model_bytes, int4_report = convert_keras(qat_model, features, io=io, fc_per_channel=fc_per_channel,
                                              conv_storage=conv_storage,

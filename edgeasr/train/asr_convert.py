@@ -20,17 +20,15 @@ from typing import Optional
 import numpy as np
 
 from edgeasr.configs import to_dict
-from edgeasr.converters.convert import convert_keras
+from edgeasr.converters.convert import convert_keras, model_to_convert
 from edgeasr.converters.int4 import int4_share
 from edgeasr.converters.metadata import embed_metadata, source_hash, tensor_io
-from edgeasr.converters.ptq import post_training_quantize
 from edgeasr.converters.sources import is_qat
 from edgeasr.converters.stock import float_tflite
 from edgeasr.data.asr_pipeline import load_asr_split, padded_features
 from edgeasr.errors import EdgeasrError
 from edgeasr.files import write_bytes_atomic
 from edgeasr.models.conformer import SUBSAMPLING, build_conformer
-from edgeasr.quant.policy import as_policy, load_policy
 from edgeasr.quant.qat import quantize_model, transfer_weights
 from edgeasr.runtime.ctc import greedy_decode
 from edgeasr.runtime.litert import LiteRTModel
@@ -66,16 +64,8 @@ def convert_asr_run(run_dir, output, policy=None, window_frames: int = WINDOW_FR
     float_model, quantized = fixed_window_model(run, window_frames, chunk_frames)
     train = load_asr_split(config.train_manifest, tokenizer, config.frontend, CALIBRATION_UTTERANCES)
     calibration = padded_features(train, range(len(train)), config.frontend, window_frames)
-    if quantized is None:
-        used_policy = as_policy(load_policy(policy) if isinstance(policy, str) else (policy or "w8a8"))
-        if used_policy.is_float:
-            raise EdgeasrError("convert writes fully-integer models; choose a quantized policy")
-        quantized, mode = post_training_quantize(float_model, used_policy, calibration), "post-training"
-    else:
-        if policy is not None and as_policy(load_policy(policy) if isinstance(policy, str) else policy
-                                            ).to_dict() != config.policy.to_dict():
-            raise EdgeasrError(f"{run_dir} was trained with policy {config.policy.name!r}; convert it without --policy")
-        used_policy, mode = config.policy, "qat"
+    trained = float_model if quantized is None else quantized
+    quantized, used_policy, mode = model_to_convert(trained, config, policy, calibration, run.path)
     model_bytes, int4_report = convert_keras(quantized, calibration)
     values = _metadata(config, tokenizer, used_policy, mode, run.path, model_bytes, int4_report, window_frames,
                        chunk_frames if chunk_frames is not None else config.model.chunk_frames)
