@@ -95,8 +95,10 @@ def loopback_sshd(tmp_path):
     sshd, keygen = shutil.which("sshd") or "/usr/sbin/sshd", shutil.which("ssh-keygen")
     if not (os.path.exists(sshd) and keygen and shutil.which("ssh") and shutil.which("scp")):
         if os.geteuid() == 0 and shutil.which("apt-get"):
+            apt_env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+            subprocess.run(["apt-get", "update", "-qq"], capture_output=True, env=apt_env)
             subprocess.run(["apt-get", "install", "-y", "-qq", "openssh-server", "openssh-client"],
-                           capture_output=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+                           capture_output=True, env=apt_env)
         sshd, keygen = shutil.which("sshd") or "/usr/sbin/sshd", shutil.which("ssh-keygen")
         if not (os.path.exists(sshd) and keygen):
             pytest.skip("no sshd/ssh-keygen, and openssh-server cannot be installed here (not root or no apt)")
