@@ -177,7 +177,7 @@ def convert(source, output, policy, calibration, io, min_agreement, conv_storage
 
 def _convert_asr(source, output, policy, force):
     """`edgeasr convert` of a train-asr run: fixed 4 s window, vocabulary in the metadata."""
-    from edgeasr.train.asr_convert import convert_asr_run
+    from edgeasr.converters.asr import convert_asr_run
 
     result = convert_asr_run(source, output, policy=policy, force=force)
     parity = result["parity"]

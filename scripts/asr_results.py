@@ -33,7 +33,7 @@ from pathlib import Path
 from edgeasr.data.asr_synth import AsrSynthConfig, synthesize_asr_corpus
 from edgeasr.eval.asr import evaluate_model
 from edgeasr.files import write_json_atomic
-from edgeasr.train.asr_convert import convert_asr_run
+from edgeasr.converters.asr import convert_asr_run
 from edgeasr.train.asr_fit import asr_run_config, train_asr, with_policy
 
 REPO = Path(__file__).resolve().parents[1]
