@@ -233,8 +233,8 @@ def markdown(summary: dict) -> str:
     lines += target_lines(rows, floats)
     lines += ["", "Differences between policies of one model are of the order of the spread between seeds of "
               "one policy (± above): a single test clip is 0.10 points."]
-    lines += ["", "Why tanh and linear score alike here: the tanh transform only bends weights of order 1, and "
-              "these models' weights are small. On each trained float model (the shared starting point), "
+    lines += ["", "How much the tanh transform changes: it only bends weights of order 1, so it moves few 4-bit "
+              "levels when a model's weights are small. On each trained float model (the shared starting point), "
               "the share of weights whose 4-bit grid level differs between the tanh and the linear quantizer "
               "(same granularity as the w4a8 presets: per channel for convolutions, per tensor for Dense):", ""]
     lines += [f"- {t['model']}: {100 * t['changed_share']:.1f}% of {t['weights']:,} weights "
