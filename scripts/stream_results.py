@@ -132,7 +132,7 @@ def tflite_for(args, model_name: str, policy: str, scores=None) -> Path:
         write_bytes_atomic(path, float_with_metadata(run, scores))
     else:
         subprocess.run([sys.executable, "-m", "edgeasr.cli", "convert", str(run), "-o", str(path),
-                        "--min-agreement", "0.95", "--scores", scores], check=True)
+                        "--min-agreement", "0.95", "--scores", scores, "--force"], check=True)
     return path
 
 
