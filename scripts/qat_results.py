@@ -51,8 +51,9 @@ REPO = Path(__file__).resolve().parents[1]
 # 78% on the validation voices, 80 epochs under lighter noise (10-30 dB on half the clips) 89%
 # (measured in the first run of this recipe); an under-trained float model makes every
 # quantized policy look worse than it is.
+DEFAULT_RECIPE = {"pretrain_epochs": 10, "finetune_epochs": 6, "augment": AugmentConfig()}
 RECIPES = {
-    "ds_cnn_s": {"pretrain_epochs": 10, "finetune_epochs": 6, "augment": AugmentConfig()},
+    "ds_cnn_s": DEFAULT_RECIPE,
     "ffn_stateless": {"pretrain_epochs": 80, "finetune_epochs": 20,
                       "augment": AugmentConfig(noise_probability=0.5, snr_db_min=10.0, snr_db_max=30.0)},
 }
@@ -109,7 +110,7 @@ def with_other_models(summary: dict, previous_path: Path) -> dict:
 
 def recipe_of(model_name: str, args) -> dict:
     """The model's recipe; --pretrain-epochs / --finetune-epochs override it for every model."""
-    recipe = dict(RECIPES.get(model_name, RECIPES["ds_cnn_s"]))
+    recipe = dict(RECIPES.get(model_name, DEFAULT_RECIPE))
     for key in ("pretrain_epochs", "finetune_epochs"):
         if getattr(args, key) is not None:
             recipe[key] = getattr(args, key)

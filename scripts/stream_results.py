@@ -335,12 +335,20 @@ def smoothing_lines(rows, scores: str) -> list:
     return lines
 
 
+def seed_values(spread, model: str, value_of) -> dict:
+    """{"float": [...], "4-bit": [...]}: value_of(row) of the model's seed runs that have it."""
+    values = {}
+    for variant in ("float", "4-bit"):
+        rows = [r for r in spread if r["model"] == model and r["variant"] == variant]
+        values[variant] = [v for v in map(value_of, rows) if v is not None]
+    return values
+
+
 def seed_mean_lines(rows, spread) -> list:
     """The 4-bit target on the mean over the fine-tuning seed runs (the runs above may repeat seed 0)."""
     lines = []
     for model in dict.fromkeys(r["model"] for r in rows):
-        values = {variant: [r["frr_at_fa_per_hour"]["1.0"] for r in spread
-                            if r["model"] == model and r["variant"] == variant] for variant in ("float", "4-bit")}
+        values = seed_values(spread, model, lambda r: r["frr_at_fa_per_hour"]["1.0"])
         if min(len(v) for v in values.values()) < 2:
             continue
         mean = {k: float(np.mean(v)) for k, v in values.items()}
@@ -361,8 +369,7 @@ def per_keyword_mean_lines(spread) -> list:
     """Not a target: the 4-bit gap at the per-keyword thresholds the device runs, mean over seeds."""
     lines = []
     for model in dict.fromkeys(r["model"] for r in spread):
-        values = {variant: [r["per_keyword_frr"] for r in spread if r["model"] == model
-                            and r["variant"] == variant and "per_keyword_frr" in r] for variant in ("float", "4-bit")}
+        values = seed_values(spread, model, lambda r: r.get("per_keyword_frr"))
         if min(len(v) for v in values.values()) < 2:
             continue
         mean = {k: float(np.mean(v)) for k, v in values.items()}
