@@ -86,14 +86,17 @@ def synth_kws(out, speakers, repeats, words, seed, overwrite):
               help="Precision policy: float, w8a8, w4a8, w4a8-tanh, mixed, or a policy JSON file.")
 @click.option("--stages", default=1, show_default=True, type=click.IntRange(1, 2),
               help="2: tanh-quantised weights first, then inputs and activations too.")
+@click.option("--stage2-lr-scale", default=1.0, show_default=True, type=click.FloatRange(0.0, 1.0, min_open=True),
+              help="Stage 2's peak learning rate as a share of --learning-rate. Stage 2 starts from a "
+                   "converged stage 1; on the FFN 0.1 kept 0.8 more validation points than 1.0.")
 @click.option("--init-from", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Start from the weights of this trained run (QAT fine-tuning of a float model).")
 @click.option("--mracos-weight", default=0.0, show_default=True, help="Pull weights toward the grid (0: off).")
 @click.option("--keywords", default=None, help="Comma-separated keywords (default: the 10 Speech Commands words).")
 @click.option("--seed", default=0, show_default=True)
 @user_errors
-def train(dataset, run_dir, model_name, epochs, batch_size, learning_rate, policy, stages, init_from,
-          mracos_weight, keywords, seed):
+def train(dataset, run_dir, model_name, epochs, batch_size, learning_rate, policy, stages, stage2_lr_scale,
+          init_from, mracos_weight, keywords, seed):
     """Train a keyword model on a Speech Commands-layout DATASET, float or quantization-aware.
 
     An interrupted run resumes from its last epoch when the same command is run again.
@@ -102,6 +105,8 @@ def train(dataset, run_dir, model_name, epochs, batch_size, learning_rate, polic
     Examples:
       edgeasr train data/kws --run-dir runs/ffn --model ffn_stateless --epochs 15
       edgeasr train data/kws --run-dir runs/ds4 --policy w4a8-tanh --stages 2 --epochs-per-stage 8
+      edgeasr train data/kws --run-dir runs/ffn4 --model ffn_stateless --policy w4a8-tanh --stages 2 \\
+          --init-from runs/ffn --learning-rate 1e-3 --stage2-lr-scale 0.1 --epochs-per-stage 10
       edgeasr train data/kws --run-dir runs/ds4ft --policy w4a8-tanh --init-from runs/ds_float --epochs 5
     """
     from edgeasr.data.speech_commands import DataConfig
@@ -113,7 +118,8 @@ def train(dataset, run_dir, model_name, epochs, batch_size, learning_rate, polic
 
     data_config = DataConfig(seed=seed, **({"keywords": _split_words(keywords)} if keywords else {}))
     training = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
-                           stages=stages, init_from=str(init_from or ""), mracos_weight=mracos_weight)
+                           stages=stages, stage2_lr_scale=stage2_lr_scale, init_from=str(init_from or ""),
+                           mracos_weight=mracos_weight)
     config = RunConfig(dataset=str(dataset), model=ModelConfig(name=model_name), data=data_config,
                        train=training, policy=load_policy(policy))
     report = train_run(run_dir, config)

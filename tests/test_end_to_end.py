@@ -40,6 +40,17 @@ def test_run_directory_holds_config_history_checkpoints_and_report(trained_run):
     assert run.confusion_plot_path.stat().st_size > 1000
 
 
+def test_rerunning_a_finished_run_leaves_its_model_file_alone(trained_run, tiny_dataset):
+    model_file = RunDir(trained_run).model_path
+    before = (model_file.stat().st_mtime_ns, model_file.read_bytes())
+    args = ["train", str(tiny_dataset), "--run-dir", str(trained_run), "--model", "ds_cnn_s", "--epochs", "8",
+            "--keywords", ",".join(TINY_KEYWORDS), "--batch-size", "16", "--learning-rate", "0.002"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert (model_file.stat().st_mtime_ns, model_file.read_bytes()) == before
+    assert len(RunDir(trained_run).read_history()) == 8
+
+
 def test_resuming_with_another_configuration_is_refused(trained_run, tiny_dataset):
     args = ["train", str(tiny_dataset), "--run-dir", str(trained_run), "--model", "ffn_stateless", "--epochs", "9",
             "--keywords", ",".join(TINY_KEYWORDS)]

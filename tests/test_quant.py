@@ -252,6 +252,19 @@ def test_two_stage_schedule_switches_what_is_quantized():
     np.testing.assert_array_equal(back.get_layer("bn_pw1").moving_mean.numpy(), moving_mean)
 
 
+def test_stage_two_peak_learning_rate_is_a_share_of_stage_one():
+    from edgeasr.train.fit import plan_stages, stage_learning_rate
+    from edgeasr.train.run_dir import RunConfig, TrainConfig
+
+    training = TrainConfig(learning_rate=1e-3, stages=2, stage2_lr_scale=0.1)
+    stages = plan_stages(RunConfig(train=training, policy=preset("w4a8-tanh")))
+    assert [stage.name for stage in stages] == ["stage1", "stage2"]
+    assert [stage_learning_rate(training, stage) for stage in stages] == pytest.approx([1e-3, 1e-4])
+    one_stage = TrainConfig(learning_rate=1e-3, stages=1, stage2_lr_scale=0.1)
+    (only,) = plan_stages(RunConfig(train=one_stage, policy=preset("w4a8-tanh")))
+    assert stage_learning_rate(one_stage, only) == pytest.approx(1e-3)
+
+
 def test_float_policy_returns_the_model_and_bad_input_fails_clearly():
     model = _small_ds_cnn()
     assert qat.quantize_model(model, "float") is model

@@ -27,7 +27,7 @@ from edgeasr.files import read_json, write_json_atomic
 from edgeasr.models.conformer import ConformerConfig, build_conformer, conformer_config, output_frames
 from edgeasr.quant.policy import PrecisionPolicy, preset
 from edgeasr.quant.qat import quantize_model, transfer_weights
-from edgeasr.train.fit import fit_checkpointed, plan_stages
+from edgeasr.train.fit import fit_checkpointed, plan_stages, save_unless_finished, stage_learning_rate
 from edgeasr.train.run_dir import RunDir, TrainConfig
 
 # Waveform augmentation for ASR: gain always, noise sometimes; no time shift (it would push
@@ -142,11 +142,11 @@ def training_noise(config: AsrRunConfig) -> Optional[np.ndarray]:
     return np.concatenate([colored_noise(samples, exponent, rng) for exponent in (0.0, 1.0, 2.0)])
 
 
-def compile_ctc(model: keras.Model, config: AsrRunConfig, total_steps: int) -> None:
-    """Adam, linear warm-up then cosine decay, global gradient clipping, CTC loss."""
+def compile_ctc(model: keras.Model, config: AsrRunConfig, total_steps: int, learning_rate: float) -> None:
+    """Adam, linear warm-up to `learning_rate` then cosine decay, global gradient clipping, CTC loss."""
     warmup = min(config.asr.warmup_steps, max(1, total_steps // 5))
     schedule = keras.optimizers.schedules.CosineDecay(
-        0.0, decay_steps=max(1, total_steps - warmup), warmup_target=config.train.learning_rate,
+        0.0, decay_steps=max(1, total_steps - warmup), warmup_target=learning_rate,
         warmup_steps=warmup, alpha=0.02)
     model.compile(optimizer=keras.optimizers.Adam(schedule, global_clipnorm=config.asr.clipnorm), loss=ctc_loss)
 
@@ -169,15 +169,15 @@ def train_asr(run_dir, config: AsrRunConfig, progress: bool = True, data: Option
     float_model = build_conformer(config.model, tokenizer.vocab_size)
     if config.train.init_from:
         transfer_weights(AsrRunDir(config.train.init_from).load_model(), float_model)
-    model = float_model
+    model, trained = float_model, False
     for stage in stages:
         previous = model
         model = float_model if stage.quantize == "none" else quantize_model(float_model, config.policy,
                                                                              stage=stage.quantize)
         if previous is not model:
             transfer_weights(previous, model)
-        _fit_stage(run, model, stage, config, train_ds, val_ds, steps_per_epoch, progress)
-    model.save(run.model_path)
+        trained |= _fit_stage(run, model, stage, config, train_ds, val_ds, steps_per_epoch, progress)
+    save_unless_finished(run, model, trained)
     report = {}
     if data.test is not None:
         from edgeasr.eval.asr import keras_transcripts, error_rates
@@ -189,10 +189,10 @@ def train_asr(run_dir, config: AsrRunConfig, progress: bool = True, data: Option
 
 
 def _fit_stage(run: AsrRunDir, model, stage, config: AsrRunConfig, train_ds, val_ds, steps_per_epoch: int,
-               progress: bool) -> None:
+               progress: bool) -> bool:
     """One stage, checkpointed every epoch and resumed like `edgeasr train`'s stages."""
-    compile_ctc(model, config, stage.epochs * steps_per_epoch)
-    fit_checkpointed(run, model, stage, train_ds, val_ds, 1 if progress else 0,
+    compile_ctc(model, config, stage.epochs * steps_per_epoch, stage_learning_rate(config.train, stage))
+    return fit_checkpointed(run, model, stage, train_ds, val_ds, 1 if progress else 0,
                      f"{steps_per_epoch} steps each, policy {config.policy.name}")
 
 

@@ -102,14 +102,21 @@ def train(run_dir, config: RunConfig, progress: bool = True, data: TrainingData 
     float_model = build_model(config.model)
     if config.train.init_from:
         transfer_weights(RunDir(config.train.init_from).load_model(), float_model)
-    model = float_model
+    model, trained = float_model, False
     for stage in stages:
         previous, model = model, _stage_model(float_model, config, stage)
         if previous is not model:
             transfer_weights(previous, model)
-        _fit_stage(run, model, stage, config, train_ds, val_ds, progress)
-    model.save(run.model_path)
+        trained |= _fit_stage(run, model, stage, config, train_ds, val_ds, progress)
+    save_unless_finished(run, model, trained)
     return evaluate_run(run, model, config, data.test)
+
+
+def save_unless_finished(run, model: keras.Model, trained: bool) -> None:
+    """Write model.keras, but leave a finished run's file as it is: rerunning a finished run only
+    evaluates, and a rewritten file would make every model converted from it look stale."""
+    if trained or not run.model_path.exists():
+        model.save(run.model_path)
 
 
 def _stage_model(float_model: keras.Model, config: RunConfig, stage: Stage) -> keras.Model:
@@ -118,16 +125,22 @@ def _stage_model(float_model: keras.Model, config: RunConfig, stage: Stage) -> k
     return quantize_model(float_model, config.policy, stage=stage.quantize)
 
 
-def _fit_stage(run: RunDir, model, stage: Stage, config: RunConfig, train_ds, val_ds, progress: bool) -> None:
+def _fit_stage(run: RunDir, model, stage: Stage, config: RunConfig, train_ds, val_ds, progress: bool) -> bool:
     if config.train.mracos_weight:
         add_mracos(model, config.train.mracos_weight)
-    compile_model(model, config.train.learning_rate, stage.epochs * int(train_ds.cardinality()))
-    fit_checkpointed(run, model, stage, train_ds, val_ds, _verbosity(progress), f"policy {config.policy.name}")
+    compile_model(model, stage_learning_rate(config.train, stage), stage.epochs * int(train_ds.cardinality()))
+    return fit_checkpointed(run, model, stage, train_ds, val_ds, _verbosity(progress), f"policy {config.policy.name}")
 
 
-def fit_checkpointed(run: RunDir, model, stage: Stage, train_ds, val_ds, verbose: int, about: str) -> None:
+def stage_learning_rate(train_config, stage: Stage) -> float:
+    """The stage's peak learning rate. Stage 2 continues a converged stage 1: restarted at the full
+    rate, the FFN lost 2-3 validation points in stage 2's first epoch and did not win them back."""
+    return train_config.learning_rate * (train_config.stage2_lr_scale if stage.name == "stage2" else 1.0)
+
+
+def fit_checkpointed(run: RunDir, model, stage: Stage, train_ds, val_ds, verbose: int, about: str) -> bool:
     """Fit a compiled model for the stage's epochs, checkpointing every epoch into the stage's
-    folder and resuming after the last checkpoint (nothing to do when the stage is finished)."""
+    folder and resuming after the last checkpoint; False when the stage was already finished."""
     epoch = tf.Variable(0, dtype=tf.int64, name="epoch")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, epoch=epoch)
     manager = tf.train.CheckpointManager(checkpoint, run.checkpoints / stage.name, max_to_keep=2)
@@ -135,7 +148,7 @@ def fit_checkpointed(run: RunDir, model, stage: Stage, train_ds, val_ds, verbose
         checkpoint.restore(manager.latest_checkpoint)
         print(f"{stage.name}: resuming after epoch {int(epoch.numpy())} of {stage.epochs}", file=sys.stderr)
     if int(epoch.numpy()) >= stage.epochs:
-        return
+        return False
     print(f"== {stage.name}: {stage.epochs} epochs, {about}", file=sys.stderr)
     try:
         model.fit(train_ds, validation_data=val_ds, epochs=stage.epochs, initial_epoch=int(epoch.numpy()),
@@ -144,6 +157,7 @@ def fit_checkpointed(run: RunDir, model, stage: Stage, train_ds, val_ds, verbose
         print(f"\ninterrupted in {stage.name} after epoch {int(epoch.numpy())}; run the same command to resume",
               file=sys.stderr)
         raise
+    return True
 
 
 def evaluate_run(run: RunDir, model: keras.Model, config: RunConfig, test: Split) -> dict:

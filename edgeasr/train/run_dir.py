@@ -28,6 +28,7 @@ class TrainConfig:
     learning_rate: float = 3e-3
     seed: int = 0
     stages: int = 1  # 2: the sub-8-bit paper's schedule (tanh weights only, then everything)
+    stage2_lr_scale: float = 1.0  # stage 2's peak learning rate, as a share of learning_rate
     init_from: str = ""  # a trained run directory whose weights start this run (QAT fine-tuning)
     mracos_weight: float = 0.0
 
