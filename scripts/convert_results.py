@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from _repo import REPO, repo_relative
 from edgeasr.converters import flatbuffer as fb
 from edgeasr.converters.convert import convert
 from edgeasr.converters.inspect import inspect_model
@@ -38,7 +39,6 @@ from edgeasr.runtime.metadata import read_metadata
 POLICIES = ("w8a8", "w4a8-tanh", "mixed")
 FOUR_BIT = ("w4a8", "w4a8-tanh")
 MODELS = ("ds_cnn_s", "ffn_stateless")
-REPO = Path(__file__).resolve().parents[1]
 TARGET_SMALLER, TARGET_ACCURACY_POINTS, TARGET_AGREEMENT = 7.0, 0.2, 0.99
 PER_CHANNEL_PARAMETER_BYTES = 12     # float32 scale + int64 zero point per channel (schema, interpreter)
 
@@ -281,7 +281,7 @@ def main(argv=None):
                "layer_differences": (layer_differences(analysed, args.out / "ds_cnn_s_w4a8-tanh_qat.tflite")
                                      if analysed is not None and "ds_cnn_s" in args.models else None),
                "machine": f"{platform.machine()}, {platform.processor() or platform.system()}",
-               "runs": ", ".join(str(r.relative_to(REPO) if r.is_relative_to(REPO) else r) for r in args.runs),
+               "runs": ", ".join(repo_relative(r) for r in args.runs),
                "rounds": args.rounds, "invokes": args.invokes}
     write_docs(summary, args.docs)
 

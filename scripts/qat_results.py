@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import tf_keras
 
+from _repo import REPO, repo_relative
 from edgeasr.audio.augment import AugmentConfig
 from edgeasr.data.pipeline import features_of
 from edgeasr.data.synth import SynthConfig, synthesize_kws_dataset
@@ -43,7 +44,6 @@ from edgeasr.train.run_dir import RunConfig, RunDir, TrainConfig
 
 POLICIES = ("float", "w8a8", "w4a8", "w4a8-tanh", "mixed")
 MODELS = ("ds_cnn_s", "ffn_stateless")
-REPO = Path(__file__).resolve().parents[1]
 
 # Per model: float pre-training epochs, fine-tuning epochs (quantized policies: two stages of
 # half each), stage 2's peak learning rate as a share of stage 1's, and training augmentation.
@@ -316,11 +316,6 @@ def plot(summary: dict, path: Path) -> None:
 def vars_for_json(args) -> dict:
     """The arguments, paths relative to the repository (docs/ hold no path of this machine)."""
     return {k: (repo_relative(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-
-
-def repo_relative(path: Path) -> str:
-    path = path.resolve()
-    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
 def parse_args(argv):

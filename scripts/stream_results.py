@@ -35,13 +35,13 @@ from pathlib import Path
 
 import numpy as np
 
+from _repo import REPO, repo_relative
 from edgeasr.audio.io import load_audio, write_wav
 from edgeasr.eval.stream import build_test_stream, evaluate, plot_det, read_labels, stream_posteriors
 from edgeasr.files import write_bytes_atomic, write_json_atomic
 from edgeasr.runtime.metadata import read_metadata
 from edgeasr.runtime.streaming import DetectorConfig, smoothed_posteriors
 
-REPO = Path(__file__).resolve().parents[1]
 MODELS = ("ffn_stateless", "ds_cnn_s")
 VARIANTS = (("float", "float"), ("8-bit", "w8a8"), ("4-bit", "w4a8-tanh"))
 HOP_MS = {"ffn_stateless": 20.0, "ds_cnn_s": 40.0}
@@ -89,12 +89,6 @@ def main(argv=None):
     write_json_atomic(args.docs / "stream_results.json", summary)
     plot_det(curves, args.docs / "stream_results.png", f"DET on a {args.hours:g} h held-out stream")
     write_bytes_atomic(args.docs / "stream_results.md", markdown(summary).encode())
-
-
-def repo_relative(path: Path) -> str:
-    """`path` relative to the repository when inside it, so docs/ hold no path of this machine."""
-    path = path.resolve()
-    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
 def parse_args(argv):
