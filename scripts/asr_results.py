@@ -30,13 +30,13 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from _repo import REPO
 from edgeasr.data.asr_synth import AsrSynthConfig, synthesize_asr_corpus
 from edgeasr.eval.asr import evaluate_model
 from edgeasr.files import write_json_atomic
 from edgeasr.converters.asr import convert_asr_run
 from edgeasr.train.asr_fit import asr_run_config, train_asr, with_policy
 
-REPO = Path(__file__).resolve().parents[1]
 RUNS = ("float", "float-ft", "w4a8-tanh", "w8a8")
 TARGETS = {"float_cer_max": 0.10, "w4_cer_gap_max_points": 0.5, "w4_size_ratio_min": 7.5, "rtf_max": 0.05}
 

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from _repo import REPO
 from edgeasr.audio.frontend import FrontendConfig, numpy_log_mel
 from edgeasr.converters import convert as cv
 from edgeasr.converters import flatbuffer as fb
@@ -43,7 +44,6 @@ from edgeasr.models import conformer as cf
 from edgeasr.quant.policy import LayerPrecision, PrecisionPolicy, PrecisionRule
 from edgeasr.runtime.litert import LiteRTModel, quantize
 
-REPO = Path(__file__).resolve().parents[1]
 POLICIES = ("w8a8", "w4a8-tanh", "conformer-mixed")
 WINDOW_FRAMES = {"1 s": 100, "5 s": 500}
 SENTENCES = ("turn the kitchen light off", "seven four two nine", "what is the weather like today",
@@ -408,8 +408,8 @@ def main():
     parser.add_argument("--ablation-size", default="xs")
     parser.add_argument("--examples", type=int, default=24)
     parser.add_argument("--repeats", type=int, default=50)
-    parser.add_argument("--work", default="build/conformer_conversion")
-    parser.add_argument("--out", default="docs/conformer_conversion")
+    parser.add_argument("--work", default=str(REPO / "build" / "conformer_conversion"))
+    parser.add_argument("--out", default=str(REPO / "docs" / "conformer_conversion"))
     parser.add_argument("--render", action="store_true", help="only rewrite OUT.md from OUT.json")
     parser.add_argument("--merge", nargs="*", default=[],
                         help="with --render: add the sizes of these JSON files (runs with another --out)")

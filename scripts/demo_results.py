@@ -13,9 +13,9 @@ import shutil
 import sys
 from pathlib import Path
 
+from _repo import REPO
 from edgeasr.demo import format_summary, run_demo
 
-REPO = Path(__file__).resolve().parents[1]
 TARGET_SECONDS = 15 * 60
 TARGET_ACCURACY = 0.90
 
