@@ -2,6 +2,9 @@
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# qat_results.py writes MODEL/<policy>_seed<i>, one run per fine-tuning seed; the other results
+# scripts show the first seed's run.
+MAIN_RUN = "_seed0"
 
 
 def repo_relative(path) -> str:

@@ -15,7 +15,7 @@ The 8-bit twin is timed twice, through two interpreters, to show the noise of th
 
 Writes docs/convert_results.md and docs/convert_results.json.
 
-    python scripts/convert_results.py --runs build/convert_inputs/runs
+    python scripts/convert_results.py                   # the seed-0 runs of scripts/qat_results.py
     python scripts/convert_results.py --report-only      # docs again from the JSON
 """
 import edgeasr  # noqa: F401
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _repo import REPO, repo_relative
+from _repo import MAIN_RUN, REPO, repo_relative
 from edgeasr.converters import flatbuffer as fb
 from edgeasr.converters.convert import convert
 from edgeasr.converters.inspect import inspect_model
@@ -201,24 +201,24 @@ def layer_differences(run_dir, path) -> dict:
     model, config = load_source(run_dir)
     features, labels = run_test_features(config)
     keras_names = [layer.name for layer in model.layers
-                   if layer.name.startswith("quant_relu") or layer.name in ("avg_pool", "quant_logits", "probs")]
+                   if layer.name.startswith("quant_relu") or layer.name in ("avg_pool", "quant_logits")]
     probe = keras.Model(model.inputs, [model.get_layer(name).output for name in keras_names])
     keras_values = probe.predict(features, batch_size=64, verbose=0)
     interpreter = tracing_interpreter(path)
     details = {d["name"]: d for d in interpreter.get_tensor_details()}
     input_detail, output_detail = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     lite_names = [name[len("quant_"):] if name.startswith("quant_") else name for name in keras_names[:-1]]
-    lite_values = {name: [] for name in lite_names + ["probs"]}
+    lite_values = {name: [] for name in lite_names + ["logits"]}   # the logits are the file's output
     for example in features:
         interpreter.set_tensor(input_detail["index"], quantize(example, input_detail)[None])
         interpreter.invoke()
         for name in lite_names:
             lite_values[name].append(interpreter.get_tensor(details[name]["index"])[0].astype(np.int64))
-        lite_values["probs"].append(interpreter.get_tensor(output_detail["index"])[0].astype(np.int64))
+        lite_values["logits"].append(interpreter.get_tensor(output_detail["index"])[0].astype(np.int64))
     layers = []
-    for name, keras_value in zip(lite_names + ["probs"], keras_values):
+    for name, keras_value in zip(lite_names + ["logits"], keras_values):
         lite = np.stack(lite_values[name])
-        detail = details[name] if name != "probs" else output_detail
+        detail = details[name] if name != "logits" else output_detail
         difference = np.abs(quantize(keras_value.reshape(lite.shape), detail).astype(np.int64) - lite)
         layers.append({"tensor": name, "max_lsb": int(difference.max()), "mean_lsb": float(difference.mean()),
                        "share_off": float(np.mean(difference > 0))})
@@ -226,10 +226,9 @@ def layer_differences(run_dir, path) -> dict:
     scale, zero_point = details[lite_names[lite_names.index("avg_pool") - 1]]["quantization"]   # the pooled map's
     rounded = (np.clip(np.round(pooled / scale) + zero_point, -128, 127) - zero_point) * scale
     head_input = keras.Input(pooled.shape[1:])
-    head = keras.Model(head_input, model.get_layer("probs")(model.get_layer("quant_logits")(
-        model.get_layer("flatten")(head_input))))
+    head = keras.Model(head_input, model.get_layer("quant_logits")(model.get_layer("flatten")(head_input)))
     rounded_scores = head.predict(rounded.astype(np.float32), batch_size=64, verbose=0)
-    lite_top = np.stack(lite_values["probs"]).argmax(-1)
+    lite_top = np.stack(lite_values["logits"]).argmax(-1)
     return {"run": Path(run_dir).name, "examples": int(len(features)), "layers": layers,
             "agreement": float(np.mean(keras_values[-1].argmax(-1) == lite_top)),
             "agreement_pool_rounded": float(np.mean(rounded_scores.argmax(-1) == lite_top)),
@@ -258,8 +257,9 @@ def main(argv=None):
     rows = []
 
     def find(model, name):
-        return next((root / model / name for root in args.runs if (root / model / name / "model.keras").is_file()),
-                    None)
+        """MODEL/NAME_seed0 as qat_results.py writes it (or MODEL/NAME) in the first root that has it."""
+        candidates = [root / model / run for root in args.runs for run in (name + MAIN_RUN, name)]
+        return next((run for run in candidates if (run / "model.keras").is_file()), None)
 
     for model in args.models:
         for policy in args.policies:
