@@ -212,7 +212,9 @@ def mean_if_all(values: list):
 
 def markdown(summary: dict) -> str:
     p, rows = summary["protocol"], aggregate(summary["results"])
-    seeds = len(p["finetune_seeds"])
+    seeds = {r["model"]: r["seeds"] for r in rows if r["policy"] == "float"}
+    seed_counts = (f"{next(iter(seeds.values()))} seeds" if len(set(seeds.values())) == 1
+                   else ", ".join(f"{n} seeds for {model}" for model, n in seeds.items()))
     lines = [
         "# Sub-8-bit QAT on synthetic keywords (issue 3)",
         "",
@@ -222,7 +224,7 @@ def markdown(summary: dict) -> str:
         "Every policy of a model starts from the same float model and is fine-tuned for the same epochs "
         "(quantized policies: two stages of half each, stage 2 at the recipe's share of the learning rate) "
         "with the same augmentation, "
-        f"once per fine-tuning seed ({', '.join(p.get('seeded_policies', []))}: {seeds} seeds; the others: one); "
+        f"once per fine-tuning seed ({', '.join(p.get('seeded_policies', []))}: {seed_counts}; the others: one); "
         "accuracies are the mean over seeds, ± the standard deviation. Keras accuracy is the fake-quant model's; LiteRT is the fully-integer conversion "
         "(`convert_keras`: INT4-packed where the policy has 4-bit weights).",
         "",
@@ -260,18 +262,28 @@ def markdown(summary: dict) -> str:
 
 
 def target_lines(rows: list, floats: dict) -> list:
-    by_key = {(r["model"], r["policy"]): r["keras_mean"] for r in rows}
+    by_key = {(r["model"], r["policy"]): r for r in rows}
     lines = []
     for model, float_accuracy in floats.items():
         tanh, linear = by_key.get((model, "w4a8-tanh")), by_key.get((model, "w4a8"))
         if tanh is None:
             continue
-        gap = 100 * (float_accuracy - tanh)
+        gap = 100 * (float_accuracy - tanh["keras_mean"])
         lines.append(f"- {model}: w4a8-tanh is {gap:.2f} points below float "
-                     f"({'met' if gap <= 0.5 else 'MISSED'}, target ≤ 0.5)"
-                     + ("" if linear is None else f"; {100 * (tanh - linear):+.2f} points vs w4a8 "
-                        f"({'met' if tanh >= linear else 'MISSED'})"))
+                     f"({'met' if gap <= 0.5 else 'MISSED'}, target ≤ 0.5; {standard_error(by_key[model, 'float'], tanh)})"
+                     + ("" if linear is None else f"; {100 * (tanh['keras_mean'] - linear['keras_mean']):+.2f} points "
+                        f"vs w4a8 ({'met' if tanh['keras_mean'] >= linear['keras_mean'] else 'MISSED'}; "
+                        f"{standard_error(tanh, linear)})"))
     return lines
+
+
+def standard_error(a: dict, b: dict) -> str:
+    """The standard error of the difference of two rows' seed means, in points (what one more set of
+    seeds would move the difference by), or why there is none."""
+    if min(a["seeds"], b["seeds"]) < 2:
+        return "one seed: no standard error"
+    error = 100 * np.sqrt(np.var(a["keras"], ddof=1) / a["seeds"] + np.var(b["keras"], ddof=1) / b["seeds"])
+    return f"standard error {error:.2f}"
 
 
 def validation_lines(rows: list) -> list:
