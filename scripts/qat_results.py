@@ -36,7 +36,7 @@ from _repo import REPO, repo_relative
 from edgeasr.audio.augment import AugmentConfig
 from edgeasr.data.pipeline import features_of
 from edgeasr.data.synth import SynthConfig, synthesize_kws_dataset
-from edgeasr.files import write_json_atomic
+from edgeasr.files import write_bytes_atomic, write_json_atomic
 from edgeasr.models.registry import ModelConfig
 from edgeasr.quant.policy import preset
 from edgeasr.train.fit import load_training_data, train
@@ -171,7 +171,7 @@ def finetune(args, base: RunConfig, data, test_features, pretrained: Path, polic
     model = RunDir(run_dir).load_model()
     model_bytes, _ = convert_keras(model, features_of(data.train.waves[::25], base.frontend))
     tflite = run_dir / "model.tflite"
-    tflite.write_bytes(model_bytes)
+    write_bytes_atomic(tflite, model_bytes)
     scores = LiteRTModel(tflite).predict(test_features)
     litert_accuracy = float(np.mean(np.argmax(scores, axis=-1) == data.test.labels))
     return {"model": base.model.name, "policy": policy, "seed": seed, "keras_accuracy": keras_report["accuracy"],
@@ -187,7 +187,7 @@ def ensure_data(data_dir: Path, speakers: int, seed: int) -> Path:
 
 def write_reports(summary: dict, docs: Path) -> None:
     write_json_atomic(docs / "qat_results.json", summary)
-    (docs / "qat_results.md").write_text(markdown(summary))
+    write_bytes_atomic(docs / "qat_results.md", markdown(summary).encode())
     plot(summary, docs / "qat_results.png")
 
 

@@ -193,7 +193,7 @@ def _fit_stage(run: AsrRunDir, model, stage, config: AsrRunConfig, train_ds, val
     """One stage, checkpointed every epoch and resumed like `edgeasr train`'s stages."""
     compile_ctc(model, config, stage.epochs * steps_per_epoch, stage_learning_rate(config.train, stage))
     return fit_checkpointed(run, model, stage, train_ds, val_ds, 1 if progress else 0,
-                     f"{steps_per_epoch} steps each, policy {config.policy.name}")
+                            f"{steps_per_epoch} steps each, policy {config.policy.name}")
 
 
 def with_policy(config: AsrRunConfig, policy, stages: int, epochs: int, init_from, learning_rate: float
