@@ -21,8 +21,10 @@ Writes docs/convert_results.md and docs/convert_results.json.
 import edgeasr  # noqa: F401
 
 import argparse
+import functools
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -256,30 +258,40 @@ def main(argv=None):
         return write_docs(summary, args.docs)
     rows = []
 
-    def find(model, name):
-        """MODEL/NAME_seed0 as qat_results.py writes it (or MODEL/NAME) in the first root that has it."""
-        candidates = [root / model / run for root in args.runs for run in (name + MAIN_RUN, name)]
-        return next((run for run in candidates if (run / "model.keras").is_file()), None)
+    @functools.cache
+    def find(model, *names):
+        """MODEL/NAME_seed0 as qat_results.py writes it (or MODEL/NAME) in the first root that has it, for
+        the first of `names` there is; None, said once on stderr, when there is none."""
+        candidates = [root / model / run for name in names for root in args.runs for run in (name + MAIN_RUN, name)]
+        found = next((run for run in candidates if (run / "model.keras").is_file()), None)
+        if found is None:
+            tried = ", ".join(f"{model}/{name}{suffix}" for name in names for suffix in (MAIN_RUN, ""))
+            print(f"convert_results: no trained run ({tried}) under {', '.join(map(str, args.runs))}; its rows "
+                  f"are left out (train it with scripts/qat_results.py)", file=sys.stderr)
+        return found
 
     for model in args.models:
         for policy in args.policies:
             run = find(model, policy)
             if run is not None:
                 rows.append(one(run, args.out / f"{model}_{policy}_qat.tflite", policy, "QAT"))
-            float_run = find(model, "float") or find(model, "pretrained_float")
-            if not args.no_ptq and float_run is not None:
+            float_run = None if args.no_ptq else find(model, "float", "pretrained_float")
+            if float_run is not None:
                 rows.append(one(float_run, args.out / f"{model}_{policy}_ptq.tflite", policy, "PTQ"))
     options = []
     for model, policy, option, convert_options in OPTIONS:
-        run = find(model, policy)
-        if run is not None and model in args.models and policy in args.policies:
+        run = find(model, policy) if model in args.models and policy in args.policies else None
+        if run is not None:
             out = args.out / f"{model}_{policy}_qat_{option.split()[-1].replace('-', '_')}.tflite"
             options.append(one(run, out, policy, "QAT", option, **convert_options))
+    if not rows:
+        raise SystemExit(f"convert_results: no trained run under {', '.join(map(str, args.runs))}; "
+                         f"{args.docs} left as it is")
     add_latency(rows + options, args.out, args.rounds, args.invokes)
-    analysed = find("ds_cnn_s", "w4a8-tanh")
+    analysed = find("ds_cnn_s", "w4a8-tanh") if "ds_cnn_s" in args.models else None
     summary = {"rows": rows, "options": options, "targets": [{"target": t, "met": m, "detail": d} for t, m, d in targets(rows)],
                "layer_differences": (layer_differences(analysed, args.out / "ds_cnn_s_w4a8-tanh_qat.tflite")
-                                     if analysed is not None and "ds_cnn_s" in args.models else None),
+                                     if analysed is not None else None),
                "machine": f"{platform.machine()}, {platform.processor() or platform.system()}",
                "runs": ", ".join(repo_relative(r) for r in args.runs),
                "rounds": args.rounds, "invokes": args.invokes}
