@@ -269,7 +269,9 @@ def demo(out, model_name, epochs, qat_epochs, speakers, seed):
               help="Your own stream instead of --data (needs --labels).")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Label file of --wav: one 'start_s end_s keyword' line per keyword occurrence.")
-@click.option("--hours", default=1.0, show_default=True, help="Length of the built stream.")
+@click.option("--hours", default=1.0, show_default=True,
+              help="Length of the built stream. FRR at N FA/h rests on the (N x hours + 1)-th best-scoring "
+                   "false accept, so one hour can swing by a few points on a single event; 4 is steadier.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--cache-dir", default=Path("build/stream_cache"), show_default=True,
               type=click.Path(file_okay=False, path_type=Path), help="Where built streams are kept.")

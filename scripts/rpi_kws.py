@@ -297,13 +297,13 @@ def smoothed_posteriors(raw: np.ndarray, runs: int) -> np.ndarray:
 class DetectorConfig:
     """How posteriors become detections.
 
-    smoothing_ms is 400: on the 1 h held-out stream of docs/stream_results.md (models outputting
-    logits), FRR at 1 false accept per hour is lowest there or within 1.9 points of the lowest for all
-    six models (float, 8-bit, 4-bit FFN and DS-CNN-S; windows of 40 to 600 ms; chosen on that same
-    stream, there is no second one to tune on). Shorter windows
-    let single-hop false peaks through; 600 ms dilutes the ~0.5 s keywords (FFN). With an int8
-    softmax output (`convert --scores probabilities`) windows under 200 ms fail outright: its
-    0.996 cap makes confident false peaks equal to keywords (FRR 100% at 1 FA/h).
+    smoothing_ms is 400: on the 4 h held-out stream of docs/stream_results.md (models outputting
+    logits), FRR at 1 false accept per hour is lowest there for all six models (float, 8-bit,
+    4-bit FFN and DS-CNN-S; windows of 40 to 600 ms; chosen on that same stream, there is no second
+    one to tune on). Shorter windows let single-hop false peaks through; 600 ms dilutes the ~0.5 s
+    keywords. With an int8 softmax output (`convert --scores probabilities`) windows of 80 ms and
+    less fail outright: its 0.996 cap makes confident false peaks equal to keywords (FRR 100% at
+    1 FA/h).
     """
 
     hop_ms: float = 20.0             # the model runs once per hop on the last window

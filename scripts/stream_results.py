@@ -1,11 +1,17 @@
 #!/usr/bin/env python3
-"""Issue 6 results: streaming keyword spotting on a one-hour held-out stream.
+"""Issue 6 results: streaming keyword spotting on a four-hour held-out stream.
 
 For the stateless FFN and DS-CNN-S, each as float (reference), 8-bit (w8a8 QAT) and 4-bit
 (w4a8-tanh QAT, INT4 weights): false rejects at 1 false accept per hour, CPU time per second of
 audio (x86, one thread, XNNPACK, measured by running scripts/rpi_kws.py on a minute of the stream
 in blocks of one hop), peak RSS of that process, and a DET plot; and FRR at 1 FA/h against the
 smoothing window, to choose the detector's default.
+
+Why four hours: FRR at 1 FA/h is read at the lowest threshold that lets through at most one false
+accept per hour. On a one-hour stream that threshold sits just above the second-best scoring false
+accept of the whole stream, and a single event above 0.99 moves the figure by several points
+(DS-CNN-S's seed-0 models: 9.6% float vs 16.1% 4-bit, with 2nd-best false accepts of 0.992 and
+0.999); on four hours it rests on the fifth.
 
 The models output int8 logits and the detector applies the softmax (`edgeasr convert --scores
 logits`, the default for KWS models); `--scores probabilities` converts with the int8 Softmax in
@@ -19,7 +25,7 @@ seed it trained; run it first when they are missing. The quantized ones are conv
 (metadata, INT4 packing, parity), the float one with the stock float converter plus the same
 metadata. The stream is built from build/qat_data's test split (held-out voices).
 
-    python scripts/stream_results.py                  # about 25 min here
+    python scripts/stream_results.py                  # about 25 min here (4 h stream)
     python scripts/stream_results.py --hours 0.2 --models ffn_stateless --docs /tmp/docs   # quick
     python scripts/stream_results.py --markdown-only   # re-render the table from docs/stream_results.json
     python scripts/stream_results.py --seed-spread --compare-scores   # what docs/ shows: + seeds, + int8 softmax
@@ -97,7 +103,8 @@ def parse_args(argv):
     parser.add_argument("--work", type=Path, default=REPO / "build" / "stream_runs")
     parser.add_argument("--docs", type=Path, default=REPO / "docs")
     parser.add_argument("--models", nargs="+", default=list(MODELS))
-    parser.add_argument("--hours", type=float, default=1.0)
+    parser.add_argument("--hours", type=float, default=4.0,
+                        help="stream length; FRR at N FA/h rests on the (N x hours + 1)-th best false accept")
     parser.add_argument("--smoothing-ms", type=float, default=DetectorConfig.smoothing_ms)
     parser.add_argument("--scores", choices=("logits", "probabilities"), default="logits",
                         help="what the converted models output (edgeasr convert --scores)")
@@ -257,8 +264,8 @@ def markdown(summary: dict) -> str:
     lines = [
         "# Streaming keyword spotting on a held-out stream (issue 6)", "",
         "Produced by `" + " ".join(["python scripts/stream_results.py"] + [summary.get("options") or ""]).strip() + "`"
-        f" ({summary['minutes']} min on this machine, reusing the converted models and raw posteriors cached in "
-        "build/stream_runs; about 40 min from nothing). "
+        f" ({summary['minutes']} min on this machine; the converted models and "
+        "each model's raw posteriors are cached in build/stream_runs, and a rerun reuses them). "
         f"Stream: {protocol['hours']:g} h built by `edgeasr eval-stream`'s builder from the test split of "
         f"{Path(protocol['data']).name} (held-out voices: keyword and other-word clips, espeak sentences without "
         f"keywords, noise bursts, silence, a quiet noise bed), seed {protocol['seed']}. Detector: posteriors "
@@ -287,7 +294,8 @@ def markdown(summary: dict) -> str:
                      f"{latency_text} | {r['cpu_per_audio_s']:.2%} | "
                      f"{r['peak_rss_kib'] / 1024:.0f} MiB | {emulation_text(r['aarch64'])} |")
     lines += ["", "Per-keyword thresholds: each keyword gets the lowest threshold with at most 1/10 of 1 FA/h "
-              "(on this 1 h stream: no false accept at all), what `eval-stream --write-thresholds` writes into "
+              f"(on this {protocol['hours']:g} h stream: {per_keyword_allowance(protocol['hours'])}), what "
+              "`eval-stream --write-thresholds` writes into "
               "the model and the device then runs; the FA/h column is what they give on the stream. They are "
               "chosen on the stream they are scored on, for every model alike. Latency: detection time minus "
               "the keyword's end, at those thresholds. The targets below are judged on the single-threshold "
@@ -352,6 +360,11 @@ def seed_mean_lines(rows, spread) -> list:
                      f"{spread_text['float']} ({gap:+.2f} points; target within 1 point: "
                      f"{'met' if gap <= 1.0 else 'MISSED'})")
     return lines
+
+
+def per_keyword_allowance(hours: float) -> str:
+    allowed = int(hours / 10 + 1e-9)
+    return "no false accept at all" if allowed == 0 else f"at most {allowed} false accepts per keyword"
 
 
 def per_keyword_text(operating: dict) -> str:
