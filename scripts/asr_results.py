@@ -3,7 +3,7 @@
 
 Protocol:
   1. corpus: `edgeasr data synth-asr` (--speakers x --utterances, split 80/10/10 by voice+variant);
-  2. float training for --float-epochs (SpecAugment, batch 24, peak LR 2e-3, warm-up + cosine);
+  2. float training for --float-epochs (default 40; SpecAugment, batch 24, peak LR 2e-3, warm-up + cosine);
   3. from the float run, the same fine-tuning budget (2 x --qat-epochs epochs, peak LR
      --qat-learning-rate) for: float (the reference the 4-bit gap is measured against) and
      w4a8-tanh QAT in two stages (tanh 4-bit weights only, then 8-bit inputs and activations too,
@@ -32,8 +32,8 @@ from pathlib import Path
 
 from _repo import REPO
 from edgeasr.data.asr_synth import AsrSynthConfig, synthesize_asr_corpus
-from edgeasr.eval.asr import evaluate_model
-from edgeasr.files import write_json_atomic
+from edgeasr.eval.asr import cer_difference_standard_error, evaluate_model
+from edgeasr.files import write_bytes_atomic, write_json_atomic
 from edgeasr.converters.asr import convert_asr_run
 from edgeasr.train.asr_fit import asr_run_config, train_asr, with_policy
 
@@ -49,7 +49,7 @@ def parse_args(argv=None):
     parser.add_argument("--speakers", type=int, default=300)
     parser.add_argument("--utterances", type=int, default=40)
     parser.add_argument("--size", default="xs")
-    parser.add_argument("--float-epochs", type=int, default=10)
+    parser.add_argument("--float-epochs", type=int, default=40)
     parser.add_argument("--qat-epochs", type=int, default=2)
     parser.add_argument("--qat-learning-rate", type=float, default=5e-4)
     parser.add_argument("--test-utterances", type=int, default=1200)
@@ -129,6 +129,8 @@ def summarise(args, runs, timings, conversions, evaluations, seconds) -> dict:
         "float_cer": {"value": float_cer, "target": f"<= {TARGETS['float_cer_max']:.0%}",
                       "met": float_cer <= TARGETS["float_cer_max"]},
         "w4a8_cer_gap_points": {"value": 100 * (w4["cer"] - float_cer),
+                                "standard_error": 100 * cer_difference_standard_error(
+                                    by_name[("keras", "float-ft")]["character_edits"], w4["character_edits"]),
                                 "target": f"<= {TARGETS['w4_cer_gap_max_points']} points",
                                 "met": 100 * (w4["cer"] - float_cer) <= TARGETS["w4_cer_gap_max_points"]},
         "w4a8_size_ratio": {"value": ratio, "target": f">= {TARGETS['w4_size_ratio_min']}x",
@@ -145,7 +147,8 @@ def summarise(args, runs, timings, conversions, evaluations, seconds) -> dict:
         "training": {name: {**_history_seconds(path), **timings.get(name, {})} for name, path in runs.items()},
         "conversions": {p: {k: c[k] for k in ("bytes", "float_bytes", "parameters", "int4_share", "parity")}
                         for p, c in conversions.items()},
-        "evaluations": [{"model": f"{kind} {policy}", **{k: v for k, v in e.items() if k != "model"}}
+        "evaluations": [{"model": f"{kind} {policy}",
+                         **{k: v for k, v in e.items() if k not in ("model", "character_edits")}}
                         for (kind, policy), e in by_name.items()],
         "targets": targets,
     }
@@ -181,9 +184,12 @@ def write_markdown(results: dict, docs: Path) -> None:
     formats = {"float_cer": "{:.2%}", "w4a8_cer_gap_points": "{:+.2f} points", "w4a8_size_ratio": "{:.2f}x",
                "rtf_single_thread": "{:.4f}"}
     for name, t in results["targets"].items():
-        lines.append(f"| {name} | {formats[name].format(t['value'])} | {t['target']} | "
+        error = f" ± {t['standard_error']:.2f}" if "standard_error" in t else ""
+        lines.append(f"| {name} | {formats[name].format(t['value'])}{error} | {t['target']} | "
                      f"{'met' if t['met'] else 'MISSED'} |")
     cer = {e["model"]: e["cer"] for e in results["evaluations"]}
+    lines += ["", "±: the standard error of the gap, by a paired bootstrap over the test utterances "
+              "(2,000 resamples, both models scored on each resample)."]
     lines += ["", f"The 4-bit gap in CER points: QAT in Keras "
               f"{100 * (cer['keras w4a8-tanh'] - cer['keras float-ft']):+.2f}, conversion to LiteRT "
               f"{100 * (cer['litert w4a8-tanh'] - cer['keras w4a8-tanh']):+.2f} (w8a8: "
@@ -198,7 +204,7 @@ def write_markdown(results: dict, docs: Path) -> None:
     w4 = next(e for e in results["evaluations"] if e["model"] == "litert w4a8-tanh")
     for example in w4.get("examples", []):
         lines.append(f"- ref: `{example['reference']}`  \n  hyp: `{example['hypothesis']}`")
-    (docs / "asr_results.md").write_text("\n".join(lines) + "\n")
+    write_bytes_atomic(docs / "asr_results.md", ("\n".join(lines) + "\n").encode())
 
 
 if __name__ == "__main__":

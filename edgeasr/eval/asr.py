@@ -1,6 +1,8 @@
 """Speech-recognition evaluation: WER and CER (jiwer), real-time factor, model size.
 
     error_rates(references, hypotheses)       corpus WER / CER over normalised text
+    character_edits(references, hypotheses)   per-utterance character edits, for paired comparisons
+    cer_difference_standard_error(a, b)       bootstrap standard error of the CER gap of two models
     keras_transcripts(model, split, ...)      greedy CTC transcripts of a Keras model (batched)
     litert_transcripts(path, split, ...)      transcripts + real-time factor of a .tflite (one thread)
 
@@ -31,6 +33,29 @@ def error_rates(references: Sequence[str], hypotheses: Sequence[str]) -> dict:
         "cer": float(jiwer.cer(references, hypotheses)),
         "sentence_accuracy": float(np.mean([r == h for r, h in zip(references, hypotheses)])),
     }
+
+
+def character_edits(references: Sequence[str], hypotheses: Sequence[str]) -> np.ndarray:
+    """(utterances, 2) ints: each pair's character edits (substitutions + deletions + insertions) and
+    reference characters. Their column sums give the corpus CER of `error_rates`."""
+    counts = []
+    for reference, hypothesis in zip(references, hypotheses):
+        measured = jiwer.process_characters(reference, hypothesis)
+        counts.append((measured.substitutions + measured.deletions + measured.insertions,
+                       measured.substitutions + measured.deletions + measured.hits))
+    return np.asarray(counts, dtype=np.int64).reshape(-1, 2)
+
+
+def cer_difference_standard_error(edits_a, edits_b, resamples: int = 2000, seed: int = 0) -> float:
+    """Standard error of CER(b) - CER(a) on the same utterances, by a paired bootstrap: each resample
+    draws utterances with replacement and scores both models on the same draw, so what the two
+    models share (hard utterances) cancels out of the gap's error."""
+    a, b = np.asarray(edits_a), np.asarray(edits_b)
+    if a.shape != b.shape or a.ndim != 2 or a.shape[1] != 2 or not len(a):
+        raise ValueError(f"need two (utterances, 2) arrays of the same utterances, got {a.shape} and {b.shape}")
+    draws = np.random.default_rng(seed).integers(0, len(a), size=(resamples, len(a)))
+    gaps = b[draws, 0].sum(1) / b[draws, 1].sum(1) - a[draws, 0].sum(1) / a[draws, 1].sum(1)
+    return float(np.std(gaps, ddof=1))
 
 
 def keras_transcripts(model, split: AsrSplit, frontend: FrontendConfig, tokenizer: Tokenizer,
@@ -96,6 +121,7 @@ def evaluate_model(model, manifest, limit: Optional[int] = None, beam_width: int
         report = {"model": str(model), "kind": "litert", **error_rates(split.texts, hypotheses), **measured,
                   "bytes": file_size(model)}
     report["examples"] = [{"reference": r, "hypothesis": h} for r, h in list(zip(split.texts, hypotheses))[:5]]
+    report["character_edits"] = character_edits(split.texts, hypotheses).tolist()   # [edits, characters] each
     return report
 
 
