@@ -13,7 +13,8 @@ from edgeasr.errors import EdgeasrError
 def atomic_output(path: os.PathLike, force: bool = True):
     """Yields a temporary path next to `path`; renames it onto `path` if the block succeeds.
 
-    With force=False an existing `path` is an error rather than being replaced.
+    With force=False an existing `path` is an error rather than being replaced. The file gets the
+    permissions a plain open() would give it (0666 less the umask), not mkstemp's private 0600.
     """
     path = Path(path)
     if path.exists() and not force:
@@ -23,9 +24,16 @@ def atomic_output(path: os.PathLike, force: bool = True):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)        # the only way to read it is to set it
+    os.umask(mask)
+    return mask
 
 
 def write_bytes_atomic(path: os.PathLike, data: bytes, force: bool = True) -> Path:
