@@ -167,7 +167,7 @@ def test_runtime_without_tensorflow(model_path):
 # ---- long-stream evaluation ---------------------------------------------------------------
 
 def test_count_errors_and_evaluate():
-    from edgeasr.eval.stream import count_errors, evaluate
+    from edgeasr.eval.stream import count_errors, evaluate, false_accepts_by_kind
 
     times = np.round(np.arange(0, 100, 0.02), 2)
     scores = np.zeros((len(times), 3), np.float32)
@@ -185,6 +185,16 @@ def test_count_errors_and_evaluate():
     assert report["thresholds"]["yes"] == pytest.approx(0.05)
     assert report["at_thresholds"]["false_accepts"] == 1 and report["at_thresholds"]["misses"] == 1
     assert report["at_thresholds"]["latency_s"]["median"] == pytest.approx(-0.2)
+    pieces = [(0.0, 60.0, "keyword"), (69.5, 71.0, "sentence"), (80.0, 100.0, "noise")]
+    assert false_accepts_by_kind(times, scores, LABELS, occurrences, pieces, 0.8, 1.0) == {"sentence": 1}
+    assert false_accepts_by_kind(times, scores, LABELS, occurrences, pieces, 0.5, 1.0) == {"sentence": 1}
+    assert false_accepts_by_kind(times, scores, LABELS, occurrences, pieces, 0.96, 1.0) == {}
+    unknown_too = scores.copy()
+    unknown_too[(times >= 85.0) & (times < 85.2), 1] = 0.97             # "_unknown_" never counts
+    assert false_accepts_by_kind(times, unknown_too, LABELS, occurrences, pieces, 0.8, 1.0) == {"sentence": 1}
+    unknown_too[(times >= 85.0) & (times < 85.2), 2] = 0.97             # "yes" during the noise does
+    assert false_accepts_by_kind(times, unknown_too, LABELS, occurrences, pieces, 0.8, 1.0) == {"noise": 1,
+                                                                                               "sentence": 1}
     strict = evaluate(times, scores, LABELS, occurrences, hours=0.5, config=DetectorConfig(), target_fa_per_hour=1.0)
     assert strict["thresholds"]["yes"] > 0.9 and strict["at_thresholds"]["misses"] == 4
     assert strict["at_thresholds"]["false_accepts"] == 0
@@ -206,7 +216,7 @@ def test_labels_file(tmp_path):
 def test_built_stream_and_cli(tiny_dataset, tmp_path, model_path):
     from edgeasr.audio.io import load_audio
     from edgeasr.cli import main
-    from edgeasr.eval.stream import build_test_stream, read_labels
+    from edgeasr.eval.stream import build_test_stream, pieces_path, read_labels
     from edgeasr.runtime.metadata import read_metadata
 
     wav, labels = build_test_stream(tiny_dataset, ["yes", "no", "stop"], tmp_path / "cache", hours=0.02,
@@ -215,6 +225,10 @@ def test_built_stream_and_cli(tiny_dataset, tmp_path, model_path):
                               progress=False)
     assert wav.read_bytes() == again[0].read_bytes() and labels.read_text() == again[1].read_text()
     audio, occurrences = load_audio(wav, RATE), read_labels(labels)
+    pieces = read_labels(pieces_path(labels))
+    assert [(s, e) for s, e, k in pieces if k == "keyword"] == [(s, e) for s, e, _ in occurrences]
+    assert {k for _, _, k in pieces} <= {"keyword", "other", "sentence", "noise", "silence"}
+    assert all(a[1] <= b[0] for a, b in zip(pieces, pieces[1:]))        # in order, never overlapping
     assert len(audio) == int(0.02 * 3600 * RATE) and len(occurrences) >= 8
     assert {k for _, _, k in occurrences} <= {"yes", "no", "stop"}
     for start, end, _ in occurrences:                      # labelled spans hold the loud speech
@@ -227,6 +241,10 @@ def test_built_stream_and_cli(tiny_dataset, tmp_path, model_path):
     assert result.exit_code == 0, result.output
     assert "FRR at <= 1.0 FA/h" in result.output and (tmp_path / "out" / "energy.det.png").stat().st_size > 5000
     report = json.loads((tmp_path / "out" / "energy.stream.json").read_text())
+    for point, counts in report["false_accepts_by_kind"].items():          # every false accept has a kind
+        entry = report["frr_at_fa_per_hour"][point]
+        assert sum(counts.values()) == round(entry["fa_per_hour"] * report["hours"])
+    assert "by what the stream played" in result.output
     detector = read_metadata(model)["detector"]
     assert detector["thresholds"] == report["thresholds"] and detector["hop_ms"] == 20.0
     assert read_metadata(model)["labels"] == LABELS                       # the rest is kept

@@ -12,6 +12,10 @@ The model runs over the stream once (edgeasr.runtime.streaming.PosteriorStream, 
 device runs); thresholds are then swept offline with the same trigger function. A detection of
 keyword k at time t hits an occurrence of k when start <= t <= end + max_latency_s, each
 occurrence at most once; every other detection is a false accept.
+
+A built stream also has a pieces file (`pieces_path`: every piece with its kind: keyword, other
+word, sentence, noise, silence); when one sits beside the label file, the report counts the false
+accepts at each FA/h point's threshold by the kind of piece that was playing.
 """
 import hashlib
 import json
@@ -75,16 +79,26 @@ def read_labels(path) -> list:
     return sorted(labels)
 
 
-def write_labels(path, labels) -> None:
-    text = "# start_s  end_s  keyword\n" + "".join(f"{s:.3f} {e:.3f} {k}\n" for s, e, k in labels)
+def write_labels(path, labels, column: str = "keyword") -> None:
+    text = f"# start_s  end_s  {column}\n" + "".join(f"{s:.3f} {e:.3f} {k}\n" for s, e, k in labels)
     write_bytes_atomic(path, text.encode())
+
+
+def pieces_path(label_path) -> Path:
+    """Where the stream's pieces file sits: NAME.pieces.txt beside NAME.labels.txt. Same format as a
+    label file, one line per piece of the stream, with its kind (keyword, other, sentence, noise,
+    silence) in place of the keyword; build_test_stream writes it, and a user may too."""
+    label_path = Path(label_path)
+    stem = label_path.name[:-len(".labels.txt")] if label_path.name.endswith(".labels.txt") else label_path.stem
+    return label_path.with_name(f"{stem}.pieces.txt")
 
 
 # ---- building a test stream ---------------------------------------------------------------
 
 def build_test_stream(dataset, keywords, out_dir, hours: float = 1.0, seed: int = 0,
                       sample_rate: int = 16000, progress: bool = True):
-    """A WAV of `hours` with the test split's keyword clips at known times -> (wav path, label path).
+    """A WAV of `hours` with the test split's keyword clips at known times -> (wav path, label path);
+    the pieces file (`pieces_path`) is written beside the labels.
 
     Made of: keyword and unknown-word clips of the dataset's test split (held-out voices), espeak
     sentences without keywords spoken by the same held-out voices, coloured noise bursts and
@@ -99,11 +113,12 @@ def build_test_stream(dataset, keywords, out_dir, hours: float = 1.0, seed: int 
     key = hashlib.sha256(json.dumps([STREAM_FORMAT, synth, sorted(keywords), hours, seed, sample_rate],
                                     sort_keys=True).encode()).hexdigest()[:12]
     wav, label_path = Path(out_dir) / f"stream_{key}.wav", Path(out_dir) / f"stream_{key}.labels.txt"
-    if wav.is_file() and label_path.is_file():
+    if wav.is_file() and label_path.is_file() and pieces_path(label_path).is_file():
         return wav, label_path
-    audio, labels = _compose(dataset, synth, tuple(keywords), hours, seed, sample_rate, progress)
+    audio, labels, pieces = _compose(dataset, synth, tuple(keywords), hours, seed, sample_rate, progress)
     write_wav(wav, audio, sample_rate)
     write_labels(label_path, labels)
+    write_labels(pieces_path(label_path), pieces, column="kind")
     return wav, label_path
 
 
@@ -116,7 +131,7 @@ def _compose(dataset: Path, synth: dict, keywords, hours, seed, sample_rate, pro
     noises = _noises(dataset, sample_rate)
     total = int(round(hours * 3600 * sample_rate))
     audio = np.zeros(total, dtype=np.float32)
-    labels, position = [], int(rng.uniform(0.5, 2.0) * sample_rate)
+    labels, pieces, position = [], [], int(rng.uniform(0.5, 2.0) * sample_rate)
     keyword_order = iter(np.concatenate([rng.permutation(len(keyword_clips)) for _ in range(100)]))
     with tqdm(total=total // sample_rate, desc="building test stream", unit="s", disable=not progress) as bar:
         while position < total:
@@ -137,14 +152,17 @@ def _compose(dataset: Path, synth: dict, keywords, hours, seed, sample_rate, pro
                 piece = np.zeros(int(rng.uniform(1.0, 3.0) * sample_rate), np.float32)
             piece = piece[: total - position]
             audio[position:position + len(piece)] += piece
+            span = (position / sample_rate, (position + len(piece)) / sample_rate)
+            if len(piece):
+                pieces.append((*span, str(kind)))
             if kind == "keyword" and len(piece):
-                labels.append((position / sample_rate, (position + len(piece)) / sample_rate, word))
+                labels.append((*span, word))
             step = len(piece) + int(rng.uniform(0.3, 1.5) * sample_rate)
             bar.update(min(total, position + step) // sample_rate - position // sample_rate)
             position += step
     bed = np.concatenate([noises[rng.integers(len(noises))] for _ in range(total // len(noises[0]) + 1)])
     audio += bed[:total] * 0.01
-    return np.clip(audio, -1.0, 1.0), labels
+    return np.clip(audio, -1.0, 1.0), labels, pieces
 
 
 def _test_clips(dataset: Path, keywords):
@@ -225,19 +243,44 @@ def stream_posteriors(model_path, audio: np.ndarray, config: DetectorConfig, met
 
 # ---- scoring detections -------------------------------------------------------------------
 
+def _hits(fired: np.ndarray, occurrences: np.ndarray, max_latency_s: float):
+    """(positions in `fired` that hit an occurrence, the occurrences they hit), each occurrence once."""
+    if not len(occurrences):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    starts, ends = occurrences[:, 0], occurrences[:, 1]
+    index = np.searchsorted(starts, fired, side="right") - 1
+    inside = (index >= 0) & (fired <= ends[np.maximum(index, 0)] + max_latency_s)
+    _, first = np.unique(index[inside], return_index=True)
+    positions = np.flatnonzero(inside)[first]
+    return positions, index[positions]
+
+
 def count_errors(times, scores, column: int, occurrences, threshold: float, refractory_s: float,
                  max_latency_s: float = MAX_LATENCY_S):
     """(hit latencies, false accepts, detections) of one keyword at one threshold."""
     fired = times[fire_indices(times, scores[:, column], threshold, refractory_s)]
-    if not len(occurrences):
-        return np.zeros(0), len(fired), len(fired)
-    starts, ends = occurrences[:, 0], occurrences[:, 1]
-    index = np.searchsorted(starts, fired, side="right") - 1
-    inside = (index >= 0) & (fired <= ends[np.maximum(index, 0)] + max_latency_s)
-    _, first = np.unique(index[inside], return_index=True)          # each occurrence hit once
-    hit_positions = np.flatnonzero(inside)[first]
-    latencies = fired[hit_positions] - ends[index[hit_positions]]
-    return latencies, len(fired) - len(hit_positions), len(fired)
+    positions, hit = _hits(fired, occurrences, max_latency_s)
+    latencies = fired[positions] - occurrences[hit, 1] if len(positions) else np.zeros(0)
+    return latencies, len(fired) - len(positions), len(fired)
+
+
+def false_accepts_by_kind(times, scores, labels_list, occurrences, pieces, threshold: float, refractory_s: float,
+                          max_latency_s: float = MAX_LATENCY_S) -> dict:
+    """{piece kind: false accepts} at one common threshold: what the stream was playing when each false
+    accept fired (the last piece that started before it; `pieces` as build_test_stream writes them)."""
+    starts = np.array([start for start, _, _ in pieces])
+    kinds = [kind for _, _, kind in pieces]
+    counts = {}
+    for column, name in enumerate(labels_list):
+        if name.startswith("_"):
+            continue
+        mine = np.array([(s, e) for s, e, k in occurrences if k == name]).reshape(-1, 2)
+        fired = times[fire_indices(times, scores[:, column], threshold, refractory_s)]
+        for moment in np.delete(fired, _hits(fired, mine, max_latency_s)[0]):
+            piece = int(np.searchsorted(starts, moment, side="right")) - 1
+            kind = kinds[piece] if piece >= 0 else "lead-in"
+            counts[kind] = counts.get(kind, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def evaluate(times, scores, labels_list, occurrences, hours: float, config: DetectorConfig,
@@ -336,6 +379,12 @@ def evaluate_stream(model_path, wav, label_path, config: DetectorConfig, out_dir
     hours = len(audio) / frontend.sample_rate / 3600
     report = {"model": str(model_path), "stream": str(wav), "labels": str(label_path),
               **evaluate(times, scores, labels_list, occurrences, hours, config, target_fa_per_hour)}
+    if pieces_path(label_path).is_file():
+        pieces = read_labels(pieces_path(label_path))
+        report["false_accepts_by_kind"] = {
+            point: false_accepts_by_kind(times, scores, labels_list, occurrences, pieces, entry["threshold"],
+                                         config.refractory_ms / 1000.0)
+            for point, entry in report["frr_at_fa_per_hour"].items() if entry["threshold"] is not None}
     out_dir = Path(out_dir)
     stem = Path(model_path).stem
     report["det_png"] = str(out_dir / f"{stem}.det.png")
@@ -368,6 +417,9 @@ def format_report(report: dict) -> str:
                  f"{at['fa_per_hour']:.2f} FA/h, latency after keyword end median "
                  f"{_seconds(latency['median'])}, p90 {_seconds(latency['p90'])}")
     lines.append("  thresholds: " + ", ".join(f"{k}={v:.3f}" for k, v in report["thresholds"].items()))
+    for point, counts in report.get("false_accepts_by_kind", {}).items():
+        lines.append(f"  false accepts at the {point} FA/h threshold, by what the stream played: "
+                     + (", ".join(f"{kind} {count}" for kind, count in counts.items()) or "none"))
     lines.append(f"  DET curve: {report['det_png']}")
     return "\n".join(lines)
 
