@@ -255,11 +255,22 @@ def _hits(fired: np.ndarray, occurrences: np.ndarray, max_latency_s: float):
     return positions, index[positions]
 
 
+def _detections(times, scores, column: int, occurrences, threshold: float, refractory_s: float,
+                max_latency_s: float):
+    """(firing times of one keyword at one threshold, positions that hit, the occurrences they hit)."""
+    fired = times[fire_indices(times, scores[:, column], threshold, refractory_s)]
+    return (fired, *_hits(fired, occurrences, max_latency_s))
+
+
+def _occurrences_of(name: str, occurrences) -> np.ndarray:
+    """(n, 2) start and end times of one keyword's occurrences."""
+    return np.array([(s, e) for s, e, k in occurrences if k == name]).reshape(-1, 2)
+
+
 def count_errors(times, scores, column: int, occurrences, threshold: float, refractory_s: float,
                  max_latency_s: float = MAX_LATENCY_S):
     """(hit latencies, false accepts, detections) of one keyword at one threshold."""
-    fired = times[fire_indices(times, scores[:, column], threshold, refractory_s)]
-    positions, hit = _hits(fired, occurrences, max_latency_s)
+    fired, positions, hit = _detections(times, scores, column, occurrences, threshold, refractory_s, max_latency_s)
     latencies = fired[positions] - occurrences[hit, 1] if len(positions) else np.zeros(0)
     return latencies, len(fired) - len(positions), len(fired)
 
@@ -274,9 +285,9 @@ def false_accepts_by_kind(times, scores, labels_list, occurrences, pieces, thres
     for column, name in enumerate(labels_list):
         if name.startswith("_"):
             continue
-        mine = np.array([(s, e) for s, e, k in occurrences if k == name]).reshape(-1, 2)
-        fired = times[fire_indices(times, scores[:, column], threshold, refractory_s)]
-        for moment in np.delete(fired, _hits(fired, mine, max_latency_s)[0]):
+        fired, positions, _ = _detections(times, scores, column, _occurrences_of(name, occurrences), threshold,
+                                          refractory_s, max_latency_s)
+        for moment in np.delete(fired, positions):
             piece = int(np.searchsorted(starts, moment, side="right")) - 1
             kind = kinds[piece] if piece >= 0 else "lead-in"
             counts[kind] = counts.get(kind, 0) + 1
@@ -288,8 +299,7 @@ def evaluate(times, scores, labels_list, occurrences, hours: float, config: Dete
     """DET curve (one threshold for all keywords), FRR at fixed FA/h, per-keyword thresholds for a target."""
     refractory = config.refractory_ms / 1000.0
     keywords = [(i, name) for i, name in enumerate(labels_list) if not name.startswith("_")]
-    by_keyword = {name: np.array([(s, e) for s, e, k in occurrences if k == name]).reshape(-1, 2)
-                  for _, name in keywords}
+    by_keyword = {name: _occurrences_of(name, occurrences) for _, name in keywords}
     total = sum(len(v) for v in by_keyword.values())
     if total == 0:
         raise StreamError("the label file has no occurrence of the model's keywords "
