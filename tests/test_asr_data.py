@@ -154,3 +154,12 @@ def test_spec_augment_zeroes_bands_and_spans():
     whole_bands = zero.all(axis=1).sum(axis=1)     # per example: zeroed mel bins
     whole_spans = zero.all(axis=2).sum(axis=1)     # per example: zeroed frames
     assert (whole_bands <= 6).all() and (whole_spans <= 20).all()
+
+
+def test_evenly_spaced_spreads_over_the_manifest():
+    from edgeasr.data.asr_pipeline import evenly_spaced
+
+    items = list(range(100))
+    assert evenly_spaced(items, 5) == [0, 25, 50, 74, 99]
+    assert evenly_spaced(items, None) == items and evenly_spaced(items, 500) == items
+    assert evenly_spaced(items, 0) == []

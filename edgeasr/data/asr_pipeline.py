@@ -41,10 +41,22 @@ class AsrSplit:
         return len(self.waves)
 
 
-def load_asr_split(manifest, tokenizer: Optional[Tokenizer], frontend: FrontendConfig, limit: Optional[int] = None
-                   ) -> AsrSplit:
-    """Audio (int16, at the frontend's rate), normalised text and label ids (none without a tokenizer)."""
-    utterances = read_manifest(manifest)[:limit]
+def evenly_spaced(items: list, count: Optional[int]) -> list:
+    """`count` items spread evenly over `items`, first and last included (all of them for None).
+
+    Manifests list a speaker's utterances together, so their first N would be a few voices."""
+    if count is None or count >= len(items):
+        return list(items)
+    return [items[i] for i in np.linspace(0, len(items) - 1, max(count, 0)).round().astype(int)]
+
+
+def load_asr_split(manifest, tokenizer: Optional[Tokenizer], frontend: FrontendConfig, limit: Optional[int] = None,
+                   spread: bool = False) -> AsrSplit:
+    """Audio (int16, at the frontend's rate), normalised text and label ids (none without a tokenizer).
+
+    limit: the first `limit` utterances, or with `spread` that many spread evenly over the manifest."""
+    utterances = read_manifest(manifest)
+    utterances = evenly_spaced(utterances, limit) if spread else utterances[:limit]
     waves, texts, labels = [], [], []
     for utterance in utterances:
         text = normalize_text(utterance.text)
