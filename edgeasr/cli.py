@@ -53,21 +53,25 @@ def data():
 @click.option("--speakers", default=120, show_default=True, help="Voice+variant pairs, split 80/10/10, disjoint.")
 @click.option("--repeats", default=2, show_default=True, help="Takes of each keyword per speaker.")
 @click.option("--words", default=None, help="Comma-separated keywords (default: the 10 Speech Commands words).")
+@click.option("--sentence-windows", default=0, show_default=True,
+              help="Per speaker: 1 s windows of keyword-free sentences, labelled unknown (connected-speech negatives).")
 @click.option("--seed", default=0, show_default=True, help="Same seed, same bytes.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @user_errors
-def synth_kws(out, speakers, repeats, words, seed, overwrite):
+def synth_kws(out, speakers, repeats, words, sentence_windows, seed, overwrite):
     """Synthesise a keyword dataset in the Speech Commands v2 layout with espeak-ng.
 
     \b
     Example:
       edgeasr data synth-kws data/kws --speakers 60 --seed 1
       edgeasr data synth-kws data/kws_small --words yes,no,stop --speakers 12 --repeats 1
+      edgeasr data synth-kws data/kws_speech --sentence-windows 15
     """
     from edgeasr.data.synth import SynthConfig, synthesize_kws_dataset
 
     chosen_words = {"words": _split_words(words)} if words else {}
-    config = SynthConfig(speakers=speakers, repeats=repeats, seed=seed, **chosen_words)
+    config = SynthConfig(speakers=speakers, repeats=repeats, seed=seed, sentence_windows=sentence_windows,
+                         **chosen_words)
     summary = synthesize_kws_dataset(out, config, overwrite=overwrite)
     click.echo(json.dumps(summary, indent=2))
 

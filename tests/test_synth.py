@@ -151,3 +151,27 @@ def test_overwrite_replaces_the_folder_whole(tmp_path):
     assert not (target / "keep.txt").exists()
     assert len(list((target / "no").glob("*.wav"))) == 3
     assert [p.name for p in tmp_path.iterdir()] == ["taken"]
+
+
+def test_sentence_windows_are_full_second_unknown_speech_without_keywords(tmp_path):
+    from edgeasr.data.speech_commands import UNKNOWN as UNKNOWN_LABEL, DataConfig, index_files
+    from edgeasr.data.synth import SENTENCES_FOLDER, keyword_free_sentence
+
+    config = SynthConfig(words=WORDS, unknown_words=UNKNOWN, speakers=3, repeats=1, noise_seconds=1.0,
+                         sentence_windows=2)
+    summary = synthesize_kws_dataset(tmp_path / "data", config, progress=False)
+    windows = sorted((tmp_path / "data" / SENTENCES_FOLDER).glob("*.wav"))
+    assert len(windows) == 6 and summary["clips"] == {"training": 5, "validation": 5, "testing": 5}
+    for path in windows:
+        audio = soundfile.read(str(path))[0]
+        assert len(audio) == 16000
+        assert np.mean(np.abs(audio) > 0.01) > 0.25, path.name   # speech over much of the second, not one word
+    labels = DataConfig(keywords=WORDS, unknown_percentage=100.0).labels
+    indexed = index_files(tmp_path / "data", DataConfig(keywords=WORDS, unknown_percentage=100.0))
+    sentence_labels = {label for split in indexed.values() for path, label in split if path.startswith(SENTENCES_FOLDER)}
+    assert sentence_labels == {labels.index(UNKNOWN_LABEL)}
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        assert not set(keyword_free_sentence(rng, ("on", "the", "up")).split()) & {"on", "the", "up"}
+    with pytest.raises(EdgeasrError, match="sentence_windows"):
+        synthesize_kws_dataset(tmp_path / "bad", SynthConfig(sentence_windows=-1), progress=False)

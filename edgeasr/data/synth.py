@@ -2,6 +2,7 @@
 
     out_dir/
       yes/<speakerhash>_nohash_<k>.wav ...     one folder per keyword and per unknown word
+      sentences/<speakerhash>_nohash_<k>.wav   with sentence_windows > 0: 1 s of connected speech
       _background_noise_/{white,pink,brown}_noise.wav, babble.wav
       validation_list.txt, testing_list.txt    relative paths; training is everything else
       synth_config.json                        the config and the speakers of each split
@@ -11,6 +12,11 @@ not clips, are split, and each variant belongs to one split only, so no timbre h
 training is heard in validation or testing. Every random choice comes from a generator seeded
 by (seed, speaker, word, take), and espeak is reset before each speaker (see espeak.py), so the
 same config writes byte-identical files.
+
+Connected speech (`sentence_windows`): an always-on detector hears whole sentences, which clips of
+single words never show a model; on a long stream they drew most of DS-CNN-S's false accepts
+(docs/stream_results.md). Each window is one second cut at random from a generated sentence
+without keywords (edgeasr.data.asr_synth's grammar); the folder is one more unknown "word".
 """
 import dataclasses
 import hashlib
@@ -58,6 +64,8 @@ NOISE_PEAK = 0.5
 # 'en-shaw' is for the Shavian alphabet; on Latin text it gives exactly the samples of 'en'.
 DUPLICATE_VOICES = ("en-shaw",)
 BABBLE_LAYERS = 6
+SENTENCES_FOLDER = "sentences"
+SENTENCE_MAX_SECONDS = 6.0
 
 
 @dataclasses.dataclass
@@ -72,6 +80,7 @@ class SynthConfig:
     sample_rate: int = 16000
     clip_seconds: float = 1.0
     noise_seconds: float = 60.0
+    sentence_windows: int = 0  # per speaker: 1 s windows of keyword-free sentences, as `_unknown_`
 
     @property
     def clip_samples(self) -> int:
@@ -127,6 +136,10 @@ def _check_config(config: SynthConfig) -> None:
     for word in words:
         if not re.fullmatch(r"[a-z][a-z0-9']*", word):
             raise EdgeasrError(f"SynthConfig: word {word!r} must be lower-case letters (a folder name)")
+    if SENTENCES_FOLDER in words:
+        raise EdgeasrError(f"SynthConfig: {SENTENCES_FOLDER!r} names the connected-speech folder; not a word")
+    if config.sentence_windows < 0:
+        raise EdgeasrError(f"SynthConfig.sentence_windows={config.sentence_windows}: need 0 or more")
     if len(set(words)) != len(words):
         raise EdgeasrError(f"SynthConfig: a word is repeated or is both keyword and unknown: {words}")
     if config.speakers < 3:
@@ -256,13 +269,33 @@ def _place_in_clip(speech: np.ndarray, clip_samples: int, rng: np.random.Generat
 
 
 def _takes(config: SynthConfig) -> List[Tuple[str, int]]:
-    return [(w, k) for w in config.words for k in range(config.repeats)] + [(w, 0) for w in config.unknown_words]
+    """(word, take) of one speaker, connected speech last."""
+    return ([(w, k) for w in config.words for k in range(config.repeats)] + [(w, 0) for w in config.unknown_words]
+            + [(SENTENCES_FOLDER, k) for k in range(config.sentence_windows)])
+
+
+def keyword_free_sentence(rng: np.random.Generator, keywords: Sequence[str]) -> str:
+    """A generated sentence with no keyword among its words."""
+    from edgeasr.data.asr_synth import sentence   # asr_synth builds on this module
+
+    while True:
+        text = sentence(rng)
+        if not set(text.split()) & set(keywords):
+            return text
+
+
+def _window_of(espeak: Espeak, speaker: Speaker, rng: np.random.Generator, config: SynthConfig) -> np.ndarray:
+    """One clip-long stretch at a random place in a spoken sentence."""
+    text = keyword_free_sentence(rng, config.words)
+    speech = _say(espeak, text, speaker, rng, config.sample_rate, int(SENTENCE_MAX_SECONDS * config.sample_rate))
+    start = int(rng.integers(0, max(1, len(speech) - config.clip_samples + 1)))
+    return speech[start:start + config.clip_samples]
 
 
 def _write_clips(root: Path, espeak: Espeak, splits: Dict[str, List[Speaker]], config: SynthConfig,
                  progress: bool) -> Dict[str, List[str]]:
     """Every take of every speaker; returns the relative clip paths of each split."""
-    for word in tuple(config.words) + tuple(config.unknown_words):
+    for word in dict.fromkeys(word for word, _ in _takes(config)):
         (root / word).mkdir()
     total = sum(len(_takes(config)) * len(speakers) for speakers in splits.values())
     clips = {split: [] for split in SPLITS}
@@ -272,7 +305,8 @@ def _write_clips(root: Path, espeak: Espeak, splits: Dict[str, List[Speaker]], c
                 espeak.reset(seed=int(_rng(config.seed, speaker.name).integers(2**31)))
                 for word, take in _takes(config):
                     rng = _rng(config.seed, speaker.name, word, take)
-                    speech = _say(espeak, word, speaker, rng, config.sample_rate, config.clip_samples)
+                    speech = (_window_of(espeak, speaker, rng, config) if word == SENTENCES_FOLDER
+                              else _say(espeak, word, speaker, rng, config.sample_rate, config.clip_samples))
                     relative = f"{word}/{speaker.hash}_nohash_{take}.wav"
                     write_wav(root / relative, _place_in_clip(speech, config.clip_samples, rng),
                                config.sample_rate)
