@@ -252,6 +252,26 @@ def test_built_stream_and_cli(tiny_dataset, tmp_path, model_path):
     assert bad.exit_code == 1 and "--labels" in bad.output
 
 
+def test_stream_leaves_out_the_connected_speech_windows(tiny_dataset, tmp_path):
+    import shutil
+
+    from edgeasr.data.synth import SENTENCES_FOLDER
+    from edgeasr.eval.stream import build_test_stream
+
+    with_windows = tmp_path / "data"
+    shutil.copytree(tiny_dataset, with_windows)
+    listed = (with_windows / "testing_list.txt").read_text().split()
+    (with_windows / SENTENCES_FOLDER).mkdir()
+    for index, relative in enumerate(listed[:5]):      # loud test clips, listed as connected speech
+        shutil.copy(with_windows / relative, with_windows / SENTENCES_FOLDER / f"00000000_nohash_{index}.wav")
+    windows = [f"{SENTENCES_FOLDER}/00000000_nohash_{index}.wav" for index in range(5)]
+    (with_windows / "testing_list.txt").write_text("".join(f"{p}\n" for p in sorted(listed + windows)))
+    streams = [build_test_stream(root, ["yes", "no", "stop"], tmp_path / name, hours=0.01, seed=2, progress=False)
+               for root, name in ((tiny_dataset, "plain"), (with_windows, "windows"))]
+    assert streams[0][0].read_bytes() == streams[1][0].read_bytes()
+    assert streams[0][1].read_text() == streams[1][1].read_text()
+
+
 def test_eval_stream_needs_synthetic_dataset(tmp_path):
     from edgeasr.eval.stream import StreamError, build_test_stream
 

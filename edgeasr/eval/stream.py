@@ -166,10 +166,16 @@ def _compose(dataset: Path, synth: dict, keywords, hours, seed, sample_rate, pro
 
 
 def _test_clips(dataset: Path, keywords):
+    """(keyword, path) and other-word paths of the test split; the synthesiser's connected-speech
+    windows are left out: the stream has whole sentences of its own (kind `sentence`)."""
+    from edgeasr.data.synth import SENTENCES_FOLDER
+
     listed = (dataset / "testing_list.txt").read_text().split() if (dataset / "testing_list.txt").is_file() else []
     keyword_clips, other_clips = [], []
     for relative in sorted(listed):
         word = relative.split("/", 1)[0]
+        if word == SENTENCES_FOLDER:
+            continue
         (keyword_clips.append((word, dataset / relative)) if word in keywords
          else other_clips.append(dataset / relative))
     return keyword_clips, other_clips
