@@ -80,11 +80,13 @@ def _espeak_waves(frontend: FrontendConfig, count: int):
 
 
 def _manifest_waves(manifest, count: int, frontend: FrontendConfig):
+    """`count` utterances spread over the manifest (its first lines are one voice)."""
     from edgeasr.audio.io import load_audio
+    from edgeasr.data.asr_pipeline import evenly_spaced
 
     root = Path(manifest).parent
     waves = []
-    for line in Path(manifest).read_text().splitlines()[:count]:
+    for line in evenly_spaced(Path(manifest).read_text().splitlines(), count):
         entry = json.loads(line)
         path = Path(entry["audio"])
         waves.append(load_audio(path if path.is_absolute() else root / path, frontend.sample_rate))
