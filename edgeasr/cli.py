@@ -97,10 +97,12 @@ def synth_kws(out, speakers, repeats, words, sentence_windows, seed, overwrite):
               help="Start from the weights of this trained run (QAT fine-tuning of a float model).")
 @click.option("--mracos-weight", default=0.0, show_default=True, help="Pull weights toward the grid (0: off).")
 @click.option("--keywords", default=None, help="Comma-separated keywords (default: the 10 Speech Commands words).")
+@click.option("--unknown-percentage", default=10.0, show_default=True, type=click.FloatRange(0.0),
+              help="Non-keyword clips kept, as a percentage of the keyword clips (per split).")
 @click.option("--seed", default=0, show_default=True)
 @user_errors
 def train(dataset, run_dir, model_name, epochs, batch_size, learning_rate, policy, stages, stage2_lr_scale,
-          init_from, mracos_weight, keywords, seed):
+          init_from, mracos_weight, keywords, unknown_percentage, seed):
     """Train a keyword model on a Speech Commands-layout DATASET, float or quantization-aware.
 
     An interrupted run resumes from its last epoch when the same command is run again.
@@ -112,6 +114,7 @@ def train(dataset, run_dir, model_name, epochs, batch_size, learning_rate, polic
       edgeasr train data/kws --run-dir runs/ffn4 --model ffn_stateless --policy w4a8-tanh --stages 2 \\
           --init-from runs/ffn --learning-rate 1e-3 --stage2-lr-scale 0.1 --epochs-per-stage 10
       edgeasr train data/kws --run-dir runs/ds4ft --policy w4a8-tanh --init-from runs/ds_float --epochs 5
+      edgeasr train data/kws_speech --run-dir runs/ds_speech --unknown-percentage 30   # fewer false accepts
     """
     from edgeasr.data.speech_commands import DataConfig
     from edgeasr.eval.metrics import format_confusion
@@ -120,7 +123,8 @@ def train(dataset, run_dir, model_name, epochs, batch_size, learning_rate, polic
     from edgeasr.train.fit import train as train_run
     from edgeasr.train.run_dir import RunConfig, TrainConfig
 
-    data_config = DataConfig(seed=seed, **({"keywords": _split_words(keywords)} if keywords else {}))
+    data_config = DataConfig(seed=seed, unknown_percentage=unknown_percentage,
+                             **({"keywords": _split_words(keywords)} if keywords else {}))
     training = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
                            stages=stages, stage2_lr_scale=stage2_lr_scale, init_from=str(init_from or ""),
                            mracos_weight=mracos_weight)

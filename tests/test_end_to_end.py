@@ -1,5 +1,6 @@
 """Tiny end to end: synthesise -> train a few seconds -> resume -> int8 LiteRT -> run it."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -7,7 +8,7 @@ from click.testing import CliRunner
 
 from edgeasr.cli import main
 from edgeasr.data.pipeline import features_of
-from edgeasr.data.speech_commands import load_split
+from edgeasr.data.speech_commands import UNKNOWN, index_files, load_split
 from edgeasr.eval.parity import litert_accuracy
 from edgeasr.runtime.litert import LiteRTModel
 from edgeasr.train.run_dir import RunDir
@@ -20,7 +21,8 @@ pytestmark = pytest.mark.slow
 def trained_run(tiny_dataset, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs") / "ds_cnn"
     args = ["train", str(tiny_dataset), "--run-dir", str(run_dir), "--model", "ds_cnn_s",
-            "--keywords", ",".join(TINY_KEYWORDS), "--batch-size", "16", "--learning-rate", "0.002"]
+            "--keywords", ",".join(TINY_KEYWORDS), "--batch-size", "16", "--learning-rate", "0.002",
+            "--unknown-percentage", "30"]
     first = CliRunner().invoke(main, [*args, "--epochs", "2"])
     assert first.exit_code == 0, first.output
     resumed = CliRunner().invoke(main, [*args, "--epochs", "8"])
@@ -37,6 +39,10 @@ def test_run_directory_holds_config_history_checkpoints_and_report(trained_run):
     assert any(p.name.startswith("ckpt-8") for p in (run.checkpoints / "float").iterdir())
     report = json.loads(run.test_report_path.read_text())
     assert np.asarray(report["confusion"]).sum() == report["examples"] > 0
+    assert config.data.unknown_percentage == 30.0
+    unknown = config.data.labels.index(UNKNOWN)
+    expected = sum(label == unknown for _, label in index_files(Path(config.dataset), config.data)["test"])
+    assert np.asarray(report["confusion"])[unknown].sum() == expected > 0
     assert run.confusion_plot_path.stat().st_size > 1000
 
 
