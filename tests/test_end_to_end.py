@@ -17,12 +17,17 @@ from tests.conftest import TINY_KEYWORDS
 pytestmark = pytest.mark.slow
 
 
+def ds_cnn_args(dataset, run_dir) -> list:
+    """The trained_run's command line, less --epochs."""
+    return ["train", str(dataset), "--run-dir", str(run_dir), "--model", "ds_cnn_s",
+            "--keywords", ",".join(TINY_KEYWORDS), "--batch-size", "16", "--learning-rate", "0.002",
+            "--unknown-percentage", "30"]
+
+
 @pytest.fixture(scope="module")
 def trained_run(tiny_dataset, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs") / "ds_cnn"
-    args = ["train", str(tiny_dataset), "--run-dir", str(run_dir), "--model", "ds_cnn_s",
-            "--keywords", ",".join(TINY_KEYWORDS), "--batch-size", "16", "--learning-rate", "0.002",
-            "--unknown-percentage", "30"]
+    args = ds_cnn_args(tiny_dataset, run_dir)
     first = CliRunner().invoke(main, [*args, "--epochs", "2"])
     assert first.exit_code == 0, first.output
     resumed = CliRunner().invoke(main, [*args, "--epochs", "8"])
@@ -49,9 +54,7 @@ def test_run_directory_holds_config_history_checkpoints_and_report(trained_run):
 def test_rerunning_a_finished_run_leaves_its_model_file_alone(trained_run, tiny_dataset):
     model_file = RunDir(trained_run).model_path
     before = (model_file.stat().st_mtime_ns, model_file.read_bytes())
-    args = ["train", str(tiny_dataset), "--run-dir", str(trained_run), "--model", "ds_cnn_s", "--epochs", "8",
-            "--keywords", ",".join(TINY_KEYWORDS), "--batch-size", "16", "--learning-rate", "0.002"]
-    result = CliRunner().invoke(main, args)
+    result = CliRunner().invoke(main, [*ds_cnn_args(tiny_dataset, trained_run), "--epochs", "8"])
     assert result.exit_code == 0, result.output
     assert (model_file.stat().st_mtime_ns, model_file.read_bytes()) == before
     assert len(RunDir(trained_run).read_history()) == 8
