@@ -25,7 +25,7 @@ seed it trained; run it first when they are missing. The quantized ones are conv
 (metadata, INT4 packing, parity), the float one with the stock float converter plus the same
 metadata. The stream is built from build/qat_data's test split (held-out voices).
 
-    python scripts/stream_results.py                  # about 25 min here (4 h stream)
+    python scripts/stream_results.py                  # the 4 h pass: ~1 min per FFN model, ~2 per DS-CNN-S, cached
     python scripts/stream_results.py --hours 0.2 --models ffn_stateless --docs /tmp/docs   # quick
     python scripts/stream_results.py --markdown-only   # re-render the table from docs/stream_results.json
     python scripts/stream_results.py --seed-spread --compare-scores   # what docs/ shows: + seeds, + int8 softmax
