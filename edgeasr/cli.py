@@ -272,7 +272,9 @@ def demo(out, model_name, epochs, qat_epochs, speakers, seed):
 @main.command("eval-stream")
 @click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="Synthetic dataset (edgeasr data synth-kws) whose test split builds the stream.")
+              help="Synthetic dataset (edgeasr data synth-kws) whose --split builds the stream.")
+@click.option("--split", type=click.Choice(["testing", "validation"]), default="testing", show_default=True,
+              help="Voices of the built stream: choose thresholds on validation, report FRR on testing.")
 @click.option("--wav", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Your own stream instead of --data (needs --labels).")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
@@ -292,13 +294,14 @@ def demo(out, model_name, epochs, qat_epochs, speakers, seed):
               help="False accepts per hour the per-keyword thresholds are chosen for.")
 @click.option("--write-thresholds", is_flag=True, help="Write the thresholds and detector settings into MODEL.")
 @user_errors
-def eval_stream(model, data, wav, labels, hours, seed, cache_dir, out, hop_ms, smoothing_ms, refractory_ms,
+def eval_stream(model, data, split, wav, labels, hours, seed, cache_dir, out, hop_ms, smoothing_ms, refractory_ms,
                 target_fa_per_hour, write_thresholds):
     """False rejects at fixed false accepts per hour of MODEL on a long stream, DET curve, latency.
 
     \b
     Examples:
-      edgeasr eval-stream kws.tflite --data data/kws --hours 1 --write-thresholds
+      edgeasr eval-stream kws.tflite --data data/kws --split validation --write-thresholds
+      edgeasr eval-stream kws.tflite --data data/kws --hours 4
       edgeasr eval-stream kws.tflite --wav kitchen.wav --labels kitchen.labels.txt
     """
     from edgeasr.eval import stream
@@ -310,7 +313,7 @@ def eval_stream(model, data, wav, labels, hours, seed, cache_dir, out, hop_ms, s
         raise EdgeasrError("give either --data DATASET or --wav WAV with --labels LABELS")
     if data is not None:
         keywords = [k for k in metadata.get("labels") or [] if not k.startswith("_")]
-        wav, labels = stream.build_test_stream(data, keywords, cache_dir, hours=hours, seed=seed)
+        wav, labels = stream.build_test_stream(data, keywords, cache_dir, hours=hours, seed=seed, split=split)
     config = DetectorConfig.from_metadata(metadata, hop_ms=hop_ms, smoothing_ms=smoothing_ms,
                                           refractory_ms=refractory_ms)
     report = stream.evaluate_stream(model, wav, labels, config, out or model.parent, target_fa_per_hour)

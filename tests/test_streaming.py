@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -270,6 +271,31 @@ def test_stream_leaves_out_the_connected_speech_windows(tiny_dataset, tmp_path):
                for root, name in ((tiny_dataset, "plain"), (with_windows, "windows"))]
     assert streams[0][0].read_bytes() == streams[1][0].read_bytes()
     assert streams[0][1].read_text() == streams[1][1].read_text()
+
+
+def test_validation_stream_plays_only_validation_voices(tiny_dataset, tmp_path, monkeypatch):
+    from edgeasr.eval import stream
+    from edgeasr.files import read_json
+
+    played = {"clips": set(), "voices": set()}
+    real_load, real_sentence = stream.load_audio, stream._sentence
+    monkeypatch.setattr(stream, "load_audio", lambda path, rate: played["clips"].add(Path(path)) or real_load(path, rate))
+    monkeypatch.setattr(stream, "_sentence",
+                        lambda voice, rng, rate: played["voices"].add(voice) or real_sentence(voice, rng, rate))
+    speakers = read_json(tiny_dataset / "synth_config.json")["speakers"]
+    wavs = {}
+    for split in ("validation", "testing"):
+        played["clips"].clear(), played["voices"].clear()
+        wavs[split], _ = stream.build_test_stream(tiny_dataset, ["yes", "no", "stop"], tmp_path, hours=0.01, seed=2,
+                                                  progress=False, split=split)
+        listed = {tiny_dataset / p for p in (tiny_dataset / f"{split}_list.txt").read_text().split()}
+        clips = {p for p in played["clips"] if "_background_noise_" not in p.parts}
+        assert clips and clips <= listed, split
+        assert played["voices"] and played["voices"] <= set(speakers[split]), split
+    assert wavs["validation"] != wavs["testing"]
+    assert wavs["validation"].read_bytes() != wavs["testing"].read_bytes()
+    with pytest.raises(stream.StreamError, match="split must be one of testing, validation"):
+        stream.build_test_stream(tiny_dataset, ["yes"], tmp_path, hours=0.01, split="training")
 
 
 def test_eval_stream_needs_synthetic_dataset(tmp_path):

@@ -1,7 +1,8 @@
 """Long-stream keyword-spotting evaluation: false rejects at fixed false accepts per hour.
 
 The test stream is a WAV plus a label file, either the user's or one built here from held-out
-synthetic voices (`build_test_stream`, cached). Label file format, one keyword occurrence a line,
+synthetic voices (`build_test_stream`, cached; the validation voices give a second stream on which
+to choose thresholds or models). Label file format, one keyword occurrence a line,
 times in seconds from the start of the WAV, `#` starts a comment:
 
     # start_s  end_s  keyword
@@ -35,6 +36,7 @@ from edgeasr.runtime.metadata import read_metadata
 from edgeasr.runtime.streaming import DetectorConfig, PosteriorStream, fire_indices, outputs_logits
 
 STREAM_FORMAT = 1
+STREAM_SPLITS = ("testing", "validation")
 MAX_LATENCY_S = 1.0
 FA_PER_HOUR_POINTS = (0.5, 1.0, 2.0, 5.0)
 THRESHOLDS = np.unique(np.round(np.concatenate([np.linspace(0.05, 0.95, 91), 1.0 - np.geomspace(0.05, 0.0005, 40)]), 4))
@@ -96,44 +98,48 @@ def pieces_path(label_path) -> Path:
 # ---- building a test stream ---------------------------------------------------------------
 
 def build_test_stream(dataset, keywords, out_dir, hours: float = 1.0, seed: int = 0,
-                      sample_rate: int = 16000, progress: bool = True):
-    """A WAV of `hours` with the test split's keyword clips at known times -> (wav path, label path);
+                      sample_rate: int = 16000, progress: bool = True, split: str = "testing"):
+    """A WAV of `hours` with one split's keyword clips at known times -> (wav path, label path);
     the pieces file (`pieces_path`) is written beside the labels.
 
-    Made of: keyword and unknown-word clips of the dataset's test split (held-out voices), espeak
-    sentences without keywords spoken by the same held-out voices, coloured noise bursts and
-    silence, over a quiet noise bed. Deterministic by seed; cached in out_dir by a key of the
-    inputs, so a second call returns the cached files.
+    Made of: keyword and unknown-word clips of the dataset's `split` (testing or validation: both
+    are voices training never heard), espeak sentences without keywords spoken by the same voices,
+    coloured noise bursts and silence, over a quiet noise bed. A validation stream is where
+    thresholds and models are chosen, so that the test stream only scores. Deterministic by seed;
+    cached in out_dir by a key of the inputs, so a second call returns the cached files.
     """
+    if split not in STREAM_SPLITS:
+        raise StreamError(f"split must be one of {', '.join(STREAM_SPLITS)}, got {split!r}")
     dataset = Path(dataset)
     synth = read_json(dataset / "synth_config.json") if (dataset / "synth_config.json").is_file() else None
     if synth is None:
         raise StreamError(f"{dataset}: not a synthetic dataset (no synth_config.json): its held-out voices "
                           f"are unknown; pass a WAV and a label file instead")
-    key = hashlib.sha256(json.dumps([STREAM_FORMAT, synth, sorted(keywords), hours, seed, sample_rate],
-                                    sort_keys=True).encode()).hexdigest()[:12]
+    # The testing split keeps the key it had before streams took a split, so cached streams stay valid.
+    inputs = [STREAM_FORMAT, synth, sorted(keywords), hours, seed, sample_rate] + ([split] if split != "testing" else [])
+    key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:12]
     wav, label_path = Path(out_dir) / f"stream_{key}.wav", Path(out_dir) / f"stream_{key}.labels.txt"
     if wav.is_file() and label_path.is_file() and pieces_path(label_path).is_file():
         return wav, label_path
-    audio, labels, pieces = _compose(dataset, synth, tuple(keywords), hours, seed, sample_rate, progress)
+    audio, labels, pieces = _compose(dataset, synth, split, tuple(keywords), hours, seed, sample_rate, progress)
     write_wav(wav, audio, sample_rate)
     write_labels(label_path, labels)
     write_labels(pieces_path(label_path), pieces, column="kind")
     return wav, label_path
 
 
-def _compose(dataset: Path, synth: dict, keywords, hours, seed, sample_rate, progress):
+def _compose(dataset: Path, synth: dict, split: str, keywords, hours, seed, sample_rate, progress):
     rng = np.random.default_rng([seed, 6])
-    keyword_clips, other_clips = _test_clips(dataset, keywords)
+    keyword_clips, other_clips = _split_clips(dataset, split, keywords)
     if not keyword_clips:
-        raise StreamError(f"{dataset}: the test split has no clips of {list(keywords)}")
-    speakers = synth["speakers"]["testing"]
+        raise StreamError(f"{dataset}: the {split} split has no clips of {list(keywords)}")
+    speakers = synth["speakers"][split]
     noises = _noises(dataset, sample_rate)
     total = int(round(hours * 3600 * sample_rate))
     audio = np.zeros(total, dtype=np.float32)
     labels, pieces, position = [], [], int(rng.uniform(0.5, 2.0) * sample_rate)
     keyword_order = iter(np.concatenate([rng.permutation(len(keyword_clips)) for _ in range(100)]))
-    with tqdm(total=total // sample_rate, desc="building test stream", unit="s", disable=not progress) as bar:
+    with tqdm(total=total // sample_rate, desc=f"building {split} stream", unit="s", disable=not progress) as bar:
         while position < total:
             kind = rng.choice(["keyword", "other", "sentence", "noise", "silence"], p=[0.45, 0.15, 0.2, 0.1, 0.1])
             if kind == "keyword":
@@ -165,12 +171,13 @@ def _compose(dataset: Path, synth: dict, keywords, hours, seed, sample_rate, pro
     return np.clip(audio, -1.0, 1.0), labels, pieces
 
 
-def _test_clips(dataset: Path, keywords):
-    """(keyword, path) and other-word paths of the test split; the synthesiser's connected-speech
+def _split_clips(dataset: Path, split: str, keywords):
+    """(keyword, path) and other-word paths of the split; the synthesiser's connected-speech
     windows are left out: the stream has whole sentences of its own (kind `sentence`)."""
     from edgeasr.data.synth import SENTENCES_FOLDER
 
-    listed = (dataset / "testing_list.txt").read_text().split() if (dataset / "testing_list.txt").is_file() else []
+    listing = dataset / f"{split}_list.txt"
+    listed = listing.read_text().split() if listing.is_file() else []
     keyword_clips, other_clips = [], []
     for relative in sorted(listed):
         word = relative.split("/", 1)[0]
