@@ -293,15 +293,18 @@ def demo(out, model_name, epochs, qat_epochs, speakers, seed):
 @click.option("--target-fa-per-hour", default=1.0, show_default=True,
               help="False accepts per hour the per-keyword thresholds are chosen for.")
 @click.option("--write-thresholds", is_flag=True, help="Write the thresholds and detector settings into MODEL.")
+@click.option("--model-thresholds", is_flag=True,
+              help="Score the per-keyword thresholds already in MODEL (written on another stream) instead of "
+                   "choosing them on this one.")
 @user_errors
 def eval_stream(model, data, split, wav, labels, hours, seed, cache_dir, out, hop_ms, smoothing_ms, refractory_ms,
-                target_fa_per_hour, write_thresholds):
+                target_fa_per_hour, write_thresholds, model_thresholds):
     """False rejects at fixed false accepts per hour of MODEL on a long stream, DET curve, latency.
 
     \b
     Examples:
       edgeasr eval-stream kws.tflite --data data/kws --split validation --write-thresholds
-      edgeasr eval-stream kws.tflite --data data/kws --hours 4
+      edgeasr eval-stream kws.tflite --data data/kws --model-thresholds   # the test voices
       edgeasr eval-stream kws.tflite --wav kitchen.wav --labels kitchen.labels.txt
     """
     from edgeasr.eval import stream
@@ -316,7 +319,16 @@ def eval_stream(model, data, split, wav, labels, hours, seed, cache_dir, out, ho
         wav, labels = stream.build_test_stream(data, keywords, cache_dir, hours=hours, seed=seed, split=split)
     config = DetectorConfig.from_metadata(metadata, hop_ms=hop_ms, smoothing_ms=smoothing_ms,
                                           refractory_ms=refractory_ms)
-    report = stream.evaluate_stream(model, wav, labels, config, out or model.parent, target_fa_per_hour)
+    thresholds = None
+    if model_thresholds:
+        thresholds = (metadata.get("detector") or {}).get("thresholds")
+        if not thresholds:
+            raise EdgeasrError(f"{model}: no thresholds in its metadata; write them first with "
+                               f"`edgeasr eval-stream {model} --split validation --write-thresholds`")
+        if write_thresholds:
+            raise EdgeasrError("--model-thresholds scores the thresholds MODEL has; it cannot also write new ones")
+    report = stream.evaluate_stream(model, wav, labels, config, out or model.parent, target_fa_per_hour,
+                                    thresholds=thresholds)
     click.echo(stream.format_report(report))
     if write_thresholds:
         stream.write_thresholds(model, report)

@@ -168,7 +168,7 @@ def test_runtime_without_tensorflow(model_path):
 # ---- long-stream evaluation ---------------------------------------------------------------
 
 def test_count_errors_and_evaluate():
-    from edgeasr.eval.stream import count_errors, evaluate, false_accepts_by_kind
+    from edgeasr.eval.stream import StreamError, count_errors, evaluate, false_accepts_by_kind
 
     times = np.round(np.arange(0, 100, 0.02), 2)
     scores = np.zeros((len(times), 3), np.float32)
@@ -199,6 +199,11 @@ def test_count_errors_and_evaluate():
     strict = evaluate(times, scores, LABELS, occurrences, hours=0.5, config=DetectorConfig(), target_fa_per_hour=1.0)
     assert strict["thresholds"]["yes"] > 0.9 and strict["at_thresholds"]["misses"] == 4
     assert strict["at_thresholds"]["false_accepts"] == 0
+    given = evaluate(times, scores, LABELS, occurrences, hours=0.5, config=DetectorConfig(), thresholds={"yes": 0.7})
+    assert given["thresholds"] == {"yes": 0.7} and given["thresholds_from"] == "given"
+    assert given["at_thresholds"]["misses"] == 2 and given["at_thresholds"]["false_accepts"] == 1   # 0.6 missed
+    with pytest.raises(StreamError, match="no threshold given for keywords"):
+        evaluate(times, scores, LABELS, occurrences, hours=0.5, config=DetectorConfig(), thresholds={"no": 0.7})
 
 
 def test_labels_file(tmp_path):
@@ -249,8 +254,20 @@ def test_built_stream_and_cli(tiny_dataset, tmp_path, model_path):
     detector = read_metadata(model)["detector"]
     assert detector["thresholds"] == report["thresholds"] and detector["hop_ms"] == 20.0
     assert read_metadata(model)["labels"] == LABELS                       # the rest is kept
+    again = CliRunner().invoke(main, ["eval-stream", str(model), "--wav", str(wav), "--labels", str(labels),
+                                      "--out", str(tmp_path / "again"), "--model-thresholds"])
+    assert again.exit_code == 0, again.output
+    scored = json.loads((tmp_path / "again" / "energy.stream.json").read_text())
+    assert scored["thresholds_from"] == "given" and scored["thresholds"] == report["thresholds"]
+    assert scored["at_thresholds"] == report["at_thresholds"]           # the same thresholds, the same errors
+    assert "given (not chosen on this stream)" in again.output
     bad = CliRunner().invoke(main, ["eval-stream", str(model), "--wav", str(wav)])
     assert bad.exit_code == 1 and "--labels" in bad.output
+    fresh = tmp_path / "fresh.tflite"
+    fresh.write_bytes(model_path.read_bytes())
+    none = CliRunner().invoke(main, ["eval-stream", str(fresh), "--wav", str(wav), "--labels", str(labels),
+                                     "--model-thresholds"])
+    assert none.exit_code == 1 and "no thresholds in its metadata" in none.output
 
 
 def test_stream_leaves_out_the_connected_speech_windows(tiny_dataset, tmp_path):

@@ -308,8 +308,12 @@ def false_accepts_by_kind(times, scores, labels_list, occurrences, pieces, thres
 
 
 def evaluate(times, scores, labels_list, occurrences, hours: float, config: DetectorConfig,
-             target_fa_per_hour: float = 1.0, max_latency_s: float = MAX_LATENCY_S) -> dict:
-    """DET curve (one threshold for all keywords), FRR at fixed FA/h, per-keyword thresholds for a target."""
+             target_fa_per_hour: float = 1.0, max_latency_s: float = MAX_LATENCY_S, thresholds=None) -> dict:
+    """DET curve (one threshold for all keywords), FRR at fixed FA/h, per-keyword thresholds for a target.
+
+    `thresholds` ({keyword: threshold}, e.g. chosen on a validation stream) are scored as given
+    instead of being chosen on this stream, which flatters them: chosen here, they fit its false
+    accepts exactly."""
     refractory = config.refractory_ms / 1000.0
     keywords = [(i, name) for i, name in enumerate(labels_list) if not name.startswith("_")]
     by_keyword = {name: _occurrences_of(name, occurrences) for _, name in keywords}
@@ -325,11 +329,18 @@ def evaluate(times, scores, labels_list, occurrences, hours: float, config: Dete
     det = {"threshold": THRESHOLDS.tolist(), "frr": (misses.sum(0) / total).tolist(),
            "fa_per_hour": (false_accepts.sum(0) / hours).tolist()}
     at_points = {str(p): _frr_at(det, p) for p in FA_PER_HOUR_POINTS}
-    chosen = _per_keyword_thresholds(keywords, false_accepts, hours, target_fa_per_hour)
+    if thresholds is None:
+        chosen = _per_keyword_thresholds(keywords, false_accepts, hours, target_fa_per_hour)
+    else:
+        missing = [name for _, name in keywords if name not in thresholds]
+        if missing:
+            raise StreamError(f"no threshold given for keywords {missing}")
+        chosen = {name: float(thresholds[name]) for _, name in keywords}
     operating = _at_thresholds(times, scores, keywords, by_keyword, chosen, refractory, max_latency_s)
     return {"hours": hours, "keyword_occurrences": total, "detector": asdict(config),
             "max_latency_s": max_latency_s, "det": det, "frr_at_fa_per_hour": at_points,
             "target_fa_per_hour": target_fa_per_hour, "thresholds": chosen,
+            "thresholds_from": "this stream" if thresholds is None else "given",
             "at_thresholds": {**operating, "frr": operating["misses"] / total,
                               "fa_per_hour": operating["false_accepts"] / hours}}
 
@@ -392,7 +403,7 @@ def plot_det(curves: dict, path, title: str = "") -> None:
 # ---- the whole evaluation ------------------------------------------------------------------
 
 def evaluate_stream(model_path, wav, label_path, config: DetectorConfig, out_dir,
-                    target_fa_per_hour: float = 1.0, progress: bool = True) -> dict:
+                    target_fa_per_hour: float = 1.0, progress: bool = True, thresholds=None) -> dict:
     """Run MODEL over WAV, score against the labels, write report JSON/Markdown and the DET PNG."""
     metadata = read_metadata(model_path)
     frontend = FrontendConfig(**(metadata or {}).get("frontend", {}))
@@ -401,7 +412,8 @@ def evaluate_stream(model_path, wav, label_path, config: DetectorConfig, out_dir
     times, scores, labels_list = stream_posteriors(model_path, audio, config, metadata, progress=progress)
     hours = len(audio) / frontend.sample_rate / 3600
     report = {"model": str(model_path), "stream": str(wav), "labels": str(label_path),
-              **evaluate(times, scores, labels_list, occurrences, hours, config, target_fa_per_hour)}
+              **evaluate(times, scores, labels_list, occurrences, hours, config, target_fa_per_hour,
+                         thresholds=thresholds)}
     if pieces_path(label_path).is_file():
         pieces = read_labels(pieces_path(label_path))
         report["false_accepts_by_kind"] = {
@@ -436,7 +448,9 @@ def format_report(report: dict) -> str:
         lines.append(f"  FRR at <= {point} FA/h: {entry['frr']:.2%} (common threshold {threshold})")
     at = report["at_thresholds"]
     latency = at["latency_s"]
-    lines.append(f"  per-keyword thresholds for {report['target_fa_per_hour']} FA/h: FRR {at['frr']:.2%}, "
+    chosen = ("given (not chosen on this stream)" if report.get("thresholds_from") == "given"
+              else f"for {report['target_fa_per_hour']} FA/h")
+    lines.append(f"  per-keyword thresholds {chosen}: FRR {at['frr']:.2%}, "
                  f"{at['fa_per_hour']:.2f} FA/h, latency after keyword end median "
                  f"{_seconds(latency['median'])}, p90 {_seconds(latency['p90'])}")
     lines.append("  thresholds: " + ", ".join(f"{k}={v:.3f}" for k, v in report["thresholds"].items()))
