@@ -206,6 +206,26 @@ def test_count_errors_and_evaluate():
         evaluate(times, scores, LABELS, occurrences, hours=0.5, config=DetectorConfig(), thresholds={"no": 0.7})
 
 
+def test_fa_points_are_refined_between_grid_thresholds():
+    """A false accept and a keyword scoring between two neighbouring grid thresholds: the grid alone
+    must miss the keyword to reject the false accept; the refined threshold does not."""
+    from edgeasr.eval.stream import THRESHOLDS, evaluate
+
+    below, above = THRESHOLDS[-20], THRESHOLDS[-19]
+    times = np.round(np.arange(0, 60, 0.02), 2)
+    scores = np.zeros((len(times), 3), np.float32)
+    scores[:, 0] = 1.0
+    scores[(times >= 10.3) & (times < 10.8), 2] = below + 0.75 * (above - below)        # "yes" at 10.0-10.5
+    scores[(times >= 40.0) & (times < 40.2), 2] = below + 0.25 * (above - below)        # a false accept
+    report = evaluate(times, scores, LABELS, [(10.0, 10.5, "yes")], hours=1.0, config=DetectorConfig(),
+                      target_fa_per_hour=0.5)
+    assert report["det"]["frr"][list(THRESHOLDS).index(above)] == 1.0                   # the grid's answer
+    point = report["frr_at_fa_per_hour"]["0.5"]
+    assert point["frr"] == 0.0 and point["fa_per_hour"] == 0.0
+    assert below + 0.25 * (above - below) < point["threshold"] <= below + 0.75 * (above - below)
+    assert report["thresholds"]["yes"] == pytest.approx(point["threshold"])
+
+
 def test_labels_file(tmp_path):
     from edgeasr.eval.stream import StreamError, read_labels, write_labels
 

@@ -39,7 +39,8 @@ STREAM_FORMAT = 1
 STREAM_SPLITS = ("testing", "validation")
 MAX_LATENCY_S = 1.0
 FA_PER_HOUR_POINTS = (0.5, 1.0, 2.0, 5.0)
-THRESHOLDS = np.unique(np.round(np.concatenate([np.linspace(0.05, 0.95, 91), 1.0 - np.geomspace(0.05, 0.0005, 40)]), 4))
+REFINE_STEPS = 10        # bisections below a grid threshold: 1/1024 of a grid step
+THRESHOLDS = np.unique(np.round(np.concatenate([np.linspace(0.05, 0.95, 91), 1.0 - np.geomspace(0.05, 0.00005, 60)]), 5))
 # Non-keyword speech for the stream: no Speech Commands keyword as a word (checked in _sentences).
 SENTENCES = (
     "the weather will be warm and sunny this afternoon", "please bring me a cup of tea",
@@ -328,9 +329,14 @@ def evaluate(times, scores, labels_list, occurrences, hours: float, config: Dete
     false_accepts = np.array([[table[name][j][1] for j in range(len(THRESHOLDS))] for _, name in keywords])
     det = {"threshold": THRESHOLDS.tolist(), "frr": (misses.sum(0) / total).tolist(),
            "fa_per_hour": (false_accepts.sum(0) / hours).tolist()}
-    at_points = {str(p): _frr_at(det, p) for p in FA_PER_HOUR_POINTS}
+    def errors_at(threshold, only=None):
+        chosen_keywords = [k for k in keywords if only is None or k[1] == only]
+        return _at_thresholds(times, scores, chosen_keywords, by_keyword, dict.fromkeys(by_keyword, threshold),
+                              refractory, max_latency_s)
+
+    at_points = {str(p): _refined_point(det, p, hours, total, errors_at) for p in FA_PER_HOUR_POINTS}
     if thresholds is None:
-        chosen = _per_keyword_thresholds(keywords, false_accepts, hours, target_fa_per_hour)
+        chosen = _per_keyword_thresholds(keywords, false_accepts, hours, target_fa_per_hour, errors_at)
     else:
         missing = [name for _, name in keywords if name not in thresholds]
         if missing:
@@ -345,6 +351,17 @@ def evaluate(times, scores, labels_list, occurrences, hours: float, config: Dete
                               "fa_per_hour": operating["false_accepts"] / hours}}
 
 
+def errors_at(times, scores, labels_list, occurrences, hours: float, config: DetectorConfig, threshold: float,
+              max_latency_s: float = MAX_LATENCY_S) -> dict:
+    """FRR and false accepts per hour at one common threshold (e.g. one chosen on another stream)."""
+    keywords = [(i, name) for i, name in enumerate(labels_list) if not name.startswith("_")]
+    by_keyword = {name: _occurrences_of(name, occurrences) for _, name in keywords}
+    errors = _at_thresholds(times, scores, keywords, by_keyword, dict.fromkeys(by_keyword, threshold),
+                            config.refractory_ms / 1000.0, max_latency_s)
+    return {"threshold": threshold, "frr": errors["misses"] / sum(len(v) for v in by_keyword.values()),
+            "fa_per_hour": errors["false_accepts"] / hours}
+
+
 def _frr_at(det: dict, fa_per_hour: float) -> dict:
     """The lowest common threshold with at most `fa_per_hour` false accepts per hour, and its FRR."""
     for threshold, frr, fa in zip(det["threshold"], det["frr"], det["fa_per_hour"]):
@@ -353,13 +370,47 @@ def _frr_at(det: dict, fa_per_hour: float) -> dict:
     return {"threshold": None, "frr": 1.0, "fa_per_hour": None}
 
 
-def _per_keyword_thresholds(keywords, false_accepts, hours, target) -> dict:
+def _refined_point(det: dict, fa_per_hour: float, hours: float, total: int, errors_at) -> dict:
+    """`_frr_at`, its threshold refined between the grid's answer and the grid point below it."""
+    point = _frr_at(det, fa_per_hour)
+    if point["threshold"] is None:
+        return point
+    threshold, errors = _refine(point["threshold"], errors_at, fa_per_hour * hours)
+    if errors is None:
+        return point
+    return {"threshold": threshold, "frr": errors["misses"] / total, "fa_per_hour": errors["false_accepts"] / hours}
+
+
+def _refine(grid_threshold: float, errors_at, allowed_false_accepts: float):
+    """The lowest threshold between the grid point below `grid_threshold` and it that keeps
+    errors_at(t)["false_accepts"] within the allowance, by bisection (REFINE_STEPS halvings), and its
+    errors; (grid_threshold, None) when it is the grid's lowest. On a 4 h stream one grid step near 0.98
+    moves FRR at 1 FA/h by several points, so the grid alone would add that much noise to every model."""
+    index = int(np.searchsorted(THRESHOLDS, grid_threshold))
+    if index == 0:
+        return grid_threshold, None
+    lower, upper, best = float(THRESHOLDS[index - 1]), float(grid_threshold), None
+    for _ in range(REFINE_STEPS):
+        middle = (lower + upper) / 2
+        errors = errors_at(middle)
+        if errors["false_accepts"] <= allowed_false_accepts + 1e-9:
+            upper, best = middle, errors
+        else:
+            lower = middle
+    return upper, best if best is not None else errors_at(upper)
+
+
+def _per_keyword_thresholds(keywords, false_accepts, hours, target, errors_at) -> dict:
     """Per keyword, the lowest threshold keeping its false accepts within target / #keywords per hour."""
     share = target / len(keywords)
     chosen = {}
     for row, (_, name) in enumerate(keywords):
         allowed = np.flatnonzero(false_accepts[row] / hours <= share)
-        chosen[name] = float(THRESHOLDS[allowed[0]]) if len(allowed) else 1.0
+        if not len(allowed):
+            chosen[name] = 1.0
+            continue
+        grid = float(THRESHOLDS[allowed[0]])
+        chosen[name] = _refine(grid, lambda t: errors_at(t, only=name), share * hours)[0]
     return chosen
 
 
