@@ -329,14 +329,15 @@ def evaluate(times, scores, labels_list, occurrences, hours: float, config: Dete
     false_accepts = np.array([[table[name][j][1] for j in range(len(THRESHOLDS))] for _, name in keywords])
     det = {"threshold": THRESHOLDS.tolist(), "frr": (misses.sum(0) / total).tolist(),
            "fa_per_hour": (false_accepts.sum(0) / hours).tolist()}
-    def errors_at(threshold, only=None):
-        chosen_keywords = [k for k in keywords if only is None or k[1] == only]
-        return _at_thresholds(times, scores, chosen_keywords, by_keyword, dict.fromkeys(by_keyword, threshold),
+    def errors_at_common(threshold, only=None):
+        """Misses and false accepts of every keyword (or only the one named) at one threshold."""
+        scored = [k for k in keywords if only is None or k[1] == only]
+        return _at_thresholds(times, scores, scored, by_keyword, dict.fromkeys(by_keyword, threshold),
                               refractory, max_latency_s)
 
-    at_points = {str(p): _refined_point(det, p, hours, total, errors_at) for p in FA_PER_HOUR_POINTS}
+    at_points = {str(p): _refined_point(det, p, hours, total, errors_at_common) for p in FA_PER_HOUR_POINTS}
     if thresholds is None:
-        chosen = _per_keyword_thresholds(keywords, false_accepts, hours, target_fa_per_hour, errors_at)
+        chosen = _per_keyword_thresholds(keywords, false_accepts, hours, target_fa_per_hour, errors_at_common)
     else:
         missing = [name for _, name in keywords if name not in thresholds]
         if missing:
