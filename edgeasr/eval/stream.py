@@ -276,6 +276,12 @@ def _detections(times, scores, column: int, occurrences, threshold: float, refra
     return (fired, *_hits(fired, occurrences, max_latency_s))
 
 
+def _keywords_of(labels_list, occurrences):
+    """([(output column, keyword)], {keyword: its occurrences}): the labels that are keywords."""
+    keywords = [(i, name) for i, name in enumerate(labels_list) if not name.startswith("_")]
+    return keywords, {name: _occurrences_of(name, occurrences) for _, name in keywords}
+
+
 def _occurrences_of(name: str, occurrences) -> np.ndarray:
     """(n, 2) start and end times of one keyword's occurrences."""
     return np.array([(s, e) for s, e, k in occurrences if k == name]).reshape(-1, 2)
@@ -316,8 +322,7 @@ def evaluate(times, scores, labels_list, occurrences, hours: float, config: Dete
     instead of being chosen on this stream, which flatters them: chosen here, they fit its false
     accepts exactly."""
     refractory = config.refractory_ms / 1000.0
-    keywords = [(i, name) for i, name in enumerate(labels_list) if not name.startswith("_")]
-    by_keyword = {name: _occurrences_of(name, occurrences) for _, name in keywords}
+    keywords, by_keyword = _keywords_of(labels_list, occurrences)
     total = sum(len(v) for v in by_keyword.values())
     if total == 0:
         raise StreamError("the label file has no occurrence of the model's keywords "
@@ -355,8 +360,7 @@ def evaluate(times, scores, labels_list, occurrences, hours: float, config: Dete
 def errors_at(times, scores, labels_list, occurrences, hours: float, config: DetectorConfig, threshold: float,
               max_latency_s: float = MAX_LATENCY_S) -> dict:
     """FRR and false accepts per hour at one common threshold (e.g. one chosen on another stream)."""
-    keywords = [(i, name) for i, name in enumerate(labels_list) if not name.startswith("_")]
-    by_keyword = {name: _occurrences_of(name, occurrences) for _, name in keywords}
+    keywords, by_keyword = _keywords_of(labels_list, occurrences)
     errors = _at_thresholds(times, scores, keywords, by_keyword, dict.fromkeys(by_keyword, threshold),
                             config.refractory_ms / 1000.0, max_latency_s)
     return {"threshold": threshold, "frr": errors["misses"] / sum(len(v) for v in by_keyword.values()),
