@@ -291,7 +291,8 @@ def demo(out, model_name, epochs, qat_epochs, speakers, seed):
 @click.option("--smoothing-ms", type=float, default=None, help="Posterior averaging (default: metadata, else 400).")
 @click.option("--refractory-ms", type=float, default=None, help="Silence after a detection (default: 1000).")
 @click.option("--target-fa-per-hour", default=1.0, show_default=True,
-              help="False accepts per hour the per-keyword thresholds are chosen for.")
+              help="False accepts per hour the thresholds are chosen for: one per keyword when the stream "
+                   "allows each keyword one false accept at this rate, else one common threshold.")
 @click.option("--write-thresholds", is_flag=True, help="Write the thresholds and detector settings into MODEL.")
 @click.option("--model-thresholds", is_flag=True,
               help="Score the per-keyword thresholds already in MODEL (written on another stream) instead of "

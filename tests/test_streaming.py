@@ -183,6 +183,7 @@ def test_count_errors_and_evaluate():
     report = evaluate(times, scores, LABELS, occurrences, hours=0.5, config=DetectorConfig(), target_fa_per_hour=2.0)
     assert report["frr_at_fa_per_hour"]["2.0"]["frr"] == pytest.approx(0.25)    # any threshold: 3 of 4, 1 FA
     assert report["frr_at_fa_per_hour"]["1.0"]["frr"] == pytest.approx(1.0)     # 0 FA needs t above the FA score
+    assert report["thresholds_rule"] == "per keyword"                        # 2 FA/h x 0.5 h: one allowed
     assert report["thresholds"]["yes"] == pytest.approx(0.05)
     assert report["at_thresholds"]["false_accepts"] == 1 and report["at_thresholds"]["misses"] == 1
     assert report["at_thresholds"]["latency_s"]["median"] == pytest.approx(-0.2)
@@ -197,6 +198,8 @@ def test_count_errors_and_evaluate():
     assert false_accepts_by_kind(times, unknown_too, LABELS, occurrences, pieces, 0.8, 1.0) == {"noise": 1,
                                                                                                "sentence": 1}
     strict = evaluate(times, scores, LABELS, occurrences, hours=0.5, config=DetectorConfig(), target_fa_per_hour=1.0)
+    assert strict["thresholds_rule"] == "common"                             # half a false accept allowed
+    assert strict["thresholds"]["yes"] == pytest.approx(strict["frr_at_fa_per_hour"]["1.0"]["threshold"])
     assert strict["thresholds"]["yes"] > 0.9 and strict["at_thresholds"]["misses"] == 4
     assert strict["at_thresholds"]["false_accepts"] == 0
     given = evaluate(times, scores, LABELS, occurrences, hours=0.5, config=DetectorConfig(), thresholds={"yes": 0.7})
@@ -204,6 +207,14 @@ def test_count_errors_and_evaluate():
     assert given["at_thresholds"]["misses"] == 2 and given["at_thresholds"]["false_accepts"] == 1   # 0.6 missed
     with pytest.raises(StreamError, match="no threshold given for keywords"):
         evaluate(times, scores, LABELS, occurrences, hours=0.5, config=DetectorConfig(), thresholds={"no": 0.7})
+
+
+def test_per_keyword_thresholds_need_one_allowed_false_accept_each():
+    from edgeasr.eval.stream import threshold_rule
+
+    assert threshold_rule(keyword_count=10, hours=4.0, target_fa_per_hour=1.0) == "common"
+    assert threshold_rule(keyword_count=10, hours=10.0, target_fa_per_hour=1.0) == "per keyword"
+    assert threshold_rule(keyword_count=1, hours=1.0, target_fa_per_hour=1.0) == "per keyword"
 
 
 def test_fa_points_are_refined_between_grid_thresholds():
