@@ -249,11 +249,13 @@ def validate(model, source, data, examples, min_agreement):
 @click.option("--out", default="demo_run", show_default=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--model", "model_name", default="ds_cnn_s", show_default=True)
 @click.option("--epochs", default=15, show_default=True, help="Float training epochs.")
-@click.option("--qat-epochs", default=3, show_default=True, help="Epochs of each of the two QAT stages.")
+@click.option("--qat-epochs", default=6, show_default=True, help="QAT epochs in all (two stages take half each).")
+@click.option("--qat-stages", type=click.IntRange(1, 2), default=1, show_default=True,
+              help="1: everything quantized from the start; 2: tanh weights first, then activations too.")
 @click.option("--speakers", default=240, show_default=True, help="Synthetic voices; a tenth are held out for test.")
 @click.option("--seed", default=0, show_default=True)
 @user_errors
-def demo(out, model_name, epochs, qat_epochs, speakers, seed):
+def demo(out, model_name, epochs, qat_epochs, qat_stages, speakers, seed):
     """Synthesise data, train float, then 4-bit tanh QAT, convert both to LiteRT, compare.
 
     Prints accuracy (Keras and LiteRT, held-out voices) and file sizes: the float model as
@@ -262,11 +264,12 @@ def demo(out, model_name, epochs, qat_epochs, speakers, seed):
     \b
     Example:
       edgeasr demo --out demo_run
-      edgeasr demo --out demo_quick --speakers 60 --epochs 8 --qat-epochs 1
+      edgeasr demo --out demo_quick --speakers 60 --epochs 8 --qat-epochs 2 --qat-stages 2
     """
     from edgeasr.demo import run_demo
 
-    run_demo(out, model=model_name, epochs=epochs, qat_epochs=qat_epochs, speakers=speakers, seed=seed)
+    run_demo(out, model=model_name, epochs=epochs, qat_epochs=qat_epochs, qat_stages=qat_stages, speakers=speakers,
+             seed=seed)
 
 
 @main.command("eval-stream")
