@@ -36,6 +36,7 @@ BEGIN = "# ---- BEGIN BUNDLED RUNTIME"
 END = "# ---- END BUNDLED RUNTIME ----"
 PARITY_WINDOWS = 64
 OUTPUTS = ("outputs.npy", "outputs.reference.npy")      # XNNPACK, builtin kernels alone
+LAYERS = "outputs.layers.npz"                           # every op's output, builtin kernels
 MAX_LSB = 1
 
 
@@ -209,12 +210,15 @@ def device_check(transport, model_path, wav=None) -> dict:
         for name in ("model.tflite", "rpi_kws.py", "check.wav", "inputs.npy"):
             transport.put(local / name, f"{remote}/{name}")
         on_device = run_script(transport.python, remote, transport.run)
-        for name in OUTPUTS:
+        for name in (*OUTPUTS, LAYERS):
             transport.get(f"{remote}/{name}", local / f"device_{name}")
         here = run_script(shlex.quote(sys.executable), str(local), _local_run)
         transport.run(f"rm -rf {shlex.quote(remote)}")
-        return compare({name: (np.load(local / f"device_{name}"), np.load(local / name)) for name in OUTPUTS},
-                       on_device, here)
+        report = compare({name: (np.load(local / f"device_{name}"), np.load(local / name)) for name in OUTPUTS},
+                         on_device, here)
+        with np.load(local / f"device_{LAYERS}") as device_layers, np.load(local / LAYERS) as host_layers:
+            layers = layer_differences(dict(device_layers), dict(host_layers))
+        return {**report, "layers": layers, "first_layer_off": next((r for r in layers if r["max_diff"] > 0), None)}
 
 
 def _local_run(command: str) -> str:
@@ -222,8 +226,10 @@ def _local_run(command: str) -> str:
 
 
 def compare(outputs: dict, on_device: dict, here: dict) -> dict:
-    """Raw int8 outputs within MAX_LSB (measured: builtin kernels differ by up to 1 LSB between x86 and
-    aarch64 on real inputs, XNNPACK's INT4 FULLY_CONNECTED on x86 by more); detections identical."""
+    """Raw int8 outputs within MAX_LSB; detections identical. Measured between x86 and emulated
+    aarch64: the FFN (FULLY_CONNECTED only) is identical op by op on the builtin kernels and within
+    1 LSB on XNNPACK; in DS-CNN-S the builtin CONV_2D already puts about 1% of its values one LSB
+    apart (aarch64 always the lower), and the layers after it grow that to 3 LSB (XNNPACK 6)."""
     lsb = {name: np.abs(device.astype(np.int64) - host.astype(np.int64)) for name, (device, host) in outputs.items()}
     xnnpack, reference = lsb["outputs.npy"], lsb["outputs.reference.npy"]
     same_detections = [(d["keyword"], round(d["time_s"], 3)) for d in on_device["detections"]] == \
@@ -236,12 +242,35 @@ def compare(outputs: dict, on_device: dict, here: dict) -> dict:
             "passed": bool(max(reference.max(), xnnpack.max()) <= MAX_LSB and same_detections)}
 
 
+def layer_differences(device_layers: dict, host_layers: dict) -> list:
+    """Per op in execution order: the largest difference between device and host (LSB for integer
+    tensors) and the share of values that differ. Rounding differences start in one kernel and grow
+    through the layers after it, so the first op that differs is the one to look at."""
+    rows = []
+    for name in sorted(host_layers):
+        difference = np.abs(device_layers[name].astype(np.float64) - host_layers[name].astype(np.float64))
+        rows.append({"op": name, "max_diff": float(difference.max()), "share_off": float((difference > 0).mean())})
+    return rows
+
+
+def format_layers(report: dict) -> list:
+    if "layers" not in report:
+        return []
+    first = report["first_layer_off"]
+    if first is None:
+        return ["  builtin kernels layer by layer: every op's output identical"]
+    largest = max(report["layers"], key=lambda r: r["max_diff"])
+    return [f"  builtin kernels layer by layer: first difference at op {first['op']} (max {first['max_diff']:g}, "
+            f"{first['share_off']:.2%} of values), largest at {largest['op']} ({largest['max_diff']:g})"]
+
+
 def format_check(report: dict, label: str) -> str:
     device, host = report["device"], report["host"]
     return "\n".join([
         f"{label}: {'PASSED' if report['passed'] else 'FAILED'}",
         f"  raw outputs (XNNPACK) equal {report['outputs_equal']}/{report['outputs']}, max diff "
         f"{report['max_lsb']} LSB; builtin kernels max diff {report['reference_max_lsb']} LSB",
+        *format_layers(report),
         f"  detections: {len(report['detections_device'])} on device, {len(report['detections_host'])} here, "
         f"{'identical' if report['same_detections'] else 'DIFFERENT'}",
         f"  invoke median {device['parity']['invoke_ms_median']:.3f} ms (here "
@@ -264,7 +293,7 @@ def main(argv=None) -> int:
     report = device_check(ChrootTransport(args.chroot), args.model, args.wav)
     print(format_check(report, f"aarch64 (qemu, {args.chroot})"))
     print(json.dumps({k: report[k] for k in ("device", "host", "max_lsb", "reference_max_lsb", "same_detections",
-                                             "passed")}))
+                                             "first_layer_off", "passed")}))
     return 0 if report["passed"] else 1
 
 

@@ -469,9 +469,13 @@ def chunks_of(args, sample_rate: int, chunk: int):
                 yield block[:, 0].astype(np.float32) / 32768.0
 
 
+LAYER_WINDOWS = 16
+
+
 def run_parity(model_path: str, inputs_path: str, outputs_path: str, num_threads: int) -> dict:
     """Raw outputs of raw inputs (N, ...) with XNNPACK (saved to outputs_path) and with the builtin
-    kernels alone (saved next to it as *.reference.npy), and XNNPACK's invoke latency."""
+    kernels alone (saved next to it as *.reference.npy), every op's output on the builtin kernels
+    (*.layers.npz), and XNNPACK's invoke latency."""
     inputs = np.load(inputs_path)
     timings = {}
     for xnnpack, path in ((True, outputs_path), (False, outputs_path[:-len(".npy")] + ".reference.npy")):
@@ -483,9 +487,26 @@ def run_parity(model_path: str, inputs_path: str, outputs_path: str, num_threads
             seconds.append(time.perf_counter() - started)
         np.save(path, np.stack(outputs))
         timings[xnnpack] = seconds
+    dump_layers(model_path, inputs[:LAYER_WINDOWS], outputs_path[:-len(".npy")] + ".layers.npz")
     return {"examples": len(inputs), "invoke_ms_median": 1000 * float(np.median(timings[True])),
             "invoke_ms_p90": 1000 * float(np.percentile(timings[True], 90)),
             "reference_invoke_ms_median": 1000 * float(np.median(timings[False]))}
+
+
+def dump_layers(model_path: str, inputs: np.ndarray, path: str) -> None:
+    """Every op's first output on the builtin kernels, one array per op keyed "<op index>_<op name>"
+    (execution order): where two machines start to differ, layer by layer. _get_ops_details is the
+    interpreter's only list of ops (ai-edge-litert and tflite_runtime alike)."""
+    interpreter = tracing_interpreter(model_path)
+    input_index = interpreter.get_input_details()[0]["index"]
+    ops = [op for op in interpreter._get_ops_details() if len(op["outputs"])]
+    layers = {f"{op['index']:03d}_{op['op_name']}": [] for op in ops}
+    for example in inputs:
+        interpreter.set_tensor(input_index, example[None, ...])
+        interpreter.invoke()
+        for op in ops:
+            layers[f"{op['index']:03d}_{op['op_name']}"].append(interpreter.get_tensor(op["outputs"][0]).copy())
+    np.savez_compressed(path, **{name: np.stack(values) for name, values in layers.items()})
 
 
 def peak_rss_kib() -> int:

@@ -77,8 +77,29 @@ def test_script_parity_mode(model_path, tmp_path):
     assert result.returncode == 0, result.stderr
     model = LiteRTModel(model_path)
     np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), np.stack([model.run_raw(x) for x in inputs]))
-    assert np.load(tmp_path / "out.reference.npy").shape == (5, 3)
+    reference = np.load(tmp_path / "out.reference.npy")
+    assert reference.shape == (5, 3)
     assert json.loads(result.stdout.splitlines()[-1])["summary"]["parity"]["examples"] == 5
+    with np.load(tmp_path / "out.layers.npz") as layers:
+        names = sorted(layers.files)
+        assert len(names) >= 3 and all(len(layers[name]) == 5 for name in names)       # one per op, per input
+        np.testing.assert_array_equal(layers[names[-1]].reshape(5, -1), reference)   # the last op is the output
+
+
+def test_layer_differences_find_the_first_op_that_differs():
+    from edgeasr.device import format_layers, layer_differences
+
+    host = {"000_CONV_2D": np.zeros((2, 4), np.int8), "001_CONV_2D": np.zeros((2, 4), np.int8),
+            "002_FULLY_CONNECTED": np.zeros((2, 3), np.int8)}
+    device = {name: value.copy() for name, value in host.items()}
+    device["001_CONV_2D"][0, 1] = -1
+    device["002_FULLY_CONNECTED"][:, 0] = 3
+    rows = layer_differences(device, host)
+    assert [r["max_diff"] for r in rows] == [0, 1, 3]
+    assert rows[1]["share_off"] == pytest.approx(1 / 8) and rows[2]["share_off"] == pytest.approx(2 / 6)
+    line = format_layers({"layers": rows, "first_layer_off": rows[1]})[0]
+    assert "first difference at op 001_CONV_2D (max 1, 12.50% of values)" in line
+    assert "largest at 002_FULLY_CONNECTED (3)" in line
 
 
 # ---- ssh on loopback ------------------------------------------------------------------------
@@ -148,6 +169,7 @@ def test_device_check_over_ssh_loopback(loopback_sshd, model_path, tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["passed"] and report["max_lsb"] == 0 and report["reference_max_lsb"] == 0
+    assert report["first_layer_off"] is None and report["layers"] and "every op's output identical" in result.output
     assert len(report["detections_device"]) == len(BURSTS_S) and report["same_detections"]
     assert report["device"]["parity"]["examples"] == 64 and report["device"]["parity"]["invoke_ms_median"] > 0
     assert 0 < report["device"]["cpu_per_audio_s"] < 0.5 and report["device"]["peak_rss_kib"] > 10_000
