@@ -63,6 +63,19 @@ def dump(model) -> bytes:
     return bytes(builder.Output())
 
 
+def single_op_model(model_bytes: bytes, index: int):
+    """The model cut down to op `index` alone (its first input in, its first output out), or None
+    when another input of the op is computed rather than constant: one kernel, run in isolation."""
+    model = load(model_bytes)
+    graph = model.subgraphs[0]
+    op = graph.operators[index]
+    if any(i >= 0 and buffer_data(model, graph.tensors[i]) is None for i in list(op.inputs)[1:]):
+        return None
+    graph.operators, graph.inputs, graph.outputs = [op], [op.inputs[0]], [op.outputs[0]]
+    model.signatureDefs = None
+    return dump(model)
+
+
 def op_name(model, op) -> str:
     code = model.operatorCodes[op.opcodeIndex]
     name = op_names().get(max(code.builtinCode, code.deprecatedBuiltinCode), "UNKNOWN")

@@ -37,6 +37,7 @@ END = "# ---- END BUNDLED RUNTIME ----"
 PARITY_WINDOWS = 64
 OUTPUTS = ("outputs.npy", "outputs.reference.npy")      # XNNPACK, builtin kernels alone
 LAYERS = "outputs.layers.npz"                           # every op's output, builtin kernels
+OPS, OP_OUTPUTS = "ops.npz", "op_outputs.npz"           # each op alone: single-op models, their outputs
 MAX_LSB = 1
 
 
@@ -172,6 +173,32 @@ def check_inputs(model_path, wav, folder: Path) -> None:
     np.save(folder / "inputs.npy", windows)
 
 
+def write_op_models(model_path, folder: Path) -> None:
+    """ops.npz: each op that runs alone as a single-op model, with its inputs as this machine's
+    builtin kernels computed them, so device and host run every kernel on the same inputs (layer
+    outputs alone would mix a kernel's own rounding with what the layers before it passed on)."""
+    from edgeasr.converters import flatbuffer as fb
+    from edgeasr.runtime.litert import LAYER_WINDOWS, layer_outputs
+
+    model_bytes = Path(model_path).read_bytes()
+    inputs = np.load(folder / "inputs.npy")[:LAYER_WINDOWS]
+    layers = {int(name.split("_", 1)[0]): values for name, values in layer_outputs(model_bytes, inputs).items()}
+    model = fb.load(model_bytes)
+    graph = model.subgraphs[0]
+    producer = {tensor: index for index, op in enumerate(graph.operators) for tensor in op.outputs}
+    ops = {}
+    for index, op in enumerate(graph.operators):
+        source = op.inputs[0]
+        op_input = inputs if source == graph.inputs[0] else layers.get(producer.get(source))
+        single = fb.single_op_model(model_bytes, index)
+        if single is None or op_input is None or (op_input is not inputs and op_input.shape[1] != 1):
+            continue
+        name = f"{index:03d}_{fb.op_name(model, op)}"
+        ops[f"{name}.tflite"] = np.frombuffer(single, np.uint8)
+        ops[f"{name}.input"] = op_input if op_input is inputs else op_input[:, 0]
+    np.savez_compressed(folder / OPS, **ops)
+
+
 def _spoken_keywords(metadata: dict, sample_rate: int) -> np.ndarray:
     """Each keyword of the model said once by espeak, with pauses: a few seconds of test audio."""
     import soxr
@@ -190,7 +217,7 @@ def _spoken_keywords(metadata: dict, sample_rate: int) -> np.ndarray:
 def run_script(python_command: str, folder: str, run) -> dict:
     """rpi_kws.py in `folder` on check.wav and inputs.npy; its detections and summary."""
     command = (f"cd {shlex.quote(folder)} && {python_command} rpi_kws.py model.tflite --wav check.wav --json "
-               f"--parity inputs.npy outputs.npy")
+               f"--parity inputs.npy outputs.npy --op-parity {OPS} {OP_OUTPUTS}")
     lines = [json.loads(line) for line in run(command).splitlines() if line.startswith("{")]
     summary = next((line["summary"] for line in lines if "summary" in line), None)
     if summary is None:
@@ -204,21 +231,28 @@ def device_check(transport, model_path, wav=None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp)
         check_inputs(model_path, wav, local)
+        write_op_models(model_path, local)
         shutil.copy(model_path, local / "model.tflite")
         shutil.copy(SCRIPT, local / "rpi_kws.py")
         remote = transport.workdir()
-        for name in ("model.tflite", "rpi_kws.py", "check.wav", "inputs.npy"):
+        for name in ("model.tflite", "rpi_kws.py", "check.wav", "inputs.npy", OPS):
             transport.put(local / name, f"{remote}/{name}")
         on_device = run_script(transport.python, remote, transport.run)
-        for name in (*OUTPUTS, LAYERS):
+        for name in (*OUTPUTS, LAYERS, OP_OUTPUTS):
             transport.get(f"{remote}/{name}", local / f"device_{name}")
         here = run_script(shlex.quote(sys.executable), str(local), _local_run)
         transport.run(f"rm -rf {shlex.quote(remote)}")
         report = compare({name: (np.load(local / f"device_{name}"), np.load(local / name)) for name in OUTPUTS},
                          on_device, here)
-        with np.load(local / f"device_{LAYERS}") as device_layers, np.load(local / LAYERS) as host_layers:
-            layers = layer_differences(dict(device_layers), dict(host_layers))
-        return {**report, "layers": layers, "first_layer_off": next((r for r in layers if r["max_diff"] > 0), None)}
+        layers, ops_alone = (layer_differences(_arrays(local / f"device_{name}"), _arrays(local / name))
+                             for name in (LAYERS, OP_OUTPUTS))
+        return {**report, "layers": layers, "first_layer_off": next((r for r in layers if r["max_diff"] > 0), None),
+                "ops_alone": ops_alone, "ops_alone_max_diff": max((r["max_diff"] for r in ops_alone), default=0.0)}
+
+
+def _arrays(path: Path) -> dict:
+    with np.load(path) as arrays:
+        return dict(arrays)
 
 
 def _local_run(command: str) -> str:
@@ -264,6 +298,14 @@ def format_layers(report: dict) -> list:
             f"{first['share_off']:.2%} of values), largest at {largest['op']} ({largest['max_diff']:g})"]
 
 
+def format_ops_alone(report: dict) -> list:
+    if "ops_alone" not in report:
+        return []
+    differing = [f"{r['op']} ({r['max_diff']:g}, {r['share_off']:.2%})" for r in report["ops_alone"] if r["max_diff"]]
+    return [f"  each op alone on the same inputs ({len(report['ops_alone'])} op x kernel runs): max diff "
+            f"{report['ops_alone_max_diff']:g}" + (f"; differ: {', '.join(differing)}" if differing else "")]
+
+
 def format_check(report: dict, label: str) -> str:
     device, host = report["device"], report["host"]
     return "\n".join([
@@ -271,6 +313,7 @@ def format_check(report: dict, label: str) -> str:
         f"  raw outputs (XNNPACK) equal {report['outputs_equal']}/{report['outputs']}, max diff "
         f"{report['max_lsb']} LSB; builtin kernels max diff {report['reference_max_lsb']} LSB",
         *format_layers(report),
+        *format_ops_alone(report),
         f"  detections: {len(report['detections_device'])} on device, {len(report['detections_host'])} here, "
         f"{'identical' if report['same_detections'] else 'DIFFERENT'}",
         f"  invoke median {device['parity']['invoke_ms_median']:.3f} ms (here "
@@ -293,7 +336,7 @@ def main(argv=None) -> int:
     report = device_check(ChrootTransport(args.chroot), args.model, args.wav)
     print(format_check(report, f"aarch64 (qemu, {args.chroot})"))
     print(json.dumps({k: report[k] for k in ("device", "host", "max_lsb", "reference_max_lsb", "same_detections",
-                                             "first_layer_off", "passed")}))
+                                             "first_layer_off", "ops_alone_max_diff", "passed")}))
     return 0 if report["passed"] else 1
 
 

@@ -185,15 +185,38 @@ def _interpreter_module():
     return interpreter
 
 
+def _source(model) -> dict:
+    """Interpreter keyword for `model`: a path or the model's bytes."""
+    return {"model_content": bytes(model)} if isinstance(model, (bytes, bytearray)) else {"model_path": str(model)}
+
+
 def tracing_interpreter(model):
     """An interpreter on the builtin (reference) kernels that keeps every intermediate tensor readable
     after invoke, for layer-by-layer comparisons. `model`: a path or the model's bytes."""
     module = _interpreter_module()
-    source = {"model_content": bytes(model)} if isinstance(model, (bytes, bytearray)) else {"model_path": str(model)}
-    interpreter = module.Interpreter(**source, experimental_preserve_all_tensors=True,
+    interpreter = module.Interpreter(**_source(model), experimental_preserve_all_tensors=True,
                                      experimental_op_resolver_type=module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     interpreter.allocate_tensors()
     return interpreter
+
+
+LAYER_WINDOWS = 16   # inputs a device check compares layer by layer and op by op
+
+
+def layer_outputs(model, inputs: np.ndarray) -> dict:
+    """Every op's first output on the builtin kernels for each raw input, one array per op keyed
+    "<op index>_<op name>" (execution order): where two machines start to differ, layer by layer.
+    _get_ops_details is the interpreter's only list of ops (ai-edge-litert and tflite_runtime alike)."""
+    interpreter = tracing_interpreter(model)
+    input_index = interpreter.get_input_details()[0]["index"]
+    ops = [op for op in interpreter._get_ops_details() if len(op["outputs"])]
+    layers = {f"{op['index']:03d}_{op['op_name']}": [] for op in ops}
+    for example in inputs:
+        interpreter.set_tensor(input_index, example[None, ...])
+        interpreter.invoke()
+        for op in ops:
+            layers[f"{op['index']:03d}_{op['op_name']}"].append(interpreter.get_tensor(op["outputs"][0]).copy())
+    return {name: np.stack(values) for name, values in layers.items()}
 
 
 def quantize(values: np.ndarray, detail: dict) -> np.ndarray:
@@ -222,7 +245,7 @@ class LiteRTModel:
 
     def __init__(self, model_path, num_threads: int = 1, xnnpack: bool = True):
         module = _interpreter_module()
-        options = {"model_path": str(model_path), "num_threads": num_threads}
+        options = {**_source(model_path), "num_threads": num_threads}
         if not xnnpack:
             options["experimental_op_resolver_type"] = module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
         self.interpreter = module.Interpreter(**options)
@@ -469,9 +492,6 @@ def chunks_of(args, sample_rate: int, chunk: int):
                 yield block[:, 0].astype(np.float32) / 32768.0
 
 
-LAYER_WINDOWS = 16
-
-
 def run_parity(model_path: str, inputs_path: str, outputs_path: str, num_threads: int) -> dict:
     """Raw outputs of raw inputs (N, ...) with XNNPACK (saved to outputs_path) and with the builtin
     kernels alone (saved next to it as *.reference.npy), every op's output on the builtin kernels
@@ -487,26 +507,25 @@ def run_parity(model_path: str, inputs_path: str, outputs_path: str, num_threads
             seconds.append(time.perf_counter() - started)
         np.save(path, np.stack(outputs))
         timings[xnnpack] = seconds
-    dump_layers(model_path, inputs[:LAYER_WINDOWS], outputs_path[:-len(".npy")] + ".layers.npz")
+    layers = layer_outputs(model_path, inputs[:LAYER_WINDOWS])
+    np.savez_compressed(outputs_path[:-len(".npy")] + ".layers.npz", **layers)
     return {"examples": len(inputs), "invoke_ms_median": 1000 * float(np.median(timings[True])),
             "invoke_ms_p90": 1000 * float(np.percentile(timings[True], 90)),
             "reference_invoke_ms_median": 1000 * float(np.median(timings[False]))}
 
 
-def dump_layers(model_path: str, inputs: np.ndarray, path: str) -> None:
-    """Every op's first output on the builtin kernels, one array per op keyed "<op index>_<op name>"
-    (execution order): where two machines start to differ, layer by layer. _get_ops_details is the
-    interpreter's only list of ops (ai-edge-litert and tflite_runtime alike)."""
-    interpreter = tracing_interpreter(model_path)
-    input_index = interpreter.get_input_details()[0]["index"]
-    ops = [op for op in interpreter._get_ops_details() if len(op["outputs"])]
-    layers = {f"{op['index']:03d}_{op['op_name']}": [] for op in ops}
-    for example in inputs:
-        interpreter.set_tensor(input_index, example[None, ...])
-        interpreter.invoke()
-        for op in ops:
-            layers[f"{op['index']:03d}_{op['op_name']}"].append(interpreter.get_tensor(op["outputs"][0]).copy())
-    np.savez_compressed(path, **{name: np.stack(values) for name, values in layers.items()})
+def run_op_parity(ops_path: str, outputs_path: str) -> dict:
+    """Each single-op model in OPS.npz ("<op>.tflite" bytes, "<op>.input" raw inputs) on its inputs,
+    with XNNPACK and with the builtin kernels: every kernel compared on the same inputs."""
+    outputs = {}
+    with np.load(ops_path) as ops:
+        names = sorted(key[:-len(".tflite")] for key in ops.files if key.endswith(".tflite"))
+        for name in names:
+            for xnnpack, kernels in ((True, "xnnpack"), (False, "builtin")):
+                model = LiteRTModel(ops[f"{name}.tflite"].tobytes(), xnnpack=xnnpack)
+                outputs[f"{name}.{kernels}"] = np.stack([model.run_raw(x) for x in ops[f"{name}.input"]])
+    np.savez_compressed(outputs_path, **outputs)
+    return {"ops": len(names)}
 
 
 def peak_rss_kib() -> int:
@@ -538,6 +557,8 @@ def parse_args(argv=None):
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--parity", nargs=2, metavar=("INPUTS.npy", "OUTPUTS.npy"),
                         help="device check: raw model outputs of raw inputs, saved to OUTPUTS.npy")
+    parser.add_argument("--op-parity", nargs=2, metavar=("OPS.npz", "OUTPUTS.npz"),
+                        help="device check: each op alone (single-op models and their inputs) on both kernel sets")
     return parser.parse_args(argv)
 
 
@@ -546,6 +567,8 @@ def main(argv=None) -> int:
     summary = {}
     if args.parity:
         summary["parity"] = run_parity(args.model, *args.parity, args.threads)
+    if args.op_parity:
+        summary["op_parity"] = run_op_parity(*args.op_parity)
     metadata = read_metadata(args.model)
     overrides = {"hop_ms": args.hop_ms, "smoothing_ms": args.smoothing_ms, "refractory_ms": args.refractory_ms}
     config = DetectorConfig.from_metadata(metadata or {}, **overrides)

@@ -86,6 +86,25 @@ def test_script_parity_mode(model_path, tmp_path):
         np.testing.assert_array_equal(layers[names[-1]].reshape(5, -1), reference)   # the last op is the output
 
 
+def test_each_op_alone_reproduces_its_layer(model_path, tmp_path):
+    """The single-op models device-check sends: each one, fed the layer before it, computes exactly
+    what that op computed inside the whole model."""
+    from edgeasr.device import OPS, write_op_models
+    from edgeasr.runtime.litert import LiteRTModel, layer_outputs
+
+    inputs = np.random.default_rng(1).integers(-128, 128, (4, 98, 40)).astype(np.int8)
+    np.save(tmp_path / "inputs.npy", inputs)
+    write_op_models(model_path, tmp_path)
+    layers = layer_outputs(model_path, inputs)
+    with np.load(tmp_path / OPS) as ops:
+        names = sorted(key[:-len(".tflite")] for key in ops.files if key.endswith(".tflite"))
+        assert len(names) >= 2 and set(names) <= set(layers)
+        for name in names:
+            alone = LiteRTModel(ops[f"{name}.tflite"].tobytes(), xnnpack=False)
+            outputs = np.stack([alone.run_raw(x) for x in ops[f"{name}.input"]])
+            np.testing.assert_array_equal(outputs, layers[name][:, 0])
+
+
 def test_layer_differences_find_the_first_op_that_differs():
     from edgeasr.device import format_layers, layer_differences
 
@@ -170,6 +189,7 @@ def test_device_check_over_ssh_loopback(loopback_sshd, model_path, tmp_path):
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["passed"] and report["max_lsb"] == 0 and report["reference_max_lsb"] == 0
     assert report["first_layer_off"] is None and report["layers"] and "every op's output identical" in result.output
+    assert len(report["ops_alone"]) >= 4 and report["ops_alone_max_diff"] == 0     # >= 2 ops x 2 kernel sets
     assert len(report["detections_device"]) == len(BURSTS_S) and report["same_detections"]
     assert report["device"]["parity"]["examples"] == 64 and report["device"]["parity"]["invoke_ms_median"] > 0
     assert 0 < report["device"]["cpu_per_audio_s"] < 0.5 and report["device"]["peak_rss_kib"] > 10_000

@@ -17,15 +17,38 @@ def _interpreter_module():
     return interpreter
 
 
+def _source(model) -> dict:
+    """Interpreter keyword for `model`: a path or the model's bytes."""
+    return {"model_content": bytes(model)} if isinstance(model, (bytes, bytearray)) else {"model_path": str(model)}
+
+
 def tracing_interpreter(model):
     """An interpreter on the builtin (reference) kernels that keeps every intermediate tensor readable
     after invoke, for layer-by-layer comparisons. `model`: a path or the model's bytes."""
     module = _interpreter_module()
-    source = {"model_content": bytes(model)} if isinstance(model, (bytes, bytearray)) else {"model_path": str(model)}
-    interpreter = module.Interpreter(**source, experimental_preserve_all_tensors=True,
+    interpreter = module.Interpreter(**_source(model), experimental_preserve_all_tensors=True,
                                      experimental_op_resolver_type=module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     interpreter.allocate_tensors()
     return interpreter
+
+
+LAYER_WINDOWS = 16   # inputs a device check compares layer by layer and op by op
+
+
+def layer_outputs(model, inputs: np.ndarray) -> dict:
+    """Every op's first output on the builtin kernels for each raw input, one array per op keyed
+    "<op index>_<op name>" (execution order): where two machines start to differ, layer by layer.
+    _get_ops_details is the interpreter's only list of ops (ai-edge-litert and tflite_runtime alike)."""
+    interpreter = tracing_interpreter(model)
+    input_index = interpreter.get_input_details()[0]["index"]
+    ops = [op for op in interpreter._get_ops_details() if len(op["outputs"])]
+    layers = {f"{op['index']:03d}_{op['op_name']}": [] for op in ops}
+    for example in inputs:
+        interpreter.set_tensor(input_index, example[None, ...])
+        interpreter.invoke()
+        for op in ops:
+            layers[f"{op['index']:03d}_{op['op_name']}"].append(interpreter.get_tensor(op["outputs"][0]).copy())
+    return {name: np.stack(values) for name, values in layers.items()}
 
 
 def quantize(values: np.ndarray, detail: dict) -> np.ndarray:
@@ -54,7 +77,7 @@ class LiteRTModel:
 
     def __init__(self, model_path, num_threads: int = 1, xnnpack: bool = True):
         module = _interpreter_module()
-        options = {"model_path": str(model_path), "num_threads": num_threads}
+        options = {**_source(model_path), "num_threads": num_threads}
         if not xnnpack:
             options["experimental_op_resolver_type"] = module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
         self.interpreter = module.Interpreter(**options)
