@@ -494,6 +494,8 @@ def device_check(model, ssh_target, port, identity, ssh_options, adb_serial, pyt
 
     Copies the model and the script, runs them there and here on the same audio and input
     windows, and compares raw int8 outputs (within 1 LSB) and detections. Exits 1 when they differ.
+    Where they differ, the report names the first layer that does (builtin kernels) and how far
+    each op differs when both machines run it alone on the same inputs (XNNPACK and builtin).
 
     \b
     Examples:
