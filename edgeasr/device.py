@@ -189,13 +189,18 @@ def write_op_models(model_path, folder: Path) -> None:
     ops = {}
     for index, op in enumerate(graph.operators):
         source = op.inputs[0]
-        op_input = inputs if source == graph.inputs[0] else layers.get(producer.get(source))
+        if source == graph.inputs[0]:
+            op_input = inputs
+        elif producer.get(source) in layers and layers[producer[source]].shape[1] == 1:
+            op_input = layers[producer[source]][:, 0]       # without the batch axis, as inputs.npy holds them
+        else:
+            continue
         single = fb.single_op_model(model_bytes, index)
-        if single is None or op_input is None or (op_input is not inputs and op_input.shape[1] != 1):
+        if single is None:
             continue
         name = f"{index:03d}_{fb.op_name(model, op)}"
         ops[f"{name}.tflite"] = np.frombuffer(single, np.uint8)
-        ops[f"{name}.input"] = op_input if op_input is inputs else op_input[:, 0]
+        ops[f"{name}.input"] = op_input
     np.savez_compressed(folder / OPS, **ops)
 
 

@@ -345,7 +345,9 @@ def evaluate(times, scores, labels_list, occurrences, hours: float, config: Dete
     if rule == "per keyword":
         chosen = _per_keyword_thresholds(keywords, false_accepts, hours, target_fa_per_hour, errors_at_common)
     elif rule == "common":
-        common = _refined_point(det, target_fa_per_hour, hours, total, errors_at_common)["threshold"]
+        point = at_points.get(str(target_fa_per_hour)) or _refined_point(det, target_fa_per_hour, hours, total,
+                                                                         errors_at_common)
+        common = point["threshold"]
         chosen = dict.fromkeys((name for _, name in keywords), 1.0 if common is None else common)
     else:
         missing = [name for _, name in keywords if name not in thresholds]
