@@ -18,7 +18,7 @@ from edgeasr.files import write_json_atomic
 from edgeasr.models.registry import ModelConfig
 from edgeasr.quant.policy import preset
 from edgeasr.train.fit import load_training_data, train
-from edgeasr.train.run_dir import RunConfig, TrainConfig
+from edgeasr.train.run_dir import RunConfig, TrainConfig, epochs_per_stage
 
 QAT_POLICY = "w4a8-tanh"
 
@@ -28,6 +28,7 @@ def run_demo(out_dir, model: str = "ds_cnn_s", epochs: int = 15, qat_epochs: int
     from edgeasr.converters.convert import convert_run
     from edgeasr.converters.flatbuffer import weight_storage
 
+    qat_epochs_per_stage = epochs_per_stage(qat_epochs, qat_stages)   # fail before any training
     out = Path(out_dir)
     started = time.perf_counter()
     data_dir = out / "data"
@@ -42,7 +43,7 @@ def run_demo(out_dir, model: str = "ds_cnn_s", epochs: int = 15, qat_epochs: int
     float_report = train(out / "float", float_config, data=data)
 
     qat_config = replace(float_config, policy=preset(QAT_POLICY),
-                         train=replace(float_config.train, epochs=qat_epochs // qat_stages, stages=qat_stages,
+                         train=replace(float_config.train, epochs=qat_epochs_per_stage, stages=qat_stages,
                                        learning_rate=1e-3, init_from=str(out / "float")))
     _stage(f"quantization-aware training ({QAT_POLICY}, {qat_stages} stage(s), {qat_epochs} epochs in all) "
            f"in {out / QAT_POLICY}")

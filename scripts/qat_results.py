@@ -41,7 +41,7 @@ from edgeasr.files import write_bytes_atomic, write_json_atomic
 from edgeasr.models.registry import ModelConfig
 from edgeasr.quant.policy import preset
 from edgeasr.train.fit import load_training_data, train
-from edgeasr.train.run_dir import RunConfig, RunDir, TrainConfig
+from edgeasr.train.run_dir import RunConfig, RunDir, TrainConfig, epochs_per_stage
 
 POLICIES = ("float", "w8a8", "w4a8", "w4a8-tanh", "mixed")
 MODELS = ("ds_cnn_s", "ffn_stateless")
@@ -123,6 +123,7 @@ def recipe_of(model_name: str, args) -> dict:
     for key in ("pretrain_epochs", "finetune_epochs"):
         if getattr(args, key) is not None:
             recipe[key] = getattr(args, key)
+    epochs_per_stage(recipe["finetune_epochs"], recipe["qat_stages"])   # an uneven split fails before training
     return recipe
 
 
@@ -171,7 +172,7 @@ def finetune(args, base: RunConfig, data, test_features, pretrained: Path, polic
     stages = recipe["qat_stages"] if quantized else 1
     config = replace(base, policy=preset(policy),
                      train=replace(base.train, learning_rate=args.finetune_lr,
-                                   epochs=recipe["finetune_epochs"] // stages, seed=seed,
+                                   epochs=epochs_per_stage(recipe["finetune_epochs"], stages), seed=seed,
                                    stages=stages, init_from=str(pretrained),
                                    stage2_lr_scale=recipe["stage2_lr_scale"] if quantized else 1.0))
     run_dir = args.work / base.model.name / f"{policy}_seed{seed}"

@@ -55,3 +55,11 @@ def test_convert_needs_a_run_directory(tmp_path):
     assert result.exit_code == 1
     assert "not an edgeasr run directory" in result.output
     assert not (tmp_path / "m.tflite").exists()
+
+
+def test_demo_refuses_qat_epochs_the_stages_cannot_share_before_any_work(tmp_path):
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(main, ["demo", "--out", str(out), "--qat-stages", "2", "--qat-epochs", "5"])
+    assert result.exit_code == 1
+    assert "5 epochs cannot be split evenly into 2 stage(s)" in result.output
+    assert not out.exists()

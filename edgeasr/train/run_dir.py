@@ -33,6 +33,15 @@ class TrainConfig:
     mracos_weight: float = 0.0
 
 
+def epochs_per_stage(total_epochs: int, stages: int) -> int:
+    """Each stage's share of a total epoch budget; a total the stages cannot split evenly is an
+    error rather than silently shortened."""
+    if stages < 1 or total_epochs < stages or total_epochs % stages:
+        raise EdgeasrError(f"{total_epochs} epochs cannot be split evenly into {stages} stage(s): "
+                           f"give a multiple of {max(stages, 1)}")
+    return total_epochs // stages
+
+
 @dataclass(frozen=True)
 class RunConfig:
     dataset: str = ""
