@@ -149,7 +149,7 @@ def train(dataset, run_dir, model_name, epochs, batch_size, learning_rate, polic
 @click.option("--min-agreement", default=0.99, show_default=True,
               help="Fail (write nothing) when Keras-LiteRT argmax agreement is below this.")
 @click.option("--conv-storage", type=click.Choice(["int8", "int4"]), default="int8", show_default=True,
-              help="4-bit depthwise and non-pointwise conv filters: 4-bit levels in INT8 containers "
+              help="4-bit depthwise and non-pointwise conv filters: 4-bit levels (x 16) in INT8 containers "
                    "(XNNPACK runs them) or packed INT4 (smaller, builtin kernels only).")
 @click.option("--fc-scales", type=click.Choice(["per-tensor", "per-channel"]), default="per-tensor",
               show_default=True, help="4-bit FULLY_CONNECTED weights quantized per tensor: keep one scale, or "

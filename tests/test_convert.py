@@ -43,12 +43,12 @@ def test_float_keras_file_converts_to_int4_fully_integer_with_metadata(foreign, 
     ops, tensors = fb.read_model(out.read_bytes())
     weights = {t.name: t for t in tensors if t.data is not None and len(t.shape) >= 2 and t.type != "INT32"}
     # Pointwise conv (now FULLY_CONNECTED) and logits packed; depthwise and first conv keep their
-    # 4-bit levels in INT8 containers, which XNNPACK takes.
+    # 4-bit levels (x 16, converters/int4.py) in INT8 containers, which XNNPACK takes.
     assert {name: t.type for name, t in weights.items()} == {
         "conv0/weight": "INT8", "dw1/weight": "INT8", "pw1/weight": "INT4", "logits/weight": "INT4"}
     for name in ("conv0/weight", "dw1/weight"):
-        levels = weights[name].data.view(np.int8)
-        assert levels.min() >= -8 and levels.max() <= 7
+        stored = weights[name].data.view(np.int8).astype(np.int32)
+        assert np.all(stored % 16 == 0) and stored.min() >= -128 and stored.max() <= 112
     assert ops.count("FULLY_CONNECTED") == 2 and ops.count("CONV_2D") == 1
     assert not [t.name for t in tensors if t.type.startswith("FLOAT")]
     assert "QUANTIZE" not in ops and "DEQUANTIZE" not in ops
