@@ -79,8 +79,9 @@ def _on_grid(q: np.ndarray, scale: np.ndarray, axis: int, bits: int):
 
 
 def _spread_over_int8(levels: np.ndarray, scale: np.ndarray, bits: int):
-    """n-bit levels times 2^(8-n) and the scale divided by as much: the same real weights, and the
-    int32 bias (rewritten at the new scale) is exactly as many times larger. Why: the builtin
+    """n-bit levels times 2^(8-n) and the scale divided by as much: the same real weights; the int32
+    bias, rewritten at the new scale, is as many times larger (exactly, unless the pass also moved
+    the weight onto its grid: then it is rounded 2^(8-n) times finer than before). Why: the builtin
     kernels on x86 requantize in two roundings (a rounding high multiply, then a rounding right
     shift), so an output lands up to 2^-(shift+1) LSB off the exact value; with 4-bit levels the
     shift is small and 1% of DS-CNN-S's first-conv outputs came out 1 LSB above the exact result,

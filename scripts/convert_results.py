@@ -312,7 +312,7 @@ def _pct(value):
 def markdown(summary) -> str:
     lines = ["# Conversion results (scripts/convert_results.py)", "",
              f"Runs from `{summary['runs']}`, converted with `edgeasr convert` defaults (pointwise convs as "
-             f"FULLY_CONNECTED, 4-bit depthwise / first-conv levels in INT8 containers, one scale for per-tensor "
+             f"FULLY_CONNECTED, 4-bit depthwise / first-conv levels x 16 in INT8 containers, one scale for per-tensor "
              f"INT4 FULLY_CONNECTED, global average pool as MEAN, trimmed). Accuracy and agreement on the whole test split. Latency: one "
              f"thread, median of {summary['rounds']} interleaved rounds x {summary['invokes']} invokes on "
              f"{summary['machine']}.", "",
