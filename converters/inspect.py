@@ -74,7 +74,6 @@ def inspect_model(path, float_bytes=None) -> dict:
         metadata = read_metadata(data)
     except MetadataError:
         metadata = None
-    quant_param_bytes = sum(t["scales"] * 12 for t in tensors if t["scales"] > 1)
     return {
         "path": str(path), "bytes": len(data), "float_bytes": float_bytes,
         "smaller_than_float": (float_bytes / len(data)) if float_bytes else None,
@@ -82,7 +81,7 @@ def inspect_model(path, float_bytes=None) -> dict:
         "xnnpack_nodes": len(delegated), "xnnpack_error": load_error,
         "tensors": tensors, "weight_bytes": weight_bytes,
         "int4_weight_share": int4_bytes / weight_bytes if weight_bytes else None,
-        "per_channel_parameter_bytes": quant_param_bytes,
+        "per_channel_parameter_bytes": fb.per_channel_parameter_bytes(graph.tensors),
         "metadata": metadata,
     }
 

@@ -10,7 +10,8 @@ of them on biases. What is trimmed, and why it is safe:
     prepare an int8 per-channel convolution whose bias has one scale (measured, LiteRT 2.3).
     Weight scales stay: they are the arithmetic.
     The schema stores zero points as int64 and the interpreter refuses a tensor whose zero points
-    do not match its scales one for one, so weight zero points cannot go.
+    do not match its scales one for one, so weight zero points cannot go; `flatbuffer.dump`
+    writes each distinct zero-point vector once instead.
   - Tensor names: the converter's ';'-joined TensorFlow op paths become `layer/weight`,
     `layer/bias`, `layer` (activations); the model's input and output keep their names.
   - The converter's CONVERSION_METADATA entry (converter options, not read by any runtime).

@@ -42,17 +42,18 @@ POLICIES = ("w8a8", "w4a8-tanh", "mixed")
 FOUR_BIT = ("w4a8", "w4a8-tanh")
 MODELS = ("ds_cnn_s", "ffn_stateless")
 TARGET_SMALLER, TARGET_ACCURACY_POINTS, TARGET_AGREEMENT = 7.0, 0.2, 0.99
-PER_CHANNEL_PARAMETER_BYTES = 12     # float32 scale + int64 zero point per channel (schema, interpreter)
 
 
 def lower_bound(path) -> dict:
     """Fewest bytes any .tflite of this model and policy can have: every 4-bit weight packed two per
-    byte, 8-bit weights one per byte, int32 (int64) biases, and the scale + zero point per channel
-    of per-channel weights; nothing else (no graph, names, shapes, bias scales, metadata)."""
+    byte, 8-bit weights one per byte, int32 (int64) biases, and the float32 scale per channel of
+    per-channel weights with each distinct zero-point vector once; nothing else (no graph, names,
+    shapes, bias scales, metadata)."""
     model = fb.load(Path(path).read_bytes())
     four_bit = {entry["layer"] for entry in read_metadata(path).get("int4_weights", [])}
     graph, types = model.subgraphs[0], fb.type_names()
-    weights = biases = parameters = 0
+    weights = biases = 0
+    weight_tensors = []
     for op in graph.operators:
         if fb.op_name(model, op) not in ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D"):
             continue
@@ -60,11 +61,11 @@ def lower_bound(path) -> dict:
         count = int(np.prod(weight.shape))
         name = fb.tensor_name(weight)
         weights += (count + 1) // 2 if name.split("/")[0] in four_bit else count
-        scales = len(weight.quantization.scale) if weight.quantization.scale is not None else 0
-        parameters += PER_CHANNEL_PARAMETER_BYTES * scales if scales > 1 else 0
+        weight_tensors.append(weight)
         if len(op.inputs) > 2 and op.inputs[2] >= 0:
             bias = graph.tensors[op.inputs[2]]
             biases += int(np.prod(bias.shape)) * (8 if types[bias.type] == "INT64" else 4)
+    parameters = fb.per_channel_parameter_bytes(weight_tensors)
     return {"weights": weights, "biases": biases, "per_channel_parameters": parameters,
             "total": weights + biases + parameters}
 
@@ -326,8 +327,8 @@ def markdown(summary) -> str:
                      f"{_pct(r['keras_accuracy'])} | {_pct(r['litert_accuracy'])} | {_pct(r['argmax_agreement'])} | "
                      f"{r['keras_tied_top']} | {r['max_lsb']} | {r['xnnpack_nodes']} | "
                      f"{r['latency_xnnpack_ms']:.4f} | {r['latency_reference_ms']:.4f} |")
-    lines += ["", "floor: the lower bound of `lower_bound()` — packed weights, int32 biases and the float32 scale + "
-              "int64 zero point per channel of per-channel weights, nothing else. tied: test clips whose Keras "
+    lines += ["", "floor: the lower bound of `lower_bound()` — packed weights, int32 biases and the float32 scale "
+              "per channel of per-channel weights with each distinct int64 zero-point vector once, nothing else. tied: test clips whose Keras "
               "(fake-quant) top score is an exact tie between classes.", "", "## Targets", ""]
     for target in dict.fromkeys(t["target"] for t in summary["targets"]):
         entries = [t for t in summary["targets"] if t["target"] == target]
