@@ -203,7 +203,7 @@ def test_count_errors_and_evaluate():
     assert strict["thresholds"]["yes"] > 0.9 and strict["at_thresholds"]["misses"] == 4
     assert strict["at_thresholds"]["false_accepts"] == 0
     given = evaluate(times, scores, LABELS, occurrences, hours=0.5, config=DetectorConfig(), thresholds={"yes": 0.7})
-    assert given["thresholds"] == {"yes": 0.7} and given["thresholds_from"] == "given"
+    assert given["thresholds"] == {"yes": 0.7} and given["thresholds_rule"] == "given"
     assert given["at_thresholds"]["misses"] == 2 and given["at_thresholds"]["false_accepts"] == 1   # 0.6 missed
     with pytest.raises(StreamError, match="no threshold given for keywords"):
         evaluate(times, scores, LABELS, occurrences, hours=0.5, config=DetectorConfig(), thresholds={"no": 0.7})
@@ -289,7 +289,7 @@ def test_built_stream_and_cli(tiny_dataset, tmp_path, model_path):
                                       "--out", str(tmp_path / "again"), "--model-thresholds"])
     assert again.exit_code == 0, again.output
     scored = json.loads((tmp_path / "again" / "energy.stream.json").read_text())
-    assert scored["thresholds_from"] == "given" and scored["thresholds"] == report["thresholds"]
+    assert scored["thresholds_rule"] == "given" and scored["thresholds"] == report["thresholds"]
     assert scored["at_thresholds"] == report["at_thresholds"]           # the same thresholds, the same errors
     assert "given (not chosen on this stream)" in again.output
     bad = CliRunner().invoke(main, ["eval-stream", str(model), "--wav", str(wav)])

@@ -357,8 +357,7 @@ def evaluate(times, scores, labels_list, occurrences, hours: float, config: Dete
     operating = _at_thresholds(times, scores, keywords, by_keyword, chosen, refractory, max_latency_s)
     return {"hours": hours, "keyword_occurrences": total, "detector": asdict(config),
             "max_latency_s": max_latency_s, "det": det, "frr_at_fa_per_hour": at_points,
-            "target_fa_per_hour": target_fa_per_hour, "thresholds": chosen,
-            "thresholds_from": "this stream" if thresholds is None else "given", "thresholds_rule": rule,
+            "target_fa_per_hour": target_fa_per_hour, "thresholds": chosen, "thresholds_rule": rule,
             "at_thresholds": {**operating, "frr": operating["misses"] / total,
                               "fa_per_hour": operating["false_accepts"] / hours}}
 
