@@ -236,7 +236,8 @@ def markdown(summary: dict) -> str:
         "recipe's share of the learning rate) with the same augmentation, "
         f"once per fine-tuning seed ({', '.join(p.get('seeded_policies', []))}: {seed_counts}; the others: one); "
         "accuracies are the mean over seeds, ± the standard deviation. Keras accuracy is the fake-quant model's; LiteRT is the fully-integer conversion "
-        "(`convert_keras`: INT4-packed where the policy has 4-bit weights).",
+        "(`convert_keras`: INT4-packed where the policy has 4-bit weights), its bytes as written right after "
+        "training by the converter of that day (docs/convert_results.md has the current converter's sizes).",
         "",
         "| model | float pre-training epochs | fine-tuning epochs | QAT stages | stage-2 learning rate "
         "(share of stage 1's) | augmentation (noise share, SNR dB, shift ms) |",
