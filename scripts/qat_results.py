@@ -246,7 +246,7 @@ def markdown(summary: dict) -> str:
           f"| {r.get('stage2_lr_scale', 1.0):g} "
           f"| {r['augment']['noise_probability']:.0%}, "
           f"{r['augment']['snr_db_min']:g}-{r['augment']['snr_db_max']:g}, {r['augment']['time_shift_ms']:g} |"
-          for name, r in summary.get("recipes", {}).items()],
+          for name, r in _in_model_order(summary.get("recipes", {}), p["models"])],
         "",
         "| model | policy | Keras test acc. | vs float (points) | per seed | LiteRT acc. | validation acc. | .tflite bytes |",
         "|---|---|---|---|---|---|---|---|",
@@ -271,6 +271,11 @@ def markdown(summary: dict) -> str:
               f"(largest |w| = {t['max_abs_weight']:.2f})" for t in summary.get("tanh_vs_linear", [])]
     lines += ["", "![accuracy per policy](qat_results.png)", ""]
     return "\n".join(lines)
+
+
+def _in_model_order(recipes: dict, models: list) -> list:
+    """(model, recipe) in the protocol's model order: the JSON may store the recipes keys sorted."""
+    return [(name, recipes[name]) for name in models if name in recipes]
 
 
 def target_lines(rows: list, floats: dict) -> list:
