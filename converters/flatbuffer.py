@@ -83,7 +83,7 @@ class _ZeroPointSharingBuilder(flatbuffers.Builder):
     def CreateNumpyVector(self, x):  # noqa: N802 (the flatbuffers method it overrides)
         if x.dtype != np.int64:
             return super().CreateNumpyVector(x)
-        key = (len(x), x.tobytes())
+        key = x.tobytes()
         if key not in self._written:
             self._written[key] = super().CreateNumpyVector(x)
         return self._written[key]

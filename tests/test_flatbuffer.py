@@ -9,6 +9,7 @@ import tf_keras as keras
 
 from edgeasr.converters import flatbuffer as fb
 from edgeasr.converters.stock import int8_tflite
+from edgeasr.runtime.litert import LiteRTModel
 from edgeasr.runtime.metadata import schema
 
 ZERO_POINT_FIELD = 10   # vtable offset of QuantizationParameters.zero_point (its 4th field)
@@ -46,23 +47,6 @@ def _zero_point_positions(model_bytes: bytes) -> dict:
     return positions
 
 
-def _outputs(model_bytes: bytes, x: np.ndarray, xnnpack: bool) -> np.ndarray:
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    resolver = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    interpreter = Interpreter(model_content=model_bytes, experimental_op_resolver_type=resolver)
-    interpreter.allocate_tensors()
-    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    scale, zero = inp["quantization"]
-    results = []
-    for example in x:
-        quantized = np.clip(np.round(example / scale + zero), -128, 127).astype(np.int8)
-        interpreter.set_tensor(inp["index"], quantized[None])
-        interpreter.invoke()
-        results.append(interpreter.get_tensor(out["index"])[0].copy())
-    return np.stack(results)
-
-
 def test_each_distinct_zero_point_vector_is_written_once(per_channel_model):
     stock, _ = per_channel_model
     shared, unshared = fb.dump(fb.load(stock)), _unshared(stock)
@@ -80,7 +64,8 @@ def test_shared_zero_points_read_back_and_compute_the_same(per_channel_model):
         if a.quantization is not None and a.quantization.zeroPoint is not None:
             np.testing.assert_array_equal(a.quantization.zeroPoint, b.quantization.zeroPoint)
     for xnnpack in (True, False):
-        np.testing.assert_array_equal(_outputs(shared, calibration, xnnpack), _outputs(unshared, calibration, xnnpack))
+        np.testing.assert_array_equal(LiteRTModel(shared, xnnpack=xnnpack).predict(calibration),
+                                      LiteRTModel(unshared, xnnpack=xnnpack).predict(calibration))
 
 
 def test_zero_points_given_as_lists_are_shared_too(per_channel_model):
