@@ -3,8 +3,17 @@
 Conversion runs from a concrete function with a fixed batch of 1: an open batch adds
 SHAPE/STRIDED_SLICE/PACK ops and sent a Dense on a 3-D input down the Tensordot path, into an
 INT8 container with an unfused bias.
+
+A Dense whose weight quantizer is per channel is converted with its quantized kernel baked in as a
+constant: the converter cannot carry a per-channel fake-quant through the transpose it puts on a
+FULLY_CONNECTED weight ("'tfl.transpose' op has mismatched quantized axes of input and output").
+Baked, every value already lies on its channel's n-bit grid; the converter quantizes the constant
+per channel (int8, scale max|w| / 127), and the INT4 pass (converters/int4.py) finds the n-bit
+levels and their step again, so the file holds exactly the weights Keras computed with.
 """
 import edgeasr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+
+import contextlib
 
 import numpy as np
 import tensorflow as tf
@@ -18,6 +27,36 @@ CALIBRATION_EXAMPLES = 300
 def _concrete(model: keras.Model):
     spec = tf.TensorSpec([1, *model.input_shape[1:]], tf.float32)
     return tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
+
+
+class _Baked:
+    """Stands in for a weight quantizer during conversion: always the quantized value it was given."""
+
+    def __init__(self, value: np.ndarray):
+        self.value = value
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        return tf.constant(self.value)
+
+
+@contextlib.contextmanager
+def per_channel_dense_baked(model: keras.Model):
+    """The model with every per-channel Dense weight quantizer replaced by its output, restored after."""
+    swapped = []
+    for layer in model.layers:
+        weight_vars = getattr(layer, "_weight_vars", None)
+        if not weight_vars or not isinstance(getattr(layer, "layer", None), keras.layers.Dense):
+            continue
+        if not all(getattr(quantizer, "per_channel", False) for _, quantizer, _ in weight_vars):
+            continue
+        swapped.append((layer, weight_vars))
+        layer._weight_vars = [(weight, _Baked(quantizer(weight, False, variables).numpy()), variables)
+                              for weight, quantizer, variables in weight_vars]
+    try:
+        yield model
+    finally:
+        for layer, weight_vars in swapped:
+            layer._weight_vars = weight_vars
 
 
 def float_tflite(model: keras.Model) -> bytes:
@@ -37,7 +76,9 @@ def int8_tflite(model: keras.Model, calibration: np.ndarray, io: str = "int8", i
         for example in examples:
             yield [example[None, ...]]
 
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([_concrete(model)], model)
+    with per_channel_dense_baked(model):
+        function = _concrete(model)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = representative_dataset
     integer_set = (tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8

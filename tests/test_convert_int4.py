@@ -17,8 +17,13 @@ from edgeasr.converters.trim import trim_model
 from edgeasr.errors import EdgeasrError
 from edgeasr.quant import qat
 from edgeasr.quant.policy import LayerPrecision, PrecisionPolicy, PrecisionRule
+from edgeasr.runtime.litert import LiteRTModel
 
 W4 = LayerPrecision(weight_bits=4, weight_transform="linear", activation_bits=8)
+# The stock converter's own FULLY_CONNECTED path (fake-quant carried through): one scale per Dense.
+# A per-channel Dense is converted from its baked kernel instead (converters/stock.py).
+W4_DENSE_PER_TENSOR = LayerPrecision(weight_bits=4, weight_transform="linear", granularity="per-tensor",
+                                     activation_bits=8)
 
 
 def _open_batch_int8(model, x):
@@ -66,7 +71,7 @@ def dense_3d():
     x = keras.layers.ReLU(name="relu")(x)
     x = keras.layers.Flatten(name="flatten")(x)
     outputs = keras.layers.Dense(4, name="logits")(x)
-    model = qat.quantize_model(keras.Model(inputs, outputs), PrecisionPolicy("w4", W4))
+    model = qat.quantize_model(keras.Model(inputs, outputs), PrecisionPolicy("w4", W4_DENSE_PER_TENSOR))
     data = np.random.default_rng(0).normal(size=(32, 12, 8)).astype(np.float32)
     model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(data, np.arange(32) % 4, batch_size=16, verbose=0)
@@ -80,7 +85,7 @@ def test_dense_on_3d_input_int8_container_is_packed_onto_the_qat_grid(dense_3d):
     assert d3.type == "INT8" and "ADD" in ops   # the trap: INT8 container, bias left to an ADD
 
     layer_names = keras_layer_names(model)
-    packed, report = pack_int4_weights(stock, policy_bits(PrecisionPolicy("w4", W4), layer_names))
+    packed, report = pack_int4_weights(stock, policy_bits(PrecisionPolicy("w4", W4_DENSE_PER_TENSOR), layer_names))
     by_layer = {entry["layer"]: entry for entry in report}
     assert by_layer["d3"]["converter_wrote"] == "INT8" and by_layer["d3"]["action"].startswith("packed")
     assert by_layer["d3"]["stored_as"] == "INT4"
@@ -108,7 +113,7 @@ def test_dense_on_3d_input_int8_container_is_packed_onto_the_qat_grid(dense_3d):
 
 def test_per_tensor_fc_scales_become_per_channel_without_changing_outputs(dense_3d, tmp_path):
     model, _, stock = dense_3d
-    bits_of = policy_bits(PrecisionPolicy("w4", W4), keras_layer_names(model))
+    bits_of = policy_bits(PrecisionPolicy("w4", W4_DENSE_PER_TENSOR), keras_layer_names(model))
     per_tensor, _ = pack_int4_weights(stock, bits_of, fc_per_channel=False)
     per_channel, report = pack_int4_weights(stock, bits_of, fc_per_channel=True)
     _, tensors = fb.read_model(per_channel)
@@ -130,7 +135,8 @@ def _two_fc_sharing_a_zero_buffer():
     x = keras.layers.ReLU(name="r1")(keras.layers.Dense(16, name="d1")(inputs))
     x = keras.layers.ReLU(name="r2")(keras.layers.Dense(16, name="d2")(x))
     outputs = keras.layers.Dense(4, name="logits")(x)
-    policy = PrecisionPolicy("t", LayerPrecision(weight_bits=8), [PrecisionRule("d1", W4)])
+    policy = PrecisionPolicy("t", LayerPrecision(weight_bits=8, granularity="per-tensor"),
+                             [PrecisionRule("d1", W4_DENSE_PER_TENSOR)])
     model = qat.quantize_model(keras.Model(inputs, outputs), policy)
     data = np.random.default_rng(0).normal(size=(16, 16)).astype(np.float32)
     model(data)
@@ -167,6 +173,39 @@ def test_weights_off_the_4bit_grid_are_refused_naming_the_layer():
         pack_int4_weights(stock, policy_bits(PrecisionPolicy("w4", W4), ["head"]))
     unchanged, report = pack_int4_weights(stock, policy_bits(PrecisionPolicy("w8", LayerPrecision()), ["head"]))
     assert report == [] and fb.read_model(unchanged)[1] and _run(unchanged, _int8_inputs(2, (16,))).shape == (2, 4)
+
+
+def test_per_channel_dense_is_converted_from_its_baked_kernel_onto_each_channels_grid():
+    """The stock converter cannot carry a per-channel fake-quant through the transpose it puts on a
+    FULLY_CONNECTED weight; convert bakes the quantized kernel, and the INT4 pass finds every
+    channel's own 4-bit grid again: the file computes with exactly Keras' weights."""
+    from edgeasr.converters.convert import convert_keras
+
+    keras.utils.set_random_seed(2)
+    inputs = keras.Input((24,), name="features")
+    x = keras.layers.ReLU(name="relu")(keras.layers.Dense(16, name="d1")(inputs))
+    float_model = keras.Model(inputs, keras.layers.Dense(4, name="logits")(x))
+    kernel, bias = float_model.get_layer("d1").get_weights()
+    float_model.get_layer("d1").set_weights([kernel * np.geomspace(0.02, 1.0, 16, dtype=np.float32), bias])
+    model = qat.quantize_model(float_model, PrecisionPolicy("w4", W4))
+    data = np.random.default_rng(0).normal(size=(64, 24)).astype(np.float32)
+    keras_before = model.predict(data, verbose=0)
+
+    model_bytes, report = convert_keras(model, data)
+
+    np.testing.assert_array_equal(model.predict(data, verbose=0), keras_before)   # quantizers restored
+    assert {entry["layer"]: entry["scales"] for entry in report} == {"d1": "per-channel", "logits": "per-channel"}
+    _, tensors = fb.read_model(model_bytes)
+    d1 = next(t for t in tensors if t.name == "d1/weight")
+    assert d1.type == "INT4" and d1.scale.size == 16
+    levels = fb.unpack_int4(d1.data, d1.shape[0] * d1.shape[1]).reshape(d1.shape)
+    assert np.all(np.abs(levels).max(axis=1) == 7)                   # each channel's top weight on level 7
+    np.testing.assert_allclose(levels * d1.scale.reshape(-1, 1), qat.effective_weights(model)["d1"].T,
+                               rtol=1e-5, atol=1e-8)
+    assert d1.scale.max() / d1.scale.min() > 10                       # one scale would flatten the small units
+    lite = LiteRTModel(model_bytes)
+    keras_lsb = keras_before / lite.output_detail["quantization"][0]
+    assert np.abs(lite.predict(data) / lite.output_detail["quantization"][0] - keras_lsb).max() <= 1.01
 
 
 def test_int4_nibble_order_round_trips():

@@ -10,6 +10,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from edgeasr.configs import from_dict, to_dict
+from edgeasr.converters.stock import per_channel_dense_baked
 from edgeasr.converters.flatbuffer import read_model, unpack_int4
 from edgeasr.errors import EdgeasrError
 from edgeasr.models.registry import ModelConfig, build_model
@@ -172,7 +173,7 @@ def test_qat_weights_are_folded_and_on_the_grid_after_training(trained_w4_tanh):
     weights = qat.effective_weights(trained_w4_tanh)
     assert sorted(weights) == sorted(["conv0", "logits"] + [f"{k}{i}" for k in ("dw", "pw") for i in range(1, 5)])
     for name, weight in weights.items():
-        assert_on_grid(weight, 4, per_channel=name != "logits", depthwise=name.startswith("dw"))
+        assert_on_grid(weight, 4, depthwise=name.startswith("dw"))
     folded = trained_w4_tanh.get_layer("pw1")
     np.testing.assert_allclose(  # the folded weight is the quantized kernel times the BN gain
         weights["pw1"], TanhWeightQuantizer(4).quantize(folded.kernel).numpy() * folded.gain().numpy(), rtol=1e-5)
@@ -182,8 +183,21 @@ def test_mixed_policy_on_the_ffn():
     model = _fit(qat.quantize_model(build_model(ModelConfig(name="ffn_stateless")), "mixed"), steps=2)
     weights = qat.effective_weights(model)
     for name, bits in (("dense1", 8), ("dense2", 4), ("dense3", 4), ("logits", 8)):
-        assert_on_grid(weights[name], bits, per_channel=False)   # Dense kernels are per tensor
+        assert_on_grid(weights[name], bits)
     assert len(np.unique(weights["dense1"])) > 15
+
+
+def test_dense_kernels_follow_the_policy_granularity():
+    """Per output unit by default, one grid for the whole kernel on request."""
+    for granularity in ("per-channel", "per-tensor"):
+        policy = PrecisionPolicy("w4", LayerPrecision(4, granularity=granularity))
+        model = qat.quantize_model(build_model(ModelConfig(name="ffn_stateless", options={"units": 32})), policy)
+        [dense2] = [entry for entry in qat.weight_quantizers(model) if entry["layer"] == "dense2"]
+        assert dense2["quantizer"].per_channel == (granularity == "per-channel")
+        weight = dense2["effective"]().numpy()
+        assert_on_grid(weight, 4, per_channel=granularity == "per-channel")
+        unit_peaks = np.abs(weight).max(axis=0)       # per channel: every unit reaches its own top level
+        assert (len(np.unique(unit_peaks)) > 16) == (granularity == "per-channel")
 
 
 def test_qat_gradients_reach_every_trainable_variable():
@@ -311,21 +325,26 @@ def test_w4a8_tanh_ds_cnn_converts_to_int8_with_int4_weights(trained_w4_tanh):
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
-    model_bytes = converter.convert()
+    with pytest.raises(Exception, match="mismatched quantized axes"):    # the per-channel Dense trap
+        converter.convert()
+    with per_channel_dense_baked(trained_w4_tanh):                         # convert's way round it
+        model_bytes = converter.convert()
 
     ops, tensors = read_model(model_bytes)
     assert ops.count("CONV_2D") == 5 and ops.count("DEPTHWISE_CONV_2D") == 4 and ops.count("FULLY_CONNECTED") == 1
     assert "DEQUANTIZE" not in ops and "QUANTIZE" not in ops
     assert not [t.name for t in tensors if t.type in ("FLOAT32", "FLOAT16")]   # fully integer
 
-    # Every weight is INT4 (two per byte) and dequantizes to exactly the QAT model's effective weight.
+    # Every fake-quantized weight is INT4 (two per byte) and dequantizes to exactly the QAT model's
+    # effective weight; the baked logits kernel is the converter's int8 per channel, on that grid to
+    # within half an int8 step (the INT4 pass, tests/test_convert_int4.py, puts it back exactly).
     effective = qat.effective_weights(trained_w4_tanh)
     for name, weight in effective.items():
         label = f"/quant_{name}/" if name == "logits" else f"/{name}/"
         found = [t for t in tensors if t.data is not None and label in t.name and t.type != "INT32"]
         assert len(found) == 1, name
         tensor = found[0]
-        assert tensor.type == "INT4", (name, tensor.type)
+        assert tensor.type == ("INT8" if name == "logits" else "INT4"), (name, tensor.type)
         if name.startswith("dw"):
             expected = weight.reshape(1, *weight.shape[:2], -1)          # (1, kh, kw, channels)
         elif name == "logits":
@@ -333,10 +352,14 @@ def test_w4a8_tanh_ds_cnn_converts_to_int8_with_int4_weights(trained_w4_tanh):
         else:
             expected = weight.transpose(3, 0, 1, 2)                      # (out, kh, kw, in)
         assert tensor.shape == expected.shape
-        levels = unpack_int4(tensor.data, expected.size).reshape(expected.shape)
-        assert np.abs(levels).max() <= 7
         axis = 3 if name.startswith("dw") else 0
         scale = tensor.scale.reshape([-1 if i == axis else 1 for i in range(expected.ndim)])
+        if tensor.type == "INT8":
+            stored = tensor.data.view(np.int8).reshape(expected.shape)
+            assert np.all(np.abs(stored * scale - expected) <= 0.5 * scale + 1e-7)
+            continue
+        levels = unpack_int4(tensor.data, expected.size).reshape(expected.shape)
+        assert np.abs(levels).max() <= 7
         np.testing.assert_allclose(levels * scale, expected, rtol=1e-5, atol=1e-7)
 
     from ai_edge_litert.interpreter import Interpreter

@@ -8,10 +8,9 @@ layer no rule matches gets the default. Patterns match the names of the float mo
 weight_bits None means float weights, activation_bits None float activations; the `float`
 preset is both, and quantize_model returns the model unchanged for it.
 
-granularity applies to convolution kernels (Conv2D, DepthwiseConv2D): Dense kernels are always
-quantized per tensor, because the TFLite converter cannot carry a per-channel fake-quant
-through the transpose it puts on FULLY_CONNECTED weights ("'tfl.transpose' op has mismatched
-quantized axes of input and output").
+granularity applies to every kernel (Conv2D, DepthwiseConv2D, Dense). A per-channel Dense costs
+a float32 scale per output unit in the .tflite; the converter gets its quantized kernel as a
+constant (converters/stock.py says why).
 
 Policies are dataclasses: `to_dict` / `from_dict` of edgeasr.configs give plain JSON.
 """
@@ -30,7 +29,7 @@ GRANULARITIES = ("per-channel", "per-tensor")
 class LayerPrecision:
     weight_bits: Optional[int] = 8          # 2..8, or None for float weights
     weight_transform: str = "linear"        # linear | tanh
-    granularity: str = "per-channel"        # per-channel | per-tensor (convolution kernels)
+    granularity: str = "per-channel"        # per-channel | per-tensor
     activation_bits: Optional[int] = 8      # 8, 16, or None for float activations
 
     def __post_init__(self):

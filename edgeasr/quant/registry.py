@@ -106,11 +106,10 @@ def supported_classes() -> list:
 
 
 # --- quantizers from a precision ---------------------------------------------------------------
-def weight_quantizer_for(precision: LayerPrecision, per_channel_ok: bool = True,
-                         depthwise: bool = False) -> Optional[q.WeightQuantizer]:
+def weight_quantizer_for(precision: LayerPrecision, depthwise: bool = False) -> Optional[q.WeightQuantizer]:
     if precision.weight_bits is None:
         return None
-    per_channel = per_channel_ok and precision.granularity == "per-channel"
+    per_channel = precision.granularity == "per-channel"
     return q.weight_quantizer(precision.weight_transform, precision.weight_bits, per_channel, depthwise=depthwise)
 
 
@@ -202,11 +201,11 @@ def deserialize_quantizer(config):
 
 
 # --- built-in factories ------------------------------------------------------------------------
-def weighted_factory(weight_attr: str, per_channel_ok: bool = True, depthwise: bool = False) -> Factory:
+def weighted_factory(weight_attr: str, depthwise: bool = False) -> Factory:
     """Factory for a layer with one kernel: quantize it (policy transform/bits) and the output."""
 
     def factory(layer, request):
-        weights = weight_quantizer_for(request.precision, per_channel_ok, depthwise) if request.quantize_weights else None
+        weights = weight_quantizer_for(request.precision, depthwise) if request.quantize_weights else None
         output = output_quantizer_for(request.precision) if request.quantize_output else None
         if weights is None and output is None:
             return None
@@ -261,7 +260,7 @@ def _register_builtins():
     register_quantize_config(layers.Conv2D, weighted_factory("kernel"))
     register_quantize_config(layers.Conv1D, weighted_factory("kernel"))
     register_quantize_config(layers.DepthwiseConv2D, weighted_factory("depthwise_kernel", depthwise=True))
-    register_quantize_config(layers.Dense, weighted_factory("kernel", per_channel_ok=False))
+    register_quantize_config(layers.Dense, weighted_factory("kernel"))
     for cls in (layers.ReLU, layers.LeakyReLU, layers.Add, layers.Subtract, layers.Multiply, layers.Average,
                 layers.Concatenate, layers.GlobalAveragePooling1D, layers.GlobalAveragePooling2D,
                 layers.BatchNormalization):
