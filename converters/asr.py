@@ -27,7 +27,7 @@ import numpy as np
 
 from edgeasr.configs import to_dict
 from edgeasr.converters.convert import convert_keras, model_to_convert
-from edgeasr.converters.int4 import int4_share
+from edgeasr.converters.int4 import int4_metadata, int4_share
 from edgeasr.converters.metadata import embed_metadata, source_hash, tensor_io
 from edgeasr.converters.sources import is_qat
 from edgeasr.converters.stock import float_tflite
@@ -101,7 +101,7 @@ def _metadata(config, tokenizer, policy, mode, source: Path, model_bytes: bytes,
         "quantization": mode,
         "io": "int8",
         "source": {"path": source.name, "sha256": source_hash(source)},
-        "int4_weights": [{k: e[k] for k in ("layer", "op", "stored_as", "action")} for e in int4_report],
+        "int4_weights": int4_metadata(int4_report),
         "asr": {"tokens": tokenizer.tokens, "tokenizer": tokenizer.kind, "subsampling": SUBSAMPLING,
                 "chunk_frames": int(chunk_frames), "left_chunks": int(config.model.left_chunks),
                 "model_size": config.model_size},

@@ -29,7 +29,7 @@ import numpy as np
 import tf_keras as keras
 
 from edgeasr.converters import flatbuffer as fb
-from edgeasr.converters.int4 import int4_share, keras_layer_names, pack_int4_weights
+from edgeasr.converters.int4 import int4_metadata, int4_share, keras_layer_names, pack_int4_weights
 from edgeasr.converters.integer_check import INTEGER_TYPES, check_fully_integer, float_ops  # noqa: F401
 from edgeasr.converters.metadata import embed_metadata, source_hash, tensor_io
 from edgeasr.converters.pointwise import pointwise_as_fully_connected
@@ -213,7 +213,7 @@ def _metadata(model, config, policy, mode, io, source, model_bytes, int4_report)
         "quantization": mode,
         "io": io,
         "source": {"path": source.name, "sha256": source_hash(source)},
-        "int4_weights": [{k: e[k] for k in ("layer", "op", "stored_as", "action")} for e in int4_report],
+        "int4_weights": int4_metadata(int4_report),
     }
 
 

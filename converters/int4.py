@@ -290,6 +290,14 @@ def keras_layer_names(model) -> list:
     return names
 
 
+def int4_metadata(report) -> dict:
+    """What the model's metadata keeps of the INT4 report: layer -> how its n-bit weight is stored
+    ("INT4": packed two per byte; "INT8": levels spread over an INT8 container). The full report,
+    with what the pass did to each weight, is convert's JSON report; in the file it cost 1.3 KB of
+    a 27 KB DS-CNN-S."""
+    return {entry["layer"]: entry["stored_as"] for entry in report}
+
+
 def int4_share(model_bytes: bytes) -> Optional[float]:
     """Share of constant weight bytes (2-D and up, not biases) stored as INT4."""
     storage = fb.weight_storage(model_bytes)

@@ -50,7 +50,7 @@ def lower_bound(path) -> dict:
     per-channel weights with each distinct zero-point vector once; nothing else (no graph, names,
     shapes, bias scales, metadata)."""
     model = fb.load(Path(path).read_bytes())
-    four_bit = {entry["layer"] for entry in read_metadata(path).get("int4_weights", [])}
+    four_bit = set(read_metadata(path).get("int4_weights", {}))
     graph, types = model.subgraphs[0], fb.type_names()
     weights = biases = 0
     weight_tensors = []

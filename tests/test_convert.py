@@ -56,6 +56,7 @@ def test_float_keras_file_converts_to_int4_fully_integer_with_metadata(foreign, 
     assert meta["policy"]["name"] == "w4a8-tanh" and meta["quantization"] == "post-training"
     assert meta["input"]["dtype"] == "int8" and meta["output"]["shape"] == [1, 4]
     assert len(meta["source"]["sha256"]) == 64
+    assert meta["int4_weights"] == {"conv0": "INT8", "dw1": "INT8", "pw1": "INT4", "logits": "INT4"}
     parity = json.loads((tmp_path / "kws_w4.parity.json").read_text())
     assert parity["argmax_agreement"] >= 0.99 and (tmp_path / "kws_w4.parity.md").is_file()
 
