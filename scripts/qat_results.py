@@ -146,8 +146,7 @@ def tanh_vs_linear(model_name: str, model) -> dict:
             weight = getattr(layer, attribute, None)
             if weight is None:
                 continue
-            per_channel = not isinstance(layer, tf_keras.layers.Dense)
-            levels = {t: grid_levels(weight_quantizer(t, 4, per_channel, depthwise).quantize(weight).numpy(), per_channel)
+            levels = {t: grid_levels(weight_quantizer(t, 4, True, depthwise).quantize(weight).numpy(), depthwise)
                       for t in ("linear", "tanh")}
             changed += int(np.sum(levels["tanh"] != levels["linear"]))
             total += levels["linear"].size
@@ -155,10 +154,12 @@ def tanh_vs_linear(model_name: str, model) -> dict:
     return {"model": model_name, "weights": total, "changed_share": changed / total, "max_abs_weight": largest}
 
 
-def grid_levels(quantized: np.ndarray, per_channel: bool, bits: int = 4) -> np.ndarray:
-    """The integer level of every weight on its symmetric narrow-range grid (top level = max)."""
-    axes = tuple(range(quantized.ndim - 1)) if per_channel else None
-    top = np.maximum(np.max(np.abs(quantized), axis=axes, keepdims=True), 1e-12)
+def grid_levels(quantized: np.ndarray, depthwise: bool, bits: int = 4) -> np.ndarray:
+    """The integer level of every weight on its output channel's symmetric narrow-range grid (top
+    level = max); a depthwise kernel's channels are its last two axes (in x multiplier)."""
+    if depthwise:
+        quantized = quantized.reshape(-1, quantized.shape[-2] * quantized.shape[-1])
+    top = np.maximum(np.max(np.abs(quantized), axis=tuple(range(quantized.ndim - 1)), keepdims=True), 1e-12)
     return np.round(quantized / top * (2 ** (bits - 1) - 1)).astype(int)
 
 
@@ -186,7 +187,18 @@ def finetune(args, base: RunConfig, data, test_features, pretrained: Path, polic
     litert_accuracy = float(np.mean(np.argmax(scores, axis=-1) == data.test.labels))
     return {"model": base.model.name, "policy": policy, "seed": seed, "keras_accuracy": keras_report["accuracy"],
             "validation_accuracy": validation_accuracy, "litert_accuracy": litert_accuracy, "test_clips": keras_report["examples"],
-            "tflite_bytes": len(model_bytes)}
+            "tflite_bytes": len(model_bytes), "dense_kernels": dense_kernels(model)}
+
+
+def dense_kernels(model) -> str:
+    """How the trained model quantizes its Dense kernels: per channel, per tensor (runs trained
+    before Dense kernels followed the policy's granularity) or float."""
+    from edgeasr.quant.qat import weight_quantizers
+
+    dense = {layer.layer.name for layer in model.layers if isinstance(getattr(layer, "layer", None), tf_keras.layers.Dense)}
+    kinds = {"per channel" if entry["quantizer"].per_channel else "per tensor"
+             for entry in weight_quantizers(model) if entry["layer"] in dense}
+    return " + ".join(sorted(kinds)) or "float"
 
 
 def ensure_data(data_dir: Path, speakers: int, seed: int) -> Path:
@@ -211,7 +223,8 @@ def aggregate(results: list) -> list:
              "keras_mean": float(np.mean([r["keras_accuracy"] for r in runs])),
              "litert_mean": float(np.mean([r["litert_accuracy"] for r in runs])),
              "validation_mean": mean_if_all([r.get("validation_accuracy") for r in runs]),
-             "tflite_bytes": runs[0]["tflite_bytes"], "test_clips": runs[0]["test_clips"]}
+             "tflite_bytes": runs[0]["tflite_bytes"], "test_clips": runs[0]["test_clips"],
+             "dense_kernels": " / ".join(sorted({r.get("dense_kernels", "?") for r in runs}))}
             for (model, policy), runs in rows.items()]
 
 
@@ -248,15 +261,17 @@ def markdown(summary: dict) -> str:
           f"{r['augment']['snr_db_min']:g}-{r['augment']['snr_db_max']:g}, {r['augment']['time_shift_ms']:g} |"
           for name, r in _in_model_order(summary.get("recipes", {}), p["models"])],
         "",
-        "| model | policy | Keras test acc. | vs float (points) | per seed | LiteRT acc. | validation acc. | .tflite bytes |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | policy | Dense kernels | Keras test acc. | vs float (points) | per seed | LiteRT acc. | validation acc. "
+        "| .tflite bytes |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     floats = {r["model"]: r["keras_mean"] for r in rows if r["policy"] == "float"}
     for r in rows:
         delta = 100 * (r["keras_mean"] - floats.get(r["model"], np.nan))
         per_seed = " / ".join(f"{100 * a:.2f}" for a in r["keras"])
         validation = "-" if r["validation_mean"] is None else f"{100 * r['validation_mean']:.2f}%"
-        lines.append(f"| {r['model']} | {r['policy']} | {100 * r['keras_mean']:.2f}% ± {100 * np.std(r['keras']):.2f} "
+        lines.append(f"| {r['model']} | {r['policy']} | {r['dense_kernels']} "
+                     f"| {100 * r['keras_mean']:.2f}% ± {100 * np.std(r['keras']):.2f} "
                      f"| {delta:+.2f} | {per_seed} | {100 * r['litert_mean']:.2f}% | {validation} | {r['tflite_bytes']:,} |")
     lines += ["", "Targets: w4a8-tanh within 0.5 points of float for both models, and not worse than w4a8.", ""]
     lines += target_lines(rows, floats)
@@ -266,7 +281,7 @@ def markdown(summary: dict) -> str:
     lines += ["", "How much the tanh transform changes: it only bends weights of order 1, so it moves few 4-bit "
               "levels when a model's weights are small. On each trained float model (the shared starting point), "
               "the share of weights whose 4-bit grid level differs between the tanh and the linear quantizer "
-              "(same granularity as the w4a8 presets: per channel for convolutions, per tensor for Dense):", ""]
+              "(per output channel, as the w4a8 presets quantize every kernel):", ""]
     lines += [f"- {t['model']}: {100 * t['changed_share']:.1f}% of {t['weights']:,} weights "
               f"(largest |w| = {t['max_abs_weight']:.2f})" for t in summary.get("tanh_vs_linear", [])]
     lines += ["", "![accuracy per policy](qat_results.png)", ""]
