@@ -71,8 +71,7 @@ def lower_bound(path) -> dict:
 
 
 # The non-default choices of `edgeasr convert`, measured on the runs they matter for.
-OPTIONS = (("ds_cnn_s", "w4a8-tanh", "--conv-storage int4", {"conv_storage": "int4"}),
-           ("ffn_stateless", "w4a8-tanh", "--fc-scales per-channel", {"fc_per_channel": True}))
+OPTIONS = (("ds_cnn_s", "w4a8-tanh", "--conv-storage int4", {"conv_storage": "int4"}),)
 
 
 def one(run_dir, out, policy, mode, option="", **convert_options):
