@@ -35,7 +35,7 @@ from edgeasr.data.asr_pipeline import load_asr_split, padded_features
 from edgeasr.errors import EdgeasrError
 from edgeasr.files import write_bytes_atomic
 from edgeasr.models.conformer import SUBSAMPLING, build_conformer
-from edgeasr.quant.qat import quantize_model, transfer_weights
+from edgeasr.quant.qat import adopt_weight_quantizers, quantize_model, transfer_weights
 from edgeasr.runtime.ctc import greedy_decode
 from edgeasr.runtime.litert import LiteRTModel
 from edgeasr.train.asr_fit import AsrRunDir
@@ -56,6 +56,7 @@ def fixed_window_model(run: AsrRunDir, window_frames: int, chunk_frames: Optiona
         return float_model, None
     quantized = quantize_model(float_model, config.policy, stage="full")
     transfer_weights(trained, quantized)
+    adopt_weight_quantizers(trained, quantized)
     return float_model, quantized
 
 

@@ -200,6 +200,24 @@ def test_dense_kernels_follow_the_policy_granularity():
         assert (len(np.unique(unit_peaks)) > 16) == (granularity == "per-channel")
 
 
+def test_a_rebuilt_model_adopts_the_weight_quantizers_it_was_trained_with():
+    """A run trained with per-tensor Dense kernels, rebuilt from a policy that now reads per channel
+    (converters/asr.py rebuilds for a fixed window), computes as it was trained."""
+    def ffn(granularity):
+        model = build_model(ModelConfig(name="ffn_stateless", options={"units": 32}))
+        return qat.quantize_model(model, PrecisionPolicy("w4", LayerPrecision(4, granularity=granularity)))
+
+    trained, rebuilt = ffn("per-tensor"), ffn("per-channel")
+    x, _ = _data(8)
+    trained(x, training=True)                           # ranges initialised, then shared
+    qat.transfer_weights(trained, rebuilt)
+    expected = trained(x, training=False).numpy()
+    assert np.abs(rebuilt(x, training=False).numpy() - expected).max() > 0
+    assert qat.adopt_weight_quantizers(trained, rebuilt) == 4            # dense1-3 and logits
+    np.testing.assert_array_equal(rebuilt(x, training=False).numpy(), expected)
+    assert not any(entry["quantizer"].per_channel for entry in qat.weight_quantizers(rebuilt))
+
+
 def test_qat_gradients_reach_every_trainable_variable():
     model = qat.quantize_model(_small_ds_cnn(), "w4a8-tanh")
     x, y = _data(8)

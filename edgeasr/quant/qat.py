@@ -499,6 +499,30 @@ def transfer_weights(source: keras.Model, target: keras.Model) -> int:
     return copied
 
 
+def adopt_weight_quantizers(trained: keras.Model, rebuilt: keras.Model) -> int:
+    """Give `rebuilt` (the same layers, e.g. the model rebuilt for another input length) the Dense
+    and convolution weight quantizers `trained` was trained with; returns how many differed.
+
+    A run's policy is re-read with today's meaning of its fields, and that meaning can change:
+    Dense kernels were per tensor whatever the granularity until they followed it (per channel in
+    every preset). The trained model's serialized quantizers are what its weights were trained on.
+    Call it before `rebuilt` is traced: a compiled predict function keeps the quantizers it saw."""
+    trained_wrappers = {layer.name: layer for layer in trained.layers if isinstance(layer, QuantizeWrapper)}
+    differed = 0
+    for layer in rebuilt.layers:
+        source = trained_wrappers.get(layer.name)
+        if not isinstance(layer, QuantizeWrapper) or source is None:
+            continue
+        adopted = []
+        for (variable, quantizer, state), (_, trained_quantizer, _) in zip(layer._weight_vars, source._weight_vars):
+            differed += int(quantizer != trained_quantizer)
+            adopted.append((variable, trained_quantizer, state))
+        layer._weight_vars = adopted
+        if getattr(layer.quantize_config, "weight_quantizer", None) is not None and adopted:
+            layer.quantize_config.weight_quantizer = adopted[0][1]
+    return differed
+
+
 def stage_model(float_model: keras.Model, policy, stage: str = "full", init_from: Optional[keras.Model] = None
                 ) -> keras.Model:
     """The `stage` QAT model of `float_model`, its weights taken from `init_from` when given.
