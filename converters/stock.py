@@ -20,6 +20,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from edgeasr.errors import EdgeasrError
+from edgeasr.quant.qat import replace_weight_quantizers
 
 CALIBRATION_EXAMPLES = 300
 
@@ -42,21 +43,17 @@ class _Baked:
 @contextlib.contextmanager
 def per_channel_dense_baked(model: keras.Model):
     """The model with every per-channel Dense weight quantizer replaced by its output, restored after."""
-    swapped = []
-    for layer in model.layers:
-        weight_vars = getattr(layer, "_weight_vars", None)
-        if not weight_vars or not isinstance(getattr(layer, "layer", None), keras.layers.Dense):
-            continue
-        if not all(getattr(quantizer, "per_channel", False) for _, quantizer, _ in weight_vars):
-            continue
-        swapped.append((layer, weight_vars))
-        layer._weight_vars = [(weight, _Baked(quantizer(weight, False, variables).numpy()), variables)
-                              for weight, quantizer, variables in weight_vars]
+    def baked(inner, position, weight):
+        variable, quantizer, state = weight
+        if isinstance(inner, keras.layers.Dense) and getattr(quantizer, "per_channel", False):
+            return _Baked(quantizer(variable, False, state).numpy())
+        return None
+
+    restore = replace_weight_quantizers(model, baked)
     try:
         yield model
     finally:
-        for layer, weight_vars in swapped:
-            layer._weight_vars = weight_vars
+        restore()
 
 
 def float_tflite(model: keras.Model) -> bytes:

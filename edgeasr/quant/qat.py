@@ -44,7 +44,7 @@ Loading a saved QAT model: `load_model(path)` or `with quantize_scope(): keras.m
 import edgeasr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 
 from collections import defaultdict
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -499,28 +499,51 @@ def transfer_weights(source: keras.Model, target: keras.Model) -> int:
     return copied
 
 
+def replace_weight_quantizers(model: keras.Model, choose) -> Callable[[], None]:
+    """In every QuantizeWrapper, put `choose(inner_layer, position, (variable, quantizer, state))`
+    in place of the quantizer of its position-th weight, where that returns something other than None;
+    returns a function that puts the originals back. A TFMOT wrapper quantizes with the list it
+    holds, so do this before the model is traced: a compiled function keeps what it saw."""
+    replaced = []
+    for layer in model.layers:
+        if not isinstance(layer, QuantizeWrapper) or not layer.built:
+            continue
+        chosen = [choose(layer.layer, position, weight) for position, weight in enumerate(layer._weight_vars)]
+        if all(new is None for new in chosen):
+            continue
+        replaced.append((layer, layer._weight_vars, getattr(layer.quantize_config, "weight_quantizer", None)))
+        layer._weight_vars = [(variable, quantizer if new is None else new, state)
+                              for (variable, quantizer, state), new in zip(layer._weight_vars, chosen)]
+        if replaced[-1][2] is not None:
+            layer.quantize_config.weight_quantizer = layer._weight_vars[0][1]
+
+    def restore():
+        for layer, weight_vars, config_quantizer in replaced:
+            layer._weight_vars = weight_vars
+            if config_quantizer is not None:
+                layer.quantize_config.weight_quantizer = config_quantizer
+
+    return restore
+
+
 def adopt_weight_quantizers(trained: keras.Model, rebuilt: keras.Model) -> int:
-    """Give `rebuilt` (the same layers, e.g. the model rebuilt for another input length) the Dense
-    and convolution weight quantizers `trained` was trained with; returns how many differed.
+    """Give `rebuilt` (the same layers, e.g. the model rebuilt for another input length) the weight
+    quantizers `trained` was trained with; returns how many differed.
 
     A run's policy is re-read with today's meaning of its fields, and that meaning can change:
     Dense kernels were per tensor whatever the granularity until they followed it (per channel in
-    every preset). The trained model's serialized quantizers are what its weights were trained on.
-    Call it before `rebuilt` is traced: a compiled predict function keeps the quantizers it saw."""
-    trained_wrappers = {layer.name: layer for layer in trained.layers if isinstance(layer, QuantizeWrapper)}
-    differed = 0
-    for layer in rebuilt.layers:
-        source = trained_wrappers.get(layer.name)
-        if not isinstance(layer, QuantizeWrapper) or source is None:
-            continue
-        adopted = []
-        for (variable, quantizer, state), (_, trained_quantizer, _) in zip(layer._weight_vars, source._weight_vars):
-            differed += int(quantizer != trained_quantizer)
-            adopted.append((variable, trained_quantizer, state))
-        layer._weight_vars = adopted
-        if getattr(layer.quantize_config, "weight_quantizer", None) is not None and adopted:
-            layer.quantize_config.weight_quantizer = adopted[0][1]
-    return differed
+    every preset). The trained model's serialized quantizers are what its weights were trained on."""
+    trained_quantizers = {layer.layer.name: [quantizer for _, quantizer, _ in layer._weight_vars]
+                          for layer in trained.layers if isinstance(layer, QuantizeWrapper) and layer.built}
+    differed = []
+
+    def trained_one(inner, position, weight):
+        adopted = trained_quantizers.get(inner.name, [])[position:position + 1]
+        differed.extend(1 for source in adopted if source != weight[1])
+        return adopted[0] if adopted else None
+
+    replace_weight_quantizers(rebuilt, trained_one)
+    return len(differed)
 
 
 def stage_model(float_model: keras.Model, policy, stage: str = "full", init_from: Optional[keras.Model] = None
