@@ -20,6 +20,8 @@ from edgeasr.quant.policy import (LayerPrecision, PrecisionPolicy, PrecisionRule
                                   preset)
 from edgeasr.quant.quantizers import (ActivationQuantizer, LinearWeightQuantizer, TanhWeightQuantizer,
                                       custom_objects, top_level)
+from edgeasr.train.fit import saved_model
+from edgeasr.train.run_dir import RunDir
 
 FRAMES, MELS, CLASSES = 98, 40, 12
 
@@ -200,22 +202,45 @@ def test_dense_kernels_follow_the_policy_granularity():
         assert (len(np.unique(unit_peaks)) > 16) == (granularity == "per-channel")
 
 
+def _ffn_w4(granularity: str) -> keras.Model:
+    model = build_model(ModelConfig(name="ffn_stateless", options={"units": 32}))
+    return qat.quantize_model(model, PrecisionPolicy("w4", LayerPrecision(4, granularity=granularity)))
+
+
+def _trained_and_rebuilt(x) -> tuple:
+    """A per-tensor QAT FFN and the same weights rebuilt from a policy that now reads per channel."""
+    trained, rebuilt = _ffn_w4("per-tensor"), _ffn_w4("per-channel")
+    trained(x, training=True)                           # ranges initialised, then shared
+    qat.transfer_weights(trained, rebuilt)
+    return trained, rebuilt
+
+
 def test_a_rebuilt_model_adopts_the_weight_quantizers_it_was_trained_with():
     """A run trained with per-tensor Dense kernels, rebuilt from a policy that now reads per channel
     (converters/asr.py rebuilds for a fixed window), computes as it was trained."""
-    def ffn(granularity):
-        model = build_model(ModelConfig(name="ffn_stateless", options={"units": 32}))
-        return qat.quantize_model(model, PrecisionPolicy("w4", LayerPrecision(4, granularity=granularity)))
-
-    trained, rebuilt = ffn("per-tensor"), ffn("per-channel")
     x, _ = _data(8)
-    trained(x, training=True)                           # ranges initialised, then shared
-    qat.transfer_weights(trained, rebuilt)
+    trained, rebuilt = _trained_and_rebuilt(x)
     expected = trained(x, training=False).numpy()
     assert np.abs(rebuilt(x, training=False).numpy() - expected).max() > 0
     assert qat.adopt_weight_quantizers(trained, rebuilt) == 4            # dense1-3 and logits
     np.testing.assert_array_equal(rebuilt(x, training=False).numpy(), expected)
     assert not any(entry["quantizer"].per_channel for entry in qat.weight_quantizers(rebuilt))
+
+
+def test_a_finished_run_is_evaluated_from_its_file_not_from_its_rebuilt_model(tmp_path):
+    """`edgeasr train` on a finished run rebuilds its stage models from the policy; the model it
+    scores must be the one in model.keras, which kept the quantizers its weights were trained on."""
+    x, _ = _data(8)
+    trained, rebuilt = _trained_and_rebuilt(x)
+    run = RunDir(tmp_path)
+    trained.save(run.model_path)
+    saved_bytes = run.model_path.read_bytes()
+    evaluated = saved_model(run, rebuilt, trained=False)
+    assert run.model_path.read_bytes() == saved_bytes
+    np.testing.assert_array_equal(evaluated(x, training=False).numpy(), trained(x, training=False).numpy())
+    assert np.abs(rebuilt(x, training=False).numpy() - trained(x, training=False).numpy()).max() > 0
+    assert saved_model(run, rebuilt, trained=True) is rebuilt
+    assert run.model_path.read_bytes() != saved_bytes
 
 
 def test_qat_gradients_reach_every_trainable_variable():

@@ -27,7 +27,7 @@ from edgeasr.files import read_json, write_json_atomic
 from edgeasr.models.conformer import ConformerConfig, build_conformer, conformer_config, output_frames
 from edgeasr.quant.policy import PrecisionPolicy, preset
 from edgeasr.quant.qat import quantize_model, transfer_weights
-from edgeasr.train.fit import fit_checkpointed, plan_stages, save_unless_finished, stage_learning_rate
+from edgeasr.train.fit import fit_checkpointed, plan_stages, saved_model, stage_learning_rate
 from edgeasr.train.run_dir import RunDir, TrainConfig
 
 # Waveform augmentation for ASR: gain always, noise sometimes; no time shift (it would push
@@ -177,7 +177,7 @@ def train_asr(run_dir, config: AsrRunConfig, progress: bool = True, data: Option
         if previous is not model:
             transfer_weights(previous, model)
         trained |= _fit_stage(run, model, stage, config, train_ds, val_ds, steps_per_epoch, progress)
-    save_unless_finished(run, model, trained)
+    model = saved_model(run, model, trained)
     report = {}
     if data.test is not None:
         from edgeasr.eval.asr import keras_transcripts, error_rates

@@ -108,15 +108,20 @@ def train(run_dir, config: RunConfig, progress: bool = True, data: TrainingData 
         if previous is not model:
             transfer_weights(previous, model)
         trained |= _fit_stage(run, model, stage, config, train_ds, val_ds, progress)
-    save_unless_finished(run, model, trained)
+    model = saved_model(run, model, trained)
     return evaluate_run(run, model, config, data.test)
 
 
-def save_unless_finished(run, model: keras.Model, trained: bool) -> None:
-    """Write model.keras, but leave a finished run's file as it is: rerunning a finished run only
-    evaluates, and a rewritten file would make every model converted from it look stale."""
+def saved_model(run, model: keras.Model, trained: bool) -> keras.Model:
+    """Write model.keras and return the model to evaluate. A finished run keeps its file, and is
+    evaluated from it: a rewritten file would make every model converted from it look stale, and
+    the model rebuilt from the run's policy may not be the one it trained (a policy is read with
+    today's meaning of its fields: Dense kernels were per tensor until they followed the
+    granularity), while the file keeps the quantizers its weights were trained with."""
     if trained or not run.model_path.exists():
         model.save(run.model_path)
+        return model
+    return run.load_model()
 
 
 def _stage_model(float_model: keras.Model, config: RunConfig, stage: Stage) -> keras.Model:
