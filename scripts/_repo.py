@@ -1,4 +1,6 @@
-"""What the results scripts share: the repository root, and paths written into docs/ relative to it."""
+"""What the results scripts share: the repository root, paths written into docs/ relative to it,
+and the results of models a rerun did not touch."""
+import json
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -11,3 +13,18 @@ def repo_relative(path) -> str:
     """`path` relative to the repository when inside it, so docs/ hold no path of this machine."""
     path = Path(path).resolve()
     return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
+def previous_rows(previous_path: Path, key: str, ran) -> list:
+    """The rows under `key` of a results JSON written before, less those of the models in `ran`: a
+    script rerun for some of its --models keeps the others' results instead of dropping them."""
+    if not Path(previous_path).is_file():
+        return []
+    previous = json.loads(Path(previous_path).read_text())
+    return [row for row in previous.get(key) or [] if row["model"] not in set(ran)]
+
+
+def in_model_order(rows: list, models) -> list:
+    """Rows grouped by model in the order of `models` (others last), each model's rows kept in order."""
+    order = {model: i for i, model in enumerate(models)}
+    return sorted(rows, key=lambda row: order.get(row["model"], len(order)))

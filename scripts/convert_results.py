@@ -16,6 +16,7 @@ The 8-bit twin is timed twice, through two interpreters, to show the noise of th
 Writes docs/convert_results.md and docs/convert_results.json.
 
     python scripts/convert_results.py                   # the seed-0 runs of scripts/qat_results.py
+    python scripts/convert_results.py --models ds_cnn_s  # one model; the other's rows are kept
     python scripts/convert_results.py --report-only      # docs again from the JSON
 """
 import edgeasr  # noqa: F401
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _repo import MAIN_RUN, REPO, repo_relative
+from _repo import MAIN_RUN, REPO, in_model_order, previous_rows, repo_relative
 from edgeasr.converters import flatbuffer as fb
 from edgeasr.converters.convert import convert
 from edgeasr.converters.inspect import inspect_model
@@ -288,14 +289,23 @@ def main(argv=None):
         raise SystemExit(f"convert_results: no trained run under {', '.join(map(str, args.runs))}; "
                          f"{args.docs} left as it is")
     add_latency(rows + options, args.out, args.rounds, args.invokes)
-    analysed = find("ds_cnn_s", "w4a8-tanh") if "ds_cnn_s" in args.models else None
+    previous = args.docs / "convert_results.json"
+    rows = in_model_order(previous_rows(previous, "rows", args.models) + rows, MODELS)
+    options = in_model_order(previous_rows(previous, "options", args.models) + options, MODELS)
     summary = {"rows": rows, "options": options, "targets": [{"target": t, "met": m, "detail": d} for t, m, d in targets(rows)],
-               "layer_differences": (layer_differences(analysed, args.out / "ds_cnn_s_w4a8-tanh_qat.tflite")
-                                     if analysed is not None else None),
+               "layer_differences": analysed_layers(args, find, previous),
                "machine": f"{platform.machine()}, {platform.processor() or platform.system()}",
                "runs": ", ".join(repo_relative(r) for r in args.runs),
                "rounds": args.rounds, "invokes": args.invokes}
     write_docs(summary, args.docs)
+
+
+def analysed_layers(args, find, previous: Path):
+    """Per-layer Keras-LiteRT differences of DS-CNN-S w4a8-tanh; the previous ones when it did not run now."""
+    analysed = find("ds_cnn_s", "w4a8-tanh") if "ds_cnn_s" in args.models else None
+    if analysed is not None:
+        return layer_differences(analysed, args.out / "ds_cnn_s_w4a8-tanh_qat.tflite")
+    return json.loads(previous.read_text()).get("layer_differences") if previous.is_file() else None
 
 
 def write_docs(summary, docs: Path) -> None:

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import tf_keras
 
-from _repo import REPO, repo_relative
+from _repo import REPO, in_model_order, previous_rows, repo_relative
 from edgeasr.audio.augment import AugmentConfig
 from edgeasr.data.pipeline import features_of
 from edgeasr.data.synth import SynthConfig, synthesize_kws_dataset
@@ -101,20 +101,18 @@ def main(argv=None):
 def with_other_models(summary: dict, previous_path: Path) -> dict:
     """Keep the results of models this invocation did not run from the previous JSON, so one model
     can be rerun (or the models run in parallel) without losing the other's table."""
-    if not previous_path.is_file():
-        return summary
-    previous = json.loads(previous_path.read_text())
     ran = set(summary["recipes"])
-    kept = [r for r in previous.get("results", []) if r["model"] not in ran]
+    kept = previous_rows(previous_path, "results", ran)
     if not kept:
         return summary
+    previous = json.loads(previous_path.read_text())
     models = list(dict.fromkeys([r["model"] for r in kept] + list(ran)))
     return {**summary,
             "protocol": {**summary["protocol"], "models": models},
             "recipes": {**{k: v for k, v in previous.get("recipes", {}).items() if k not in ran}, **summary["recipes"]},
-            "results": kept + summary["results"],
-            "tanh_vs_linear": [t for t in previous.get("tanh_vs_linear", []) if t["model"] not in ran]
-            + summary["tanh_vs_linear"]}
+            "results": in_model_order(kept + summary["results"], MODELS),
+            "tanh_vs_linear": in_model_order(previous_rows(previous_path, "tanh_vs_linear", ran)
+                                             + summary["tanh_vs_linear"], MODELS)}
 
 
 def recipe_of(model_name: str, args) -> dict:
