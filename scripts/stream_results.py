@@ -32,6 +32,8 @@ scores those choices.
     python scripts/stream_results.py --hours 0.2 --models ffn_stateless --docs /tmp/docs   # quick
     python scripts/stream_results.py --markdown-only   # re-render the table from docs/stream_results.json
     python scripts/stream_results.py --seed-spread --compare-scores   # what docs/ shows: + seeds, + int8 softmax
+
+Running a subset of --models keeps the other models' rows and DET curves in docs/stream_results.json.
 """
 import edgeasr  # noqa: F401
 
@@ -44,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _repo import MAIN_RUN, REPO, repo_relative
+from _repo import MAIN_RUN, REPO, in_model_order, previous_rows, repo_relative
 from edgeasr.audio.io import load_audio, write_wav
 from edgeasr.eval.stream import build_test_stream, errors_at, evaluate, plot_det, read_labels, stream_posteriors
 from edgeasr.files import write_bytes_atomic, write_json_atomic
@@ -87,16 +89,26 @@ def main(argv=None):
             curves[f"{model_name} {variant}"] = report["det"]
             print(json.dumps(rows[-1]), flush=True)
     spread = seed_spread(args) if args.seed_spread else []
+    previous = args.docs / "stream_results.json"
     summary = {"protocol": {"hours": args.hours, "seed": args.seed, "data": repo_relative(args.data),
                             "scores": args.scores, "smoothing_ms": args.smoothing_ms, "hop_ms": HOP_MS, "cpu_audio_s": CPU_SECONDS,
                             "cpu_block": "one hop", "threads": 1, "delegate": "XNNPACK"},
                "options": " ".join(f"--{name}" for name in ("seed-spread", "compare-scores")
                                    if getattr(args, name.replace("-", "_"))),
-               "results": rows, "seed_spread": spread, "minutes": round((time.perf_counter() - started) / 60, 1)}
+               "results": in_model_order(previous_rows(previous, "results", args.models) + rows, MODELS),
+               "seed_spread": in_model_order(previous_rows(previous, "seed_spread", args.models) + spread, MODELS),
+               "det_curves": {**previous_curves(previous, args.models), **curves},
+               "minutes": round((time.perf_counter() - started) / 60, 1), "minutes_for": list(args.models)}
     args.docs.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.docs / "stream_results.json", summary)
-    plot_det(curves, args.docs / "stream_results.png", f"DET on a {args.hours:g} h held-out stream")
+    write_json_atomic(previous, summary)
+    plot_det(summary["det_curves"], args.docs / "stream_results.png", f"DET on a {args.hours:g} h held-out stream")
     write_bytes_atomic(args.docs / "stream_results.md", markdown(summary).encode())
+
+
+def previous_curves(previous: Path, ran) -> dict:
+    """The DET curves of the models that did not run now, from the previous JSON (where it kept them)."""
+    curves = json.loads(previous.read_text()).get("det_curves", {}) if previous.is_file() else {}
+    return {name: det for name, det in curves.items() if name.split(" ", 1)[0] not in set(ran)}
 
 
 def parse_args(argv):
@@ -296,12 +308,18 @@ def row(model_name, variant, path, report, cost) -> dict:
             "cpu_per_audio_s": cost["cpu_per_audio_s"], "peak_rss_kib": cost["peak_rss_kib"]}
 
 
+def minutes_for(summary: dict) -> str:
+    """' for MODEL' when the last invocation ran some of the models (the others' rows are older)."""
+    ran = summary.get("minutes_for") or MODELS
+    return "" if set(ran) >= set(MODELS) else f" for {', '.join(ran)} only, the other rows are from an earlier run"
+
+
 def markdown(summary: dict) -> str:
     protocol, rows = summary["protocol"], summary["results"]
     lines = [
         "# Streaming keyword spotting on a held-out stream (issue 6)", "",
         "Produced by `" + " ".join(["python scripts/stream_results.py"] + [summary.get("options") or ""]).strip() + "`"
-        f" ({summary['minutes']} min on this machine; the converted models and "
+        f" ({summary['minutes']} min on this machine{minutes_for(summary)}; the converted models and "
         "each model's raw posteriors are cached in build/stream_runs, and a rerun reuses them). "
         f"Stream: {protocol['hours']:g} h built by `edgeasr eval-stream`'s builder from the test split of "
         f"{Path(protocol['data']).name} (held-out voices: keyword and other-word clips, espeak sentences without "
