@@ -24,6 +24,11 @@ def previous_rows(previous_path: Path, key: str, ran) -> list:
     return [row for row in previous.get(key) or [] if row["model"] not in set(ran)]
 
 
+def with_previous_rows(previous_path: Path, key: str, rows: list, ran, models) -> list:
+    """`rows` of the models in `ran` and the previous JSON's rows of the other models, in model order."""
+    return in_model_order(previous_rows(previous_path, key, ran) + rows, models)
+
+
 def in_model_order(rows: list, models) -> list:
     """Rows grouped by model in the order of `models` (others last), each model's rows kept in order."""
     order = {model: i for i, model in enumerate(models)}

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _repo import MAIN_RUN, REPO, in_model_order, previous_rows, repo_relative
+from _repo import MAIN_RUN, REPO, repo_relative, with_previous_rows
 from edgeasr.converters import flatbuffer as fb
 from edgeasr.converters.convert import convert
 from edgeasr.converters.inspect import inspect_model
@@ -290,8 +290,8 @@ def main(argv=None):
                          f"{args.docs} left as it is")
     add_latency(rows + options, args.out, args.rounds, args.invokes)
     previous = args.docs / "convert_results.json"
-    rows = in_model_order(previous_rows(previous, "rows", args.models) + rows, MODELS)
-    options = in_model_order(previous_rows(previous, "options", args.models) + options, MODELS)
+    rows = with_previous_rows(previous, "rows", rows, args.models, MODELS)
+    options = with_previous_rows(previous, "options", options, args.models, MODELS)
     summary = {"rows": rows, "options": options, "targets": [{"target": t, "met": m, "detail": d} for t, m, d in targets(rows)],
                "layer_differences": analysed_layers(args, find, previous),
                "machine": f"{platform.machine()}, {platform.processor() or platform.system()}",

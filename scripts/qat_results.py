@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import tf_keras
 
-from _repo import REPO, in_model_order, previous_rows, repo_relative
+from _repo import REPO, previous_rows, repo_relative, with_previous_rows
 from edgeasr.audio.augment import AugmentConfig
 from edgeasr.data.pipeline import features_of
 from edgeasr.data.synth import SynthConfig, synthesize_kws_dataset
@@ -110,9 +110,9 @@ def with_other_models(summary: dict, previous_path: Path) -> dict:
     return {**summary,
             "protocol": {**summary["protocol"], "models": models},
             "recipes": {**{k: v for k, v in previous.get("recipes", {}).items() if k not in ran}, **summary["recipes"]},
-            "results": in_model_order(kept + summary["results"], MODELS),
-            "tanh_vs_linear": in_model_order(previous_rows(previous_path, "tanh_vs_linear", ran)
-                                             + summary["tanh_vs_linear"], MODELS)}
+            "results": with_previous_rows(previous_path, "results", summary["results"], ran, MODELS),
+            "tanh_vs_linear": with_previous_rows(previous_path, "tanh_vs_linear", summary["tanh_vs_linear"], ran,
+                                                 MODELS)}
 
 
 def recipe_of(model_name: str, args) -> dict:

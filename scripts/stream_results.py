@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _repo import MAIN_RUN, REPO, in_model_order, previous_rows, repo_relative
+from _repo import MAIN_RUN, REPO, repo_relative, with_previous_rows
 from edgeasr.audio.io import load_audio, write_wav
 from edgeasr.eval.stream import build_test_stream, errors_at, evaluate, plot_det, read_labels, stream_posteriors
 from edgeasr.files import write_bytes_atomic, write_json_atomic
@@ -95,8 +95,8 @@ def main(argv=None):
                             "cpu_block": "one hop", "threads": 1, "delegate": "XNNPACK"},
                "options": " ".join(f"--{name}" for name in ("seed-spread", "compare-scores")
                                    if getattr(args, name.replace("-", "_"))),
-               "results": in_model_order(previous_rows(previous, "results", args.models) + rows, MODELS),
-               "seed_spread": in_model_order(previous_rows(previous, "seed_spread", args.models) + spread, MODELS),
+               "results": with_previous_rows(previous, "results", rows, args.models, MODELS),
+               "seed_spread": with_previous_rows(previous, "seed_spread", spread, args.models, MODELS),
                "det_curves": {**previous_curves(previous, args.models), **curves},
                "minutes": round((time.perf_counter() - started) / 60, 1), "minutes_for": list(args.models)}
     args.docs.mkdir(parents=True, exist_ok=True)
