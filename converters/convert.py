@@ -72,6 +72,7 @@ def convert_keras(model: keras.Model, calibration: np.ndarray, io: str = "int8",
                                             conv_storage=conv_storage)
     model_bytes, rewritten = pointwise_as_fully_connected(model_bytes)
     model_bytes, _ = global_pools_as_mean(model_bytes, np.asarray(calibration, np.float32)[:CALIBRATION_EXAMPLES])
+    model_bytes = fb.without_unused_operator_codes(model_bytes)
     for entry in report:
         if entry["tensor"] in rewritten:
             entry["op"], entry["action"] = "FULLY_CONNECTED", entry["action"] + ", pointwise CONV_2D as FULLY_CONNECTED"

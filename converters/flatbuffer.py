@@ -209,6 +209,23 @@ def operator_code(model, builtin: int, version: int) -> int:
     return len(model.operatorCodes) - 1
 
 
+def without_unused_operator_codes(model_bytes: bytes) -> bytes:
+    """The model without the operator codes no op uses any more (the passes point ops at new codes:
+    pointwise CONV_2D -> FULLY_CONNECTED, AVERAGE_POOL_2D -> MEAN, INT4 <-> int8 versions). The
+    interpreter resolves every code in the file, used or not, so a stale code with a version the
+    runtime lacks made it refuse a model that never runs that op."""
+    model = load(model_bytes)
+    used = sorted({op.opcodeIndex for graph in model.subgraphs for op in graph.operators})
+    if len(used) == len(model.operatorCodes):
+        return bytes(model_bytes)
+    new_index = {old: new for new, old in enumerate(used)}
+    model.operatorCodes = [model.operatorCodes[index] for index in used]
+    for graph in model.subgraphs:
+        for op in graph.operators:
+            op.opcodeIndex = new_index[op.opcodeIndex]
+    return dump(model)
+
+
 def add_buffer(model, values: np.ndarray) -> int:
     """Index of a new buffer holding the raw bytes of `values`."""
     buffer = schema().BufferT()

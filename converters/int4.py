@@ -30,7 +30,10 @@ What the converter does (TF 2.21) and what this pass does about it:
     (converters/pointwise.py). conv_storage="int4" packs every 4-bit weight.
 Op versions: an INT4 filter needs CONV_2D 7, DEPTHWISE_CONV_2D 7, FULLY_CONNECTED 10 (int8
 activations) or 13 (int16 activations), per tensorflow/lite/tools/versioning/op_version.cc; an
-op whose code has a lower version is pointed at an operator code with that version.
+op whose code has a lower version is pointed at an operator code with that version. A filter kept
+in an INT8 container is an ordinary int8 filter, and its op is pointed back from the INT4 version
+the stock converter gave it to the int8 one (3): a runtime without INT4 convolutions (LiteRT's
+reference kernels, BUILTIN_REF; older builds) refused the whole file for a version it did not need.
 """
 import copy
 from typing import Callable, List, Optional
@@ -45,6 +48,7 @@ PACKED_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D")
 CONV_STORAGE = ("int8", "int4")
 INT4_OP_VERSIONS = {("FULLY_CONNECTED", "INT8"): 10, ("FULLY_CONNECTED", "INT16"): 13,
                     ("CONV_2D", "INT8"): 7, ("DEPTHWISE_CONV_2D", "INT8"): 7}
+INT8_FILTER_OP_VERSIONS = {("CONV_2D", "INT8"): 3, ("DEPTHWISE_CONV_2D", "INT8"): 3}
 
 
 def _levels_range(bits: int):
@@ -183,8 +187,7 @@ class _Pass:
         entry["converter_wrote"], entry["stored_as"] = kind, stored
         entry["scales"] = "per-channel" if len(new_scale) > 1 else "per-tensor"
         entry["bytes"] = (count + 1) // 2 if stored == "INT4" else count
-        if stored == "INT4":
-            self._set_version(op, op_name, where)
+        self._set_version(op, op_name, stored, where)
         self.report.append(entry)
 
     def _int8_container(self, op, op_name) -> bool:
@@ -238,15 +241,22 @@ class _Pass:
             self.packed_buffers[key] = self._new_buffer(data)
         return self.packed_buffers[key]
 
-    def _set_version(self, op, op_name, where):
+    def _set_version(self, op, op_name, stored, where):
+        """Point the op at the version its filter type needs (see the module docstring)."""
         activation = self.types[self.graph.tensors[op.inputs[0]].type]
-        needed = INT4_OP_VERSIONS.get((op_name, activation))
-        if needed is None:
+        int4_version = INT4_OP_VERSIONS.get((op_name, activation))
+        code = self.model.operatorCodes[op.opcodeIndex]
+        builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+        if stored == "INT8":
+            int8_version = INT8_FILTER_OP_VERSIONS.get((op_name, activation))
+            if int8_version is not None and code.version == int4_version:
+                op.opcodeIndex = fb.operator_code(self.model, builtin, int8_version)
+            return
+        if int4_version is None:
             raise EdgeasrError(f"{where}: LiteRT has no {op_name} kernel for {activation} activations with INT4 "
                                f"weights; give this layer 8-bit activations or 8-bit weights")
-        code = self.model.operatorCodes[op.opcodeIndex]
-        if code.version < needed:
-            op.opcodeIndex = fb.operator_code(self.model, max(code.builtinCode, code.deprecatedBuiltinCode), needed)
+        if code.version < int4_version:
+            op.opcodeIndex = fb.operator_code(self.model, builtin, int4_version)
 
     def _empty_orphaned_buffers(self):
         used = {0}
@@ -306,4 +316,4 @@ def int4_share(model_bytes: bytes) -> Optional[float]:
 
 
 __all__: List[str] = ["pack_int4_weights", "policy_bits", "int4_share", "PACKED_OPS", "INT4_OP_VERSIONS",
-                      "CONV_STORAGE"]
+                      "INT8_FILTER_OP_VERSIONS", "CONV_STORAGE"]

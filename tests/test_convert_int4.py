@@ -10,7 +10,8 @@ import tf_keras as keras
 
 from edgeasr.converters import flatbuffer as fb
 from edgeasr.converters.inspect import xnnpack_nodes
-from edgeasr.converters.int4 import INT4_OP_VERSIONS, keras_layer_names, pack_int4_weights, policy_bits
+from edgeasr.converters.int4 import (INT4_OP_VERSIONS, INT8_FILTER_OP_VERSIONS, keras_layer_names,
+                                     pack_int4_weights, policy_bits)
 from edgeasr.converters.pointwise import pointwise_as_fully_connected
 from edgeasr.converters.pooling import global_pools_as_mean
 from edgeasr.converters.trim import trim_model
@@ -280,6 +281,36 @@ def test_depthwise_and_first_conv_keep_4bit_levels_in_int8_containers(ds_cnn_w4,
     weighted = sum(fb.op_name(model, op) in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
                    for op in model.subgraphs[0].operators)
     assert delegated >= weighted and delegated > _delegated(all_int4, tmp_path, "all_int4.tflite")
+
+
+def test_int8_containers_declare_the_int8_op_version_and_load_on_the_reference_kernels(ds_cnn_w4):
+    """The stock converter gives 4-bit convolutions the INT4 version 7; kept in INT8 containers they
+    need 3, and no stale operator code stays behind: LiteRT 2.3's reference kernels (BUILTIN_REF)
+    have no version-7 DEPTHWISE_CONV_2D and refused the whole file."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    from edgeasr.converters.convert import convert_keras
+
+    quantized, stock, _, x = ds_cnn_w4
+    assert ("DEPTHWISE_CONV_2D", INT4_OP_VERSIONS[("DEPTHWISE_CONV_2D", "INT8")]) in _ops_and_versions(stock)
+    converted, report = convert_keras(quantized, x)
+    assert {entry["layer"]: entry["stored_as"] for entry in report if entry["stored_as"] == "INT8"} == \
+        {"conv0": "INT8", "dw1": "INT8", "dw2": "INT8"}
+    versions = _ops_and_versions(converted)
+    assert [v for op, v in versions if op in ("CONV_2D", "DEPTHWISE_CONV_2D")] == \
+        [INT8_FILTER_OP_VERSIONS[("CONV_2D", "INT8")]] + [INT8_FILTER_OP_VERSIONS[("DEPTHWISE_CONV_2D", "INT8")]] * 2
+    assert sorted(v for op, v in versions if op == "FULLY_CONNECTED")[0] >= INT4_OP_VERSIONS[("FULLY_CONNECTED", "INT8")]
+    model = fb.load(converted)
+    assert sorted({op.opcodeIndex for op in model.subgraphs[0].operators}) == list(range(len(model.operatorCodes)))
+    reference = Interpreter(model_content=converted, experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+    reference.allocate_tensors()
+    inputs = _int8_inputs(8, (98, 40), seed=6)
+    outputs = []
+    for example in inputs:
+        reference.set_tensor(reference.get_input_details()[0]["index"], example[None])
+        reference.invoke()
+        outputs.append(reference.get_tensor(reference.get_output_details()[0]["index"])[0].astype(np.int32))
+    assert np.abs(np.stack(outputs) - _run(converted, inputs, xnnpack=False)).max() <= 4
 
 
 def test_int8_container_levels_requantize_closer_to_the_exact_result(ds_cnn_w4):
