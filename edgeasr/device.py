@@ -36,6 +36,7 @@ BEGIN = "# ---- BEGIN BUNDLED RUNTIME"
 END = "# ---- END BUNDLED RUNTIME ----"
 PARITY_WINDOWS = 64
 OUTPUTS = ("outputs.npy", "outputs.reference.npy")      # XNNPACK, builtin kernels alone
+REFERENCE_OUTPUTS = "outputs.builtin_ref.npy"           # reference kernels, where they load the model
 LAYERS = "outputs.layers.npz"                           # every op's output, builtin kernels
 OPS, OP_OUTPUTS = "ops.npz", "op_outputs.npz"           # each op alone: single-op models, their outputs
 MAX_LSB = 1
@@ -243,12 +244,14 @@ def device_check(transport, model_path, wav=None) -> dict:
         for name in ("model.tflite", "rpi_kws.py", "check.wav", "inputs.npy", OPS):
             transport.put(local / name, f"{remote}/{name}")
         on_device = run_script(transport.python, remote, transport.run)
-        for name in (*OUTPUTS, LAYERS, OP_OUTPUTS):
+        on_reference = on_device["summary"]["parity"].get("builtin_ref", "not run") is None
+        for name in (*OUTPUTS, LAYERS, OP_OUTPUTS) + ((REFERENCE_OUTPUTS,) if on_reference else ()):
             transport.get(f"{remote}/{name}", local / f"device_{name}")
         here = run_script(shlex.quote(sys.executable), str(local), _local_run)
         transport.run(f"rm -rf {shlex.quote(remote)}")
         report = compare({name: (np.load(local / f"device_{name}"), np.load(local / name)) for name in OUTPUTS},
                          on_device, here)
+        report.update(reference_kernels(local, on_device, here))
         layers, ops_alone = (layer_differences(_arrays(local / f"device_{name}"), _arrays(local / name))
                              for name in (LAYERS, OP_OUTPUTS))
         return {**report, "layers": layers, "first_layer_off": next((r for r in layers if r["max_diff"] > 0), None),
@@ -281,6 +284,20 @@ def compare(outputs: dict, on_device: dict, here: dict) -> dict:
             "passed": bool(max(reference.max(), xnnpack.max()) <= MAX_LSB and same_detections)}
 
 
+def reference_kernels(local: Path, on_device: dict, here: dict) -> dict:
+    """The largest output difference on LiteRT's reference kernels (BUILTIN_REF), or why one side
+    could not run them: the check of the model's own arithmetic, apart from the optimized kernels'
+    rounding (not part of `passed`, which judges the kernels a device runs)."""
+    why = [side["summary"]["parity"].get("builtin_ref", "not run") for side in (on_device, here)]
+    if any(reason is not None for reason in why):
+        return {"builtin_ref_max_lsb": None,
+                "builtin_ref_unavailable": "; ".join(f"{side}: {reason}" for side, reason in zip(("device", "here"), why)
+                                                     if reason is not None)}
+    device, host = (np.load(local / name).astype(np.int64) for name in (f"device_{REFERENCE_OUTPUTS}",
+                                                                        REFERENCE_OUTPUTS))
+    return {"builtin_ref_max_lsb": int(np.abs(device - host).max())}
+
+
 def layer_differences(device_layers: dict, host_layers: dict) -> list:
     """Per op in execution order: the largest difference between device and host (LSB for integer
     tensors) and the share of values that differ. Rounding differences start in one kernel and grow
@@ -311,12 +328,19 @@ def format_ops_alone(report: dict) -> list:
             f"{report['ops_alone_max_diff']:g}" + (f"; differ: {', '.join(differing)}" if differing else "")]
 
 
+def format_reference_kernels(report: dict) -> str:
+    if report.get("builtin_ref_max_lsb") is None:
+        return f"  reference kernels (BUILTIN_REF): not compared ({report.get('builtin_ref_unavailable', 'not run')})"
+    return f"  reference kernels (BUILTIN_REF): max diff {report['builtin_ref_max_lsb']} LSB"
+
+
 def format_check(report: dict, label: str) -> str:
     device, host = report["device"], report["host"]
     return "\n".join([
         f"{label}: {'PASSED' if report['passed'] else 'FAILED'}",
         f"  raw outputs (XNNPACK) equal {report['outputs_equal']}/{report['outputs']}, max diff "
         f"{report['max_lsb']} LSB; builtin kernels max diff {report['reference_max_lsb']} LSB",
+        format_reference_kernels(report),
         *format_layers(report),
         *format_ops_alone(report),
         f"  detections: {len(report['detections_device'])} on device, {len(report['detections_host'])} here, "
@@ -340,8 +364,9 @@ def main(argv=None) -> int:
         return 0
     report = device_check(ChrootTransport(args.chroot), args.model, args.wav)
     print(format_check(report, f"aarch64 (qemu, {args.chroot})"))
-    print(json.dumps({k: report[k] for k in ("device", "host", "max_lsb", "reference_max_lsb", "same_detections",
-                                             "first_layer_off", "ops_alone_max_diff", "passed")}))
+    print(json.dumps({k: report.get(k) for k in ("device", "host", "max_lsb", "reference_max_lsb", "builtin_ref_max_lsb",
+                                                 "same_detections", "first_layer_off", "ops_alone_max_diff",
+                                                 "passed")}))
     return 0 if report["passed"] else 1
 
 

@@ -293,8 +293,8 @@ def emulated_parity(model: Path, wav: Path) -> dict:
     if result.returncode == 77 or not result.stdout.strip():
         return None
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    return {k: report.get(k) for k in ("max_lsb", "reference_max_lsb", "same_detections", "passed", "first_layer_off",
-                                       "ops_alone_max_diff")}
+    return {k: report.get(k) for k in ("max_lsb", "reference_max_lsb", "builtin_ref_max_lsb", "same_detections",
+                                       "passed", "first_layer_off", "ops_alone_max_diff")}
 
 
 def row(model_name, variant, path, report, cost) -> dict:
@@ -518,7 +518,9 @@ def kernel_text(result: dict) -> str:
     first = result.get("first_layer_off")
     start = "every layer identical on the builtin kernels" if first is None else \
         f"the builtin kernels first differ at op {first['op']} ({first['share_off']:.2%} of values)"
-    return f"; {start}; each op alone on the same inputs within {result['ops_alone_max_diff']:g} LSB"
+    reference = "" if result.get("builtin_ref_max_lsb") is None else \
+        f"; on the reference kernels (BUILTIN_REF) within {result['builtin_ref_max_lsb']} LSB"
+    return f"; {start}; each op alone on the same inputs within {result['ops_alone_max_diff']:g} LSB" + reference
 
 
 def target_lines(rows) -> list:

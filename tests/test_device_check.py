@@ -79,7 +79,11 @@ def test_script_parity_mode(model_path, tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), np.stack([model.run_raw(x) for x in inputs]))
     reference = np.load(tmp_path / "out.reference.npy")
     assert reference.shape == (5, 3)
-    assert json.loads(result.stdout.splitlines()[-1])["summary"]["parity"]["examples"] == 5
+    parity = json.loads(result.stdout.splitlines()[-1])["summary"]["parity"]
+    assert parity["examples"] == 5 and parity["builtin_ref"] is None
+    on_reference_kernels = LiteRTModel(model_path, reference=True)
+    np.testing.assert_array_equal(np.load(tmp_path / "out.builtin_ref.npy"),
+                                  np.stack([on_reference_kernels.run_raw(x) for x in inputs]))
     with np.load(tmp_path / "out.layers.npz") as layers:
         names = sorted(layers.files)
         assert len(names) >= 3 and all(len(layers[name]) == 5 for name in names)       # one per op, per input
@@ -188,6 +192,7 @@ def test_device_check_over_ssh_loopback(loopback_sshd, model_path, tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["passed"] and report["max_lsb"] == 0 and report["reference_max_lsb"] == 0
+    assert report["builtin_ref_max_lsb"] == 0 and "reference kernels (BUILTIN_REF): max diff 0 LSB" in result.output
     assert report["first_layer_off"] is None and report["layers"] and "every op's output identical" in result.output
     assert len(report["ops_alone"]) >= 4 and report["ops_alone_max_diff"] == 0     # >= 2 ops x 2 kernel sets
     assert len(report["detections_device"]) == len(BURSTS_S) and report["same_detections"]
