@@ -141,14 +141,29 @@ def tflite_for(args, model_name: str, policy: str, scores=None) -> Path:
     if not (run / "config.json").is_file():
         raise SystemExit(f"{run}: missing; train the runs first with `python scripts/qat_results.py`")
     path = args.work / f"{model_name}_{policy}_{scores}.tflite"
-    if path.is_file() and path.stat().st_mtime >= (run / "model.keras").stat().st_mtime:
-        return path  # converted after the run last trained
+    key = conversion_key(run)
+    stamp = path.with_suffix(".key")
+    if path.is_file() and stamp.is_file() and stamp.read_text() == key:
+        return path  # converted from this model file by this converter
     if policy.startswith("float"):
         write_bytes_atomic(path, float_with_metadata(run, scores))
     else:
         subprocess.run([sys.executable, "-m", "edgeasr.cli", "convert", str(run), "-o", str(path),
                         "--min-agreement", "0.95", "--scores", scores, "--force"], check=True)
+    write_bytes_atomic(stamp, key.encode())
     return path
+
+
+def conversion_key(run: Path) -> str:
+    """sha256 of the run's model file and of the converter's sources: a converted model is reused
+    until either changes (a file's mtime missed converter changes, and the posteriors cached per
+    model file would have been scored on a model the converter no longer writes)."""
+    import hashlib
+
+    digest = hashlib.sha256((run / "model.keras").read_bytes())
+    for source in sorted((REPO / "converters").glob("*.py")):
+        digest.update(source.name.encode() + source.read_bytes())
+    return digest.hexdigest()
 
 
 def float_with_metadata(run: Path, scores: str) -> bytes:
