@@ -33,7 +33,8 @@ scores those choices.
     python scripts/stream_results.py --markdown-only   # re-render the table from docs/stream_results.json
     python scripts/stream_results.py --seed-spread --compare-scores   # what docs/ shows: + seeds, + int8 softmax
 
-Running a subset of --models keeps the other models' rows and DET curves in docs/stream_results.json.
+Running a subset of --models keeps the other models' rows and DET curves in docs/stream_results.json;
+running without --seed-spread keeps the seed-spread rows it has.
 """
 import edgeasr  # noqa: F401
 
@@ -96,7 +97,8 @@ def main(argv=None):
                "options": " ".join(f"--{name}" for name in ("seed-spread", "compare-scores")
                                    if getattr(args, name.replace("-", "_"))),
                "results": with_previous_rows(previous, "results", rows, args.models, MODELS),
-               "seed_spread": with_previous_rows(previous, "seed_spread", spread, args.models, MODELS),
+               "seed_spread": with_previous_rows(previous, "seed_spread", spread,
+                                                 args.models if args.seed_spread else [], MODELS),
                "det_curves": {**previous_curves(previous, args.models), **curves},
                "minutes": round((time.perf_counter() - started) / 60, 1), "minutes_for": list(args.models)}
     args.docs.mkdir(parents=True, exist_ok=True)
@@ -324,9 +326,13 @@ def row(model_name, variant, path, report, cost) -> dict:
 
 
 def minutes_for(summary: dict) -> str:
-    """' for MODEL' when the last invocation ran some of the models (the others' rows are older)."""
+    """What the last invocation did not rerun: ' for MODEL only, ...' when it ran some of the models,
+    and a note when it kept the seed-spread rows of an earlier run."""
     ran = summary.get("minutes_for") or MODELS
-    return "" if set(ran) >= set(MODELS) else f" for {', '.join(ran)} only, the other rows are from an earlier run"
+    text = "" if set(ran) >= set(MODELS) else f" for {', '.join(ran)} only, the other rows are from an earlier run"
+    if summary.get("seed_spread") and "--seed-spread" not in (summary.get("options") or ""):
+        text += "; the seed-spread rows are from an earlier run with --seed-spread"
+    return text
 
 
 def markdown(summary: dict) -> str:
