@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Keyword spotting on a Raspberry Pi (or any machine) with a model converted by edgeasr.
 
-Needs only numpy and ai-edge-litert (or tflite_runtime), plus sounddevice for the microphone:
+Needs only numpy and ai-edge-litert (or tflite_runtime, for 8-bit models only: tflite_runtime 2.14
+cannot run INT4 weights), plus sounddevice for the microphone:
 
     pip install numpy ai-edge-litert sounddevice
     python3 rpi_kws.py kws.tflite                  # microphone
