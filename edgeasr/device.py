@@ -244,7 +244,7 @@ def device_check(transport, model_path, wav=None) -> dict:
         for name in ("model.tflite", "rpi_kws.py", "check.wav", "inputs.npy", OPS):
             transport.put(local / name, f"{remote}/{name}")
         on_device = run_script(transport.python, remote, transport.run)
-        on_reference = on_device["summary"]["parity"].get("builtin_ref", "not run") is None
+        on_reference = _reference_kernels_failure(on_device) is None
         for name in (*OUTPUTS, LAYERS, OP_OUTPUTS) + ((REFERENCE_OUTPUTS,) if on_reference else ()):
             transport.get(f"{remote}/{name}", local / f"device_{name}")
         here = run_script(shlex.quote(sys.executable), str(local), _local_run)
@@ -284,11 +284,16 @@ def compare(outputs: dict, on_device: dict, here: dict) -> dict:
             "passed": bool(max(reference.max(), xnnpack.max()) <= MAX_LSB and same_detections)}
 
 
+def _reference_kernels_failure(run: dict):
+    """None when rpi_kws.py ran the model on the reference kernels, else why not."""
+    return run["summary"]["parity"].get("builtin_ref", "not run")
+
+
 def reference_kernels(local: Path, on_device: dict, here: dict) -> dict:
     """The largest output difference on LiteRT's reference kernels (BUILTIN_REF), or why one side
     could not run them: the check of the model's own arithmetic, apart from the optimized kernels'
     rounding (not part of `passed`, which judges the kernels a device runs)."""
-    why = [side["summary"]["parity"].get("builtin_ref", "not run") for side in (on_device, here)]
+    why = [_reference_kernels_failure(side) for side in (on_device, here)]
     if any(reason is not None for reason in why):
         return {"builtin_ref_max_lsb": None,
                 "builtin_ref_unavailable": "; ".join(f"{side}: {reason}" for side, reason in zip(("device", "here"), why)

@@ -287,8 +287,6 @@ def test_int8_containers_declare_the_int8_op_version_and_load_on_the_reference_k
     """The stock converter gives 4-bit convolutions the INT4 version 7; kept in INT8 containers they
     need 3, and no stale operator code stays behind: LiteRT 2.3's reference kernels (BUILTIN_REF)
     have no version-7 DEPTHWISE_CONV_2D and refused the whole file."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
     from edgeasr.converters.convert import convert_keras
 
     quantized, stock, _, x = ds_cnn_w4
@@ -302,15 +300,10 @@ def test_int8_containers_declare_the_int8_op_version_and_load_on_the_reference_k
     assert sorted(v for op, v in versions if op == "FULLY_CONNECTED")[0] >= INT4_OP_VERSIONS[("FULLY_CONNECTED", "INT8")]
     model = fb.load(converted)
     assert sorted({op.opcodeIndex for op in model.subgraphs[0].operators}) == list(range(len(model.operatorCodes)))
-    reference = Interpreter(model_content=converted, experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
-    reference.allocate_tensors()
+    reference = LiteRTModel(converted, reference=True)        # raised "Didn't find op ... version '7'"
     inputs = _int8_inputs(8, (98, 40), seed=6)
-    outputs = []
-    for example in inputs:
-        reference.set_tensor(reference.get_input_details()[0]["index"], example[None])
-        reference.invoke()
-        outputs.append(reference.get_tensor(reference.get_output_details()[0]["index"])[0].astype(np.int32))
-    assert np.abs(np.stack(outputs) - _run(converted, inputs, xnnpack=False)).max() <= 4
+    outputs = np.stack([reference.run_raw(example) for example in inputs]).astype(np.int32)
+    assert np.abs(outputs - _run(converted, inputs, xnnpack=False)).max() <= 4
 
 
 def test_int8_container_levels_requantize_closer_to_the_exact_result(ds_cnn_w4):
