@@ -124,7 +124,7 @@ def _float_model(model_config, vocab, weights, frames):
 
 # --- measurements ----------------------------------------------------------------------------------
 def latency_ms(path, example: np.ndarray, repeats: int) -> float:
-    model = LiteRTModel(path, num_threads=1, xnnpack=True)
+    model = LiteRTModel(path, num_threads=1)
     raw = quantize(example, model.input_detail)
     for _ in range(3):
         model.run_raw(raw)

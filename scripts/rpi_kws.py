@@ -191,14 +191,33 @@ def _source(model) -> dict:
     return {"model_content": bytes(model)} if isinstance(model, (bytes, bytearray)) else {"model_path": str(model)}
 
 
-def tracing_interpreter(model):
-    """An interpreter on the builtin (reference) kernels that keeps every intermediate tensor readable
-    after invoke, for layer-by-layer comparisons. `model`: a path or the model's bytes."""
+# The kernel sets LiteRT runs a model on, by the name edgeasr gives them:
+#   xnnpack    the default: XNNPACK delegate, builtin kernels for the ops it does not take
+#   builtin    the builtin optimized kernels alone (BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+#   reference  LiteRT's reference kernels (BUILTIN_REF): plain C++ integer arithmetic that computes
+#              the same on every CPU (measured: DS-CNN-S identical on x86 and emulated aarch64, where
+#              XNNPACK and the optimized builtin kernels differ by up to 2 LSB); it is slow, and a
+#              runtime's reference kernels may lack a kernel version (INT4 convolutions)
+KERNELS = {"xnnpack": None, "builtin": "BUILTIN_WITHOUT_DEFAULT_DELEGATES", "reference": "BUILTIN_REF"}
+
+
+def _interpreter(model, kernels: str, **options):
+    if kernels not in KERNELS:
+        raise ValueError(f"kernels must be one of {', '.join(KERNELS)}, got {kernels!r}")
     module = _interpreter_module()
-    interpreter = module.Interpreter(**_source(model), experimental_preserve_all_tensors=True,
-                                     experimental_op_resolver_type=module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    if KERNELS[kernels]:
+        options["experimental_op_resolver_type"] = getattr(module.OpResolverType, KERNELS[kernels])
+    interpreter = module.Interpreter(**_source(model), **options)
     interpreter.allocate_tensors()
     return interpreter
+
+
+def tracing_interpreter(model, kernels: str = "builtin"):
+    """An interpreter without a delegate that keeps every intermediate tensor readable after invoke,
+    for layer-by-layer comparisons. `model`: a path or the model's bytes."""
+    if kernels == "xnnpack":
+        raise ValueError("a delegate hides the tensors it computes: trace the builtin or reference kernels")
+    return _interpreter(model, kernels, experimental_preserve_all_tensors=True)
 
 
 LAYER_WINDOWS = 16   # inputs a device check compares layer by layer and op by op
@@ -238,22 +257,11 @@ def dequantize(values: np.ndarray, detail: dict) -> np.ndarray:
 
 
 class LiteRTModel:
-    """One .tflite model with one input and one output, run one example at a time.
+    """One .tflite model with one input and one output, run one example at a time on one of KERNELS."""
 
-    xnnpack=False selects the builtin (optimized) kernels without the default delegate, so the two
-    can be compared. reference=True selects LiteRT's reference kernels (BUILTIN_REF): plain C++
-    integer arithmetic that computes the same on every CPU (measured: DS-CNN-S w8a8 identical on x86
-    and emulated aarch64, where XNNPACK and the optimized builtin kernels differ by up to 2 LSB).
-    """
-
-    def __init__(self, model_path, num_threads: int = 1, xnnpack: bool = True, reference: bool = False):
-        module = _interpreter_module()
-        options = {**_source(model_path), "num_threads": num_threads}
-        if reference or not xnnpack:
-            resolver = "BUILTIN_REF" if reference else "BUILTIN_WITHOUT_DEFAULT_DELEGATES"
-            options["experimental_op_resolver_type"] = getattr(module.OpResolverType, resolver)
-        self.interpreter = module.Interpreter(**options)
-        self.interpreter.allocate_tensors()
+    def __init__(self, model_path, num_threads: int = 1, kernels: str = "xnnpack"):
+        self.kernels = kernels
+        self.interpreter = _interpreter(model_path, kernels, num_threads=num_threads)
         self.input_detail = self.interpreter.get_input_details()[0]
         self.output_detail = self.interpreter.get_output_details()[0]
 
@@ -422,7 +430,7 @@ class KeywordSpotter:
     """The whole detector for one converted model; settings from its metadata unless given."""
 
     def __init__(self, model_path, config: Optional[DetectorConfig] = None, num_threads: int = 1,
-                 xnnpack: bool = True, metadata: Optional[dict] = None):
+                 kernels: str = "xnnpack", metadata: Optional[dict] = None):
         metadata = metadata if metadata is not None else read_metadata(model_path)
         if not metadata or not metadata.get("labels") or not metadata.get("frontend"):
             raise ValueError(f"{model_path}: no edgeasr metadata with labels and frontend (convert it with "
@@ -431,7 +439,7 @@ class KeywordSpotter:
         self.frontend = FrontendConfig(**metadata["frontend"])
         self.config = config or DetectorConfig.from_metadata(metadata)
         self.keyword_indices = [i for i, name in enumerate(self.labels) if not name.startswith("_")]
-        model = LiteRTModel(model_path, num_threads=num_threads, xnnpack=xnnpack)
+        model = LiteRTModel(model_path, num_threads=num_threads, kernels=kernels)
         frames = metadata.get("input_frames") or int(model.input_detail["shape"][1])
         self.posteriors = PosteriorStream(model, self.frontend, frames, self.config, outputs_logits(metadata))
         self._last_fire = {i: -np.inf for i in self.keyword_indices}
@@ -505,7 +513,7 @@ def run_parity(model_path: str, inputs_path: str, outputs_path: str, num_threads
     stem = outputs_path[:-len(".npy")]
     timings = {}
     for kernels, path in (("xnnpack", outputs_path), ("builtin", stem + ".reference.npy")):
-        model = LiteRTModel(model_path, num_threads=num_threads, xnnpack=kernels == "xnnpack")
+        model = LiteRTModel(model_path, num_threads=num_threads, kernels=kernels)
         outputs, seconds = [], []
         for example in inputs:
             started = time.perf_counter()
@@ -525,7 +533,7 @@ def run_reference_kernels(model_path: str, inputs: np.ndarray, path: str):
     """The reference kernels' raw outputs saved to `path` -> None, or why this runtime cannot run the
     model on them (a kernel version it lacks)."""
     try:
-        model = LiteRTModel(model_path, reference=True)
+        model = LiteRTModel(model_path, kernels="reference")
     except (ValueError, RuntimeError) as error:
         return str(error).strip().splitlines()[0]
     np.save(path, np.stack([model.run_raw(example) for example in inputs]))
@@ -539,8 +547,8 @@ def run_op_parity(ops_path: str, outputs_path: str) -> dict:
     with np.load(ops_path) as ops:
         names = sorted(key[:-len(".tflite")] for key in ops.files if key.endswith(".tflite"))
         for name in names:
-            for xnnpack, kernels in ((True, "xnnpack"), (False, "builtin")):
-                model = LiteRTModel(ops[f"{name}.tflite"].tobytes(), xnnpack=xnnpack)
+            for kernels in ("xnnpack", "builtin"):
+                model = LiteRTModel(ops[f"{name}.tflite"].tobytes(), kernels=kernels)
                 outputs[f"{name}.{kernels}"] = np.stack([model.run_raw(x) for x in ops[f"{name}.input"]])
     np.savez_compressed(outputs_path, **outputs)
     return {"ops": len(names)}

@@ -38,19 +38,9 @@ def _open_batch_int8(model, x):
     return converter.convert()
 
 
-def _run(model_bytes, x, xnnpack=True):
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    resolver = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    interpreter = Interpreter(model_content=model_bytes, experimental_op_resolver_type=resolver)
-    interpreter.allocate_tensors()
-    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    results = []
-    for example in x:
-        interpreter.set_tensor(inp["index"], example[None])
-        interpreter.invoke()
-        results.append(interpreter.get_tensor(out["index"])[0].astype(np.int32))
-    return np.stack(results)
+def _run(model_bytes, x, kernels="xnnpack"):
+    model = LiteRTModel(model_bytes, kernels=kernels)
+    return np.stack([model.run_raw(example) for example in x]).astype(np.int32)
 
 
 def _ops_and_versions(model_bytes):
@@ -108,8 +98,8 @@ def test_dense_on_3d_input_int8_container_is_packed_onto_the_qat_grid(dense_3d):
             assert version >= INT4_OP_VERSIONS[("FULLY_CONNECTED", "INT8")]
 
     x = _int8_inputs(8, (12, 8))
-    for xnnpack in (True, False):   # runs on both kernel sets; near the container's rounded weights
-        assert np.abs(_run(packed, x, xnnpack) - _run(stock, x, xnnpack)).max() <= 2
+    for kernels in ("xnnpack", "builtin"):   # runs on both kernel sets; near the container's rounded weights
+        assert np.abs(_run(packed, x, kernels) - _run(stock, x, kernels)).max() <= 2
 
 
 def test_per_tensor_fc_scales_become_per_channel_without_changing_outputs(dense_3d, tmp_path):
@@ -124,8 +114,8 @@ def test_per_tensor_fc_scales_become_per_channel_without_changing_outputs(dense_
     assert bias.scale.size == 4
     assert all(entry["scales"] == "per-channel" for entry in report)
     x = _int8_inputs(8, (12, 8), seed=1)
-    for xnnpack in (True, False):
-        np.testing.assert_array_equal(_run(per_channel, x, xnnpack), _run(per_tensor, x, xnnpack))
+    for kernels in ("xnnpack", "builtin"):
+        np.testing.assert_array_equal(_run(per_channel, x, kernels), _run(per_tensor, x, kernels))
     # The installed runtime's XNNPACK takes INT4 FULLY_CONNECTED with one scale too (convert's default).
     assert _delegated(per_tensor, tmp_path, "pt.tflite") == _delegated(per_channel, tmp_path, "pc.tflite") >= 2
 
@@ -251,7 +241,7 @@ def test_pointwise_convs_become_fully_connected_with_bit_identical_outputs(ds_cn
     pointwise = [op for name, op in ops if name == "FULLY_CONNECTED" and op.builtinOptions.keepNumDims]
     assert len(pointwise) == 2 and all(op.builtinOptions.fusedActivationFunction == 1 for op in pointwise)  # RELU
     x = _int8_inputs(12, (98, 40), seed=3)
-    np.testing.assert_array_equal(_run(rewritten, x, xnnpack=False), _run(packed, x, xnnpack=False))
+    np.testing.assert_array_equal(_run(rewritten, x, kernels="builtin"), _run(packed, x, kernels="builtin"))
     # XNNPACK has no INT4 CONV_2D; as FULLY_CONNECTED the pointwise convolutions are delegated.
     assert _delegated(rewritten, tmp_path, "fc.tflite") == _delegated(packed, tmp_path, "conv.tflite") + 2
 
@@ -275,7 +265,7 @@ def test_depthwise_and_first_conv_keep_4bit_levels_in_int8_containers(ds_cnn_w4,
         np.testing.assert_array_equal(stored // 16, levels)
         np.testing.assert_array_equal(np.asarray(tensor.scale) * 16, np.asarray(packed[name].scale))
     x = _int8_inputs(12, (98, 40), seed=4)
-    assert np.abs(_run(fast, x, xnnpack=False) - _run(all_int4, x, xnnpack=False)).max() <= 1
+    assert np.abs(_run(fast, x, kernels="builtin") - _run(all_int4, x, kernels="builtin")).max() <= 1
     model = fb.load(fast)
     delegated = _delegated(fast, tmp_path, "fast.tflite")
     weighted = sum(fb.op_name(model, op) in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
@@ -300,10 +290,25 @@ def test_int8_containers_declare_the_int8_op_version_and_load_on_the_reference_k
     assert sorted(v for op, v in versions if op == "FULLY_CONNECTED")[0] >= INT4_OP_VERSIONS[("FULLY_CONNECTED", "INT8")]
     model = fb.load(converted)
     assert sorted({op.opcodeIndex for op in model.subgraphs[0].operators}) == list(range(len(model.operatorCodes)))
-    reference = LiteRTModel(converted, reference=True)        # raised "Didn't find op ... version '7'"
+    reference = LiteRTModel(converted, kernels="reference")        # raised "Didn't find op ... version '7'"
     inputs = _int8_inputs(8, (98, 40), seed=6)
     outputs = np.stack([reference.run_raw(example) for example in inputs]).astype(np.int32)
-    assert np.abs(outputs - _run(converted, inputs, xnnpack=False)).max() <= 4
+    assert np.abs(outputs - _run(converted, inputs, kernels="builtin")).max() <= 4
+
+
+def test_parity_says_why_the_reference_kernels_could_not_run_and_still_compares_the_builtin_ones(ds_cnn_w4, tmp_path):
+    """LiteRT's reference kernels have no INT4 convolution (version 7), so a file with INT4 convolutions
+    (`convert --conv-storage int4`) cannot run on them: parity reports the reason, not a crash."""
+    from edgeasr.eval.parity import markdown, parity_report
+
+    quantized, stock, bits_of, x = ds_cnn_w4
+    path = tmp_path / "int4_convs.tflite"
+    path.write_bytes(pack_int4_weights(stock, bits_of, conv_storage="int4")[0])
+    report = parity_report(path, quantized.predict(x, verbose=0), x, x[:, 0, :4].argmax(-1), min_agreement=0.0)
+    assert "version" in report["reference_unavailable"] and "litert_reference_accuracy" not in report
+    assert report["xnnpack_vs_builtin_agreement"] >= 0.9 and report["xnnpack_vs_builtin_max_lsb"] <= 4
+    assert 0.0 <= report["litert_builtin_accuracy"] <= 1.0
+    assert "| XNNPACK vs reference kernels | not compared: " in markdown(report)
 
 
 def test_int8_container_levels_requantize_closer_to_the_exact_result(ds_cnn_w4):
@@ -315,8 +320,8 @@ def test_int8_container_levels_requantize_closer_to_the_exact_result(ds_cnn_w4):
     model = fb.load(spread)
     first_conv = next(i for i, op in enumerate(model.subgraphs[0].operators) if fb.op_name(model, op) == "CONV_2D")
     inputs = _int8_inputs(16, (98, 40, 1), seed=5)
-    exact = _run(fb.single_op_model(spread, first_conv), inputs, xnnpack=True)
-    off = {name: np.abs(_run(fb.single_op_model(source, first_conv), inputs, xnnpack=False) - exact)
+    exact = _run(fb.single_op_model(spread, first_conv), inputs, kernels="xnnpack")
+    off = {name: np.abs(_run(fb.single_op_model(source, first_conv), inputs, kernels="builtin") - exact)
            for name, source in (("levels x 16", spread), ("INT4 levels", packed))}
     assert off["levels x 16"].max() <= 1 and off["INT4 levels"].max() <= 1
     assert np.mean(off["levels x 16"] > 0) * 4 < np.mean(off["INT4 levels"] > 0), \
@@ -341,13 +346,13 @@ def test_trimmed_model_is_smaller_and_computes_the_same(ds_cnn_w4, tmp_path):
             one_scale = fb.op_name(model, op) == "FULLY_CONNECTED"      # conv biases keep theirs (XNNPACK)
             assert (len(bias.quantization.scale) == 1) == one_scale, fb.tensor_name(bias)
     x = _int8_inputs(12, (98, 40), seed=5)
-    for xnnpack in (True, False):
-        np.testing.assert_array_equal(_run(trimmed, x, xnnpack), _run(untrimmed, x, xnnpack))
+    for kernels in ("xnnpack", "builtin"):
+        np.testing.assert_array_equal(_run(trimmed, x, kernels), _run(untrimmed, x, kernels))
     assert _delegated(trimmed, tmp_path, "trimmed.tflite") == _delegated(untrimmed, tmp_path, "untrimmed.tflite")
 
 
 def _pool_values(model_bytes, x):
-    """(map feeding the global pool, pooled values) in float, per example, on the reference kernels."""
+    """(map feeding the global pool, pooled values) in float, per example, on the builtin kernels."""
     from edgeasr.runtime.litert import tracing_interpreter
 
     model = fb.load(model_bytes)
@@ -382,8 +387,8 @@ def test_global_average_pool_becomes_a_finer_delegated_mean(ds_cnn_w4, tmp_path)
         exact = feature_map.mean(axis=(1, 2)).reshape(pooled.shape)     # the float average Keras computes
         assert np.abs(pooled - exact).max() <= new_scale + 1e-9          # within one step of the finer grid
         assert np.abs(pooled_before - exact).max() <= old_scale / 2 + 1e-6
-    for xnnpack in (True, False):                                      # runs on both; logits bias rescaled
-        assert np.abs(_run(after, inputs, xnnpack) - _run(before, inputs, xnnpack)).max() <= 16
+    for kernels in ("xnnpack", "builtin"):                                      # runs on both; logits bias rescaled
+        assert np.abs(_run(after, inputs, kernels) - _run(before, inputs, kernels)).max() <= 16
     assert _delegated(after, tmp_path, "mean.tflite") == _delegated(before, tmp_path, "pool.tflite") + 1
 
 
@@ -408,5 +413,5 @@ def test_trim_keeps_the_scales_of_a_bias_a_convolution_shares_with_a_fully_conne
     trimmed = fb.load(trim_model(shared))
     assert len(trimmed.subgraphs[0].tensors[conv_bias].quantization.scale) == 8
     probe = np.random.default_rng(1).integers(-128, 128, size=(1, 6, 6, 4)).astype(np.int8)
-    for xnnpack in (False, True):
-        np.testing.assert_array_equal(_run(trim_model(shared), probe, xnnpack), _run(shared, probe, xnnpack))
+    for kernels in ("builtin", "xnnpack"):
+        np.testing.assert_array_equal(_run(trim_model(shared), probe, kernels), _run(shared, probe, kernels))

@@ -81,7 +81,7 @@ def test_script_parity_mode(model_path, tmp_path):
     assert reference.shape == (5, 3)
     parity = json.loads(result.stdout.splitlines()[-1])["summary"]["parity"]
     assert parity["examples"] == 5 and parity["builtin_ref"] is None
-    on_reference_kernels = LiteRTModel(model_path, reference=True)
+    on_reference_kernels = LiteRTModel(model_path, kernels="reference")
     np.testing.assert_array_equal(np.load(tmp_path / "out.builtin_ref.npy"),
                                   np.stack([on_reference_kernels.run_raw(x) for x in inputs]))
     with np.load(tmp_path / "out.layers.npz") as layers:
@@ -104,7 +104,7 @@ def test_each_op_alone_reproduces_its_layer(model_path, tmp_path):
         names = sorted(key[:-len(".tflite")] for key in ops.files if key.endswith(".tflite"))
         assert len(names) >= 2 and set(names) <= set(layers)
         for name in names:
-            alone = LiteRTModel(ops[f"{name}.tflite"].tobytes(), xnnpack=False)
+            alone = LiteRTModel(ops[f"{name}.tflite"].tobytes(), kernels="builtin")
             outputs = np.stack([alone.run_raw(x) for x in ops[f"{name}.input"]])
             np.testing.assert_array_equal(outputs, layers[name][:, 0])
 

@@ -63,9 +63,9 @@ def test_shared_zero_points_read_back_and_compute_the_same(per_channel_model):
     for a, b in zip(fb.load(shared).subgraphs[0].tensors, fb.load(unshared).subgraphs[0].tensors):
         if a.quantization is not None and a.quantization.zeroPoint is not None:
             np.testing.assert_array_equal(a.quantization.zeroPoint, b.quantization.zeroPoint)
-    for xnnpack in (True, False):
-        np.testing.assert_array_equal(LiteRTModel(shared, xnnpack=xnnpack).predict(calibration),
-                                      LiteRTModel(unshared, xnnpack=xnnpack).predict(calibration))
+    for kernels in ("xnnpack", "builtin"):
+        np.testing.assert_array_equal(LiteRTModel(shared, kernels=kernels).predict(calibration),
+                                      LiteRTModel(unshared, kernels=kernels).predict(calibration))
 
 
 def test_zero_points_given_as_lists_are_shared_too(per_channel_model):

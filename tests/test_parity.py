@@ -35,7 +35,8 @@ def test_parity_of_a_ptq_model_and_its_reports(tmp_path):
     assert report["output_lsb_difference"]["max"] <= 3 and report["keras_accuracy"] == 1.0
     assert abs(report["litert_accuracy"] - report["argmax_agreement"]) < 1e-9
     assert litert_accuracy(path, features, labels) == report["litert_accuracy"]
-    assert litert_accuracy(path, features, labels, xnnpack=False) == report["litert_reference_accuracy"]
+    for kernels in ("reference", "builtin"):
+        assert litert_accuracy(path, features, labels, kernels=kernels) == report[f"litert_{kernels}_accuracy"]
     json_path, md_path = write_reports(report, path)
     assert json.loads(json_path.read_text())["examples"] == 64
     assert "| argmax agreement Keras vs LiteRT (XNNPACK) |" in md_path.read_text()

@@ -27,7 +27,7 @@ class TranscriberError(ValueError):
 
 
 class Transcriber:
-    def __init__(self, model_path, num_threads: int = 1, beam_width: int = 0, xnnpack: bool = True):
+    def __init__(self, model_path, num_threads: int = 1, beam_width: int = 0, kernels: str = "xnnpack"):
         self.path = Path(model_path)
         metadata = read_metadata(self.path) or {}
         if "asr" not in metadata or not metadata.get("frontend"):
@@ -39,7 +39,7 @@ class Transcriber:
         self.subsampling = int(metadata["asr"]["subsampling"])
         self.window_frames = int(metadata["input_frames"])
         self.beam_width = beam_width
-        self.model = LiteRTModel(self.path, num_threads=num_threads, xnnpack=xnnpack)
+        self.model = LiteRTModel(self.path, num_threads=num_threads, kernels=kernels)
 
     @property
     def window_samples(self) -> int:

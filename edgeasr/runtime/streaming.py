@@ -172,7 +172,7 @@ class KeywordSpotter:
     """The whole detector for one converted model; settings from its metadata unless given."""
 
     def __init__(self, model_path, config: Optional[DetectorConfig] = None, num_threads: int = 1,
-                 xnnpack: bool = True, metadata: Optional[dict] = None):
+                 kernels: str = "xnnpack", metadata: Optional[dict] = None):
         metadata = metadata if metadata is not None else read_metadata(model_path)
         if not metadata or not metadata.get("labels") or not metadata.get("frontend"):
             raise ValueError(f"{model_path}: no edgeasr metadata with labels and frontend (convert it with "
@@ -181,7 +181,7 @@ class KeywordSpotter:
         self.frontend = FrontendConfig(**metadata["frontend"])
         self.config = config or DetectorConfig.from_metadata(metadata)
         self.keyword_indices = [i for i, name in enumerate(self.labels) if not name.startswith("_")]
-        model = LiteRTModel(model_path, num_threads=num_threads, xnnpack=xnnpack)
+        model = LiteRTModel(model_path, num_threads=num_threads, kernels=kernels)
         frames = metadata.get("input_frames") or int(model.input_detail["shape"][1])
         self.posteriors = PosteriorStream(model, self.frontend, frames, self.config, outputs_logits(metadata))
         self._last_fire = {i: -np.inf for i in self.keyword_indices}
