@@ -6,7 +6,8 @@ each model's float run, post-training quantisation (PTQ) with edgeasr's quantize
 policy, `edgeasr convert` is run with its defaults and the table records: file size against the
 float TFLite, the smallest file the format allows for that policy (lower bound), share of weight
 bytes stored as INT4, LiteRT accuracy against Keras (fake-quant) accuracy on the whole test split,
-argmax agreement, and single-thread latency with XNNPACK and with the reference kernels.
+argmax agreement, and single-thread latency on the three kernel sets (XNNPACK, the builtin
+optimized kernels alone, LiteRT's reference kernels; edgeasr.runtime.litert.KERNELS).
 
 Latency: every model gets one interpreter per kernel set, and all of them are timed in
 interleaved rounds (each round: --invokes timed invokes of every model), so load from other
@@ -36,7 +37,7 @@ from edgeasr.converters import flatbuffer as fb
 from edgeasr.converters.convert import convert
 from edgeasr.converters.inspect import inspect_model
 from edgeasr.files import write_bytes_atomic, write_json_atomic
-from edgeasr.runtime.litert import LiteRTModel, quantize
+from edgeasr.runtime.litert import KERNELS, LiteRTModel, quantize
 from edgeasr.runtime.metadata import read_metadata
 
 POLICIES = ("w8a8", "w4a8-tanh", "mixed")
@@ -90,26 +91,64 @@ def one(run_dir, out, policy, mode, option="", **convert_options):
         "per_channel_parameter_bytes": info["per_channel_parameter_bytes"],
         "keras_accuracy": parity.get("keras_accuracy"), "litert_accuracy": parity.get("litert_accuracy"),
         "litert_reference_accuracy": parity.get("litert_reference_accuracy"),
+        "litert_builtin_accuracy": parity.get("litert_builtin_accuracy"),
+        "xnnpack_vs_reference_max_lsb": parity.get("xnnpack_vs_reference_max_lsb"),
         "argmax_agreement": parity["argmax_agreement"], "keras_tied_top": parity["keras_tied_top"],
         "examples": parity["examples"], "max_lsb": (parity.get("output_lsb_difference") or {}).get("max"),
         "xnnpack_nodes": f"{info['xnnpack_nodes']}/{len(info['ops'])}",
         "stored": {entry["layer"]: entry["stored_as"] for entry in result["int4"]},
         "convert_seconds": round(time.perf_counter() - started, 1),
+        "keras_pool_rounded_accuracy": pool_rounded_keras_accuracy(run_dir, out, policy if mode == "PTQ" else None),
     }
     print(json.dumps(row), flush=True)
     return row
 
 
+def pool_rounded_keras_accuracy(run_dir, path, ptq_policy):
+    """Keras test accuracy with the output of its AveragePooling2D layer rounded onto the file's grid
+    for it, as the int8 AVERAGE_POOL_2D rounds (it keeps its input's scale); Keras's fake-quant model
+    averages in float. None when the file has no AVERAGE_POOL_2D (DS-CNN's global pool is a MEAN with
+    its own finer output scale, converters/pooling.py). The layers after the pool must be a chain."""
+    model_bytes = Path(path).read_bytes()
+    model = fb.load(model_bytes)
+    if "AVERAGE_POOL_2D" not in {fb.op_name(model, op) for op in model.subgraphs[0].operators}:
+        return None
+    import tf_keras as keras
+
+    from edgeasr.converters.convert import model_to_convert
+    from edgeasr.converters.sources import calibration_features, load_source, run_test_features
+    from edgeasr.runtime.litert import tracing_interpreter
+
+    keras_model, config = load_source(run_dir)
+    if ptq_policy is not None:
+        keras_model = model_to_convert(keras_model, config, ptq_policy, calibration_features(config), run_dir)[0]
+    pools = [layer for layer in keras_model.layers if isinstance(layer, keras.layers.AveragePooling2D)]
+    tensors = {d["name"]: d for d in tracing_interpreter(model_bytes).get_tensor_details()}
+    if len(pools) != 1 or pools[0].name not in tensors:
+        return None
+    features, labels = run_test_features(config)
+    pooled = keras.Model(keras_model.inputs, pools[0].output).predict(features, batch_size=128, verbose=0)
+    scale, zero_point = tensors[pools[0].name]["quantization"]
+    x = ((np.clip(np.round(pooled / scale) + zero_point, -128, 127) - zero_point) * scale).astype(np.float32)
+    for layer in keras_model.layers[keras_model.layers.index(pools[0]) + 1:]:
+        x = layer(x, training=False)
+    return float(np.mean(np.asarray(x).argmax(-1) == labels))
+
+
 def interleaved_latency(paths, rounds: int, invokes: int) -> dict:
-    """{(path, xnnpack): median ms} over `rounds` rounds of `invokes` timed invokes of every model."""
+    """{(path, kernels): median ms} over `rounds` rounds of `invokes` timed invokes of every model on
+    every kernel set that can run it (LiteRT's reference kernels have no INT4 convolution)."""
     runners = {}
     for path in paths:
-        for xnnpack in (True, False):
-            model = LiteRTModel(path, num_threads=1, xnnpack=xnnpack)
+        for kernels in KERNELS:
+            try:
+                model = LiteRTModel(path, num_threads=1, kernels=kernels)
+            except (ValueError, RuntimeError):
+                continue
             example = quantize(np.zeros(model.input_detail["shape"][1:], np.float32), model.input_detail)
             for _ in range(20):
                 model.run_raw(example)
-            runners[(path, xnnpack)] = (model, example)
+            runners[(path, kernels)] = (model, example)
     times = {key: [] for key in runners}
     for _ in range(rounds):
         for key, (model, example) in runners.items():
@@ -132,11 +171,12 @@ def add_latency(rows, out_dir: Path, rounds: int, invokes: int) -> None:
         copies.append(str(copy))
     medians = interleaved_latency(paths + copies, rounds, invokes)
     for row, path in zip(rows, paths):
-        row["latency_xnnpack_ms"], row["latency_reference_ms"] = medians[(path, True)], medians[(path, False)]
+        for kernels in KERNELS:
+            row[f"latency_{kernels}_ms"] = medians.get((path, kernels))
     for row in rows:
         if row["policy"] == "w8a8" and "latency_xnnpack_again_ms" not in row:
             again = str(out_dir / (Path(row["file"]).stem + "_again.tflite"))
-            row["latency_xnnpack_again_ms"] = medians[(again, True)]
+            row["latency_xnnpack_again_ms"] = medians[(again, "xnnpack")]
             Path(again).unlink()
 
 
@@ -159,10 +199,7 @@ def targets(rows) -> list:
         line = (f"{row['model']} {row['policy']} {row['mode']}: Keras {row['keras_accuracy']:.2%}, LiteRT "
                 f"{row['litert_accuracy']:.2%} ({gap:.2f} points)")
         if not met:
-            line += (f"; cause: {round((1 - row['argmax_agreement']) * row['examples'])} of {row['examples']} clips "
-                     f"decided differently (rounding differences, see agreement), LiteRT "
-                     f"{'above' if row['litert_accuracy'] > row['keras_accuracy'] else 'below'} Keras by "
-                     f"{round(gap * row['examples'] / 100)} clips; one clip is {100 / row['examples']:.2f} points")
+            line += accuracy_gap_cause(row, gap)
         lines.append(("LiteRT accuracy within 0.2 points of Keras", met, line))
     for row in rows:
         met = row["argmax_agreement"] >= TARGET_AGREEMENT
@@ -190,6 +227,27 @@ def targets(rows) -> list:
     return lines
 
 
+def accuracy_gap_cause(row, gap: float) -> str:
+    """Why LiteRT (XNNPACK) and Keras decide clips differently: the kernels' rounding (against the
+    reference kernels' exact integer arithmetic), or what Keras's fake-quant model does not simulate."""
+    cause = (f"; cause: {round((1 - row['argmax_agreement']) * row['examples'])} of {row['examples']} clips decided "
+             f"differently, LiteRT {'above' if row['litert_accuracy'] > row['keras_accuracy'] else 'below'} Keras by "
+             f"{round(gap * row['examples'] / 100)} clips (one clip is {100 / row['examples']:.2f} points)")
+    reference = row.get("litert_reference_accuracy")
+    if reference is not None:
+        exact = row.get("xnnpack_vs_reference_max_lsb") == 0
+        cause += (f"; the reference kernels give {reference:.2%}, "
+                  + ("and XNNPACK equals them bit for bit, so the whole gap is Keras's simulation" if exact else
+                     f"{100 * abs(reference - row['keras_accuracy']):.2f} points from Keras; XNNPACK differs from "
+                     f"them by up to {row.get('xnnpack_vs_reference_max_lsb')} LSB"))
+    rounded = row.get("keras_pool_rounded_accuracy")
+    if rounded is not None:
+        cause += (f"; Keras with its AveragePooling2D output rounded onto the input grid, as AVERAGE_POOL_2D rounds "
+                  f"it, gives {rounded:.2%} ({100 * abs(row['litert_accuracy'] - rounded):.2f} points from LiteRT): "
+                  f"the fake-quant model averages in float")
+    return cause
+
+
 def layer_differences(run_dir, path) -> dict:
     """Where a DS-CNN's Keras (fake-quant) and LiteRT (reference kernels) outputs part, layer by layer:
     each Keras activation put on its LiteRT tensor's int8 grid against the LiteRT tensor, in LSBs;
@@ -207,7 +265,7 @@ def layer_differences(run_dir, path) -> dict:
                    if layer.name.startswith("quant_relu") or layer.name in ("avg_pool", "quant_logits")]
     probe = keras.Model(model.inputs, [model.get_layer(name).output for name in keras_names])
     keras_values = probe.predict(features, batch_size=64, verbose=0)
-    interpreter = tracing_interpreter(path)
+    interpreter = tracing_interpreter(path, kernels="reference")
     details = {d["name"]: d for d in interpreter.get_tensor_details()}
     input_detail, output_detail = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     lite_names = [name[len("quant_"):] if name.startswith("quant_") else name for name in keras_names[:-1]]
@@ -319,6 +377,10 @@ def _pct(value):
     return "-" if value is None else f"{value:.2%}"
 
 
+def _ms(value):
+    return "-" if value is None else f"{value:.4f}"
+
+
 def markdown(summary) -> str:
     lines = ["# Conversion results (scripts/convert_results.py)", "",
              f"Runs from `{summary['runs']}`, converted with `edgeasr convert` defaults (pointwise convs as "
@@ -327,18 +389,22 @@ def markdown(summary) -> str:
              f"thread, median of {summary['rounds']} interleaved rounds x {summary['invokes']} invokes on "
              f"{summary['machine']}.", "",
              "| model | policy | how | bytes | float bytes | smaller | floor (smaller) | INT4 share | Keras acc | "
-             "LiteRT acc | agreement | tied | max LSB | XNNPACK nodes | XNNPACK ms | reference ms |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
+             "LiteRT acc | reference acc | agreement | tied | max LSB | XNNPACK nodes | XNNPACK ms | builtin ms | "
+             "reference ms |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
     for r in summary["rows"] + summary.get("options", []):
         lines.append(f"| {r['model']} | {r['policy']} | {r['mode']}{' ' + r['option'] if r.get('option') else ''} | {r['bytes']:,} | {r['float_bytes']:,} | "
                      f"{r['smaller_than_float']:.2f}x | {r['lower_bound_bytes']['total']:,} "
                      f"({r['best_possible_smaller']:.2f}x) | {r['int4_weight_share']:.0%} | "
-                     f"{_pct(r['keras_accuracy'])} | {_pct(r['litert_accuracy'])} | {_pct(r['argmax_agreement'])} | "
+                     f"{_pct(r['keras_accuracy'])} | {_pct(r['litert_accuracy'])} | "
+                     f"{_pct(r.get('litert_reference_accuracy'))} | {_pct(r['argmax_agreement'])} | "
                      f"{r['keras_tied_top']} | {r['max_lsb']} | {r['xnnpack_nodes']} | "
-                     f"{r['latency_xnnpack_ms']:.4f} | {r['latency_reference_ms']:.4f} |")
+                     + " | ".join(_ms(r.get(f"latency_{kernels}_ms")) for kernels in KERNELS) + " |")
     lines += ["", "floor: the lower bound of `lower_bound()` — packed weights, int32 biases and the float32 scale "
               "per channel of per-channel weights with each distinct int64 zero-point vector once, nothing else. tied: test clips whose Keras "
-              "(fake-quant) top score is an exact tie between classes.", "", "## Targets", ""]
+              "(fake-quant) top score is an exact tie between classes. reference acc: LiteRT accuracy on the reference "
+              "kernels (BUILTIN_REF: TFLite's plain C++ integer arithmetic, the same on every CPU); builtin ms: the optimized "
+              "builtin kernels without XNNPACK; -: the runtime's reference kernels have no INT4 convolution.", "", "## Targets", ""]
     for target in dict.fromkeys(t["target"] for t in summary["targets"]):
         entries = [t for t in summary["targets"] if t["target"] == target]
         verdict = "met" if all(t["met"] for t in entries) else "MISSED"
