@@ -35,8 +35,8 @@ LEFT_OUT = {"tf_log_mel"}                # training-side code the device never r
 BEGIN = "# ---- BEGIN BUNDLED RUNTIME"
 END = "# ---- END BUNDLED RUNTIME ----"
 PARITY_WINDOWS = 64
-OUTPUTS = ("outputs.npy", "outputs.reference.npy")      # XNNPACK, builtin kernels alone
-REFERENCE_OUTPUTS = "outputs.builtin_ref.npy"           # reference kernels, where they load the model
+OUTPUTS = ("outputs.npy", "outputs.builtin.npy")        # XNNPACK, builtin kernels alone
+REFERENCE_OUTPUTS = "outputs.reference.npy"             # reference kernels, where they load the model
 LAYERS = "outputs.layers.npz"                           # every op's output, builtin kernels
 OPS, OP_OUTPUTS = "ops.npz", "op_outputs.npz"           # each op alone: single-op models, their outputs
 MAX_LSB = 1
@@ -273,20 +273,20 @@ def compare(outputs: dict, on_device: dict, here: dict) -> dict:
     1 LSB on XNNPACK; DS-CNN-S by up to 2 LSB at the output (every op alone within 1), since the
     INT4 pass spreads 4-bit conv levels over int8 so x86's second rounding is 16x finer (was 6 LSB)."""
     lsb = {name: np.abs(device.astype(np.int64) - host.astype(np.int64)) for name, (device, host) in outputs.items()}
-    xnnpack, reference = lsb["outputs.npy"], lsb["outputs.reference.npy"]
+    xnnpack, builtin = lsb["outputs.npy"], lsb["outputs.builtin.npy"]
     same_detections = [(d["keyword"], round(d["time_s"], 3)) for d in on_device["detections"]] == \
                       [(d["keyword"], round(d["time_s"], 3)) for d in here["detections"]]
     return {"device": on_device["summary"], "host": here["summary"],
             "outputs": int(xnnpack.size), "outputs_equal": int((xnnpack == 0).sum()), "max_lsb": int(xnnpack.max()),
-            "reference_max_lsb": int(reference.max()),
+            "builtin_max_lsb": int(builtin.max()),
             "detections_device": on_device["detections"], "detections_host": here["detections"],
             "same_detections": same_detections,
-            "passed": bool(max(reference.max(), xnnpack.max()) <= MAX_LSB and same_detections)}
+            "passed": bool(max(builtin.max(), xnnpack.max()) <= MAX_LSB and same_detections)}
 
 
 def _reference_kernels_failure(run: dict):
     """None when rpi_kws.py ran the model on the reference kernels, else why not."""
-    return run["summary"]["parity"].get("builtin_ref", "not run")
+    return run["summary"]["parity"].get("reference_kernels", "not run")
 
 
 def reference_kernels(local: Path, on_device: dict, here: dict) -> dict:
@@ -295,12 +295,12 @@ def reference_kernels(local: Path, on_device: dict, here: dict) -> dict:
     rounding (not part of `passed`, which judges the kernels a device runs)."""
     why = [_reference_kernels_failure(side) for side in (on_device, here)]
     if any(reason is not None for reason in why):
-        return {"builtin_ref_max_lsb": None,
-                "builtin_ref_unavailable": "; ".join(f"{side}: {reason}" for side, reason in zip(("device", "here"), why)
+        return {"reference_max_lsb": None,
+                "reference_unavailable": "; ".join(f"{side}: {reason}" for side, reason in zip(("device", "here"), why)
                                                      if reason is not None)}
     device, host = (np.load(local / name).astype(np.int64) for name in (f"device_{REFERENCE_OUTPUTS}",
                                                                         REFERENCE_OUTPUTS))
-    return {"builtin_ref_max_lsb": int(np.abs(device - host).max())}
+    return {"reference_max_lsb": int(np.abs(device - host).max())}
 
 
 def layer_differences(device_layers: dict, host_layers: dict) -> list:
@@ -334,9 +334,9 @@ def format_ops_alone(report: dict) -> list:
 
 
 def format_reference_kernels(report: dict) -> str:
-    if report.get("builtin_ref_max_lsb") is None:
-        return f"  reference kernels (BUILTIN_REF): not compared ({report.get('builtin_ref_unavailable', 'not run')})"
-    return f"  reference kernels (BUILTIN_REF): max diff {report['builtin_ref_max_lsb']} LSB"
+    if report.get("reference_max_lsb") is None:
+        return f"  reference kernels (BUILTIN_REF): not compared ({report.get('reference_unavailable', 'not run')})"
+    return f"  reference kernels (BUILTIN_REF): max diff {report['reference_max_lsb']} LSB"
 
 
 def format_check(report: dict, label: str) -> str:
@@ -344,7 +344,7 @@ def format_check(report: dict, label: str) -> str:
     return "\n".join([
         f"{label}: {'PASSED' if report['passed'] else 'FAILED'}",
         f"  raw outputs (XNNPACK) equal {report['outputs_equal']}/{report['outputs']}, max diff "
-        f"{report['max_lsb']} LSB; builtin kernels max diff {report['reference_max_lsb']} LSB",
+        f"{report['max_lsb']} LSB; builtin kernels max diff {report['builtin_max_lsb']} LSB",
         format_reference_kernels(report),
         *format_layers(report),
         *format_ops_alone(report),
@@ -369,7 +369,7 @@ def main(argv=None) -> int:
         return 0
     report = device_check(ChrootTransport(args.chroot), args.model, args.wav)
     print(format_check(report, f"aarch64 (qemu, {args.chroot})"))
-    print(json.dumps({k: report.get(k) for k in ("device", "host", "max_lsb", "reference_max_lsb", "builtin_ref_max_lsb",
+    print(json.dumps({k: report.get(k) for k in ("device", "host", "max_lsb", "builtin_max_lsb", "reference_max_lsb",
                                                  "same_detections", "first_layer_off", "ops_alone_max_diff",
                                                  "passed")}))
     return 0 if report["passed"] else 1

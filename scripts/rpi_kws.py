@@ -506,13 +506,13 @@ def chunks_of(args, sample_rate: int, chunk: int):
 
 def run_parity(model_path: str, inputs_path: str, outputs_path: str, num_threads: int) -> dict:
     """Raw outputs of raw inputs (N, ...) with XNNPACK (saved to outputs_path), with the builtin
-    kernels alone (saved next to it as *.reference.npy) and with the reference kernels
-    (*.builtin_ref.npy, where this runtime's reference kernels load the model), every op's output on
+    kernels alone (saved next to it as *.builtin.npy) and with the reference kernels
+    (*.reference.npy, where this runtime's reference kernels load the model), every op's output on
     the builtin kernels (*.layers.npz), and XNNPACK's invoke latency."""
     inputs = np.load(inputs_path)
     stem = outputs_path[:-len(".npy")]
     timings = {}
-    for kernels, path in (("xnnpack", outputs_path), ("builtin", stem + ".reference.npy")):
+    for kernels, path in (("xnnpack", outputs_path), ("builtin", stem + ".builtin.npy")):
         model = LiteRTModel(model_path, num_threads=num_threads, kernels=kernels)
         outputs, seconds = [], []
         for example in inputs:
@@ -525,8 +525,8 @@ def run_parity(model_path: str, inputs_path: str, outputs_path: str, num_threads
     np.savez_compressed(stem + ".layers.npz", **layers)
     return {"examples": len(inputs), "invoke_ms_median": 1000 * float(np.median(timings["xnnpack"])),
             "invoke_ms_p90": 1000 * float(np.percentile(timings["xnnpack"], 90)),
-            "reference_invoke_ms_median": 1000 * float(np.median(timings["builtin"])),
-            "builtin_ref": run_reference_kernels(model_path, inputs, stem + ".builtin_ref.npy")}
+            "builtin_invoke_ms_median": 1000 * float(np.median(timings["builtin"])),
+            "reference_kernels": run_reference_kernels(model_path, inputs, stem + ".reference.npy")}
 
 
 def run_reference_kernels(model_path: str, inputs: np.ndarray, path: str):

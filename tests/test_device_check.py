@@ -77,17 +77,18 @@ def test_script_parity_mode(model_path, tmp_path):
     assert result.returncode == 0, result.stderr
     model = LiteRTModel(model_path)
     np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), np.stack([model.run_raw(x) for x in inputs]))
-    reference = np.load(tmp_path / "out.reference.npy")
-    assert reference.shape == (5, 3)
+    builtin = np.load(tmp_path / "out.builtin.npy")
+    assert builtin.shape == (5, 3)
     parity = json.loads(result.stdout.splitlines()[-1])["summary"]["parity"]
-    assert parity["examples"] == 5 and parity["builtin_ref"] is None
-    on_reference_kernels = LiteRTModel(model_path, kernels="reference")
-    np.testing.assert_array_equal(np.load(tmp_path / "out.builtin_ref.npy"),
-                                  np.stack([on_reference_kernels.run_raw(x) for x in inputs]))
+    assert parity["examples"] == 5 and parity["reference_kernels"] is None
+    for kernels in ("builtin", "reference"):
+        on_kernels = LiteRTModel(model_path, kernels=kernels)
+        np.testing.assert_array_equal(np.load(tmp_path / f"out.{kernels}.npy"),
+                                      np.stack([on_kernels.run_raw(x) for x in inputs]))
     with np.load(tmp_path / "out.layers.npz") as layers:
         names = sorted(layers.files)
         assert len(names) >= 3 and all(len(layers[name]) == 5 for name in names)       # one per op, per input
-        np.testing.assert_array_equal(layers[names[-1]].reshape(5, -1), reference)   # the last op is the output
+        np.testing.assert_array_equal(layers[names[-1]].reshape(5, -1), builtin)     # the last op is the output
 
 
 def test_each_op_alone_reproduces_its_layer(model_path, tmp_path):
@@ -191,8 +192,8 @@ def test_device_check_over_ssh_loopback(loopback_sshd, model_path, tmp_path):
         "--python", sys.executable, "--wav", str(tmp_path / "bursts.wav"), "--json", str(tmp_path / "report.json")])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["passed"] and report["max_lsb"] == 0 and report["reference_max_lsb"] == 0
-    assert report["builtin_ref_max_lsb"] == 0 and "reference kernels (BUILTIN_REF): max diff 0 LSB" in result.output
+    assert report["passed"] and report["max_lsb"] == 0 and report["builtin_max_lsb"] == 0
+    assert report["reference_max_lsb"] == 0 and "reference kernels (BUILTIN_REF): max diff 0 LSB" in result.output
     assert report["first_layer_off"] is None and report["layers"] and "every op's output identical" in result.output
     assert len(report["ops_alone"]) >= 4 and report["ops_alone_max_diff"] == 0     # >= 2 ops x 2 kernel sets
     assert len(report["detections_device"]) == len(BURSTS_S) and report["same_detections"]
