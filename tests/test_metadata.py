@@ -57,3 +57,24 @@ def test_not_a_model(tmp_path):
     path.write_bytes(b"hello world")
     with pytest.raises(MetadataError, match="not a TFLite model"):
         read_metadata(path)
+
+
+def test_tflite_runtime_failing_on_int4_weights_says_which_runtime_to_install(tiny, monkeypatch):
+    """tflite_runtime 2.14 refuses INT4 FULLY_CONNECTEDs at prepare with a kernel check; the runtime
+    names the packed layers (from the metadata) and ai-edge-litert instead. Its interpreter is faked:
+    the project does not install tflite_runtime."""
+    import types
+
+    from edgeasr.runtime import litert
+
+    class Refusing:
+        def __init__(self, **options):
+            raise RuntimeError("tensorflow/lite/kernels/fully_connected.cc:360 filter->type == kTfLiteInt8 was not true.")
+
+    fake = types.SimpleNamespace(__name__="tflite_runtime.interpreter", Interpreter=Refusing)
+    monkeypatch.setattr(litert, "_interpreter_module", lambda: fake)
+    packed = embed_metadata(tiny.read_bytes(), {"int4_weights": {"dense1": "INT4", "dw1": "INT8", "logits": "INT4"}})
+    with pytest.raises(RuntimeError, match=r"dense1, logits as INT4.*pip install ai-edge-litert.*kTfLiteInt8"):
+        litert.LiteRTModel(packed)
+    with pytest.raises(RuntimeError, match=r"^tensorflow/lite/kernels"):     # no INT4 weights: the error as it was
+        litert.LiteRTModel(tiny.read_bytes())

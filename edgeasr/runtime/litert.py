@@ -5,6 +5,8 @@ interpreter comes from ai_edge_litert, else tflite_runtime, else tensorflow.lite
 """
 import numpy as np
 
+from edgeasr.runtime.metadata import read_metadata
+
 
 def _interpreter_module():
     try:
@@ -38,9 +40,26 @@ def _interpreter(model, kernels: str, **options):
     module = _interpreter_module()
     if KERNELS[kernels]:
         options["experimental_op_resolver_type"] = getattr(module.OpResolverType, KERNELS[kernels])
-    interpreter = module.Interpreter(**_source(model), **options)
-    interpreter.allocate_tensors()
+    try:
+        interpreter = module.Interpreter(**_source(model), **options)
+        interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as error:
+        if module.__name__.startswith("tflite_runtime") and _packed_int4_layers(model):
+            raise RuntimeError(f"tflite_runtime cannot run this model: it stores the weights of "
+                               f"{', '.join(_packed_int4_layers(model))} as INT4, which tflite_runtime (2.14, its "
+                               f"last release) does not run; install ai-edge-litert (pip install ai-edge-litert). "
+                               f"The interpreter said: {str(error).strip().splitlines()[0]}") from error
+        raise
     return interpreter
+
+
+def _packed_int4_layers(model) -> list:
+    """Layers whose weights the model's edgeasr metadata lists as stored INT4 (none without metadata)."""
+    try:
+        metadata = read_metadata(model) or {}
+    except (OSError, ValueError):
+        return []
+    return [layer for layer, stored in (metadata.get("int4_weights") or {}).items() if stored == "INT4"]
 
 
 def tracing_interpreter(model, kernels: str = "builtin"):
