@@ -173,6 +173,7 @@ def convert(source, output, policy, calibration, io, min_agreement, conv_storage
       edgeasr convert my_kws.keras -o my_kws_w4.tflite --policy w4a8-tanh --calibration inputs.npy
     """
     from edgeasr.converters.convert import convert as convert_source
+    from edgeasr.eval.parity import kernel_warnings
     from edgeasr.train.asr_fit import is_asr_run
 
     if is_asr_run(source):
@@ -187,6 +188,8 @@ def convert(source, output, policy, calibration, io, min_agreement, conv_storage
     click.echo(f"wrote {output}: {sizes}; INT4 weight share {result['int4_share'] or 0:.0%}; "
                f"argmax agreement {parity['argmax_agreement']:.2%} on {parity['examples']} examples "
                f"(report: {result['parity_md']})")
+    for line in kernel_warnings(parity):
+        click.echo(line, err=True)
 
 
 def _convert_asr(source, output, policy, force):
@@ -237,12 +240,15 @@ def validate(model, source, data, examples, min_agreement):
       edgeasr validate ds_cnn_s_w4.tflite --source runs/ds_w4 --data data/kws
     """
     from edgeasr.converters.convert import validate as validate_model
+    from edgeasr.eval.parity import kernel_warnings
 
     report = validate_model(model, source, data, examples=examples, min_agreement=min_agreement)
     reference = report.get("xnnpack_vs_reference_agreement")
     click.echo(f"argmax agreement {report['argmax_agreement']:.2%} on {report['examples']} examples; XNNPACK vs "
                f"reference kernels {'not compared' if reference is None else f'{reference:.2%}'}; "
                f"report {report['markdown']}")
+    for line in kernel_warnings(report):
+        click.echo(line, err=True)
     if not report["passed"]:
         raise click.ClickException(f"parity below {min_agreement:.2%}")
 

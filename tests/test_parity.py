@@ -3,7 +3,7 @@ import json
 
 import numpy as np
 
-from edgeasr.eval.parity import litert_accuracy, markdown, parity_report, write_reports
+from edgeasr.eval.parity import kernel_warnings, litert_accuracy, markdown, parity_report, write_reports
 
 
 def _model(tmp_path):
@@ -43,3 +43,14 @@ def test_parity_of_a_ptq_model_and_its_reports(tmp_path):
 
     wrong = parity_report(path, np.roll(scores, 1, axis=-1), features, min_agreement=0.99)
     assert not wrong["passed"] and "FAILED" in markdown(wrong)
+
+
+def test_kernel_sets_that_decide_otherwise_are_warned_about(tmp_path):
+    path, keras_model, features = _model(tmp_path)
+    scores = keras_model.predict(features, verbose=0)
+    report = parity_report(path, scores, features, scores.argmax(-1), min_agreement=0.9)
+    assert report["xnnpack_vs_builtin_agreement"] >= 0.99 and kernel_warnings(report) == []
+    # the figures of a post-training-quantized 4-bit DS-CNN-S (docs/convert_results.md)
+    report.update(xnnpack_vs_builtin_agreement=0.9008, litert_builtin_accuracy=0.8326, litert_accuracy=0.9184)
+    (line,) = kernel_warnings(report)
+    assert "builtin kernels decide 9.9% of the examples otherwise" in line and "83.26% against 91.84%" in line
