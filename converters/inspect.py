@@ -36,6 +36,22 @@ def xnnpack_nodes(model_path) -> list:
     return sorted(taken)
 
 
+def loading_failures(model_path) -> dict:
+    """{kernel set: None when this runtime loads the model on it, else the interpreter's reason}
+    for the kernel sets other than XNNPACK (LiteRT's reference kernels have no INT4 convolution)."""
+    from edgeasr.runtime.litert import KERNELS, LiteRTModel
+
+    failures = {}
+    for kernels in (k for k in KERNELS if k != "xnnpack"):
+        try:
+            LiteRTModel(model_path, kernels=kernels)
+        except (ValueError, RuntimeError) as error:
+            failures[kernels] = str(error).strip().splitlines()[0]
+        else:
+            failures[kernels] = None
+    return failures
+
+
 def inspect_model(path, float_bytes=None) -> dict:
     from edgeasr.runtime.metadata import MetadataError, read_metadata
 
@@ -52,6 +68,7 @@ def inspect_model(path, float_bytes=None) -> dict:
         delegated, load_error = set(), f"{type(exc).__name__}: {exc}"
     else:
         load_error = None
+    failures = loading_failures(path) if load_error is None else {}
     ops = []
     for index, op in enumerate(graph.operators):
         code = model.operatorCodes[op.opcodeIndex]
@@ -78,7 +95,7 @@ def inspect_model(path, float_bytes=None) -> dict:
         "path": str(path), "bytes": len(data), "float_bytes": float_bytes,
         "smaller_than_float": (float_bytes / len(data)) if float_bytes else None,
         "ops": ops, "op_counts": _counts(o["op"] for o in ops),
-        "xnnpack_nodes": len(delegated), "xnnpack_error": load_error,
+        "xnnpack_nodes": len(delegated), "xnnpack_error": load_error, "loading_failures": failures,
         "tensors": tensors, "weight_bytes": weight_bytes,
         "int4_weight_share": int4_bytes / weight_bytes if weight_bytes else None,
         "per_channel_parameter_bytes": fb.per_channel_parameter_bytes(graph.tensors),
@@ -102,6 +119,8 @@ def format_inspection(report: dict) -> str:
                  f"per-channel scales + zero points: {report['per_channel_parameter_bytes']:,} bytes")
     lines.append(f"XNNPACK takes {report['xnnpack_nodes']} of {len(report['ops'])} ops"
                  + (f" (could not load: {report['xnnpack_error']})" if report["xnnpack_error"] else ""))
+    for kernels, failure in (report.get("loading_failures") or {}).items():
+        lines.append(f"{kernels} kernels: " + ("load it" if failure is None else f"cannot load it ({failure})"))
     lines.append("")
     lines.append(f"{'#':>3}  {'op':<22} {'v':>2}  {'input types':<28} xnnpack")
     for op in report["ops"]:

@@ -9,7 +9,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from edgeasr.converters import flatbuffer as fb
-from edgeasr.converters.inspect import xnnpack_nodes
+from edgeasr.converters.inspect import format_inspection, inspect_model, xnnpack_nodes
 from edgeasr.converters.int4 import (INT4_OP_VERSIONS, INT8_FILTER_OP_VERSIONS, keras_layer_names,
                                      pack_int4_weights, policy_bits)
 from edgeasr.converters.pointwise import pointwise_as_fully_connected
@@ -309,6 +309,8 @@ def test_parity_says_why_the_reference_kernels_could_not_run_and_still_compares_
     assert report["xnnpack_vs_builtin_agreement"] >= 0.9 and report["xnnpack_vs_builtin_max_lsb"] <= 4
     assert 0.0 <= report["litert_builtin_accuracy"] <= 1.0
     assert "| XNNPACK vs reference kernels | not compared: " in markdown(report)
+    shown = format_inspection(inspect_model(path))
+    assert "builtin kernels: load it" in shown and "reference kernels: cannot load it (Didn't find op" in shown
 
 
 def test_int8_container_levels_requantize_closer_to_the_exact_result(ds_cnn_w4):
