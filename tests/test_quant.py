@@ -420,3 +420,46 @@ def test_w4a8_tanh_ds_cnn_converts_to_int8_with_int4_weights(trained_w4_tanh):
         scores.append((interpreter.get_tensor(out["index"]).astype(np.float32) - out_zero) * out_scale)
     keras_scores = trained_w4_tanh.predict(x[:6], verbose=0)
     assert np.abs(np.concatenate(scores) - keras_scores).max() < 0.02
+
+
+def test_an_average_pool_of_the_input_is_rounded_onto_the_input_grid_as_litert_rounds_it(tmp_path):
+    """The stateless FFN averages its quantized input over time. The int8 AVERAGE_POOL_2D keeps the
+    input's scale and rounds; the QAT model now rounds there too (the input quantizer called again,
+    in inference mode), so Keras and LiteRT agree on the pooled values, and no requantizing op appears."""
+    from edgeasr.converters.convert import convert_keras
+    from edgeasr.converters.flatbuffer import load, op_name
+    from edgeasr.runtime.litert import quantize, tracing_interpreter
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((98, 40), name="features")
+    x = keras.layers.Reshape((98, 40, 1), name="add_channel")(inputs)
+    x = keras.layers.AveragePooling2D((3, 1), strides=(3, 1), name="time_pool")(x)
+    x = keras.layers.Dense(4, name="logits")(keras.layers.Flatten(name="flatten")(x))
+    model = qat.quantize_model(keras.Model(inputs, keras.layers.Softmax(name="probs")(x)), "w8a8")
+    features = np.random.default_rng(0).normal(size=(64, 98, 40)).astype(np.float32)
+    model(features[:32], training=True)                               # sets the input range
+    assert len(model.get_layer("quantize_features").inbound_nodes) == 2   # before and after the pool
+    pooled = keras.Model(model.inputs, model.get_layer("flatten").output).predict(features, verbose=0)
+
+    converted, _ = convert_keras(model, features)
+    tflite = load(converted)
+    assert [op_name(tflite, op) for op in tflite.subgraphs[0].operators] == \
+        ["RESHAPE", "AVERAGE_POOL_2D", "RESHAPE", "FULLY_CONNECTED", "SOFTMAX"]
+    interpreter = tracing_interpreter(converted, kernels="reference")
+    detail = interpreter.get_input_details()[0]
+    pool = next(d for d in interpreter.get_tensor_details() if d["name"] == "time_pool")
+    assert pool["quantization"] == detail["quantization"]
+    scale, zero_point = pool["quantization"]
+    on_device = []
+    for example in features:
+        interpreter.set_tensor(detail["index"], quantize(example, detail)[None])
+        interpreter.invoke()
+        on_device.append(interpreter.get_tensor(pool["index"]).reshape(-1).astype(np.int64))
+    steps = pooled / scale
+    assert np.abs(steps - np.round(steps)).max() < 1e-3                # on the grid (26% were off)
+    off = np.round(steps) + zero_point - np.stack(on_device)
+    assert np.abs(off).max() <= 1 and np.mean(off != 0) < 1e-4
+
+    path = tmp_path / "pooled.keras"
+    model.save(path)
+    np.testing.assert_array_equal(qat.load_model(path).predict(features, verbose=0), model.predict(features, verbose=0))

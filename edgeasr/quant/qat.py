@@ -302,6 +302,7 @@ class _Rebuilder:
             if not node.is_input:
                 self.calls_per_layer[id(node.layer)] += 1
         self.tensors = {}        # id(original tensor) -> new tensor
+        self.input_grids = {}    # id(new tensor) -> the QuantizeInput whose int8 grid its values are on
         self.new_layers = {}     # id(original layer) -> new layer
         self.pending_convs = {}  # id(conv output) -> (conv node) waiting for its BN
 
@@ -310,7 +311,10 @@ class _Rebuilder:
         for tensor, layer in zip(self.model.inputs, self.model._input_layers):
             new_input = keras.Input(type_spec=tensor.type_spec, name=layer.name)
             new_inputs.append(new_input)
-            self.tensors[id(tensor)] = self._quantize_input(new_input, layer.name)
+            quantized = self._quantize_input(new_input, layer.name)
+            self.tensors[id(tensor)] = quantized
+            if quantized is not new_input:
+                self.input_grids[id(quantized)] = quantized.node.layer
         for node in self.nodes:
             if node.is_input:
                 continue
@@ -347,9 +351,26 @@ class _Rebuilder:
 
         args = tf.nest.map_structure(mapped, input_node.call_args)
         kwargs = tf.nest.map_structure(mapped, input_node.call_kwargs)
-        outputs = new_layer(*args, **kwargs)
+        outputs = self._on_input_grid(new_layer, args, new_layer(*args, **kwargs))
         for old, new in zip(tf.nest.flatten(output_node.outputs), tf.nest.flatten(outputs)):
             self.tensors[id(old)] = new
+
+    def _on_input_grid(self, layer, args, outputs):
+        """An average pool of the quantized model input rounded onto the input's grid, as the int8
+        AVERAGE_POOL_2D (which keeps its input's scale) rounds it: the input's QuantizeInput called
+        again, in inference mode, so it neither moves its range nor gets a range of its own (which
+        would make the converter add a requantizing op). Reshapes keep the grid. The stateless FFN
+        pools its input over time; unrounded, Keras and LiteRT part on 26% of the pooled values."""
+        grid = self.input_grids.get(id(args[0])) if len(args) == 1 and isinstance(args[0], KerasTensor) else None
+        if grid is None or isinstance(outputs, (list, tuple)):
+            return outputs
+        inner = type(getattr(layer, "layer", layer))
+        if inner in (keras.layers.AveragePooling1D, keras.layers.AveragePooling2D):
+            outputs = grid(outputs, training=False)
+        elif inner not in (keras.layers.Reshape, keras.layers.Flatten):
+            return outputs
+        self.input_grids[id(outputs)] = grid
+        return outputs
 
     def _is_foldable_conv(self, node):
         layer = node.layer
