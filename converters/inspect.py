@@ -41,15 +41,8 @@ def loading_failures(model_path) -> dict:
     for the kernel sets other than XNNPACK (LiteRT's reference kernels have no INT4 convolution)."""
     from edgeasr.runtime.litert import KERNELS, LiteRTModel
 
-    failures = {}
-    for kernels in (k for k in KERNELS if k != "xnnpack"):
-        try:
-            LiteRTModel(model_path, kernels=kernels)
-        except (ValueError, RuntimeError) as error:
-            failures[kernels] = str(error).strip().splitlines()[0]
-        else:
-            failures[kernels] = None
-    return failures
+    return {kernels: LiteRTModel.on_kernels_if_loadable(model_path, kernels)[1]
+            for kernels in KERNELS if kernels != "xnnpack"}
 
 
 def inspect_model(path, float_bytes=None) -> dict:

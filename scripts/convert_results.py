@@ -141,9 +141,8 @@ def interleaved_latency(paths, rounds: int, invokes: int) -> dict:
     runners = {}
     for path in paths:
         for kernels in KERNELS:
-            try:
-                model = LiteRTModel(path, num_threads=1, kernels=kernels)
-            except (ValueError, RuntimeError):
+            model = LiteRTModel.on_kernels_if_loadable(path, kernels)[0]
+            if model is None:
                 continue
             example = quantize(np.zeros(model.input_detail["shape"][1:], np.float32), model.input_detail)
             for _ in range(20):

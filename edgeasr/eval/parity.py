@@ -46,10 +46,10 @@ def _against_xnnpack(kernels: str, model_path, features, raw_xnn, labels, quanti
     """XNNPACK's raw outputs against those of another kernel set: argmax agreement, max LSB (int
     outputs) and accuracy; or why this runtime cannot run the model on them (LiteRT's reference
     kernels have no INT4 convolution, `convert --conv-storage int4`)."""
-    try:
-        raw = _raw_outputs(LiteRTModel(model_path, kernels=kernels), features)
-    except (ValueError, RuntimeError) as error:
-        return {f"{kernels}_unavailable": str(error).strip().splitlines()[0]}
+    model, failure = LiteRTModel.on_kernels_if_loadable(model_path, kernels)
+    if model is None:
+        return {f"{kernels}_unavailable": failure}
+    raw = _raw_outputs(model, features)
     result = {f"xnnpack_vs_{kernels}_agreement": float(np.mean(raw_xnn.argmax(-1) == raw.argmax(-1))),
               f"xnnpack_vs_{kernels}_max_lsb": int(np.abs(raw_xnn - raw).max()) if quantized else None}
     if labels is not None:

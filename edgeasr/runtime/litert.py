@@ -44,9 +44,10 @@ def _interpreter(model, kernels: str, **options):
         interpreter = module.Interpreter(**_source(model), **options)
         interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as error:
-        if module.__name__.startswith("tflite_runtime") and _packed_int4_layers(model):
+        packed = _packed_int4_layers(model) if module.__name__.startswith("tflite_runtime") else []
+        if packed:
             raise RuntimeError(f"tflite_runtime cannot run this model: it stores the weights of "
-                               f"{', '.join(_packed_int4_layers(model))} as INT4, which tflite_runtime (2.14, its "
+                               f"{', '.join(packed)} as INT4, which tflite_runtime (2.14, its "
                                f"last release) does not run; install ai-edge-litert (pip install ai-edge-litert). "
                                f"The interpreter said: {str(error).strip().splitlines()[0]}") from error
         raise
@@ -114,6 +115,15 @@ class LiteRTModel:
         self.interpreter = _interpreter(model_path, kernels, num_threads=num_threads)
         self.input_detail = self.interpreter.get_input_details()[0]
         self.output_detail = self.interpreter.get_output_details()[0]
+
+    @classmethod
+    def on_kernels_if_loadable(cls, model_path, kernels: str, num_threads: int = 1):
+        """(model, None), or (None, the interpreter's first line) when this runtime cannot load the
+        model on `kernels`: LiteRT's reference kernels have no INT4 convolution (version 7)."""
+        try:
+            return cls(model_path, num_threads=num_threads, kernels=kernels), None
+        except (ValueError, RuntimeError) as error:
+            return None, str(error).strip().splitlines()[0]
 
     def run_raw(self, example: np.ndarray) -> np.ndarray:
         """One example already in the input dtype -> the raw output tensor (e.g. int8)."""
