@@ -330,6 +330,26 @@ def test_int8_container_levels_requantize_closer_to_the_exact_result(ds_cnn_w4):
         {name: float(np.mean(values > 0)) for name, values in off.items()}
 
 
+def test_the_builtin_int4_fully_connected_rounds_twice_and_lands_up_to_1_lsb_above(ds_cnn_w4):
+    """docs/toolchain_facts.md (scripts/kernel_rounding.py): the builtin FULLY_CONNECTED rounds the
+    product to its top 32 bits, then shifts right rounding again; the reference kernels and XNNPACK
+    round once. A pointwise layer's 4-bit weights make the shift short (2-3 bits here), so some
+    outputs land 1 above, never below. A runtime that rounds once fails this test: the docs and
+    kernel_warnings then need updating."""
+    _, stock, bits_of, _ = ds_cnn_w4
+    packed, _ = pointwise_as_fully_connected(pack_int4_weights(stock, bits_of)[0])
+    model = fb.load(packed)
+    index, op = next((i, op) for i, op in enumerate(model.subgraphs[0].operators)
+                     if fb.op_name(model, op) == "FULLY_CONNECTED" and op.builtinOptions.keepNumDims)
+    assert fb.type_names()[model.subgraphs[0].tensors[op.inputs[1]].type] == "INT4"
+    single = fb.without_unused_operator_codes(fb.single_op_model(packed, index))
+    x = _int8_inputs(16, tuple(model.subgraphs[0].tensors[op.inputs[0]].shape[1:]), seed=7)
+    reference = _run(single, x, kernels="reference")
+    above = _run(single, x, kernels="builtin") - reference
+    assert set(np.unique(above).tolist()) == {0, 1} and 0.001 < np.mean(above) < 0.1, np.mean(above)
+    np.testing.assert_array_equal(_run(single, x, kernels="xnnpack"), reference)
+
+
 def test_trimmed_model_is_smaller_and_computes_the_same(ds_cnn_w4, tmp_path):
     quantized, stock, bits_of, _ = ds_cnn_w4
     untrimmed, _ = pointwise_as_fully_connected(pack_int4_weights(stock, bits_of, conv_storage="int8")[0])
