@@ -132,6 +132,10 @@ def difference(values: np.ndarray, reference: np.ndarray) -> dict:
             "signed_mean_lsb": float(d.mean()), "max_lsb": int(np.abs(d).max())}
 
 
+def share_equal(values, expected: np.ndarray):
+    return None if values is None else float(np.mean(values.reshape(-1) == expected.reshape(-1)))
+
+
 def op_rows(model_bytes: bytes, interpreter, ops, reference: dict) -> list:
     model = fb.load(model_bytes)
     operators, tensors = model.subgraphs[0].operators, model.subgraphs[0].tensors
@@ -145,7 +149,7 @@ def op_rows(model_bytes: bytes, interpreter, ops, reference: dict) -> list:
             operator = operators[op["index"]]
             by_hand, row["right_shifts"] = fully_connected_by_hand(operator, interpreter, inputs)
             row["weights"] = fb.type_names()[tensors[operator.inputs[1]].type]
-            row["reproduced"] = {rounding: {k: None if v is None else float(np.mean(v.reshape(-1) == by_hand[rounding].reshape(-1)))
+            row["reproduced"] = {rounding: {k: share_equal(v, by_hand[rounding])
                                             for k, v in {"reference": expected, **outputs}.items()}
                                  for rounding in ROUNDINGS}
         rows.append(row)
@@ -173,8 +177,8 @@ def analyse(run_dir: Path, path: Path, clips: int) -> dict:
             "ops": op_rows(model_bytes, interpreter, ops, reference),
             "chained_builtin": [{"op": f"{op['index']:03d}_{op['op_name']}",
                                  **difference(builtin[op["index"]][1], reference[op["index"]][1])} for op in ops],
-            "accuracy": {"reference": accuracy(reference[last][1], labels), "builtin": accuracy(builtin[last][1], labels),
-                         "xnnpack": accuracy(xnnpack_outputs, labels)}}
+            "accuracy": {"reference": accuracy(reference[last][1], labels),
+                         "builtin": accuracy(builtin[last][1], labels), "xnnpack": accuracy(xnnpack_outputs, labels)}}
 
 
 # --- report ------------------------------------------------------------------------------------
