@@ -18,8 +18,11 @@ Writes docs/qat_results.md, docs/qat_results.json and docs/qat_results.png.
     python scripts/qat_results.py                      # synthesises data into build/qat_data
     python scripts/qat_results.py --models ffn_stateless --finetune-seeds 0   # quicker
     python scripts/qat_results.py --report-only        # rewrite the docs from docs/qat_results.json
+    python scripts/qat_results.py --models ds_cnn_s --policies float w4a8-tanh --finetune-seeds 5 6 7 8 9
 
-Running a subset of --models keeps the other models' results in docs/qat_results.json.
+Running a subset of --models keeps the other models' results in docs/qat_results.json; running a
+subset of policies or seeds of a model whose recipe is unchanged keeps its other runs' results
+(the last line above adds seeds 5-9 to two policies of DS-CNN-S).
 """
 import edgeasr  # noqa: F401
 
@@ -33,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import tf_keras
 
-from _repo import REPO, previous_rows, repo_relative, with_previous_rows
+from _repo import REPO, in_model_order, repo_relative, with_previous_rows
 from edgeasr.audio.augment import AugmentConfig
 from edgeasr.data.pipeline import features_of
 from edgeasr.data.synth import SynthConfig, synthesize_kws_dataset
@@ -99,20 +102,31 @@ def main(argv=None):
 
 
 def with_other_models(summary: dict, previous_path: Path) -> dict:
-    """Keep the results of models this invocation did not run from the previous JSON, so one model
-    can be rerun (or the models run in parallel) without losing the other's table."""
-    ran = set(summary["recipes"])
-    kept = previous_rows(previous_path, "results", ran)
-    if not kept:
+    """Keep from the previous JSON the results of the models this invocation did not run, and those
+    of the runs (policy, seed) it did not run of a model whose recipe is unchanged: one model can be
+    rerun, or seeds added to some policies, without losing the rest of the table."""
+    if not previous_path.is_file():
         return summary
     previous = json.loads(previous_path.read_text())
+    ran = set(summary["recipes"])
+    same_recipe = {name for name in ran
+                   if previous.get("recipes", {}).get(name) == json.loads(json.dumps(summary["recipes"][name]))}
+    rerun = {(r["model"], r["policy"], r["seed"]) for r in summary["results"]}
+    kept = [r for r in previous.get("results", []) if r["model"] not in ran
+            or (r["model"] in same_recipe and (r["model"], r["policy"], r["seed"]) not in rerun)]
     models = list(dict.fromkeys([r["model"] for r in kept] + list(ran)))
     return {**summary,
             "protocol": {**summary["protocol"], "models": models},
             "recipes": {**{k: v for k, v in previous.get("recipes", {}).items() if k not in ran}, **summary["recipes"]},
-            "results": with_previous_rows(previous_path, "results", summary["results"], ran, MODELS),
+            "results": in_model_order(sorted(kept + summary["results"], key=run_order), MODELS),
             "tanh_vs_linear": with_previous_rows(previous_path, "tanh_vs_linear", summary["tanh_vs_linear"], ran,
                                                  MODELS)}
+
+
+def run_order(result: dict) -> tuple:
+    """Seed by seed, policies in POLICIES order: the order one invocation trains them in."""
+    policy = result["policy"]
+    return result["seed"], POLICIES.index(policy) if policy in POLICIES else len(POLICIES), policy
 
 
 def recipe_of(model_name: str, args) -> dict:
@@ -231,11 +245,24 @@ def mean_if_all(values: list):
     return None if any(v is None for v in values) else float(np.mean(values))
 
 
+def seed_count_text(rows: list, seeded_policies) -> str:
+    """How many fine-tuning seeds each seeded policy has: "float, w4a8: 10 seeds" when all have as
+    many, else per model, and per policy where a rerun added seeds to some policies only."""
+    counts = {}
+    for r in rows:
+        if r["policy"] in seeded_policies:
+            counts.setdefault(r["model"], {})[r["policy"]] = r["seeds"]
+    if len({n for per_policy in counts.values() for n in per_policy.values()}) == 1:
+        return f"{', '.join(seeded_policies)}: {next(iter(next(iter(counts.values())).values()))} seeds"
+    return "; ".join(f"{model}: {', '.join(per_policy)} {next(iter(per_policy.values()))} seeds"
+                     if len(set(per_policy.values())) == 1
+                     else f"{model}: " + ", ".join(f"{policy} {n}" for policy, n in per_policy.items()) + " seeds"
+                     for model, per_policy in counts.items())
+
+
 def markdown(summary: dict) -> str:
     p, rows = summary["protocol"], aggregate(summary["results"])
-    seeds = {r["model"]: r["seeds"] for r in rows if r["policy"] == "float"}
-    seed_counts = (f"{next(iter(seeds.values()))} seeds" if len(set(seeds.values())) == 1
-                   else ", ".join(f"{n} seeds for {model}" for model, n in seeds.items()))
+    seed_counts = seed_count_text(rows, p.get("seeded_policies", []))
     lines = [
         "# Sub-8-bit QAT on synthetic keywords (issue 3)",
         "",
@@ -245,7 +272,7 @@ def markdown(summary: dict) -> str:
         "Every policy of a model starts from the same float model and is fine-tuned for the same epochs "
         "(quantized policies: the recipe's QAT stages; two stages take half the epochs each, stage 2 at the "
         "recipe's share of the learning rate) with the same augmentation, "
-        f"once per fine-tuning seed ({', '.join(p.get('seeded_policies', []))}: {seed_counts}; the others: one); "
+        f"once per fine-tuning seed ({seed_counts}; the others: one); "
         "accuracies are the mean over seeds, ± the standard deviation. Keras accuracy is the fake-quant model's; LiteRT is the fully-integer conversion "
         "(`convert_keras`: INT4-packed where the policy has 4-bit weights), its bytes as written right after "
         "training by the converter of that day (docs/convert_results.md has the current converter's sizes).",
