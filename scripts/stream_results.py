@@ -440,13 +440,14 @@ def seed_mean_lines(rows, spread) -> list:
         spread_text = {k: f"{mean[k]:.2%} ± {100 * float(np.std(v, ddof=1)):.2f} over {len(v)} seeds"
                        for k, v in values.items()}
         gap = 100 * (mean["4-bit"] - mean["float"])
+        error = 100 * float(np.sqrt(sum(np.var(v, ddof=1) / len(v) for v in (values["4-bit"], values["float"]))))
         held_out = seed_values(spread, model, lambda r: r.get("validation_frr_at_1_fa_per_hour"))
         validation_text = ("" if min(len(v) for v in held_out.values()) < 2 else
                            f"; on the validation stream {np.mean(held_out['4-bit']):.2%} vs "
                            f"{np.mean(held_out['float']):.2%} "
                            f"({100 * (np.mean(held_out['4-bit']) - np.mean(held_out['float'])):+.2f} points)")
         lines.append(f"- {model}, mean over fine-tuning seeds: 4-bit FRR at 1 FA/h {spread_text['4-bit']} vs float "
-                     f"{spread_text['float']} ({gap:+.2f} points; target within 1 point: "
+                     f"{spread_text['float']} ({gap:+.2f} points, standard error {error:.2f}; target within 1 point: "
                      f"{'met' if gap <= 1.0 else 'MISSED'}){validation_text}")
     return lines
 
