@@ -28,6 +28,7 @@ from edgeasr.converters import flatbuffer as fb
 from edgeasr.converters.int4 import keras_layer_names
 from edgeasr.files import write_bytes_atomic, write_json_atomic
 from edgeasr.runtime.litert import quantize, tracing_interpreter
+from kernel_rounding import traced
 
 MODELS = ("ffn_stateless", "ds_cnn_s")
 POLICIES = ("w8a8", "w4a8-tanh", "mixed")
@@ -45,18 +46,11 @@ def float_bias(model, layer_name: str) -> np.ndarray:
 
 
 def traced_fully_connected(path, features: np.ndarray):
-    """[(op, {"input": int64 (rows, in), "output": int64 (rows, out)})] of every FULLY_CONNECTED."""
-    interpreter = tracing_interpreter(path, kernels="reference")
-    detail = interpreter.get_input_details()[0]
-    ops = [op for op in interpreter._get_ops_details() if op["op_name"] == "FULLY_CONNECTED"]
-    seen = {op["index"]: {"input": [], "output": []} for op in ops}
-    for example in features:
-        interpreter.set_tensor(detail["index"], quantize(example, detail)[None])
-        interpreter.invoke()
-        for op in ops:
-            for key, tensor in (("input", op["inputs"][0]), ("output", op["outputs"][0])):
-                seen[op["index"]][key].append(interpreter.get_tensor(tensor).astype(np.int64))
-    return interpreter, [(op, seen[op["index"]]) for op in ops]
+    """(interpreter, [(op, {"input": int64, "output": int64})]) of every FULLY_CONNECTED, one row of
+    each per clip, on the reference kernels."""
+    detail = tracing_interpreter(path, kernels="reference").get_input_details()[0]
+    interpreter, ops, seen = traced(path, quantize(features, detail), "reference", op_names=("FULLY_CONNECTED",))
+    return interpreter, [(op, dict(zip(("input", "output"), seen[op["index"]]))) for op in ops]
 
 
 def requantized(accumulator, bias, input_scale, weight_scale, output, relu: bool):

@@ -49,12 +49,13 @@ FUSED_RELU, FUSED_RELU6 = 1, 3                       # schema ActivationFunction
 
 
 # --- running the file --------------------------------------------------------------------------
-def traced(model_bytes: bytes, inputs: np.ndarray, kernels: str):
+def traced(model, inputs: np.ndarray, kernels: str, op_names=None):
     """(interpreter, ops, {op index: (first inputs, first outputs)}) of a whole run on each raw input,
-    every tensor kept."""
-    interpreter = tracing_interpreter(model_bytes, kernels=kernels)
+    every tensor kept; `model` a path or bytes; `op_names`: only ops of these types."""
+    interpreter = tracing_interpreter(model, kernels=kernels)
     detail = interpreter.get_input_details()[0]
-    ops = [op for op in interpreter._get_ops_details() if len(op["outputs"])]
+    ops = [op for op in interpreter._get_ops_details()
+           if len(op["outputs"]) and (op_names is None or op["op_name"] in op_names)]
     seen = {op["index"]: ([], []) for op in ops}
     for example in inputs:
         interpreter.set_tensor(detail["index"], example[None, ...])
