@@ -414,6 +414,44 @@ def test_global_average_pool_becomes_a_finer_delegated_mean(ds_cnn_w4, tmp_path)
     assert _delegated(after, tmp_path, "mean.tflite") == _delegated(before, tmp_path, "pool.tflite") + 1
 
 
+def _mean_alone(model_bytes, x, scale=None):
+    """(the MEAN as a single-op model, its int8 input maps for x), its output scale replaced by `scale` if given."""
+    from edgeasr.runtime.litert import layer_outputs
+
+    model = fb.load(model_bytes)
+    index = next(i for i, op in enumerate(model.subgraphs[0].operators) if fb.op_name(model, op) == "MEAN")
+    maps = next(v for name, v in layer_outputs(model_bytes, x).items() if int(name.split("_")[0]) == index - 1)
+    single = fb.load(fb.single_op_model(model_bytes, index))
+    graph = single.subgraphs[0]
+    if scale is not None:
+        graph.tensors[graph.operators[0].outputs[0]].quantization.scale = [scale]
+    source = graph.tensors[graph.operators[0].inputs[0]].quantization
+    return fb.without_unused_operator_codes(fb.dump(single)), maps[:, 0], float(source.scale[0]), int(source.zeroPoint[0])
+
+
+def test_the_mean_scale_keeps_the_builtin_kernel_from_truncating_its_zero_point_term(ds_cnn_w4):
+    """The builtin int8 MEAN adds zero point x input scale / output scale as a truncated constant:
+    at a scale where that term is x.5, every pooled value shifts by half an LSB, half of them by one
+    whole LSB. The pass picks a scale with a whole-number term, so the builtin MEAN rounds like the
+    reference kernels and XNNPACK (only near-ties of its fixed-point multiply differ)."""
+    _, stock, bits_of, x = ds_cnn_w4
+    before, _ = pointwise_as_fully_connected(pack_int4_weights(stock, bits_of, conv_storage="int8")[0])
+    after, _ = global_pools_as_mean(before, x)
+    inputs = _int8_inputs(24, (98, 40), seed=7)
+    mean, maps, input_scale, zero_point = _mean_alone(after, inputs)
+    output_scale = float(fb.load(mean).subgraphs[0].tensors[fb.load(mean).subgraphs[0].outputs[0]].quantization.scale[0])
+    term = np.float32(zero_point) * np.float32(input_scale) / np.float32(output_scale)
+    assert zero_point == -128 and term == np.round(term)
+    reference = _run(mean, maps, "reference")
+    for kernels in ("builtin", "xnnpack"):
+        difference = np.abs(_run(mean, maps, kernels) - reference)
+        assert difference.max() <= 1 and (difference > 0).mean() <= 0.05, kernels
+    half = float(np.float32(zero_point) * np.float32(input_scale) / (np.floor(term) + 0.5))   # term x.5
+    truncating, _, _, _ = _mean_alone(after, inputs, scale=half)
+    off = np.abs(_run(truncating, maps, "builtin") - _run(truncating, maps, "reference"))
+    assert off.max() == 1 and (off > 0).mean() >= 0.25
+
+
 def test_trim_keeps_the_scales_of_a_bias_a_convolution_shares_with_a_fully_connected(tmp_path):
     """The converter may give an FC and a conv one all-zero bias tensor: trimming the FC's bias
     scales must not take the conv's per-channel scales with them (XNNPACK then fails to prepare)."""
