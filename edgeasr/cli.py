@@ -96,13 +96,16 @@ def synth_kws(out, speakers, repeats, words, sentence_windows, seed, overwrite):
 @click.option("--init-from", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Start from the weights of this trained run (QAT fine-tuning of a float model).")
 @click.option("--mracos-weight", default=0.0, show_default=True, help="Pull weights toward the grid (0: off).")
+@click.option("--distill-weight", default=0.0, show_default=True, type=click.FloatRange(0.0, 1.0),
+              help="Share of the loss that follows the --init-from model's softened posteriors "
+                   "(knowledge distillation from the float model; 0: off).")
 @click.option("--keywords", default=None, help="Comma-separated keywords (default: the 10 Speech Commands words).")
 @click.option("--unknown-percentage", default=10.0, show_default=True, type=click.FloatRange(0.0),
               help="Non-keyword clips kept, as a percentage of the keyword clips (per split).")
 @click.option("--seed", default=0, show_default=True)
 @user_errors
 def train(dataset, run_dir, model_name, epochs, batch_size, learning_rate, policy, stages, stage2_lr_scale,
-          init_from, mracos_weight, keywords, unknown_percentage, seed):
+          init_from, mracos_weight, distill_weight, keywords, unknown_percentage, seed):
     """Train a keyword model on a Speech Commands-layout DATASET, float or quantization-aware.
 
     An interrupted run resumes from its last epoch when the same command is run again.
@@ -114,6 +117,8 @@ def train(dataset, run_dir, model_name, epochs, batch_size, learning_rate, polic
       edgeasr train data/kws --run-dir runs/ffn4 --model ffn_stateless --policy w4a8-tanh --stages 2 \\
           --init-from runs/ffn --learning-rate 1e-3 --stage2-lr-scale 0.1 --epochs-per-stage 10
       edgeasr train data/kws --run-dir runs/ds4ft --policy w4a8-tanh --init-from runs/ds_float --epochs 5
+      edgeasr train data/kws --run-dir runs/ds4kd --policy w4a8-tanh --init-from runs/ds_float --epochs 5 \\
+          --distill-weight 0.5                                     # the float model teaches the 4-bit one
       edgeasr train data/kws_speech --run-dir runs/ds_speech --unknown-percentage 30   # fewer false accepts
     """
     from edgeasr.data.speech_commands import DataConfig
@@ -127,7 +132,7 @@ def train(dataset, run_dir, model_name, epochs, batch_size, learning_rate, polic
                              **({"keywords": _split_words(keywords)} if keywords else {}))
     training = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
                            stages=stages, stage2_lr_scale=stage2_lr_scale, init_from=str(init_from or ""),
-                           mracos_weight=mracos_weight)
+                           mracos_weight=mracos_weight, distill_weight=distill_weight)
     config = RunConfig(dataset=str(dataset), model=ModelConfig(name=model_name), data=data_config,
                        train=training, policy=load_policy(policy))
     report = train_run(run_dir, config)

@@ -118,3 +118,23 @@ def test_two_stage_w4_tanh_fine_tuning_converts_to_int4_and_keeps_accuracy(train
     lite = litert_accuracy(out, features_of(test.waves, config.frontend), test.labels)
     float_accuracy = json.loads(RunDir(trained_run).test_report_path.read_text())["accuracy"]
     assert lite >= float_accuracy - 0.15
+
+
+def test_distilled_w4_fine_tuning_learns_from_the_float_run(trained_run, tiny_dataset, tmp_path):
+    """--distill-weight: the float --init-from run teaches the 4-bit student; the run logs label
+    accuracy as usual and ends near the float model."""
+    args = [*ds_cnn_args(tiny_dataset, tmp_path / "w4kd"), "--learning-rate", "0.0005", "--policy", "w4a8-tanh",
+            "--epochs", "2", "--init-from", str(trained_run), "--distill-weight", "0.5"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    run = RunDir(tmp_path / "w4kd")
+    assert run.read_config().train.distill_weight == 0.5
+    history = run.read_history()
+    assert [e["epoch"] for e in history] == [1, 2]
+    assert all(np.isfinite(e["loss"]) and 0.0 <= e["val_accuracy"] <= 1.0 for e in history)
+    float_accuracy = json.loads(RunDir(trained_run).test_report_path.read_text())["accuracy"]
+    assert json.loads(run.test_report_path.read_text())["accuracy"] >= float_accuracy - 0.15
+
+    no_teacher = CliRunner().invoke(main, [*ds_cnn_args(tiny_dataset, tmp_path / "kd_alone"), "--policy", "w4a8-tanh",
+                                           "--epochs", "1", "--distill-weight", "0.5"])
+    assert no_teacher.exit_code != 0 and "--init-from" in no_teacher.output

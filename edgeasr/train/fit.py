@@ -22,6 +22,7 @@ from edgeasr.files import write_json_atomic
 from edgeasr.models.registry import build_model
 from edgeasr.quant.mracos import add_mracos
 from edgeasr.quant.qat import quantize_model, transfer_weights
+from edgeasr.train.distill import DistillationLoss, label_accuracy, with_teacher_targets
 from edgeasr.train.run_dir import RunConfig, RunDir
 
 
@@ -78,13 +79,15 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self.run_dir.append_history({"stage": self.stage, "epoch": epoch + 1, **metrics})
 
 
-def compile_model(model: keras.Model, learning_rate: float, total_steps: int) -> None:
+def compile_model(model: keras.Model, learning_rate: float, total_steps: int, distill_weight: float = 0.0) -> None:
+    """Adam on a cosine schedule; cross-entropy, or the distillation loss when distill_weight > 0
+    (the datasets then carry the teacher's posteriors, see `with_teacher`)."""
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(1, total_steps))
-    model.compile(
-        optimizer=keras.optimizers.Adam(schedule),
-        loss=keras.losses.SparseCategoricalCrossentropy(),
-        metrics=["accuracy"],
-    )
+    if distill_weight:
+        loss, metrics = DistillationLoss(distill_weight), [label_accuracy()]
+    else:
+        loss, metrics = keras.losses.SparseCategoricalCrossentropy(), ["accuracy"]
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, metrics=metrics)
 
 
 def train(run_dir, config: RunConfig, progress: bool = True, data: TrainingData = None) -> dict:
@@ -102,6 +105,7 @@ def train(run_dir, config: RunConfig, progress: bool = True, data: TrainingData 
     float_model = build_model(config.model)
     if config.train.init_from:
         transfer_weights(RunDir(config.train.init_from).load_model(), float_model)
+    train_ds, val_ds = with_teacher(config, train_ds, val_ds)
     model, trained = float_model, False
     for stage in stages:
         previous, model = model, _stage_model(float_model, config, stage)
@@ -110,6 +114,16 @@ def train(run_dir, config: RunConfig, progress: bool = True, data: TrainingData 
         trained |= _fit_stage(run, model, stage, config, train_ds, val_ds, progress)
     model = saved_model(run, model, trained)
     return evaluate_run(run, model, config, data.test)
+
+
+def with_teacher(config: RunConfig, train_ds, val_ds) -> tuple:
+    """The datasets, with the --init-from model's posteriors added to the targets when distilling."""
+    if not config.train.distill_weight:
+        return train_ds, val_ds
+    if not config.train.init_from:
+        raise EdgeasrError("distillation learns from the --init-from model: give the trained float run to start from")
+    teacher = RunDir(config.train.init_from).load_model()
+    return with_teacher_targets(train_ds, teacher), with_teacher_targets(val_ds, teacher)
 
 
 def saved_model(run, model: keras.Model, trained: bool) -> keras.Model:
@@ -133,7 +147,8 @@ def _stage_model(float_model: keras.Model, config: RunConfig, stage: Stage) -> k
 def _fit_stage(run: RunDir, model, stage: Stage, config: RunConfig, train_ds, val_ds, progress: bool) -> bool:
     if config.train.mracos_weight:
         add_mracos(model, config.train.mracos_weight)
-    compile_model(model, stage_learning_rate(config.train, stage), stage.epochs * int(train_ds.cardinality()))
+    compile_model(model, stage_learning_rate(config.train, stage), stage.epochs * int(train_ds.cardinality()),
+                  config.train.distill_weight)
     return fit_checkpointed(run, model, stage, train_ds, val_ds, _verbosity(progress), f"policy {config.policy.name}")
 
 

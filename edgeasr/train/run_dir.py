@@ -31,6 +31,7 @@ class TrainConfig:
     stage2_lr_scale: float = 1.0  # stage 2's peak learning rate, as a share of learning_rate
     init_from: str = ""  # a trained run directory whose weights start this run (QAT fine-tuning)
     mracos_weight: float = 0.0
+    distill_weight: float = 0.0  # share of the loss that follows init_from's softened posteriors (0: off)
 
 
 def epochs_per_stage(total_epochs: int, stages: int) -> int:

@@ -1,0 +1,66 @@
+"""Knowledge distillation for QAT fine-tuning: the quantized student learns the labels and the
+softened posteriors of the float model it starts from (the --init-from run, the teacher).
+
+Why: 4-bit DS-CNN-S models match the float model's clip accuracy (docs/qat_results.md) yet score
+worse on an always-on stream, where the false accepts on non-keyword audio set the threshold
+(docs/stream_results.md). The teacher's posteriors on every clip, keywords and the rest, carry
+how confident the float model is, which the labels alone do not.
+
+The teacher runs inside the input pipeline on the same augmented features the student sees;
+targets become [label, teacher posteriors softened at TEMPERATURE] per example, so the student's
+loss and accuracy read the label from column 0:
+
+    train_ds = with_teacher_targets(train_ds, teacher)
+    model.compile(optimizer, loss=DistillationLoss(weight=0.5), metrics=[label_accuracy()])
+"""
+import edgeasr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+
+import tensorflow as tf
+import tf_keras as keras
+
+from edgeasr.errors import EdgeasrError
+
+TEMPERATURE = 2.0
+_FLOOR = 1e-7   # posteriors are clipped here before the log that softens them
+
+
+def softened(probabilities: tf.Tensor, temperature: float = TEMPERATURE) -> tf.Tensor:
+    """Posteriors re-softmaxed at `temperature` (the models end in a softmax, so log p are their logits
+    up to a constant)."""
+    return tf.nn.softmax(tf.math.log(tf.clip_by_value(probabilities, _FLOOR, 1.0)) / temperature, axis=-1)
+
+
+def with_teacher_targets(dataset: tf.data.Dataset, teacher: keras.Model,
+                         temperature: float = TEMPERATURE) -> tf.data.Dataset:
+    """(features, labels) batches -> (features, [label, teacher's softened posteriors]) batches."""
+    def targets(features, labels):
+        soft = softened(teacher(features, training=False), temperature)
+        return features, tf.concat([tf.cast(labels, tf.float32)[:, None], soft], axis=-1)
+
+    return dataset.map(targets)
+
+
+class DistillationLoss(keras.losses.Loss):
+    """(1 - weight) x cross-entropy with the labels + weight x T^2 x KL(teacher || student), both
+    softened at T (the T^2 keeps the soft term's gradients on the scale of the hard one's)."""
+
+    def __init__(self, weight: float, temperature: float = TEMPERATURE, name: str = "distillation"):
+        if not 0.0 < weight <= 1.0:
+            raise EdgeasrError(f"the distillation weight must be in (0, 1], got {weight}")
+        super().__init__(name=name)
+        self.weight, self.temperature = weight, temperature
+
+    def call(self, targets, probabilities):
+        hard = keras.losses.sparse_categorical_crossentropy(targets[:, 0], probabilities)
+        soft = keras.losses.kl_divergence(targets[:, 1:], softened(probabilities, self.temperature))
+        return (1.0 - self.weight) * hard + self.weight * self.temperature ** 2 * soft
+
+    def get_config(self):
+        return {**super().get_config(), "weight": self.weight, "temperature": self.temperature}
+
+
+def label_accuracy() -> keras.metrics.Metric:
+    """Accuracy against the labels in column 0 of the targets, logged as "accuracy" like a plain run."""
+    return keras.metrics.MeanMetricWrapper(
+        lambda targets, probabilities: keras.metrics.sparse_categorical_accuracy(targets[:, 0], probabilities),
+        name="accuracy")
