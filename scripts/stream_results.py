@@ -429,6 +429,18 @@ def seed_values(spread, model: str, value_of) -> dict:
     return values
 
 
+def paired_standard_error(spread, model: str):
+    """Standard error of the mean 4-bit minus float gap over the seeds both have, or None (< 2 seeds).
+    Seed i of every policy fine-tunes the same float model with the same shuffling and augmentation
+    (scripts/qat_results.py), so the per-seed differences are the paired measurement."""
+    by_seed = {}
+    for r in spread:
+        if r["model"] == model and r["variant"] in ("float", "4-bit"):
+            by_seed.setdefault(int(r["run"].rsplit("_seed", 1)[1]), {})[r["variant"]] = r["frr_at_fa_per_hour"]["1.0"]
+    gaps = [100 * (v["4-bit"] - v["float"]) for v in by_seed.values() if len(v) == 2]
+    return float(np.std(gaps, ddof=1) / np.sqrt(len(gaps))) if len(gaps) >= 2 else None
+
+
 def seed_mean_lines(rows, spread) -> list:
     """The 4-bit target on the mean over the fine-tuning seed runs (the runs above may repeat seed 0)."""
     lines = []
@@ -441,13 +453,15 @@ def seed_mean_lines(rows, spread) -> list:
                        for k, v in values.items()}
         gap = 100 * (mean["4-bit"] - mean["float"])
         error = 100 * float(np.sqrt(sum(np.var(v, ddof=1) / len(v) for v in (values["4-bit"], values["float"]))))
+        paired = paired_standard_error(spread, model)
+        paired_text = "" if paired is None else f", paired by seed {paired:.2f}"
         held_out = seed_values(spread, model, lambda r: r.get("validation_frr_at_1_fa_per_hour"))
         validation_text = ("" if min(len(v) for v in held_out.values()) < 2 else
                            f"; on the validation stream {np.mean(held_out['4-bit']):.2%} vs "
                            f"{np.mean(held_out['float']):.2%} "
                            f"({100 * (np.mean(held_out['4-bit']) - np.mean(held_out['float'])):+.2f} points)")
         lines.append(f"- {model}, mean over fine-tuning seeds: 4-bit FRR at 1 FA/h {spread_text['4-bit']} vs float "
-                     f"{spread_text['float']} ({gap:+.2f} points, standard error {error:.2f}; target within 1 point: "
+                     f"{spread_text['float']} ({gap:+.2f} points, standard error {error:.2f}{paired_text}; target within 1 point: "
                      f"{'met' if gap <= 1.0 else 'MISSED'}){validation_text}")
     return lines
 
