@@ -415,7 +415,8 @@ def test_global_average_pool_becomes_a_finer_delegated_mean(ds_cnn_w4, tmp_path)
 
 
 def _mean_alone(model_bytes, x, scale=None):
-    """(the MEAN as a single-op model, its int8 input maps for x), its output scale replaced by `scale` if given."""
+    """(the MEAN as a single-op model, its int8 input maps for x, input scale, input zero point, output
+    scale), the output scale replaced by `scale` if given."""
     from edgeasr.runtime.litert import layer_outputs
 
     model = fb.load(model_bytes)
@@ -425,8 +426,9 @@ def _mean_alone(model_bytes, x, scale=None):
     graph = single.subgraphs[0]
     if scale is not None:
         graph.tensors[graph.operators[0].outputs[0]].quantization.scale = [scale]
-    source = graph.tensors[graph.operators[0].inputs[0]].quantization
-    return fb.without_unused_operator_codes(fb.dump(single)), maps[:, 0], float(source.scale[0]), int(source.zeroPoint[0])
+    source, pooled = (graph.tensors[t].quantization for t in (graph.operators[0].inputs[0], graph.operators[0].outputs[0]))
+    return (fb.without_unused_operator_codes(fb.dump(single)), maps[:, 0],
+            float(source.scale[0]), int(source.zeroPoint[0]), float(pooled.scale[0]))
 
 
 def test_the_mean_scale_keeps_the_builtin_kernel_from_truncating_its_zero_point_term(ds_cnn_w4):
@@ -438,8 +440,7 @@ def test_the_mean_scale_keeps_the_builtin_kernel_from_truncating_its_zero_point_
     before, _ = pointwise_as_fully_connected(pack_int4_weights(stock, bits_of, conv_storage="int8")[0])
     after, _ = global_pools_as_mean(before, x)
     inputs = _int8_inputs(24, (98, 40), seed=7)
-    mean, maps, input_scale, zero_point = _mean_alone(after, inputs)
-    output_scale = float(fb.load(mean).subgraphs[0].tensors[fb.load(mean).subgraphs[0].outputs[0]].quantization.scale[0])
+    mean, maps, input_scale, zero_point, output_scale = _mean_alone(after, inputs)
     term = np.float32(zero_point) * np.float32(input_scale) / np.float32(output_scale)
     assert zero_point == -128 and term == np.round(term)
     reference = _run(mean, maps, "reference")
@@ -447,7 +448,7 @@ def test_the_mean_scale_keeps_the_builtin_kernel_from_truncating_its_zero_point_
         difference = np.abs(_run(mean, maps, kernels) - reference)
         assert difference.max() <= 1 and (difference > 0).mean() <= 0.05, kernels
     half = float(np.float32(zero_point) * np.float32(input_scale) / (np.floor(term) + 0.5))   # term x.5
-    truncating, _, _, _ = _mean_alone(after, inputs, scale=half)
+    truncating = _mean_alone(after, inputs, scale=half)[0]
     off = np.abs(_run(truncating, maps, "builtin") - _run(truncating, maps, "reference"))
     assert off.max() == 1 and (off > 0).mean() >= 0.25
 

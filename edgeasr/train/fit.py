@@ -103,9 +103,10 @@ def train(run_dir, config: RunConfig, progress: bool = True, data: TrainingData 
     val_ds = feature_dataset(data.validation.waves, data.validation.labels, config.frontend, config.train.batch_size)
 
     float_model = build_model(config.model)
-    if config.train.init_from:
-        transfer_weights(RunDir(config.train.init_from).load_model(), float_model)
-    train_ds, val_ds = with_teacher(config, train_ds, val_ds)
+    start = RunDir(config.train.init_from).load_model() if config.train.init_from else None
+    if start is not None:
+        transfer_weights(start, float_model)
+    train_ds, val_ds = with_teacher(config, start, train_ds, val_ds)
     model, trained = float_model, False
     for stage in stages:
         previous, model = model, _stage_model(float_model, config, stage)
@@ -116,13 +117,13 @@ def train(run_dir, config: RunConfig, progress: bool = True, data: TrainingData 
     return evaluate_run(run, model, config, data.test)
 
 
-def with_teacher(config: RunConfig, train_ds, val_ds) -> tuple:
-    """The datasets, with the --init-from model's posteriors added to the targets when distilling."""
+def with_teacher(config: RunConfig, teacher, train_ds, val_ds) -> tuple:
+    """The datasets, with the teacher's (the --init-from model's) posteriors added to the targets
+    when distilling."""
     if not config.train.distill_weight:
         return train_ds, val_ds
-    if not config.train.init_from:
+    if teacher is None:
         raise EdgeasrError("distillation learns from the --init-from model: give the trained float run to start from")
-    teacher = RunDir(config.train.init_from).load_model()
     return with_teacher_targets(train_ds, teacher), with_teacher_targets(val_ds, teacher)
 
 
