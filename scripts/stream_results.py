@@ -255,7 +255,12 @@ def held_out_figures(validation: dict, test: dict) -> dict:
 def seed_runs(model_runs: Path, policy: str) -> list:
     """The `<policy>_seed<i>` runs that finished training, in seed order."""
     runs = [p for p in model_runs.glob(f"{policy}_seed*") if (p / "model.keras").is_file()]
-    return [p.name for p in sorted(runs, key=lambda p: int(p.name.rsplit("_seed", 1)[1]))]
+    return [p.name for p in sorted(runs, key=lambda p: seed_of(p.name))]
+
+
+def seed_of(run: str) -> int:
+    """The fine-tuning seed of a `<policy>_seed<i>` run."""
+    return int(run.rsplit("_seed", 1)[1])
 
 
 def seed_spread(args) -> list:
@@ -436,7 +441,7 @@ def paired_standard_error(spread, model: str):
     by_seed = {}
     for r in spread:
         if r["model"] == model and r["variant"] in ("float", "4-bit"):
-            by_seed.setdefault(int(r["run"].rsplit("_seed", 1)[1]), {})[r["variant"]] = r["frr_at_fa_per_hour"]["1.0"]
+            by_seed.setdefault(seed_of(r["run"]), {})[r["variant"]] = r["frr_at_fa_per_hour"]["1.0"]
     gaps = [100 * (v["4-bit"] - v["float"]) for v in by_seed.values() if len(v) == 2]
     return float(np.std(gaps, ddof=1) / np.sqrt(len(gaps))) if len(gaps) >= 2 else None
 
