@@ -28,7 +28,7 @@ from edgeasr.converters import flatbuffer as fb
 from edgeasr.converters.int4 import keras_layer_names
 from edgeasr.files import write_bytes_atomic, write_json_atomic
 from edgeasr.runtime.litert import quantize, tracing_interpreter
-from kernel_rounding import traced
+from kernel_rounding import fully_connected_operands, traced
 
 MODELS = ("ffn_stateless", "ds_cnn_s")
 POLICIES = ("w8a8", "w4a8-tanh", "mixed")
@@ -66,21 +66,19 @@ def analyse(run_dir, path, clips: int) -> dict:
     model, config = load_source(run_dir)
     features, _ = run_test_features(config)
     interpreter, ops = traced_fully_connected(path, features[:clips])
-    details = {d["index"]: d for d in interpreter.get_tensor_details()}
     names = keras_layer_names(model)
     operators = fb.load(Path(path).read_bytes()).subgraphs[0].operators
     layers = []
     for op, seen in ops:
-        x_detail, w_detail, b_detail, y_detail = (details[i] for i in (*op["inputs"][:3], op["outputs"][0]))
-        layer = fb.layer_of(w_detail["name"], names)
-        weight = interpreter.get_tensor(w_detail["index"]).astype(np.int64)          # (out, in)
-        weight_scale = w_detail["quantization_parameters"]["scales"].astype(np.float64)
-        input_scale, input_zero_point = x_detail["quantization"]
+        fc = fully_connected_operands(interpreter, op["inputs"], op["outputs"])
+        layer = fb.layer_of(fc["weight_name"], names)
+        weight, weight_scale, y_detail = fc["weight"], fc["weight_scale"], fc["output"]
+        input_scale, input_zero_point = fc["input"]
         x = np.concatenate([v.reshape(-1, weight.shape[1]) for v in seen["input"]])
         lite = np.concatenate([v.reshape(-1, weight.shape[0]) for v in seen["output"]])
         accumulator = (x - input_zero_point) @ weight.T
         relu = operators[op["index"]].builtinOptions.fusedActivationFunction == 1     # RELU
-        int_bias = interpreter.get_tensor(b_detail["index"]).astype(np.float64) * input_scale * weight_scale
+        int_bias = fc["bias"].astype(np.float64) * input_scale * weight_scale
         step = input_scale * weight_scale / y_detail["quantization"][0]
         off = {label: float(np.mean(requantized(accumulator, bias, input_scale, weight_scale, y_detail, relu) != lite))
                for label, bias in (("int32", int_bias), ("float", float_bias(model, layer)))}

@@ -106,18 +106,28 @@ def requantized(accumulator: np.ndarray, real_multiplier: np.ndarray, rounding: 
     return (high + half) >> right
 
 
+def fully_connected_operands(interpreter, inputs, outputs) -> dict:
+    """What a FULLY_CONNECTED computes with, read from the interpreter: weight (out, in) and bias as
+    int64, the weight scale per output channel, the input's (scale, zero point), the weight tensor's
+    name and the output tensor's details."""
+    details = {d["index"]: d for d in interpreter.get_tensor_details()}
+    x_detail, w_detail, b_detail, y_detail = (details[i] for i in (*inputs[:3], outputs[0]))
+    weight = interpreter.get_tensor(w_detail["index"]).astype(np.int64)
+    scales = w_detail["quantization_parameters"]["scales"].astype(np.float64)
+    return {"weight": weight, "bias": interpreter.get_tensor(b_detail["index"]).astype(np.int64),
+            "weight_scale": np.broadcast_to(scales, weight.shape[:1]), "input": x_detail["quantization"],
+            "weight_name": w_detail["name"], "output": y_detail}
+
+
 def fully_connected_by_hand(op, interpreter, x: np.ndarray):
     """({rounding: outputs}, right shifts) of a FULLY_CONNECTED recomputed from the file's integers
     on inputs x; `op` is the flatbuffer operator."""
-    details = {d["index"]: d for d in interpreter.get_tensor_details()}
-    x_detail, w_detail, b_detail, y_detail = (details[i] for i in (*op.inputs[:3], op.outputs[0]))
-    weight = interpreter.get_tensor(w_detail["index"]).astype(np.int64)          # (out, in)
-    bias = interpreter.get_tensor(b_detail["index"]).astype(np.int64)
-    input_scale, input_zero_point = x_detail["quantization"]
-    output_scale, output_zero_point = y_detail["quantization"]
-    weight_scale = np.broadcast_to(w_detail["quantization_parameters"]["scales"].astype(np.float64), weight.shape[:1])
-    accumulator = (x.reshape(-1, weight.shape[1]) - input_zero_point) @ weight.T + bias
-    real = input_scale * weight_scale / output_scale
+    fc = fully_connected_operands(interpreter, op.inputs, op.outputs)
+    weight = fc["weight"]
+    input_scale, input_zero_point = fc["input"]
+    output_scale, output_zero_point = fc["output"]["quantization"]
+    accumulator = (x.reshape(-1, weight.shape[1]) - input_zero_point) @ weight.T + fc["bias"]
+    real = input_scale * fc["weight_scale"] / output_scale
     activation = op.builtinOptions.fusedActivationFunction if op.builtinOptions is not None else 0
     low = output_zero_point if activation in (FUSED_RELU, FUSED_RELU6) else -128
     high = min(127, output_zero_point + round(6 / output_scale)) if activation == FUSED_RELU6 else 127
