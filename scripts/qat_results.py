@@ -263,7 +263,8 @@ def seed_count_text(rows: list, seeded_policies) -> str:
 def markdown(summary: dict) -> str:
     p, rows = summary["protocol"], aggregate(summary["results"])
     # the policies that have several seeds, whichever invocation added them (the protocol records the last one's)
-    seed_counts = seed_count_text(rows, list(dict.fromkeys(r["policy"] for r in rows if r["seeds"] > 1)))
+    seeded = [r for r in rows if r["seeds"] > 1]
+    seed_counts = seed_count_text(seeded, list(dict.fromkeys(r["policy"] for r in seeded)))
     lines = [
         "# Sub-8-bit QAT on synthetic keywords (issue 3)",
         "",
