@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Issue 6 results: streaming keyword spotting on a four-hour held-out stream.
 
-For the stateless FFN and DS-CNN-S, each as float (reference), 8-bit (w8a8 QAT) and 4-bit
-(w4a8-tanh QAT, INT4 weights): false rejects at 1 false accept per hour, CPU time per second of
+For the stateless FFN and DS-CNN-S, each as float (reference), 8-bit (w8a8 QAT), 4-bit
+(w4a8-tanh QAT, INT4 weights) and 4-bit mixed (the `mixed` preset: the same, but the first layer and
+the logits layer keep 8-bit weights; in DS-CNN-S conv0 and logits, 15% of its weights): false rejects at 1 false accept per hour, CPU time per second of
 audio (x86, one thread, XNNPACK, measured by running scripts/rpi_kws.py on a minute of the stream
 in blocks of one hop), peak RSS of that process, and a DET plot; and FRR at 1 FA/h against the
 smoothing window, to choose the detector's default.
@@ -55,7 +56,8 @@ from edgeasr.runtime.metadata import read_metadata
 from edgeasr.runtime.streaming import DetectorConfig, smoothed_posteriors
 
 MODELS = ("ffn_stateless", "ds_cnn_s")
-VARIANTS = (("float", "float"), ("8-bit", "w8a8"), ("4-bit", "w4a8-tanh"))
+VARIANTS = (("float", "float"), ("8-bit", "w8a8"), ("4-bit", "w4a8-tanh"), ("4-bit mixed", "mixed"))
+FOUR_BIT_VARIANTS = ("4-bit", "4-bit mixed")   # each held to the target against float
 HOP_MS = {"ffn_stateless": 20.0, "ds_cnn_s": 40.0}
 CPU_SECONDS = 60.0
 SMOOTHING_SWEEP_MS = (40.0, 80.0, 120.0, 200.0, 300.0, 400.0, 600.0)
@@ -354,6 +356,9 @@ def markdown(summary: dict) -> str:
         f"{protocol['hop_ms']['ffn_stateless']:g} ms, DS-CNN-S every {protocol['hop_ms']['ds_cnn_s']:g} ms. "
         "A detection hits a keyword when it falls between the keyword's start and 1 s after its end. "
         + SCORES_TEXT[protocol.get("scores", "probabilities")], "",
+        "Variants: runs of scripts/qat_results.py, each fine-tuned from the same float model: float, 8-bit "
+        "(w8a8 QAT), 4-bit (w4a8-tanh QAT, every layer's weights 4-bit) and 4-bit mixed (the `mixed` preset: "
+        "4-bit tanh weights except the first layer and the logits layer, 8-bit).", "",
         "FRR at N FA/h: one threshold for all keywords, the lowest with at most N false accepts per hour. "
         f"CPU: scripts/rpi_kws.py on the first {protocol['cpu_audio_s']:g} s of the stream fed in blocks of "
         f"one hop, x86, {protocol['threads']} thread, {protocol['delegate']} "
@@ -425,49 +430,86 @@ def smoothing_lines(rows, scores: str) -> list:
     return lines
 
 
-def seed_values(spread, model: str, value_of) -> dict:
-    """{"float": [...], "4-bit": [...]}: value_of(row) of the model's seed runs that have it."""
+def seed_values(spread, model: str, value_of, quantized: str) -> dict:
+    """{"float": [...], quantized: [...]}: value_of(row) of the model's seed runs that have it."""
     values = {}
-    for variant in ("float", "4-bit"):
+    for variant in ("float", quantized):
         rows = [r for r in spread if r["model"] == model and r["variant"] == variant]
         values[variant] = [v for v in map(value_of, rows) if v is not None]
     return values
 
 
-def paired_standard_error(spread, model: str):
-    """Standard error of the mean 4-bit minus float gap over the seeds both have, or None (< 2 seeds).
+def test_frr(row):
+    return row["frr_at_fa_per_hour"]["1.0"]
+
+
+def validation_frr(row):
+    return row.get("validation_frr_at_1_fa_per_hour")
+
+
+def written_frr(row):
+    return row.get("per_keyword_frr")
+
+
+def paired_gaps(spread, model: str, quantized: str, value_of=test_frr) -> list:
+    """`quantized` minus float value_of(row) (default: test FRR at 1 FA/h) in points, seed by seed, over
+    the seeds both have a value for.
     Seed i of every policy fine-tunes the same float model with the same shuffling and augmentation
     (scripts/qat_results.py), so the per-seed differences are the paired measurement."""
     by_seed = {}
     for r in spread:
-        if r["model"] == model and r["variant"] in ("float", "4-bit"):
-            by_seed.setdefault(seed_of(r["run"]), {})[r["variant"]] = r["frr_at_fa_per_hour"]["1.0"]
-    gaps = [100 * (v["4-bit"] - v["float"]) for v in by_seed.values() if len(v) == 2]
-    return float(np.std(gaps, ddof=1) / np.sqrt(len(gaps))) if len(gaps) >= 2 else None
+        if r["model"] == model and r["variant"] in ("float", quantized):
+            by_seed.setdefault(seed_of(r["run"]), {})[r["variant"]] = value_of(r)
+    return [100 * (v[quantized] - v["float"]) for v in by_seed.values() if len(v) == 2 and None not in v.values()]
+
+
+def mean_gap(spread, model: str, quantized: str, value_of) -> tuple:
+    """(`quantized` minus float mean of value_of(row) in points, whether both have the same seeds): the
+    difference of the means when they do, else the mean per-seed difference over the seeds both have."""
+    values = seed_values(spread, model, value_of, quantized)
+    gaps = paired_gaps(spread, model, quantized, value_of)
+    if all(len(v) == len(gaps) for v in values.values()):
+        return 100 * float(np.mean(values[quantized]) - np.mean(values["float"])), True
+    return float(np.mean(gaps)), False
+
+
+def gap_words(gap: float, same_seeds: bool) -> str:
+    return f"{gap:+.2f} points" + ("" if same_seeds else " over the seeds both have")
+
+
+def models_and_variants(models, variants=FOUR_BIT_VARIANTS):
+    """(model, variant) for every model in order and each of `variants` (default: those held to the target)."""
+    return [(model, variant) for model in dict.fromkeys(models) for variant in variants]
 
 
 def seed_mean_lines(rows, spread) -> list:
-    """The 4-bit target on the mean over the fine-tuning seed runs (the runs above may repeat seed 0)."""
+    """The 4-bit target on the mean over the fine-tuning seed runs (the runs above may repeat seed 0);
+    the 8-bit variant's gap beside it, where it has seeds, shows what 4-bit weights add."""
     lines = []
-    for model in dict.fromkeys(r["model"] for r in rows):
-        values = seed_values(spread, model, lambda r: r["frr_at_fa_per_hour"]["1.0"])
+    for model, quantized in models_and_variants((r["model"] for r in rows), ("8-bit",) + FOUR_BIT_VARIANTS):
+        values = seed_values(spread, model, test_frr, quantized)
         if min(len(v) for v in values.values()) < 2:
             continue
         mean = {k: float(np.mean(v)) for k, v in values.items()}
         spread_text = {k: f"{mean[k]:.2%} ± {100 * float(np.std(v, ddof=1)):.2f} over {len(v)} seeds"
                        for k, v in values.items()}
-        gap = 100 * (mean["4-bit"] - mean["float"])
-        error = 100 * float(np.sqrt(sum(np.var(v, ddof=1) / len(v) for v in (values["4-bit"], values["float"]))))
-        paired = paired_standard_error(spread, model)
-        paired_text = "" if paired is None else f", paired by seed {paired:.2f}"
-        held_out = seed_values(spread, model, lambda r: r.get("validation_frr_at_1_fa_per_hour"))
+        gap, same_seeds = mean_gap(spread, model, quantized, test_frr)
+        gaps = paired_gaps(spread, model, quantized)
+        paired_error = float(np.std(gaps, ddof=1) / np.sqrt(len(gaps))) if len(gaps) >= 2 else None
+        if same_seeds:
+            error = 100 * float(np.sqrt(sum(np.var(v, ddof=1) / len(v) for v in values.values())))
+            paired = "" if paired_error is None else f", paired by seed {paired_error:.2f}"
+            gap_text = f" ({gap:+.2f} points, standard error {error:.2f}{paired}; "
+        else:
+            gap_text = f"; {gap_words(gap, same_seeds)} (standard error paired by seed {paired_error:.2f}; "
+        held_out = seed_values(spread, model, validation_frr, quantized)
         validation_text = ("" if min(len(v) for v in held_out.values()) < 2 else
-                           f"; on the validation stream {np.mean(held_out['4-bit']):.2%} vs "
+                           f"; on the validation stream {np.mean(held_out[quantized]):.2%} vs "
                            f"{np.mean(held_out['float']):.2%} "
-                           f"({100 * (np.mean(held_out['4-bit']) - np.mean(held_out['float'])):+.2f} points)")
-        lines.append(f"- {model}, mean over fine-tuning seeds: 4-bit FRR at 1 FA/h {spread_text['4-bit']} vs float "
-                     f"{spread_text['float']} ({gap:+.2f} points, standard error {error:.2f}{paired_text}; target within 1 point: "
-                     f"{'met' if gap <= 1.0 else 'MISSED'}){validation_text}")
+                           f"({gap_words(*mean_gap(spread, model, quantized, validation_frr))})")
+        verdict = f"target within 1 point: {'met' if gap <= 1.0 else 'MISSED'}" if quantized in FOUR_BIT_VARIANTS else "not a target"
+        lines.append(f"- {model}, mean over fine-tuning seeds: {quantized} FRR at 1 FA/h {spread_text[quantized]} vs float "
+                     f"{spread_text['float']}{gap_text}{verdict}){validation_text}")
     return lines
 
 
@@ -475,9 +517,9 @@ def selected_seed_lines(spread) -> list:
     """The 4-bit target on the fine-tuning seed a user would ship: the one with the lowest FRR at 1 FA/h on
     the validation stream, for float and 4-bit alike."""
     lines = []
-    for model in dict.fromkeys(r["model"] for r in spread):
+    for model, four in models_and_variants(r["model"] for r in spread):
         chosen = {}
-        for variant in ("float", "4-bit"):
+        for variant in ("float", four):
             runs = [r for r in spread if r["model"] == model and r["variant"] == variant
                     and r.get("validation_frr_at_1_fa_per_hour") is not None]
             if len(runs) >= 2:
@@ -486,13 +528,13 @@ def selected_seed_lines(spread) -> list:
             continue
         test = {k: r["frr_at_fa_per_hour"]["1.0"] for k, r in chosen.items()}
         validation = {k: r["validation_frr_at_1_fa_per_hour"] for k, r in chosen.items()}
-        gap = 100 * (test["4-bit"] - test["float"])
-        lines.append(f"- {model}, the seed chosen on the validation stream (lowest FRR at 1 FA/h there): 4-bit "
-                     f"{chosen['4-bit']['run']} {test['4-bit']:.2%} vs float {chosen['float']['run']} "
+        gap = 100 * (test[four] - test["float"])
+        lines.append(f"- {model}, the seed chosen on the validation stream (lowest FRR at 1 FA/h there): {four} "
+                     f"{chosen[four]['run']} {test[four]:.2%} vs float {chosen['float']['run']} "
                      f"{test['float']:.2%} on the test stream ({gap:+.2f} points; target within 1 point: "
                      f"{'met' if gap <= 1.0 else 'MISSED'}); on the validation stream that chose them "
-                     f"{validation['4-bit']:.2%} vs {validation['float']:.2%} "
-                     f"({100 * (validation['4-bit'] - validation['float']):+.2f} points)")
+                     f"{validation[four]:.2%} vs {validation['float']:.2%} "
+                     f"({100 * (validation[four] - validation['float']):+.2f} points)")
     return lines
 
 
@@ -519,13 +561,13 @@ def per_keyword_text(operating: dict) -> str:
 def per_keyword_mean_lines(spread) -> list:
     """Not a target: the 4-bit gap at the thresholds written into the model, mean over seeds."""
     lines = []
-    for model in dict.fromkeys(r["model"] for r in spread):
-        values = seed_values(spread, model, lambda r: r.get("per_keyword_frr"))
+    for model, four in models_and_variants(r["model"] for r in spread):
+        values = seed_values(spread, model, written_frr, four)
         if min(len(v) for v in values.values()) < 2:
             continue
         mean = {k: float(np.mean(v)) for k, v in values.items()}
-        lines.append(f"- {model}, written thresholds (not the target's measure), mean over seeds: 4-bit FRR "
-                     f"{mean['4-bit']:.2%} vs float {mean['float']:.2%} ({100 * (mean['4-bit'] - mean['float']):+.2f} points)")
+        lines.append(f"- {model}, written thresholds (not the target's measure), mean over seeds: {four} FRR "
+                     f"{mean[four]:.2%} vs float {mean['float']:.2%} ({gap_words(*mean_gap(spread, model, four, written_frr))})")
     return lines
 
 
@@ -567,12 +609,12 @@ def kernel_text(result: dict) -> str:
 def target_lines(rows) -> list:
     lines = []
     by_key = {(r["model"], r["variant"]): r for r in rows}
-    for model in dict.fromkeys(r["model"] for r in rows):
-        reference, four = by_key.get((model, "float")), by_key.get((model, "4-bit"))
+    for model, variant in models_and_variants(r["model"] for r in rows):
+        reference, four = by_key.get((model, "float")), by_key.get((model, variant))
         if reference and four:
             gap = 100 * (four["frr_at_1_fa_per_hour"] - reference["frr_at_1_fa_per_hour"])
             verdict = "met" if gap <= 1.0 else "MISSED"
-            lines.append(f"- {model}: 4-bit FRR at 1 FA/h is {four['frr_at_1_fa_per_hour']:.2%} vs float "
+            lines.append(f"- {model}: {variant} FRR at 1 FA/h is {four['frr_at_1_fa_per_hour']:.2%} vs float "
                          f"{reference['frr_at_1_fa_per_hour']:.2%} ({gap:+.2f} points; target within 1 point: {verdict})")
     for r in rows:
         if r.get("aarch64"):
