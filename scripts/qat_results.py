@@ -245,13 +245,15 @@ def mean_if_all(values: list):
     return None if any(v is None for v in values) else float(np.mean(values))
 
 
-def seed_count_text(rows: list, seeded_policies) -> str:
-    """How many fine-tuning seeds each seeded policy has: "float, w4a8: 10 seeds" when all have as
-    many, else per model, and per policy where a rerun added seeds to some policies only."""
+def seed_count_text(rows: list) -> str:
+    """How many fine-tuning seeds each policy with several has: "float, w4a8: 10 seeds" when all have
+    as many, else per model, and per policy where a rerun added seeds to some policies only. Read from
+    the results, not the protocol: that records only the last invocation's --seeded-policies."""
     counts = {}
     for r in rows:
-        if r["policy"] in seeded_policies:
+        if r["seeds"] > 1:
             counts.setdefault(r["model"], {})[r["policy"]] = r["seeds"]
+    seeded_policies = list(dict.fromkeys(policy for per_policy in counts.values() for policy in per_policy))
     if len({n for per_policy in counts.values() for n in per_policy.values()}) == 1:
         return f"{', '.join(seeded_policies)}: {next(iter(next(iter(counts.values())).values()))} seeds"
     return "; ".join(f"{model}: {', '.join(per_policy)} {next(iter(per_policy.values()))} seeds"
@@ -262,9 +264,7 @@ def seed_count_text(rows: list, seeded_policies) -> str:
 
 def markdown(summary: dict) -> str:
     p, rows = summary["protocol"], aggregate(summary["results"])
-    # the policies that have several seeds, whichever invocation added them (the protocol records the last one's)
-    seeded = [r for r in rows if r["seeds"] > 1]
-    seed_counts = seed_count_text(seeded, list(dict.fromkeys(r["policy"] for r in seeded)))
+    seed_counts = seed_count_text(rows)
     lines = [
         "# Sub-8-bit QAT on synthetic keywords (issue 3)",
         "",

@@ -3,10 +3,11 @@
 
 For the stateless FFN and DS-CNN-S, each as float (reference), 8-bit (w8a8 QAT), 4-bit
 (w4a8-tanh QAT, INT4 weights) and 4-bit mixed (the `mixed` preset: the same, but the first layer and
-the logits layer keep 8-bit weights; in DS-CNN-S conv0 and logits, 15% of its weights): false rejects at 1 false accept per hour, CPU time per second of
-audio (x86, one thread, XNNPACK, measured by running scripts/rpi_kws.py on a minute of the stream
-in blocks of one hop), peak RSS of that process, and a DET plot; and FRR at 1 FA/h against the
-smoothing window, to choose the detector's default.
+the logits layer keep 8-bit weights; in DS-CNN-S conv0 and logits, 15% of its weights): false
+rejects at 1 false accept per hour, CPU time per second of audio (x86, one thread, XNNPACK,
+measured by running scripts/rpi_kws.py on a minute of the stream in blocks of one hop), peak RSS
+of that process, and a DET plot; and FRR at 1 FA/h against the smoothing window, to choose the
+detector's default.
 
 Why four hours: FRR at 1 FA/h is read at the lowest threshold that lets through at most one false
 accept per hour. On a one-hour stream that threshold sits just above the second-best scoring false
