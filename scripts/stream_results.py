@@ -516,13 +516,15 @@ def seed_mean_lines(rows, spread) -> list:
 
 def selected_seed_lines(spread) -> list:
     """The 4-bit target on the fine-tuning seed a user would ship: the one with the lowest FRR at 1 FA/h on
-    the validation stream, for float and 4-bit alike."""
+    the validation stream, for float and 4-bit alike, each chosen among the seeds both have (a variant
+    with more seeds would otherwise have more chances of a lucky one)."""
     lines = []
     for model, four in models_and_variants(r["model"] for r in spread):
+        scored = [r for r in spread if r["model"] == model and r.get("validation_frr_at_1_fa_per_hour") is not None]
+        shared = set.intersection(*({seed_of(r["run"]) for r in scored if r["variant"] == v} for v in ("float", four)))
         chosen = {}
         for variant in ("float", four):
-            runs = [r for r in spread if r["model"] == model and r["variant"] == variant
-                    and r.get("validation_frr_at_1_fa_per_hour") is not None]
+            runs = [r for r in scored if r["variant"] == variant and seed_of(r["run"]) in shared]
             if len(runs) >= 2:
                 chosen[variant] = min(runs, key=lambda r: r["validation_frr_at_1_fa_per_hour"])
         if len(chosen) < 2:
