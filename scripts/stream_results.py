@@ -198,9 +198,33 @@ def smoothing_reports(model: Path, wav: Path, label_path: Path, config: Detector
     one pass over the stream; the config.smoothing_ms report scores the per-keyword `thresholds` and,
     as "at_common_threshold", one `common_threshold` for all keywords, when given.
 
-    The raw posteriors (one run per hop, no smoothing) are cached in `folder` per model file
-    (by content: a retrained model gets new ones) and stream.
+    The raw posteriors come from `cached_posteriors`.
     """
+    from dataclasses import replace
+
+    times, raw, names, hours = cached_posteriors(model, wav, config, folder)
+    occurrences = read_labels(label_path)
+    reports = {}
+    for smoothing_ms in sorted(set(SMOOTHING_SWEEP_MS if sweep else ()) | {config.smoothing_ms}):
+        smoothed = replace(config, smoothing_ms=smoothing_ms)
+        operating = smoothing_ms == config.smoothing_ms
+        scores = smoothed_posteriors(raw, smoothing_runs(smoothed))
+        reports[smoothing_ms] = evaluate(times, scores, names, occurrences, hours, smoothed,
+                                         thresholds=thresholds if operating else None)
+        if operating and common_threshold is not None:
+            reports[smoothing_ms]["at_common_threshold"] = errors_at(times, scores, names, occurrences, hours,
+                                                                     smoothed, common_threshold)
+    return reports
+
+
+def smoothing_runs(config: DetectorConfig) -> int:
+    """How many runs, one per hop, the detector's smoothing window averages."""
+    return max(1, int(round(config.smoothing_ms / config.hop_ms)))
+
+
+def cached_posteriors(model: Path, wav: Path, config: DetectorConfig, folder: Path):
+    """(times, raw posteriors, labels, hours of audio) of one model over one stream: one run per hop, no
+    smoothing, cached in `folder` per model file (by content: a retrained model gets new ones) and stream."""
     import hashlib
     from dataclasses import replace
 
@@ -213,21 +237,8 @@ def smoothing_reports(model: Path, wav: Path, label_path: Path, config: Detector
         folder.mkdir(parents=True, exist_ok=True)
         np.savez(cache, times=times, raw=raw, labels=np.array(names))
     stored = np.load(cache)
-    times, raw, names = stored["times"], stored["raw"], [str(n) for n in stored["labels"]]
     hours = len(audio) / frontend["sample_rate"] / 3600
-    occurrences = read_labels(label_path)
-    reports = {}
-    for smoothing_ms in sorted(set(SMOOTHING_SWEEP_MS if sweep else ()) | {config.smoothing_ms}):
-        smoothed = replace(config, smoothing_ms=smoothing_ms)
-        runs = max(1, int(round(smoothing_ms / config.hop_ms)))
-        operating = smoothing_ms == config.smoothing_ms
-        scores = smoothed_posteriors(raw, runs)
-        reports[smoothing_ms] = evaluate(times, scores, names, occurrences, hours, smoothed,
-                                         thresholds=thresholds if operating else None)
-        if operating and common_threshold is not None:
-            reports[smoothing_ms]["at_common_threshold"] = errors_at(times, scores, names, occurrences, hours,
-                                                                     smoothed, common_threshold)
-    return reports
+    return stored["times"], stored["raw"], [str(n) for n in stored["labels"]], hours
 
 
 def held_out_reports(args, model_name: str, path: Path, sweep: bool = True):
@@ -398,6 +409,10 @@ def markdown(summary: dict) -> str:
     lines += seed_mean_lines(rows, summary.get("seed_spread") or [])
     lines += selected_seed_lines(summary.get("seed_spread") or [])
     lines += per_keyword_mean_lines(summary.get("seed_spread") or [])
+    if summary.get("seed_spread"):
+        lines.append("- Where the gaps come from (each run at the threshold that gives the same seed's float run "
+                     "1 FA/h: its FRR there, and how often it fires on everything else): "
+                     "[stream_errors.md](stream_errors.md), from `scripts/stream_errors.py`")
     lines += smoothing_lines(rows, protocol.get("scores", "probabilities"))
     lines += seed_lines(summary.get("seed_spread") or [])
     lines += ["", "![DET curves](stream_results.png)", ""]

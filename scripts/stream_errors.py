@@ -1,0 +1,163 @@
+#!/usr/bin/env python3
+"""Where the keyword spotters' stream errors come from (issue 6): the 4-bit FRR gap of
+docs/stream_results.md split into weaker keyword scores and more false accepts.
+
+For every fine-tuning seed run that scripts/stream_results.py --seed-spread scored, on its 4 h test
+stream at its smoothing window:
+  - FRR at 1 FA/h, the threshold that gives it, and the false accepts that threshold lets through by
+    what the stream was playing (keyword, other word, sentence, noise, silence);
+  - at the threshold that gives the same seed's float run 1 FA/h, the run's FRR and false accepts per
+    hour. Seed i of every policy fine-tunes the same float model with the same shuffling and
+    augmentation, so these are paired: a higher FRR there means weaker scores on the keywords, more
+    false accepts mean a model that fires more often on everything else, which pushes its own 1 FA/h
+    threshold up and its FRR with it.
+
+Reads the converted models and raw posteriors stream_results cached in build/stream_runs (a run it
+has not scored is converted and scored here, once). Writes docs/stream_errors.md and .json.
+
+    python scripts/stream_results.py --seed-spread     # first: the runs' posteriors
+    python scripts/stream_errors.py                    # ~10 s per run
+    python scripts/stream_errors.py --models ds_cnn_s --docs /tmp/docs
+"""
+import edgeasr  # noqa: F401
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+import stream_results as sr
+from _repo import repo_relative
+from edgeasr.eval.stream import build_test_stream, errors_at, evaluate, false_accepts_by_kind, pieces_path, read_labels
+from edgeasr.files import write_bytes_atomic, write_json_atomic
+from edgeasr.runtime.metadata import read_metadata
+from edgeasr.runtime.streaming import DetectorConfig, smoothed_posteriors
+
+def main(argv=None):
+    args = parse_args(argv)
+    started = time.perf_counter()
+    rows = []
+    for model_name in args.models:
+        rows += model_rows(args, model_name)
+    summary = {"protocol": {"hours": args.hours, "seed": args.seed, "data": repo_relative(args.data),
+                            "smoothing_ms": args.smoothing_ms, "target_fa_per_hour": 1.0},
+               "runs": rows, "minutes": round((time.perf_counter() - started) / 60, 1)}
+    args.docs.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(args.docs / "stream_errors.json", summary)
+    write_bytes_atomic(args.docs / "stream_errors.md", markdown(summary).encode())
+
+
+def model_rows(args, model_name: str) -> list:
+    """One row per seed run of the model, float runs first (the others are scored at their thresholds)."""
+    float_thresholds, rows = {}, []
+    for variant, policy in sr.VARIANTS:
+        for run in sr.seed_runs(args.runs / model_name, policy):
+            times, scores, names, hours, occurrences, pieces = smoothed_test_stream(args, model_name, run)
+            point = evaluate(times, scores, names, occurrences, hours, config_of(args, model_name))
+            threshold = point["frr_at_fa_per_hour"]["1.0"]["threshold"]
+            if threshold is None:   # nothing reaches 1 FA/h: the detector that never fires
+                threshold = 1.0
+            seed = sr.seed_of(run)
+            if variant == "float":
+                float_thresholds[seed] = threshold
+            refractory_s = config_of(args, model_name).refractory_ms / 1000
+            row = {"model": model_name, "variant": variant, "run": run, "seed": seed,
+                   "frr_at_1_fa_per_hour": point["frr_at_fa_per_hour"]["1.0"]["frr"], "threshold": threshold,
+                   "false_accepts_by_kind": false_accepts_by_kind(times, scores, names, occurrences, pieces,
+                                                                  threshold, refractory_s)}
+            if seed in float_thresholds:
+                at_float = errors_at(times, scores, names, occurrences, hours, config_of(args, model_name),
+                                     float_thresholds[seed])
+                row["at_float_threshold"] = {"frr": at_float["frr"], "fa_per_hour": at_float["fa_per_hour"]}
+            rows.append(row)
+            print(f"{model_name} {run}: FRR {row['frr_at_1_fa_per_hour']:.2%} at {threshold:.4f}", flush=True)
+    return rows
+
+
+def config_of(args, model_name: str) -> DetectorConfig:
+    return DetectorConfig(hop_ms=sr.HOP_MS[model_name], smoothing_ms=args.smoothing_ms)
+
+
+def smoothed_test_stream(args, model_name: str, run: str):
+    """(times, smoothed scores, labels, hours, keyword occurrences, pieces) of one run on the test stream."""
+    path = sr.tflite_for(args, model_name, run)
+    keywords = [k for k in read_metadata(path)["labels"] if not k.startswith("_")]
+    wav, label_path = build_test_stream(args.data, keywords, args.work / "streams", hours=args.hours,
+                                        seed=args.seed, split="testing")
+    config = config_of(args, model_name)
+    times, raw, names, hours = sr.cached_posteriors(path, wav, config, args.work / "posteriors")
+    scores = smoothed_posteriors(raw, sr.smoothing_runs(config))
+    return times, scores, names, hours, read_labels(label_path), read_labels(pieces_path(label_path))
+
+
+def markdown(summary: dict) -> str:
+    p = summary["protocol"]
+    lines = ["# Where the stream errors come from (scripts/stream_errors.py)", "",
+             f"Produced by `python scripts/stream_errors.py` ({summary['minutes']:g} min) from the models and raw "
+             f"posteriors of `scripts/stream_results.py --seed-spread`: the {p['hours']:g} h test stream (held-out "
+             f"voices, seed {p['seed']}), smoothing {p['smoothing_ms']:g} ms, one threshold for all keywords. "
+             "At float's threshold: the threshold that gives the same seed's float run 1 FA/h; the runs of seed i "
+             "all fine-tune the same float model with the same shuffling and augmentation.", "",
+             *summary_lines(summary["runs"]), "",
+             "| model | variant | run | FRR @ 1 FA/h | threshold | false accepts there by piece | "
+             "at float's threshold: FRR | FA/h |", "|---|---|---|---:|---:|---|---:|---:|"]
+    for r in summary["runs"]:
+        at = r.get("at_float_threshold") or {}
+        kinds = ", ".join(f"{kind} {n}" for kind, n in r["false_accepts_by_kind"].items()) or "-"
+        lines.append(f"| {r['model']} | {r['variant']} | {r['run']} | {r['frr_at_1_fa_per_hour']:.2%} | "
+                     f"{r['threshold']:.4f} | {kinds} | {at.get('frr', float('nan')):.2%} | "
+                     f"{at.get('fa_per_hour', float('nan')):.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def summary_lines(runs: list) -> list:
+    """Per quantized variant, means over the seeds it shares with float: FRR and FA/h at float's threshold
+    against float's own, and the share of all false accepts (at each run's 1 FA/h) during sentences."""
+    lines = []
+    for model, variant in dict.fromkeys((r["model"], r["variant"]) for r in runs):
+        if variant == "float":
+            continue
+        floats = {r["seed"]: r for r in runs if r["model"] == model and r["variant"] == "float"}
+        paired = [(floats[r["seed"]], r) for r in runs
+                  if r["model"] == model and r["variant"] == variant and r["seed"] in floats]
+        if not paired:
+            continue
+        frr = np.array([[100 * run["at_float_threshold"]["frr"] for run in pair] for pair in paired])
+        fa = np.array([[run["at_float_threshold"]["fa_per_hour"] for run in pair] for pair in paired])
+        seeds = f"{len(paired)} seed" + ("s" if len(paired) > 1 else "")
+        lines.append(f"- {model} {variant}, {seeds}, at float's threshold: FRR {frr[:, 1].mean():.2f}% "
+                     f"vs float {frr[:, 0].mean():.2f}% ({mean_and_error(frr[:, 1] - frr[:, 0])} points), "
+                     f"{fa[:, 1].mean():.2f} vs {fa[:, 0].mean():.2f} false accepts per hour "
+                     f"({mean_and_error(fa[:, 1] - fa[:, 0])}); false accepts during sentences: "
+                     f"{sentence_share([q for _, q in paired]):.0%} (float {sentence_share([f for f, _ in paired]):.0%})")
+    return lines
+
+
+def mean_and_error(differences: np.ndarray) -> str:
+    """'+m ± se' of paired differences (the standard error once there are two)."""
+    text = f"{differences.mean():+.2f}"
+    return text + (f" ± {differences.std(ddof=1) / np.sqrt(len(differences)):.2f}" if len(differences) > 1 else "")
+
+
+def sentence_share(runs: list) -> float:
+    counts = [r["false_accepts_by_kind"] for r in runs]
+    total = sum(sum(c.values()) for c in counts)
+    return sum(c.get("sentence", 0) for c in counts) / total if total else 0.0
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    defaults = sr.parse_args([])
+    for name in ("runs", "data", "work", "docs"):
+        parser.add_argument(f"--{name}", type=type(getattr(defaults, name)), default=getattr(defaults, name))
+    parser.add_argument("--models", nargs="+", default=defaults.models)
+    parser.add_argument("--hours", type=float, default=defaults.hours)
+    parser.add_argument("--smoothing-ms", type=float, default=defaults.smoothing_ms)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--scores", default=defaults.scores, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
