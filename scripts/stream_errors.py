@@ -10,7 +10,9 @@ stream at its smoothing window:
     hour. Seed i of every policy fine-tunes the same float model with the same shuffling and
     augmentation, so these are paired: a higher FRR there means weaker scores on the keywords, more
     false accepts mean a model that fires more often on everything else, which pushes its own 1 FA/h
-    threshold up and its FRR with it.
+    threshold up and its FRR with it. Both higher: the run is worse than float at that operating
+    point, however its scores are scaled. One higher and the other lower: its scores may only sit
+    lower or higher than float's (e.g. after distillation), a move along its DET curve.
 
 Reads the converted models and raw posteriors stream_results cached in build/stream_runs (a run it
 has not scored is converted and scored here, once). Writes docs/stream_errors.md and .json.
@@ -18,10 +20,12 @@ has not scored is converted and scored here, once). Writes docs/stream_errors.md
     python scripts/stream_results.py --seed-spread     # first: the runs' posteriors
     python scripts/stream_errors.py                    # ~10 s per run
     python scripts/stream_errors.py --models ds_cnn_s --docs /tmp/docs
+    python scripts/stream_errors.py --markdown-only    # re-render from docs/stream_errors.json
 """
 import edgeasr  # noqa: F401
 
 import argparse
+import json
 import sys
 import time
 
@@ -36,6 +40,10 @@ from edgeasr.runtime.streaming import DetectorConfig, smoothed_posteriors
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.markdown_only:
+        summary = json.loads((args.docs / "stream_errors.json").read_text())
+        write_bytes_atomic(args.docs / "stream_errors.md", markdown(summary).encode())
+        return
     started = time.perf_counter()
     rows = []
     for model_name in args.models:
@@ -98,7 +106,9 @@ def markdown(summary: dict) -> str:
              f"posteriors of `scripts/stream_results.py --seed-spread`: the {p['hours']:g} h test stream (held-out "
              f"voices, seed {p['seed']}), smoothing {p['smoothing_ms']:g} ms, one threshold for all keywords. "
              "At float's threshold: the threshold that gives the same seed's float run 1 FA/h; the runs of seed i "
-             "all fine-tune the same float model with the same shuffling and augmentation.", "",
+             "all fine-tune the same float model with the same shuffling and augmentation. FRR and false accepts "
+             "both above float's there: worse than float at that operating point, however the scores are scaled; "
+             "one above and one below: the scores may only sit elsewhere, a move along the DET curve.", "",
              *summary_lines(summary["runs"]), "",
              "| model | variant | run | FRR @ 1 FA/h | threshold | false accepts there by piece | "
              "at float's threshold: FRR | FA/h |", "|---|---|---|---:|---:|---|---:|---:|"]
@@ -155,6 +165,8 @@ def parse_args(argv):
     parser.add_argument("--hours", type=float, default=defaults.hours)
     parser.add_argument("--smoothing-ms", type=float, default=defaults.smoothing_ms)
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--markdown-only", action="store_true",
+                        help="rewrite stream_errors.md from the stream_errors.json already in --docs")
     parser.add_argument("--scores", default=defaults.scores, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
