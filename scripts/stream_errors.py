@@ -15,7 +15,8 @@ stream at its smoothing window:
     lower or higher than float's (e.g. after distillation), a move along its DET curve.
 
 Reads the converted models and raw posteriors stream_results cached in build/stream_runs (a run it
-has not scored is converted and scored here, once). Writes docs/stream_errors.md and .json.
+has not scored is converted and scored here, once). Writes docs/stream_errors.md and .json; a run
+for some --models keeps the other models' rows.
 
     python scripts/stream_results.py --seed-spread     # first: the runs' posteriors
     python scripts/stream_errors.py                    # ~10 s per run
@@ -32,7 +33,7 @@ import time
 import numpy as np
 
 import stream_results as sr
-from _repo import repo_relative
+from _repo import repo_relative, with_previous_rows
 from edgeasr.eval.stream import build_test_stream, errors_at, evaluate, false_accepts_by_kind, pieces_path, read_labels
 from edgeasr.files import write_bytes_atomic, write_json_atomic
 from edgeasr.runtime.metadata import read_metadata
@@ -50,7 +51,8 @@ def main(argv=None):
         rows += model_rows(args, model_name)
     summary = {"protocol": {"hours": args.hours, "seed": args.seed, "data": repo_relative(args.data),
                             "smoothing_ms": args.smoothing_ms, "target_fa_per_hour": 1.0},
-               "runs": rows, "minutes": round((time.perf_counter() - started) / 60, 1)}
+               "runs": with_previous_rows(args.docs / "stream_errors.json", "runs", rows, args.models, sr.MODELS),
+               "minutes": round((time.perf_counter() - started) / 60, 1)}
     args.docs.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.docs / "stream_errors.json", summary)
     write_bytes_atomic(args.docs / "stream_errors.md", markdown(summary).encode())
@@ -58,25 +60,23 @@ def main(argv=None):
 
 def model_rows(args, model_name: str) -> list:
     """One row per seed run of the model, float runs first (the others are scored at their thresholds)."""
-    float_thresholds, rows = {}, []
+    config, float_thresholds, rows = config_of(args, model_name), {}, []
     for variant, policy in sr.VARIANTS:
         for run in sr.seed_runs(args.runs / model_name, policy):
             times, scores, names, hours, occurrences, pieces = smoothed_test_stream(args, model_name, run)
-            point = evaluate(times, scores, names, occurrences, hours, config_of(args, model_name))
+            point = evaluate(times, scores, names, occurrences, hours, config)
             threshold = point["frr_at_fa_per_hour"]["1.0"]["threshold"]
             if threshold is None:   # nothing reaches 1 FA/h: the detector that never fires
                 threshold = 1.0
             seed = sr.seed_of(run)
             if variant == "float":
                 float_thresholds[seed] = threshold
-            refractory_s = config_of(args, model_name).refractory_ms / 1000
             row = {"model": model_name, "variant": variant, "run": run, "seed": seed,
                    "frr_at_1_fa_per_hour": point["frr_at_fa_per_hour"]["1.0"]["frr"], "threshold": threshold,
                    "false_accepts_by_kind": false_accepts_by_kind(times, scores, names, occurrences, pieces,
-                                                                  threshold, refractory_s)}
+                                                                  threshold, config.refractory_ms / 1000)}
             if seed in float_thresholds:
-                at_float = errors_at(times, scores, names, occurrences, hours, config_of(args, model_name),
-                                     float_thresholds[seed])
+                at_float = errors_at(times, scores, names, occurrences, hours, config, float_thresholds[seed])
                 row["at_float_threshold"] = {"frr": at_float["frr"], "fa_per_hour": at_float["fa_per_hour"]}
             rows.append(row)
             print(f"{model_name} {run}: FRR {row['frr_at_1_fa_per_hour']:.2%} at {threshold:.4f}", flush=True)
