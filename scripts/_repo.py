@@ -1,7 +1,9 @@
 """What the results scripts share: the repository root, paths written into docs/ relative to it,
-and the results of models a rerun did not touch."""
+the results of models a rerun did not touch, and re-rendering a table from its JSON."""
 import json
 from pathlib import Path
+
+from edgeasr.files import write_bytes_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 # qat_results.py writes MODEL/<policy>_seed<i>, one run per fine-tuning seed; the other results
@@ -33,3 +35,9 @@ def in_model_order(rows: list, models) -> list:
     """Rows grouped by model in the order of `models` (others last), each model's rows kept in order."""
     order = {model: i for i, model in enumerate(models)}
     return sorted(rows, key=lambda row: order.get(row["model"], len(order)))
+
+
+def rewrite_markdown(docs: Path, name: str, markdown) -> None:
+    """docs/NAME.md rendered again by `markdown` from the docs/NAME.json a run wrote before."""
+    summary = json.loads((Path(docs) / f"{name}.json").read_text())
+    write_bytes_atomic(Path(docs) / f"{name}.md", markdown(summary).encode())

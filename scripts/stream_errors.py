@@ -26,14 +26,13 @@ for some --models keeps the other models' rows.
 import edgeasr  # noqa: F401
 
 import argparse
-import json
 import sys
 import time
 
 import numpy as np
 
 import stream_results as sr
-from _repo import repo_relative, with_previous_rows
+from _repo import repo_relative, rewrite_markdown, with_previous_rows
 from edgeasr.eval.stream import build_test_stream, errors_at, evaluate, false_accepts_by_kind, pieces_path, read_labels
 from edgeasr.files import write_bytes_atomic, write_json_atomic
 from edgeasr.runtime.metadata import read_metadata
@@ -42,9 +41,7 @@ from edgeasr.runtime.streaming import DetectorConfig, smoothed_posteriors
 def main(argv=None):
     args = parse_args(argv)
     if args.markdown_only:
-        summary = json.loads((args.docs / "stream_errors.json").read_text())
-        write_bytes_atomic(args.docs / "stream_errors.md", markdown(summary).encode())
-        return
+        return rewrite_markdown(args.docs, "stream_errors", markdown)
     started = time.perf_counter()
     rows = []
     for model_name in args.models:

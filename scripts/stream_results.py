@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _repo import MAIN_RUN, REPO, repo_relative, with_previous_rows
+from _repo import MAIN_RUN, REPO, repo_relative, rewrite_markdown, with_previous_rows
 from edgeasr.audio.io import load_audio, write_wav
 from edgeasr.eval.stream import build_test_stream, errors_at, evaluate, plot_det, read_labels, stream_posteriors
 from edgeasr.files import write_bytes_atomic, write_json_atomic
@@ -67,9 +67,7 @@ SMOOTHING_SWEEP_MS = (40.0, 80.0, 120.0, 200.0, 300.0, 400.0, 600.0)
 def main(argv=None):
     args = parse_args(argv)
     if args.markdown_only:
-        summary = json.loads((args.docs / "stream_results.json").read_text())
-        write_bytes_atomic(args.docs / "stream_results.md", markdown(summary).encode())
-        return
+        return rewrite_markdown(args.docs, "stream_results", markdown)
     started = time.perf_counter()
     rows, curves = [], {}
     for model_name in args.models:
