@@ -1,8 +1,10 @@
 """What the results scripts share: the repository root, paths written into docs/ relative to it,
-the results of models a rerun did not touch, and re-rendering a table from its JSON."""
+the results of models a rerun did not touch, re-rendering a table from its JSON, and the standard
+error of a mean over seeds."""
 import json
 from pathlib import Path
 
+import numpy as np
 from edgeasr.files import write_bytes_atomic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,3 +43,9 @@ def rewrite_markdown(docs: Path, name: str, markdown) -> None:
     """docs/NAME.md rendered again by `markdown` from the docs/NAME.json a run wrote before."""
     summary = json.loads((Path(docs) / f"{name}.json").read_text())
     write_bytes_atomic(Path(docs) / f"{name}.md", markdown(summary).encode())
+
+
+def standard_error(values):
+    """Standard error of the mean of `values` (e.g. per-seed paired differences); None below two."""
+    values = np.asarray(values, dtype=float)
+    return float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) >= 2 else None

@@ -32,7 +32,7 @@ import time
 import numpy as np
 
 import stream_results as sr
-from _repo import repo_relative, rewrite_markdown, with_previous_rows
+from _repo import repo_relative, rewrite_markdown, standard_error, with_previous_rows
 from edgeasr.eval.stream import build_test_stream, errors_at, evaluate, false_accepts_by_kind, pieces_path, read_labels
 from edgeasr.files import write_bytes_atomic, write_json_atomic
 from edgeasr.runtime.metadata import read_metadata
@@ -143,8 +143,8 @@ def summary_lines(runs: list) -> list:
 
 def mean_and_error(differences: np.ndarray) -> str:
     """'+m ± se' of paired differences (the standard error once there are two)."""
-    text = f"{differences.mean():+.2f}"
-    return text + (f" ± {differences.std(ddof=1) / np.sqrt(len(differences)):.2f}" if len(differences) > 1 else "")
+    error = standard_error(differences)
+    return f"{differences.mean():+.2f}" + ("" if error is None else f" ± {error:.2f}")
 
 
 def sentence_share(runs: list) -> float:

@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _repo import MAIN_RUN, REPO, repo_relative, rewrite_markdown, with_previous_rows
+from _repo import MAIN_RUN, REPO, repo_relative, rewrite_markdown, standard_error, with_previous_rows
 from edgeasr.audio.io import load_audio, write_wav
 from edgeasr.eval.stream import build_test_stream, errors_at, evaluate, plot_det, read_labels, stream_posteriors
 from edgeasr.files import write_bytes_atomic, write_json_atomic
@@ -509,7 +509,7 @@ def seed_mean_lines(rows, spread) -> list:
                        for k, v in values.items()}
         gap, same_seeds = mean_gap(spread, model, quantized, test_frr)
         gaps = paired_gaps(spread, model, quantized)
-        paired_error = float(np.std(gaps, ddof=1) / np.sqrt(len(gaps))) if len(gaps) >= 2 else None
+        paired_error = standard_error(gaps)
         if same_seeds:
             error = 100 * float(np.sqrt(sum(np.var(v, ddof=1) / len(v) for v in values.values())))
             paired = "" if paired_error is None else f", paired by seed {paired_error:.2f}"
