@@ -477,11 +477,11 @@ def paired_gaps(spread, model: str, quantized: str, value_of=test_frr) -> list:
     return [100 * (v[quantized] - v["float"]) for v in by_seed.values() if len(v) == 2 and None not in v.values()]
 
 
-def mean_gap(spread, model: str, quantized: str, value_of) -> tuple:
-    """(`quantized` minus float mean of value_of(row) in points, whether both have the same seeds): the
-    difference of the means when they do, else the mean per-seed difference over the seeds both have."""
-    values = seed_values(spread, model, value_of, quantized)
-    gaps = paired_gaps(spread, model, quantized, value_of)
+def mean_gap(values: dict, gaps: list) -> tuple:
+    """(quantized minus float mean in points, whether both have the same seeds), from seed_values and
+    paired_gaps of one measure: the difference of the means when the seeds are the same, else the
+    mean per-seed difference over the seeds both have."""
+    quantized = next(k for k in values if k != "float")
     if all(len(v) == len(gaps) for v in values.values()):
         return 100 * float(np.mean(values[quantized]) - np.mean(values["float"])), True
     return float(np.mean(gaps)), False
@@ -507,8 +507,8 @@ def seed_mean_lines(rows, spread) -> list:
         mean = {k: float(np.mean(v)) for k, v in values.items()}
         spread_text = {k: f"{mean[k]:.2%} ± {100 * float(np.std(v, ddof=1)):.2f} over {len(v)} seeds"
                        for k, v in values.items()}
-        gap, same_seeds = mean_gap(spread, model, quantized, test_frr)
         gaps = paired_gaps(spread, model, quantized)
+        gap, same_seeds = mean_gap(values, gaps)
         paired_error = standard_error(gaps)
         if same_seeds:
             error = 100 * float(np.sqrt(sum(np.var(v, ddof=1) / len(v) for v in values.values())))
@@ -516,11 +516,11 @@ def seed_mean_lines(rows, spread) -> list:
             gap_text = f" ({gap:+.2f} points, standard error {error:.2f}{paired}; "
         else:
             gap_text = f"; {gap_words(gap, same_seeds)} (standard error paired by seed {paired_error:.2f}; "
-        held_out = seed_values(spread, model, validation_frr, quantized)
-        validation_text = ("" if min(len(v) for v in held_out.values()) < 2 else
-                           f"; on the validation stream {np.mean(held_out[quantized]):.2%} vs "
-                           f"{np.mean(held_out['float']):.2%} "
-                           f"({gap_words(*mean_gap(spread, model, quantized, validation_frr))})")
+        held_out, validation_text = seed_values(spread, model, validation_frr, quantized), ""
+        if min(len(v) for v in held_out.values()) >= 2:
+            held_out_gap = mean_gap(held_out, paired_gaps(spread, model, quantized, validation_frr))
+            validation_text = (f"; on the validation stream {np.mean(held_out[quantized]):.2%} vs "
+                               f"{np.mean(held_out['float']):.2%} ({gap_words(*held_out_gap)})")
         verdict = f"target within 1 point: {'met' if gap <= 1.0 else 'MISSED'}" if quantized in FOUR_BIT_VARIANTS else "not a target"
         lines.append(f"- {model}, mean over fine-tuning seeds: {quantized} FRR at 1 FA/h {spread_text[quantized]} vs float "
                      f"{spread_text['float']}{gap_text}{verdict}){validation_text}")
@@ -582,8 +582,9 @@ def per_keyword_mean_lines(spread) -> list:
         if min(len(v) for v in values.values()) < 2:
             continue
         mean = {k: float(np.mean(v)) for k, v in values.items()}
+        gap = mean_gap(values, paired_gaps(spread, model, four, written_frr))
         lines.append(f"- {model}, written thresholds (not the target's measure), mean over seeds: {four} FRR "
-                     f"{mean[four]:.2%} vs float {mean['float']:.2%} ({gap_words(*mean_gap(spread, model, four, written_frr))})")
+                     f"{mean[four]:.2%} vs float {mean['float']:.2%} ({gap_words(*gap)})")
     return lines
 
 
