@@ -57,10 +57,13 @@ def main(argv=None):
 
 def model_rows(args, model_name: str) -> list:
     """One row per seed run of the model, float runs first (the others are scored at their thresholds)."""
-    config, float_thresholds, rows = config_of(args, model_name), {}, []
+    config, float_thresholds, rows, stream = config_of(args, model_name), {}, [], None
     for variant, policy in sr.VARIANTS:
         for run in sr.seed_runs(args.runs / model_name, policy):
-            times, scores, names, hours, occurrences, pieces = smoothed_test_stream(args, model_name, run)
+            path = sr.tflite_for(args, model_name, run)
+            stream = stream or test_stream(args, path)
+            wav, occurrences, pieces = stream
+            times, scores, names, hours = smoothed_scores(args, config, path, wav)
             point = evaluate(times, scores, names, occurrences, hours, config)
             threshold = point["frr_at_fa_per_hour"]["1.0"]["threshold"]
             if threshold is None:   # nothing reaches 1 FA/h: the detector that never fires
@@ -84,16 +87,19 @@ def config_of(args, model_name: str) -> DetectorConfig:
     return DetectorConfig(hop_ms=sr.HOP_MS[model_name], smoothing_ms=args.smoothing_ms)
 
 
-def smoothed_test_stream(args, model_name: str, run: str):
-    """(times, smoothed scores, labels, hours, keyword occurrences, pieces) of one run on the test stream."""
-    path = sr.tflite_for(args, model_name, run)
-    keywords = [k for k in read_metadata(path)["labels"] if not k.startswith("_")]
+def test_stream(args, model_path) -> tuple:
+    """(WAV path, keyword occurrences, pieces) of the test stream for the keywords of the model at
+    model_path (every run of a model has the same)."""
+    keywords = [k for k in read_metadata(model_path)["labels"] if not k.startswith("_")]
     wav, label_path = build_test_stream(args.data, keywords, args.work / "streams", hours=args.hours,
                                         seed=args.seed, split="testing")
-    config = config_of(args, model_name)
-    times, raw, names, hours = sr.cached_posteriors(path, wav, config, args.work / "posteriors")
-    scores = smoothed_posteriors(raw, sr.smoothing_runs(config))
-    return times, scores, names, hours, read_labels(label_path), read_labels(pieces_path(label_path))
+    return wav, read_labels(label_path), read_labels(pieces_path(label_path))
+
+
+def smoothed_scores(args, config: DetectorConfig, model_path, wav) -> tuple:
+    """(times, smoothed scores, labels, hours) of the model at model_path on the stream `wav`."""
+    times, raw, names, hours = sr.cached_posteriors(model_path, wav, config, args.work / "posteriors")
+    return times, smoothed_posteriors(raw, sr.smoothing_runs(config)), names, hours
 
 
 def markdown(summary: dict) -> str:
