@@ -27,7 +27,6 @@ from _repo import MAIN_RUN, REPO, repo_relative
 from edgeasr.converters import flatbuffer as fb
 from edgeasr.converters.int4 import keras_layer_names
 from edgeasr.files import write_bytes_atomic, write_json_atomic
-from edgeasr.runtime.litert import quantize, tracing_interpreter
 from kernel_rounding import fully_connected_operands, traced
 
 MODELS = ("ffn_stateless", "ds_cnn_s")
@@ -48,8 +47,7 @@ def float_bias(model, layer_name: str) -> np.ndarray:
 def traced_fully_connected(path, features: np.ndarray):
     """(interpreter, [(op, {"input": int64, "output": int64})]) of every FULLY_CONNECTED, one row of
     each per clip, on the reference kernels."""
-    detail = tracing_interpreter(path, kernels="reference").get_input_details()[0]
-    interpreter, ops, seen = traced(path, quantize(features, detail), "reference", op_names=("FULLY_CONNECTED",))
+    interpreter, ops, seen = traced(path, features, "reference", op_names=("FULLY_CONNECTED",), quantize_inputs=True)
     return interpreter, [(op, dict(zip(("input", "output"), seen[op["index"]]))) for op in ops]
 
 

@@ -49,11 +49,14 @@ FUSED_RELU, FUSED_RELU6 = 1, 3                       # schema ActivationFunction
 
 
 # --- running the file --------------------------------------------------------------------------
-def traced(model, inputs: np.ndarray, kernels: str, op_names=None):
-    """(interpreter, ops, {op index: (first inputs, first outputs)}) of a whole run on each raw input,
-    every tensor kept; `model` a path or bytes; `op_names`: only ops of these types."""
+def traced(model, inputs: np.ndarray, kernels: str, op_names=None, quantize_inputs=False):
+    """(interpreter, ops, {op index: (first inputs, first outputs)}) of a whole run on each raw input
+    (or float input, quantized onto the model's input first where quantize_inputs), every tensor
+    kept; `model` a path or bytes; `op_names`: only ops of these types."""
     interpreter = tracing_interpreter(model, kernels=kernels)
     detail = interpreter.get_input_details()[0]
+    if quantize_inputs:
+        inputs = quantize(inputs, detail)
     ops = [op for op in interpreter._get_ops_details()
            if len(op["outputs"]) and (op_names is None or op["op_name"] in op_names)]
     seen = {op["index"]: ([], []) for op in ops}
