@@ -1,0 +1,201 @@
+#!/usr/bin/env python3
+"""Pilots of a quantized fine-tuning recipe (issue 6): does one change to the QAT recipe of
+scripts/qat_results.py close a model's 4-bit stream gap to float?
+
+A pilot fine-tunes --policy from the shared pre-trained float model of qat_results.py for each of
+--seeds, with the recipe changed only where asked (--epochs, --lr), into build/recipe_pilots/NAME.
+Each run is then scored on stream_results' 4 h test stream like docs/stream_errors.md, paired with
+the float run of the same seed in build/qat_runs (same start, shuffling and augmentation):
+  - at the threshold that gives that float run 1 FA/h: the run's FRR and false accepts per hour;
+    both above float's means worse than float at that operating point;
+  - at its own 1 FA/h threshold: FRR, the target's measure (noisier: each run's threshold rests on
+    its 5th-best false accept).
+The recipe's own run of --recipe-policy (default w4a8-tanh) and the same seed (build/qat_runs) is
+scored beside it where it exists, so a pilot row shows the change against the recipe on the same
+seeds. Four seeds resolve
+about half a point at float's threshold.
+
+Writes docs/recipe_pilots.md and .json, one row per pilot (a rerun of a NAME replaces its row).
+Needs qat_results.py's data and runs, and stream_results.py's test stream.
+
+    python scripts/recipe_pilots.py lr3e-4 --lr 3e-4                # 4 seeds, ~6 min train + ~5 min score each
+    python scripts/recipe_pilots.py qat12 --epochs 12 --seeds 0 1
+    python scripts/recipe_pilots.py linear --policy w4a8 --seeds 0 1 2 3 4
+    python scripts/recipe_pilots.py --markdown-only
+"""
+import edgeasr  # noqa: F401
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+import qat_results as qr
+import stream_errors as se
+import stream_results as sr
+from _repo import REPO, rewrite_markdown, standard_error
+from edgeasr.eval.stream import errors_at, evaluate
+from edgeasr.files import write_bytes_atomic, write_json_atomic
+
+MEASURES = (("frr_at_float_threshold", "FRR at float's threshold", 100.0),
+            ("fa_per_hour_at_float_threshold", "FA/h there", 1.0),
+            ("frr_at_own_threshold", "FRR at own 1 FA/h", 100.0))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.markdown_only:
+        return rewrite_markdown(args.docs, "recipe_pilots", markdown)
+    if args.name is None:
+        raise SystemExit("recipe_pilots: give the pilot a NAME (see --help)")
+    started = time.perf_counter()
+    trained = train_runs(args)
+    seeds = [score_seed(args, seed, trained[seed]) for seed in args.seeds]
+    pilot = {"pilot": args.name, "model": args.model, "policy": args.policy, "epochs": args.epochs, "lr": args.lr,
+             "recipe_policy": args.recipe_policy, "seeds": seeds,
+             "minutes": round((time.perf_counter() - started) / 60, 1)}
+    path = args.docs / "recipe_pilots.json"
+    previous = json.loads(path.read_text())["pilots"] if path.is_file() else []
+    summary = {"pilots": [p for p in previous if p["pilot"] != args.name] + [pilot]}
+    args.docs.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, summary)
+    write_bytes_atomic(args.docs / "recipe_pilots.md", markdown(summary).encode())
+
+
+def train_runs(args) -> dict:
+    """{seed: Keras and LiteRT clip accuracy} of the pilot's runs, trained where not yet finished."""
+    from edgeasr.data.pipeline import features_of
+    from edgeasr.models.registry import ModelConfig
+    from edgeasr.train.fit import load_training_data
+    from edgeasr.train.run_dir import RunConfig, TrainConfig
+
+    pretrained = args.runs / args.model / "pretrained_float"
+    if not (pretrained / "model.keras").is_file() or not args.data.is_dir():
+        raise SystemExit(f"recipe_pilots: {pretrained} or {args.data} missing; run scripts/qat_results.py first")
+    recipe = qr.recipe_of(args.model, SimpleNamespace(pretrain_epochs=None, finetune_epochs=args.epochs))
+    base = RunConfig(dataset=str(args.data.resolve()), model=ModelConfig(name=args.model), augment=recipe["augment"],
+                     train=TrainConfig(batch_size=64, learning_rate=3e-3, seed=0))
+    data = load_training_data(base.with_model_shape(), progress=False)
+    test_features = features_of(data.test.waves, base.frontend)
+    finetune_args = SimpleNamespace(work=args.work / args.name, finetune_lr=args.lr)
+    trained = {}
+    for seed in args.seeds:
+        result = qr.finetune(finetune_args, base, data, test_features, pretrained.resolve(), args.policy, seed, recipe)
+        trained[seed] = {k: result[k] for k in ("keras_accuracy", "litert_accuracy")}
+        print(json.dumps({"pilot": args.name, "seed": seed, **trained[seed]}), flush=True)
+    return trained
+
+
+def score_seed(args, seed: int, accuracy: dict) -> dict:
+    """The pilot's run and the recipe's run of one seed on the test stream, against that seed's float run."""
+    reference = stream_args(args, args.runs, REPO / "build" / "stream_runs")
+    config = se.config_of(reference, args.model)
+    float_path = sr.tflite_for(reference, args.model, f"float_seed{seed}")
+    wav, occurrences, _ = se.test_stream(reference, float_path)
+
+    def operating_points(stream, run, threshold=None) -> dict:
+        """At the run's own 1 FA/h threshold and at `threshold` (default: its own)."""
+        path = sr.tflite_for(stream, args.model, run)
+        times, scores, names, hours = se.smoothed_scores(stream, config, path, wav)
+        own = evaluate(times, scores, names, occurrences, hours, config)["frr_at_fa_per_hour"]["1.0"]
+        own_threshold = 1.0 if own["threshold"] is None else own["threshold"]   # as stream_errors.py
+        at = errors_at(times, scores, names, occurrences, hours, config,
+                       own_threshold if threshold is None else threshold)
+        return {"threshold": own_threshold, "frr_at_own_threshold": own["frr"],
+                "frr_at_float_threshold": at["frr"], "fa_per_hour_at_float_threshold": at["fa_per_hour"]}
+
+    float_point = operating_points(reference, f"float_seed{seed}")
+    threshold = float_point["threshold"]
+    pilot = operating_points(stream_args(args, args.work / args.name, args.work / args.name / "stream_work"),
+                             f"{args.policy}_seed{seed}", threshold)
+    recipe_run = f"{args.recipe_policy}_seed{seed}"
+    recipe = (operating_points(reference, recipe_run, threshold)
+              if (args.runs / args.model / recipe_run / "model.keras").is_file() else None)
+    row = {"seed": seed, **accuracy, "float": float_point, "pilot": pilot, "recipe": recipe}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def stream_args(args, runs: Path, work: Path):
+    """stream_results' arguments for the runs in `runs`, converted models and posteriors in `work`."""
+    stream = se.parse_args([])
+    stream.runs, stream.work, stream.data = runs, work, args.data
+    return stream
+
+
+def markdown(summary: dict) -> str:
+    lines = ["# Recipe pilots (scripts/recipe_pilots.py)", "",
+             "Each pilot fine-tunes one policy from qat_results.py's shared pre-trained float model with one "
+             "change to the recipe, and scores its runs on the 4 h test stream of stream_results.py against the "
+             "float run of the same seed (same start, shuffling and augmentation). Differences to float, mean ± "
+             "standard error over the seeds: FRR (points) and false accepts per hour at the threshold that gives "
+             "float 1 FA/h (both above zero: worse than float there, however the scores are scaled), and FRR "
+             "at the run's own 1 FA/h threshold (the target's measure, noisier). Each pilot column is followed by "
+             "the same for the recipe's own runs of the policy in the recipe column on the same seeds "
+             "(build/qat_runs), where it has them.", "",
+             "| pilot | model | policy | epochs | peak lr | seeds | Keras clip accuracy | recipe | "
+             + " | ".join(f"{label} | recipe's" for _, label, _ in MEASURES) + " | at float's threshold |",
+             "|---|---|---|---:|---:|---|---:|---|" + "---:|---:|" * len(MEASURES) + "---|"]
+    for pilot in summary["pilots"]:
+        seeds = pilot["seeds"]
+        accuracy = np.mean([s["keras_accuracy"] for s in seeds])
+        cells = []
+        for key, _, unit in MEASURES:
+            for side in ("pilot", "recipe"):
+                gaps = [unit * (s[side][key] - s["float"][key]) for s in seeds if s[side] is not None]
+                cells.append(gap_text(gaps, len(seeds)))
+        seed_list = ", ".join(str(s["seed"]) for s in seeds)
+        lines.append(f"| {pilot['pilot']} | {pilot['model']} | {pilot['policy']} | {pilot['epochs']} | {pilot['lr']:g} | "
+                     f"{seed_list} | {accuracy:.2%} | {pilot['recipe_policy']} | " + " | ".join(cells) + f" | {reading(seeds)} |")
+    return "\n".join(lines) + "\n"
+
+
+def reading(seeds: list) -> str:
+    """What the pilot's mean FRR and FA/h gaps at float's threshold say together."""
+    frr, fa = (np.mean([s["pilot"][key] - s["float"][key] for s in seeds]) for key, _, _ in MEASURES[:2])
+    if frr > 0 and fa > 0:
+        return "worse than float on both"
+    if frr <= 0 and fa <= 0:
+        return "no worse than float on either"
+    return "fewer misses, more false accepts" if frr <= 0 else "more misses, fewer false accepts"
+
+
+def gap_text(gaps: list, seeds: int) -> str:
+    """'+m ± se' of per-seed gaps, noting when fewer seeds than the pilot's had one."""
+    if not gaps:
+        return "-"
+    error = standard_error(gaps)
+    text = f"{np.mean(gaps):+.2f}" + ("" if error is None else f" ± {error:.2f}")
+    return text if len(gaps) == seeds else f"{text} ({len(gaps)} seeds)"
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("name", nargs="?", help="the pilot's name: its runs go to --work/NAME, its row is NAME")
+    parser.add_argument("--model", choices=qr.MODELS, default="ds_cnn_s")
+    parser.add_argument("--policy", choices=[p for p in qr.POLICIES if p != "float"], default="w4a8-tanh")
+    parser.add_argument("--recipe-policy", choices=[p for p in qr.POLICIES if p != "float"], default="w4a8-tanh",
+                        help="the recipe's runs the pilot is shown beside")
+    parser.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default: the model's recipe)")
+    parser.add_argument("--lr", type=float, default=qr.parse_args([]).finetune_lr,
+                        help="peak fine-tuning learning rate (default: the recipe's)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    parser.add_argument("--runs", type=Path, default=REPO / "build" / "qat_runs",
+                        help="qat_results.py's runs: the pre-trained float model, the float and recipe runs")
+    parser.add_argument("--data", type=Path, default=REPO / "build" / "qat_data")
+    parser.add_argument("--work", type=Path, default=REPO / "build" / "recipe_pilots")
+    parser.add_argument("--docs", type=Path, default=REPO / "docs")
+    parser.add_argument("--markdown-only", action="store_true",
+                        help="rewrite recipe_pilots.md from the recipe_pilots.json already in --docs")
+    args = parser.parse_args(argv)
+    args.epochs = args.epochs or qr.recipe_of(args.model, SimpleNamespace(pretrain_epochs=None,
+                                                                           finetune_epochs=None))["finetune_epochs"]
+    return args
+
+
+if __name__ == "__main__":
+    sys.exit(main())
