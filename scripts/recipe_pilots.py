@@ -92,7 +92,7 @@ def train_runs(args) -> dict:
 
 def score_seed(args, seed: int, accuracy: dict) -> dict:
     """The pilot's run and the recipe's run of one seed on the test stream, against that seed's float run."""
-    reference = stream_args(args, args.runs, REPO / "build" / "stream_runs")
+    reference = stream_args(args, args.runs, args.stream_work)
     config = se.config_of(reference, args.model)
     float_path = sr.tflite_for(reference, args.model, f"float_seed{seed}")
     wav, occurrences, _ = se.test_stream(reference, float_path)
@@ -187,6 +187,8 @@ def parse_args(argv):
     parser.add_argument("--runs", type=Path, default=REPO / "build" / "qat_runs",
                         help="qat_results.py's runs: the pre-trained float model, the float and recipe runs")
     parser.add_argument("--data", type=Path, default=REPO / "build" / "qat_data")
+    parser.add_argument("--stream-work", type=Path, default=REPO / "build" / "stream_runs",
+                        help="stream_results.py's --work: the test stream, the float and recipe runs' posteriors")
     parser.add_argument("--work", type=Path, default=REPO / "build" / "recipe_pilots")
     parser.add_argument("--docs", type=Path, default=REPO / "docs")
     parser.add_argument("--markdown-only", action="store_true",
