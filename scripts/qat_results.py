@@ -85,8 +85,7 @@ def main(argv=None):
     results, transforms, started = [], [], time.perf_counter()
     recipes = {name: recipe_of(name, args) for name in args.models}
     for model_name, recipe in recipes.items():
-        base = RunConfig(dataset=str(data_dir), model=ModelConfig(name=model_name), augment=recipe["augment"],
-                         train=TrainConfig(batch_size=64, learning_rate=3e-3, seed=args.seed))
+        base = base_config(data_dir, model_name, recipe, args.seed)
         data = load_training_data(base.with_model_shape(), progress=False)
         test_features = features_of(data.test.waves, base.frontend)
         pretrained = args.work / model_name / "pretrained_float"
@@ -140,6 +139,13 @@ def recipe_of(model_name: str, args) -> dict:
             recipe[key] = getattr(args, key)
     epochs_per_stage(recipe["finetune_epochs"], recipe["qat_stages"])   # an uneven split fails before training
     return recipe
+
+
+def base_config(data_dir: Path, model_name: str, recipe: dict, seed: int) -> RunConfig:
+    """The run configuration every run of a model starts from (float pre-training as is; fine-tuning
+    replaces the policy and training schedule)."""
+    return RunConfig(dataset=str(data_dir), model=ModelConfig(name=model_name), augment=recipe["augment"],
+                     train=TrainConfig(batch_size=64, learning_rate=3e-3, seed=seed))
 
 
 def jsonable_recipe(recipe: dict) -> dict:

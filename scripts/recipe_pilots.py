@@ -12,8 +12,7 @@ the float run of the same seed in build/qat_runs (same start, shuffling and augm
     its 5th-best false accept).
 The recipe's own run of --recipe-policy (default w4a8-tanh) and the same seed (build/qat_runs) is
 scored beside it where it exists, so a pilot row shows the change against the recipe on the same
-seeds. Four seeds resolve
-about half a point at float's threshold.
+seeds. Four seeds resolve about half a point at float's threshold.
 
 Writes docs/recipe_pilots.md and .json, one row per pilot (a rerun of a NAME replaces its row).
 Needs qat_results.py's data and runs, and stream_results.py's test stream.
@@ -38,7 +37,7 @@ import qat_results as qr
 import stream_errors as se
 import stream_results as sr
 from _repo import REPO, rewrite_markdown, standard_error
-from edgeasr.eval.stream import errors_at, evaluate
+from edgeasr.eval.stream import errors_at
 from edgeasr.files import write_bytes_atomic, write_json_atomic
 
 MEASURES = (("frr_at_float_threshold", "FRR at float's threshold", 100.0),
@@ -69,16 +68,13 @@ def main(argv=None):
 def train_runs(args) -> dict:
     """{seed: Keras and LiteRT clip accuracy} of the pilot's runs, trained where not yet finished."""
     from edgeasr.data.pipeline import features_of
-    from edgeasr.models.registry import ModelConfig
     from edgeasr.train.fit import load_training_data
-    from edgeasr.train.run_dir import RunConfig, TrainConfig
 
     pretrained = args.runs / args.model / "pretrained_float"
     if not (pretrained / "model.keras").is_file() or not args.data.is_dir():
         raise SystemExit(f"recipe_pilots: {pretrained} or {args.data} missing; run scripts/qat_results.py first")
     recipe = qr.recipe_of(args.model, SimpleNamespace(pretrain_epochs=None, finetune_epochs=args.epochs))
-    base = RunConfig(dataset=str(args.data.resolve()), model=ModelConfig(name=args.model), augment=recipe["augment"],
-                     train=TrainConfig(batch_size=64, learning_rate=3e-3, seed=0))
+    base = qr.base_config(args.data.resolve(), args.model, recipe, seed=0)
     data = load_training_data(base.with_model_shape(), progress=False)
     test_features = features_of(data.test.waves, base.frontend)
     finetune_args = SimpleNamespace(work=args.work / args.name, finetune_lr=args.lr)
@@ -101,11 +97,10 @@ def score_seed(args, seed: int, accuracy: dict) -> dict:
         """At the run's own 1 FA/h threshold and at `threshold` (default: its own)."""
         path = sr.tflite_for(stream, args.model, run)
         times, scores, names, hours = se.smoothed_scores(stream, config, path, wav)
-        own = evaluate(times, scores, names, occurrences, hours, config)["frr_at_fa_per_hour"]["1.0"]
-        own_threshold = 1.0 if own["threshold"] is None else own["threshold"]   # as stream_errors.py
+        own_frr, own_threshold = se.own_operating_point(times, scores, names, occurrences, hours, config)
         at = errors_at(times, scores, names, occurrences, hours, config,
                        own_threshold if threshold is None else threshold)
-        return {"threshold": own_threshold, "frr_at_own_threshold": own["frr"],
+        return {"threshold": own_threshold, "frr_at_own_threshold": own_frr,
                 "frr_at_float_threshold": at["frr"], "fa_per_hour_at_float_threshold": at["fa_per_hour"]}
 
     float_point = operating_points(reference, f"float_seed{seed}")
