@@ -41,11 +41,15 @@ def in_model_order(rows: list, models) -> list:
 
 def rewrite_markdown(docs: Path, name: str, markdown) -> None:
     """docs/NAME.md rendered again by `markdown` from the docs/NAME.json a run wrote before."""
+    write_bytes_atomic(Path(docs) / f"{name}.md", markdown(read_summary(docs, name)).encode())
+
+
+def read_summary(docs: Path, name: str) -> dict:
+    """The docs/NAME.json a run wrote before (for re-rendering its reports)."""
     source = Path(docs) / f"{name}.json"
     if not source.is_file():
         raise SystemExit(f"{source}: missing; run the script without --markdown-only first")
-    summary = json.loads(source.read_text())
-    write_bytes_atomic(Path(docs) / f"{name}.md", markdown(summary).encode())
+    return json.loads(source.read_text())
 
 
 def standard_error(values):

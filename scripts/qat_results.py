@@ -83,7 +83,7 @@ def main(argv=None):
         return
     data_dir = ensure_data(args.data, args.speakers, args.seed)
     results, transforms, started = [], [], time.perf_counter()
-    recipes = {name: recipe_of(name, args) for name in args.models}
+    recipes = {name: recipe_of(name, args.pretrain_epochs, args.finetune_epochs) for name in args.models}
     for model_name, recipe in recipes.items():
         base = base_config(data_dir, model_name, recipe, args.seed)
         data = load_training_data(base.with_model_shape(), progress=False)
@@ -95,7 +95,8 @@ def main(argv=None):
             for policy in args.policies:
                 if seed != args.finetune_seeds[0] and policy not in args.seeded_policies:
                     continue
-                results.append(finetune(args, base, data, test_features, pretrained, policy, seed, recipe))
+                results.append(finetune(args.work, args.finetune_lr, base, data, test_features, pretrained, policy, seed,
+                                        recipe))
                 print(json.dumps(results[-1]), flush=True)
     summary = {"protocol": vars_for_json(args), "recipes": {name: jsonable_recipe(r) for name, r in recipes.items()},
                "results": results, "tanh_vs_linear": transforms,
@@ -131,12 +132,12 @@ def run_order(result: dict) -> tuple:
     return result["seed"], POLICIES.index(policy) if policy in POLICIES else len(POLICIES), policy
 
 
-def recipe_of(model_name: str, args) -> dict:
-    """The model's recipe; --pretrain-epochs / --finetune-epochs override it for every model."""
+def recipe_of(model_name: str, pretrain_epochs: int = None, finetune_epochs: int = None) -> dict:
+    """The model's recipe, its epochs overridden where given (--pretrain-epochs / --finetune-epochs)."""
     recipe = dict(RECIPES.get(model_name, DEFAULT_RECIPE))
-    for key in ("pretrain_epochs", "finetune_epochs"):
-        if getattr(args, key) is not None:
-            recipe[key] = getattr(args, key)
+    for key, epochs in (("pretrain_epochs", pretrain_epochs), ("finetune_epochs", finetune_epochs)):
+        if epochs is not None:
+            recipe[key] = epochs
     epochs_per_stage(recipe["finetune_epochs"], recipe["qat_stages"])   # an uneven split fails before training
     return recipe
 
@@ -184,20 +185,21 @@ def grid_levels(quantized: np.ndarray, depthwise: bool, bits: int = 4) -> np.nda
     return np.round(quantized / top * (2 ** (bits - 1) - 1)).astype(int)
 
 
-def finetune(args, base: RunConfig, data, test_features, pretrained: Path, policy: str, seed: int,
-             recipe: dict) -> dict:
-    """Fine-tune the shared float model under `policy`; Keras and LiteRT (full convert) accuracy."""
+def finetune(work: Path, peak_lr: float, base: RunConfig, data, test_features, pretrained: Path, policy: str,
+             seed: int, recipe: dict) -> dict:
+    """Fine-tune the shared float model under `policy` into work/MODEL/POLICY_seedSEED at peak
+    learning rate `peak_lr`; Keras and LiteRT (full convert) accuracy."""
     from edgeasr.converters.convert import convert_keras
     from edgeasr.runtime.litert import LiteRTModel
 
     quantized = policy != "float"
     stages = recipe["qat_stages"] if quantized else 1
     config = replace(base, policy=preset(policy),
-                     train=replace(base.train, learning_rate=args.finetune_lr,
+                     train=replace(base.train, learning_rate=peak_lr,
                                    epochs=epochs_per_stage(recipe["finetune_epochs"], stages), seed=seed,
                                    stages=stages, init_from=str(pretrained),
                                    stage2_lr_scale=recipe["stage2_lr_scale"] if quantized else 1.0))
-    run_dir = args.work / base.model.name / f"{policy}_seed{seed}"
+    run_dir = work / base.model.name / f"{policy}_seed{seed}"
     keras_report = train(run_dir, config, progress=False, data=data)
     validation_accuracy = RunDir(run_dir).read_history()[-1]["val_accuracy"]
     model = RunDir(run_dir).load_model()

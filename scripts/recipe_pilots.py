@@ -3,7 +3,8 @@
 scripts/qat_results.py close a model's 4-bit stream gap to float?
 
 A pilot fine-tunes --policy from the shared pre-trained float model of qat_results.py for each of
---seeds, with the recipe changed only where asked (--epochs, --lr), into build/recipe_pilots/NAME.
+--seeds, with the recipe changed only where asked (--epochs, --lr, --mracos), into
+build/recipe_pilots/NAME.
 Each run is then scored on stream_results' 4 h test stream like docs/stream_errors.md, paired with
 the float run of the same seed in build/qat_runs (same start, shuffling and augmentation):
   - at the threshold that gives that float run 1 FA/h: the run's FRR and false accepts per hour;
@@ -14,12 +15,15 @@ The recipe's own run of --recipe-policy (default w4a8-tanh) and the same seed (b
 scored beside it where it exists, so a pilot row shows the change against the recipe on the same
 seeds. Four seeds resolve about half a point at float's threshold.
 
-Writes docs/recipe_pilots.md and .json, one row per pilot (a rerun of a NAME replaces its row).
+Writes docs/recipe_pilots.md and .json, one row per pilot (a rerun of a NAME replaces its row), and
+docs/recipe_pilots.png: each pilot's FRR and FA/h gaps at float's threshold, and its FRR gap at its
+own 1 FA/h against the target.
 Needs qat_results.py's data and runs, and stream_results.py's test stream.
 
     python scripts/recipe_pilots.py lr3e-4 --lr 3e-4                # 4 seeds, ~6 min train + ~5 min score each
     python scripts/recipe_pilots.py qat12 --epochs 12 --seeds 0 1
     python scripts/recipe_pilots.py linear --policy w4a8 --seeds 0 1 2 3 4
+    python scripts/recipe_pilots.py mracos0.1 --mracos 0.1          # pull weights toward the 4-bit grid
     python scripts/recipe_pilots.py --markdown-only
 """
 import edgeasr  # noqa: F401
@@ -28,15 +32,15 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
 import qat_results as qr
 import stream_errors as se
 import stream_results as sr
-from _repo import REPO, rewrite_markdown, standard_error
+from _repo import REPO, read_summary, standard_error
 from edgeasr.eval.stream import errors_at
 from edgeasr.files import write_bytes_atomic, write_json_atomic
 
@@ -48,21 +52,21 @@ MEASURES = (("frr_at_float_threshold", "FRR at float's threshold", 100.0),
 def main(argv=None):
     args = parse_args(argv)
     if args.markdown_only:
-        return rewrite_markdown(args.docs, "recipe_pilots", markdown)
+        return write_reports(read_summary(args.docs, "recipe_pilots"), args.docs)
     if args.name is None:
         raise SystemExit("recipe_pilots: give the pilot a NAME (see --help)")
     started = time.perf_counter()
     trained = train_runs(args)
     seeds = [score_seed(args, seed, trained[seed]) for seed in args.seeds]
     pilot = {"pilot": args.name, "model": args.model, "policy": args.policy, "epochs": args.epochs, "lr": args.lr,
-             "recipe_policy": args.recipe_policy, "seeds": seeds,
+             "mracos": args.mracos, "recipe_policy": args.recipe_policy, "seeds": seeds,
              "minutes": round((time.perf_counter() - started) / 60, 1)}
     path = args.docs / "recipe_pilots.json"
     previous = json.loads(path.read_text())["pilots"] if path.is_file() else []
     summary = {"pilots": [p for p in previous if p["pilot"] != args.name] + [pilot]}
     args.docs.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, summary)
-    write_bytes_atomic(args.docs / "recipe_pilots.md", markdown(summary).encode())
+    write_reports(summary, args.docs)
 
 
 def train_runs(args) -> dict:
@@ -73,14 +77,15 @@ def train_runs(args) -> dict:
     pretrained = args.runs / args.model / "pretrained_float"
     if not (pretrained / "model.keras").is_file() or not args.data.is_dir():
         raise SystemExit(f"recipe_pilots: {pretrained} or {args.data} missing; run scripts/qat_results.py first")
-    recipe = qr.recipe_of(args.model, SimpleNamespace(pretrain_epochs=None, finetune_epochs=args.epochs))
+    recipe = qr.recipe_of(args.model, finetune_epochs=args.epochs)
     base = qr.base_config(args.data.resolve(), args.model, recipe, seed=0)
+    base = replace(base, train=replace(base.train, mracos_weight=args.mracos))
     data = load_training_data(base.with_model_shape(), progress=False)
     test_features = features_of(data.test.waves, base.frontend)
-    finetune_args = SimpleNamespace(work=args.work / args.name, finetune_lr=args.lr)
     trained = {}
     for seed in args.seeds:
-        result = qr.finetune(finetune_args, base, data, test_features, pretrained.resolve(), args.policy, seed, recipe)
+        result = qr.finetune(args.work / args.name, args.lr, base, data, test_features, pretrained.resolve(),
+                             args.policy, seed, recipe)
         trained[seed] = {k: result[k] for k in ("keras_accuracy", "litert_accuracy")}
         print(json.dumps({"pilot": args.name, "seed": seed, **trained[seed]}), flush=True)
     return trained
@@ -122,6 +127,17 @@ def stream_args(args, runs: Path, work: Path):
     return stream
 
 
+def write_reports(summary: dict, docs: Path) -> None:
+    write_bytes_atomic(docs / "recipe_pilots.md", markdown(summary).encode())
+    plot(summary, docs / "recipe_pilots.png")
+
+
+def side_gaps(seeds: list, side: str, measure: tuple) -> list:
+    """Per seed, `side`'s ("pilot" or "recipe") gap to float in one of MEASURES, in its unit."""
+    key, _, unit = measure
+    return [unit * (s[side][key] - s["float"][key]) for s in seeds if s[side] is not None]
+
+
 def markdown(summary: dict) -> str:
     lines = ["# Recipe pilots (scripts/recipe_pilots.py)", "",
              "Each pilot fine-tunes one policy from qat_results.py's shared pre-trained float model with one "
@@ -131,22 +147,69 @@ def markdown(summary: dict) -> str:
              "float 1 FA/h (both above zero: worse than float there, however the scores are scaled), and FRR "
              "at the run's own 1 FA/h threshold (the target's measure, noisier). Each pilot column is followed by "
              "the same for the recipe's own runs of the policy in the recipe column on the same seeds "
-             "(build/qat_runs), where it has them.", "",
-             "| pilot | model | policy | epochs | peak lr | seeds | Keras clip accuracy | recipe | "
+             "(build/qat_runs), where it has them. The same as a picture: recipe_pilots.png.", "",
+             "![pilots against float](recipe_pilots.png)", "",
+             "| pilot | model | policy | epochs | peak lr | MRACos | seeds | Keras clip accuracy | recipe | "
              + " | ".join(f"{label} | recipe's" for _, label, _ in MEASURES) + " | at float's threshold |",
-             "|---|---|---|---:|---:|---|---:|---|" + "---:|---:|" * len(MEASURES) + "---|"]
+             "|---|---|---|---:|---:|---:|---|---:|---|" + "---:|---:|" * len(MEASURES) + "---|"]
     for pilot in summary["pilots"]:
         seeds = pilot["seeds"]
         accuracy = np.mean([s["keras_accuracy"] for s in seeds])
         cells = []
-        for key, _, unit in MEASURES:
+        for measure in MEASURES:
             for side in ("pilot", "recipe"):
-                gaps = [unit * (s[side][key] - s["float"][key]) for s in seeds if s[side] is not None]
-                cells.append(gap_text(gaps, len(seeds)))
+                cells.append(gap_text(side_gaps(seeds, side, measure), len(seeds)))
         seed_list = ", ".join(str(s["seed"]) for s in seeds)
         lines.append(f"| {pilot['pilot']} | {pilot['model']} | {pilot['policy']} | {pilot['epochs']} | {pilot['lr']:g} | "
+                     f"{pilot.get('mracos', 0.0):g} | "
                      f"{seed_list} | {accuracy:.2%} | {pilot['recipe_policy']} | " + " | ".join(cells) + f" | {reading(seeds)} |")
     return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict, path: Path) -> None:
+    """Left: FRR gap against FA/h gap at float's threshold, each pilot joined to the recipe's runs on
+    the same seeds; right: FRR gap at each run's own 1 FA/h against the 1-point target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pilots = summary["pilots"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 0.5 * len(pilots) + 3.5))
+    left.axhline(0, color="#888888", lw=0.8)
+    left.axvline(0, color="#888888", lw=0.8)
+    for index, pilot in enumerate(pilots):
+        color = f"C{index}"
+        (frr, frr_se), (fa, fa_se) = (mean_and_error(side_gaps(pilot["seeds"], "pilot", m)) for m in MEASURES[:2])
+        left.errorbar(fa, frr, xerr=fa_se, yerr=frr_se, fmt="o", color=color, capsize=3, label=pilot["pilot"])
+        recipe_frr, recipe_fa = (np.mean(side_gaps(pilot["seeds"], "recipe", m) or [np.nan]) for m in MEASURES[:2])
+        left.plot([recipe_fa, fa], [recipe_frr, frr], color=color, lw=0.8, ls=":")
+        left.plot(recipe_fa, recipe_frr, "o", mfc="none", color=color)
+    left.text(0.98, 0.98, "worse than float on both", transform=left.transAxes, ha="right", va="top", fontsize=8)
+    left.set_xlabel("false accepts per hour - float's")
+    left.set_ylabel("FRR - float's (points)")
+    left.set_title("at float's 1 FA/h threshold (hollow: recipe, same seeds)", fontsize=9)
+    left.legend(fontsize=8)
+    rows = np.arange(len(pilots))
+    for offset, side, color in ((-0.2, "pilot", "#3b75af"), (0.2, "recipe", "#aaaaaa")):
+        values = [mean_and_error(side_gaps(p["seeds"], side, MEASURES[2])) for p in pilots]
+        right.barh(rows + offset, [v for v, _ in values], xerr=[e or 0.0 for _, e in values], height=0.38,
+                   color=color, capsize=3, label=side if side == "pilot" else "recipe, same seeds")
+    right.axvline(1.0, color="#c44e52", ls="--", lw=1, label="target: within 1 point")
+    right.axvline(0, color="#888888", lw=0.8)
+    right.set_yticks(rows, [p["pilot"] for p in pilots])
+    right.invert_yaxis()
+    right.set_xlabel("FRR at the run's own 1 FA/h - float's (points)")
+    right.set_title("the target's measure (mean ± standard error over seeds)", fontsize=9)
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def mean_and_error(gaps: list) -> tuple:
+    """(mean, standard error or None) of per-seed gaps; (nan, None) when there are none."""
+    return (float(np.mean(gaps)), standard_error(gaps)) if gaps else (np.nan, None)
 
 
 def reading(seeds: list) -> str:
@@ -178,6 +241,8 @@ def parse_args(argv):
     parser.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default: the model's recipe)")
     parser.add_argument("--lr", type=float, default=qr.parse_args([]).finetune_lr,
                         help="peak fine-tuning learning rate (default: the recipe's)")
+    parser.add_argument("--mracos", type=float, default=0.0,
+                        help="MRACos weight (edgeasr.quant.mracos: pulls weights toward their grid; 0: off, the recipe's)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     parser.add_argument("--runs", type=Path, default=REPO / "build" / "qat_runs",
                         help="qat_results.py's runs: the pre-trained float model, the float and recipe runs")
@@ -189,8 +254,7 @@ def parse_args(argv):
     parser.add_argument("--markdown-only", action="store_true",
                         help="rewrite recipe_pilots.md from the recipe_pilots.json already in --docs")
     args = parser.parse_args(argv)
-    args.epochs = args.epochs or qr.recipe_of(args.model, SimpleNamespace(pretrain_epochs=None,
-                                                                           finetune_epochs=None))["finetune_epochs"]
+    args.epochs = args.epochs or qr.recipe_of(args.model)["finetune_epochs"]
     return args
 
 
