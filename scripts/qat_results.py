@@ -66,7 +66,8 @@ MODELS = ("ds_cnn_s", "ffn_stateless")
 # 5 seeds, w4a8-tanh vs float / vs w4a8, two stages -0.04 / +0.17 points, one stage -0.19 / -0.23.
 # Its epochs and peak learning rate were piloted the same way (docs/recipe_pilots.md, paired with
 # float at float's 1 FA/h threshold on the test stream): 12 epochs or a peak of 2e-3 trade misses
-# for false accepts, a peak of 3e-4 misses more; linear 4-bit weights do no better than tanh.
+# for false accepts, a peak of 3e-4 misses more; linear 4-bit weights do no better than tanh; the
+# MRACos regulariser at weight 1 (weights snapped onto their grid) misses more.
 DEFAULT_RECIPE = {"pretrain_epochs": 10, "finetune_epochs": 6, "qat_stages": 1, "stage2_lr_scale": 1.0,
                   "augment": AugmentConfig()}
 RECIPES = {
