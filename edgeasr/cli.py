@@ -99,13 +99,16 @@ def synth_kws(out, speakers, repeats, words, sentence_windows, seed, overwrite):
 @click.option("--distill-weight", default=0.0, show_default=True, type=click.FloatRange(0.0, 1.0),
               help="Share of the loss that follows the --init-from model's softened posteriors "
                    "(knowledge distillation from the float model; 0: off).")
+@click.option("--frozen-bn-epochs", default=0, show_default=True, type=click.IntRange(0),
+              help="Last epochs of each quantized stage trained on the BatchNorm moving statistics, "
+                   "the folded graph the converted model runs (0: batch statistics throughout).")
 @click.option("--keywords", default=None, help="Comma-separated keywords (default: the 10 Speech Commands words).")
 @click.option("--unknown-percentage", default=10.0, show_default=True, type=click.FloatRange(0.0),
               help="Non-keyword clips kept, as a percentage of the keyword clips (per split).")
 @click.option("--seed", default=0, show_default=True)
 @user_errors
 def train(dataset, run_dir, model_name, epochs, batch_size, learning_rate, policy, stages, stage2_lr_scale,
-          init_from, mracos_weight, distill_weight, keywords, unknown_percentage, seed):
+          init_from, mracos_weight, distill_weight, frozen_bn_epochs, keywords, unknown_percentage, seed):
     """Train a keyword model on a Speech Commands-layout DATASET, float or quantization-aware.
 
     An interrupted run resumes from its last epoch when the same command is run again.
@@ -119,6 +122,8 @@ def train(dataset, run_dir, model_name, epochs, batch_size, learning_rate, polic
       edgeasr train data/kws --run-dir runs/ds4ft --policy w4a8-tanh --init-from runs/ds_float --epochs 5
       edgeasr train data/kws --run-dir runs/ds4kd --policy w4a8-tanh --init-from runs/ds_float --epochs 5 \\
           --distill-weight 0.5                                     # the float model teaches the 4-bit one
+      edgeasr train data/kws --run-dir runs/ds4bn --policy w4a8-tanh --init-from runs/ds_float --epochs 6 \\
+          --frozen-bn-epochs 2                                     # last 2 epochs on the inference graph
       edgeasr train data/kws_speech --run-dir runs/ds_speech --unknown-percentage 30   # fewer false accepts
     """
     from edgeasr.data.speech_commands import DataConfig
@@ -132,7 +137,8 @@ def train(dataset, run_dir, model_name, epochs, batch_size, learning_rate, polic
                              **({"keywords": _split_words(keywords)} if keywords else {}))
     training = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
                            stages=stages, stage2_lr_scale=stage2_lr_scale, init_from=str(init_from or ""),
-                           mracos_weight=mracos_weight, distill_weight=distill_weight)
+                           mracos_weight=mracos_weight, distill_weight=distill_weight,
+                           frozen_bn_epochs=frozen_bn_epochs)
     config = RunConfig(dataset=str(dataset), model=ModelConfig(name=model_name), data=data_config,
                        train=training, policy=load_policy(policy))
     report = train_run(run_dir, config)

@@ -70,6 +70,7 @@ MODELS = ("ds_cnn_s", "ffn_stateless")
 # MRACos regulariser at weight 1 (weights snapped onto their grid) misses more.
 DEFAULT_RECIPE = {"pretrain_epochs": 10, "finetune_epochs": 6, "qat_stages": 1, "stage2_lr_scale": 1.0,
                   "augment": AugmentConfig()}
+FINETUNE_LR = 1e-3   # peak learning rate of every fine-tuning run (--finetune-lr)
 RECIPES = {
     "ds_cnn_s": DEFAULT_RECIPE,
     "ffn_stateless": {"pretrain_epochs": 80, "finetune_epochs": 20, "qat_stages": 2, "stage2_lr_scale": 0.1,
@@ -413,7 +414,7 @@ def parse_args(argv):
                         help="Float pre-training epochs for every model (default: the model's recipe).")
     parser.add_argument("--finetune-epochs", type=int, default=None,
                         help="Fine-tuning epochs for every model (default: the model's recipe).")
-    parser.add_argument("--finetune-lr", type=float, default=1e-3)
+    parser.add_argument("--finetune-lr", type=float, default=FINETUNE_LR)
     parser.add_argument("--report-only", action="store_true", help="Only rewrite the docs from the JSON.")
     parser.add_argument("--seed", type=int, default=0, help="Data and float pre-training seed.")
     parser.add_argument("--finetune-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],

@@ -3,8 +3,8 @@
 scripts/qat_results.py close a model's 4-bit stream gap to float?
 
 A pilot fine-tunes --policy from the shared pre-trained float model of qat_results.py for each of
---seeds, with the recipe changed only where asked (--epochs, --lr, --mracos), into
-build/recipe_pilots/NAME.
+--seeds, with the recipe changed only where asked (--epochs, --lr, --mracos, --frozen-bn-epochs),
+into build/recipe_pilots/NAME.
 Each run is then scored on stream_results' 4 h test stream like docs/stream_errors.md, paired with
 the float run of the same seed in build/qat_runs (same start, shuffling and augmentation):
   - at the threshold that gives that float run 1 FA/h: the run's FRR and false accepts per hour;
@@ -24,6 +24,7 @@ Needs qat_results.py's data and runs, and stream_results.py's test stream.
     python scripts/recipe_pilots.py qat12 --epochs 12 --seeds 0 1
     python scripts/recipe_pilots.py linear --policy w4a8 --seeds 0 1 2 3 4
     python scripts/recipe_pilots.py mracos0.1 --mracos 0.1          # pull weights toward the 4-bit grid
+    python scripts/recipe_pilots.py frozenbn2 --frozen-bn-epochs 2  # last 2 epochs on the inference graph
     python scripts/recipe_pilots.py --markdown-only
 """
 import edgeasr  # noqa: F401
@@ -44,6 +45,8 @@ from _repo import REPO, read_summary, standard_error
 from edgeasr.eval.stream import errors_at
 from edgeasr.files import write_bytes_atomic, write_json_atomic
 
+CHANGES = (("policy", "policy {}"), ("epochs", "{} epochs"), ("lr", "peak lr {:g}"), ("mracos", "MRACos weight {:g}"),
+           ("frozen_bn_epochs", "BN statistics frozen for the last {} epochs"))
 MEASURES = (("frr_at_float_threshold", "FRR at float's threshold", 100.0),
             ("fa_per_hour_at_float_threshold", "FA/h there", 1.0),
             ("frr_at_own_threshold", "FRR at own 1 FA/h", 100.0))
@@ -59,7 +62,8 @@ def main(argv=None):
     trained = train_runs(args)
     seeds = [score_seed(args, seed, trained[seed]) for seed in args.seeds]
     pilot = {"pilot": args.name, "model": args.model, "policy": args.policy, "epochs": args.epochs, "lr": args.lr,
-             "mracos": args.mracos, "recipe_policy": args.recipe_policy, "seeds": seeds,
+             "mracos": args.mracos, "frozen_bn_epochs": args.frozen_bn_epochs, "recipe_policy": args.recipe_policy,
+             "seeds": seeds,
              "minutes": round((time.perf_counter() - started) / 60, 1)}
     path = args.docs / "recipe_pilots.json"
     previous = json.loads(path.read_text())["pilots"] if path.is_file() else []
@@ -79,7 +83,7 @@ def train_runs(args) -> dict:
         raise SystemExit(f"recipe_pilots: {pretrained} or {args.data} missing; run scripts/qat_results.py first")
     recipe = qr.recipe_of(args.model, finetune_epochs=args.epochs)
     base = qr.base_config(args.data.resolve(), args.model, recipe, seed=0)
-    base = replace(base, train=replace(base.train, mracos_weight=args.mracos))
+    base = replace(base, train=replace(base.train, mracos_weight=args.mracos, frozen_bn_epochs=args.frozen_bn_epochs))
     data = load_training_data(base.with_model_shape(), progress=False)
     test_features = features_of(data.test.waves, base.frontend)
     trained = {}
@@ -127,6 +131,15 @@ def stream_args(args, runs: Path, work: Path):
     return stream
 
 
+def change_text(pilot: dict) -> str:
+    """What the pilot changed in the recipe of its model (and its recipe policy), e.g. "peak lr 0.0003"."""
+    recipe = {"policy": pilot["recipe_policy"], "epochs": qr.recipe_of(pilot["model"])["finetune_epochs"],
+              "lr": qr.FINETUNE_LR, "mracos": 0.0, "frozen_bn_epochs": 0}
+    changes = [text.format(pilot.get(key, recipe[key])) for key, text in CHANGES
+               if pilot.get(key, recipe[key]) != recipe[key]]
+    return ", ".join(changes) or "none"
+
+
 def write_reports(summary: dict, docs: Path) -> None:
     write_bytes_atomic(docs / "recipe_pilots.md", markdown(summary).encode())
     plot(summary, docs / "recipe_pilots.png")
@@ -149,9 +162,9 @@ def markdown(summary: dict) -> str:
              "the same for the recipe's own runs of the policy in the recipe column on the same seeds "
              "(build/qat_runs), where it has them. The same as a picture: recipe_pilots.png.", "",
              "![pilots against float](recipe_pilots.png)", "",
-             "| pilot | model | policy | epochs | peak lr | MRACos | seeds | Keras clip accuracy | recipe | "
+             "| pilot | model | change to the recipe | seeds | Keras clip accuracy | recipe's policy | "
              + " | ".join(f"{label} | recipe's" for _, label, _ in MEASURES) + " | at float's threshold |",
-             "|---|---|---|---:|---:|---:|---|---:|---|" + "---:|---:|" * len(MEASURES) + "---|"]
+             "|---|---|---|---|---:|---|" + "---:|---:|" * len(MEASURES) + "---|"]
     for pilot in summary["pilots"]:
         seeds = pilot["seeds"]
         accuracy = np.mean([s["keras_accuracy"] for s in seeds])
@@ -160,9 +173,7 @@ def markdown(summary: dict) -> str:
             for side in ("pilot", "recipe"):
                 cells.append(gap_text(side_gaps(seeds, side, measure), len(seeds)))
         seed_list = ", ".join(str(s["seed"]) for s in seeds)
-        lines.append(f"| {pilot['pilot']} | {pilot['model']} | {pilot['policy']} | {pilot['epochs']} | {pilot['lr']:g} | "
-                     f"{pilot.get('mracos', 0.0):g} | "
-                     f"{seed_list} | {accuracy:.2%} | {pilot['recipe_policy']} | " + " | ".join(cells) + f" | {reading(seeds)} |")
+        lines.append(f"| {pilot['pilot']} | {pilot['model']} | {change_text(pilot)} | {seed_list} | {accuracy:.2%} | {pilot['recipe_policy']} | " + " | ".join(cells) + f" | {reading(seeds)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -239,10 +250,12 @@ def parse_args(argv):
     parser.add_argument("--recipe-policy", choices=[p for p in qr.POLICIES if p != "float"], default="w4a8-tanh",
                         help="the recipe's runs the pilot is shown beside")
     parser.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default: the model's recipe)")
-    parser.add_argument("--lr", type=float, default=qr.parse_args([]).finetune_lr,
+    parser.add_argument("--lr", type=float, default=qr.FINETUNE_LR,
                         help="peak fine-tuning learning rate (default: the recipe's)")
     parser.add_argument("--mracos", type=float, default=0.0,
                         help="MRACos weight (edgeasr.quant.mracos: pulls weights toward their grid; 0: off, the recipe's)")
+    parser.add_argument("--frozen-bn-epochs", type=int, default=0,
+                        help="last epochs trained on the BatchNorm moving statistics (0: none, the recipe's)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     parser.add_argument("--runs", type=Path, default=REPO / "build" / "qat_runs",
                         help="qat_results.py's runs: the pre-trained float model, the float and recipe runs")

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tf_keras as keras
 from click.testing import CliRunner
 
 from edgeasr.cli import main
@@ -118,6 +119,30 @@ def test_two_stage_w4_tanh_fine_tuning_converts_to_int4_and_keeps_accuracy(train
     lite = litert_accuracy(out, features_of(test.waves, config.frontend), test.labels)
     float_accuracy = json.loads(RunDir(trained_run).test_report_path.read_text())["accuracy"]
     assert lite >= float_accuracy - 0.15
+
+
+def test_frozen_bn_fine_tuning_keeps_the_float_runs_moving_statistics(trained_run, tiny_dataset, tmp_path):
+    """--frozen-bn-epochs: those epochs train the folded graph on the moving statistics, so a run
+    frozen throughout ends with its float start's statistics while its kernels move."""
+    from edgeasr.quant.qat import transfer_weights
+
+    args = [*ds_cnn_args(tiny_dataset, tmp_path / "w4bn"), "--policy", "w4a8-tanh", "--epochs", "1",
+            "--init-from", str(trained_run), "--frozen-bn-epochs", "1"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    start = RunDir(trained_run).load_model()
+    trained = keras.models.clone_model(start)
+    transfer_weights(RunDir(tmp_path / "w4bn").load_model(), trained)
+    batch_norms = [layer.name for layer in start.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(batch_norms) >= 3
+    for name in batch_norms:
+        for variable in ("moving_mean", "moving_variance"):
+            np.testing.assert_array_equal(getattr(trained.get_layer(name), variable).numpy(),
+                                          getattr(start.get_layer(name), variable).numpy())
+    assert any(not np.array_equal(a, b) for a, b in zip(trained.get_weights(), start.get_weights()))
+
+    too_many = CliRunner().invoke(main, [*args[:-1], "2"])
+    assert too_many.exit_code != 0 and "--frozen-bn-epochs 2" in too_many.output
 
 
 def test_distilled_w4_fine_tuning_learns_from_the_float_run(trained_run, tiny_dataset, tmp_path):

@@ -322,6 +322,21 @@ def test_stage_two_peak_learning_rate_is_a_share_of_stage_one():
     assert stage_learning_rate(one_stage, only) == pytest.approx(1e-3)
 
 
+def test_frozen_bn_epochs_are_the_last_epochs_of_quantized_stages_only():
+    from edgeasr.train.fit import frozen_bn_segments, plan_stages, stage_frozen_bn_epochs
+    from edgeasr.train.run_dir import RunConfig, TrainConfig
+
+    assert frozen_bn_segments(6, 0) == [(6, False)]
+    assert frozen_bn_segments(6, 2) == [(4, False), (6, True)]
+    assert frozen_bn_segments(6, 6) == [(6, True)]
+    training = TrainConfig(epochs=6, stages=2, frozen_bn_epochs=2)
+    assert [stage_frozen_bn_epochs(training, s) for s in plan_stages(RunConfig(train=training, policy=preset("w4a8-tanh")))] == [2, 2]
+    with pytest.raises(EdgeasrError, match="need 0 to the 6 epochs"):
+        plan_stages(RunConfig(train=TrainConfig(epochs=6, frozen_bn_epochs=7), policy=preset("w4a8-tanh")))
+    with pytest.raises(EdgeasrError, match="quantized --policy"):
+        plan_stages(RunConfig(train=TrainConfig(epochs=6, frozen_bn_epochs=1), policy=preset("float")))
+
+
 def test_float_policy_returns_the_model_and_bad_input_fails_clearly():
     model = _small_ds_cnn()
     assert qat.quantize_model(model, "float") is model

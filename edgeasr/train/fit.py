@@ -21,7 +21,7 @@ from edgeasr.eval.metrics import classification_report, plot_confusion
 from edgeasr.files import write_json_atomic
 from edgeasr.models.registry import build_model
 from edgeasr.quant.mracos import add_mracos
-from edgeasr.quant.qat import quantize_model, transfer_weights
+from edgeasr.quant.qat import freeze_batch_norm, quantize_model, transfer_weights
 from edgeasr.train.distill import DistillationLoss, label_accuracy, with_teacher_targets
 from edgeasr.train.run_dir import RunConfig, RunDir
 
@@ -45,9 +45,13 @@ def plan_stages(config: RunConfig) -> list:
     epochs, stages = config.train.epochs, config.train.stages
     if stages not in (1, 2):
         raise EdgeasrError(f"--stages must be 1 or 2, got {stages}")
+    if not 0 <= config.train.frozen_bn_epochs <= epochs:
+        raise EdgeasrError(f"--frozen-bn-epochs {config.train.frozen_bn_epochs}: need 0 to the {epochs} epochs of a stage")
     if config.policy.is_float:
         if stages != 1:
             raise EdgeasrError("two-stage training needs a quantized --policy, not 'float'")
+        if config.train.frozen_bn_epochs:
+            raise EdgeasrError("--frozen-bn-epochs freezes folded BatchNorm layers: it needs a quantized --policy")
         return [Stage("float", "none", epochs)]
     if stages == 2:
         return [Stage("stage1", "weights", epochs), Stage("stage2", "full", epochs)]
@@ -150,7 +154,8 @@ def _fit_stage(run: RunDir, model, stage: Stage, config: RunConfig, train_ds, va
         add_mracos(model, config.train.mracos_weight)
     compile_model(model, stage_learning_rate(config.train, stage), stage.epochs * int(train_ds.cardinality()),
                   config.train.distill_weight)
-    return fit_checkpointed(run, model, stage, train_ds, val_ds, _verbosity(progress), f"policy {config.policy.name}")
+    return fit_checkpointed(run, model, stage, train_ds, val_ds, _verbosity(progress), f"policy {config.policy.name}",
+                            frozen_bn_epochs=stage_frozen_bn_epochs(config.train, stage))
 
 
 def stage_learning_rate(train_config, stage: Stage) -> float:
@@ -159,9 +164,12 @@ def stage_learning_rate(train_config, stage: Stage) -> float:
     return train_config.learning_rate * (train_config.stage2_lr_scale if stage.name == "stage2" else 1.0)
 
 
-def fit_checkpointed(run: RunDir, model, stage: Stage, train_ds, val_ds, verbose: int, about: str) -> bool:
+def fit_checkpointed(run: RunDir, model, stage: Stage, train_ds, val_ds, verbose: int, about: str,
+                     frozen_bn_epochs: int = 0) -> bool:
     """Fit a compiled model for the stage's epochs, checkpointing every epoch into the stage's
-    folder and resuming after the last checkpoint; False when the stage was already finished."""
+    folder and resuming after the last checkpoint; False when the stage was already finished.
+    The last `frozen_bn_epochs` epochs train the folded layers on their moving statistics
+    (`freeze_batch_norm`), the graph inference and the converter use."""
     epoch = tf.Variable(0, dtype=tf.int64, name="epoch")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, epoch=epoch)
     manager = tf.train.CheckpointManager(checkpoint, run.checkpoints / stage.name, max_to_keep=2)
@@ -172,13 +180,30 @@ def fit_checkpointed(run: RunDir, model, stage: Stage, train_ds, val_ds, verbose
         return False
     print(f"== {stage.name}: {stage.epochs} epochs, {about}", file=sys.stderr)
     try:
-        model.fit(train_ds, validation_data=val_ds, epochs=stage.epochs, initial_epoch=int(epoch.numpy()),
-                  callbacks=[EpochCheckpoint(run, manager, epoch, stage.name)], verbose=verbose)
+        for end, frozen in frozen_bn_segments(stage.epochs, frozen_bn_epochs):
+            if int(epoch.numpy()) >= end:
+                continue
+            if frozen:
+                freeze_batch_norm(model)
+            model.fit(train_ds, validation_data=val_ds, epochs=end, initial_epoch=int(epoch.numpy()),
+                      callbacks=[EpochCheckpoint(run, manager, epoch, stage.name)], verbose=verbose)
     except KeyboardInterrupt:
         print(f"\ninterrupted in {stage.name} after epoch {int(epoch.numpy())}; run the same command to resume",
               file=sys.stderr)
         raise
     return True
+
+
+def stage_frozen_bn_epochs(train_config, stage: Stage) -> int:
+    """The stage's last epochs on the BN moving statistics: quantized stages only (a float model's
+    BatchNormalization layers are not folded)."""
+    return train_config.frozen_bn_epochs if stage.quantize != "none" else 0
+
+
+def frozen_bn_segments(epochs: int, frozen_bn_epochs: int) -> list:
+    """[(last epoch, BN statistics frozen)] of a stage whose last `frozen_bn_epochs` epochs freeze them."""
+    unfrozen = epochs - frozen_bn_epochs
+    return ([(unfrozen, False)] if unfrozen else []) + ([(epochs, True)] if frozen_bn_epochs else [])
 
 
 def evaluate_run(run: RunDir, model: keras.Model, config: RunConfig, test: Split) -> dict:

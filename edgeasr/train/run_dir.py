@@ -32,6 +32,7 @@ class TrainConfig:
     init_from: str = ""  # a trained run directory whose weights start this run (QAT fine-tuning)
     mracos_weight: float = 0.0
     distill_weight: float = 0.0  # share of the loss that follows init_from's softened posteriors (0: off)
+    frozen_bn_epochs: int = 0  # last epochs of each quantized stage on the moving statistics (inference's graph)
 
 
 def epochs_per_stage(total_epochs: int, stages: int) -> int:
