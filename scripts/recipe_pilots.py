@@ -203,15 +203,18 @@ def plot(summary: dict, path: Path) -> None:
     left.legend(fontsize=8)
     rows = np.arange(len(pilots))
     for offset, side, color in ((-0.2, "pilot", "#3b75af"), (0.2, "recipe", "#aaaaaa")):
-        values = [mean_and_error(side_gaps(p["seeds"], side, MEASURES[2])) for p in pilots]
+        gaps = [side_gaps(p["seeds"], side, MEASURES[2]) for p in pilots]
+        values = [mean_and_error(g) for g in gaps]
         right.barh(rows + offset, [v for v, _ in values], xerr=[e or 0.0 for _, e in values], height=0.38,
                    color=color, capsize=3, label=side if side == "pilot" else "recipe, same seeds")
+        for row, seed_gaps in zip(rows, gaps):
+            right.plot(seed_gaps, [row + offset] * len(seed_gaps), "o", ms=3, mfc="white", mec="black", mew=0.6)
     right.axvline(1.0, color="#c44e52", ls="--", lw=1, label="target: within 1 point")
     right.axvline(0, color="#888888", lw=0.8)
     right.set_yticks(rows, [p["pilot"] for p in pilots])
     right.invert_yaxis()
     right.set_xlabel("FRR at the run's own 1 FA/h - float's (points)")
-    right.set_title("the target's measure (mean ± standard error over seeds)", fontsize=9)
+    right.set_title("the target's measure (mean ± standard error; dots: seeds)", fontsize=9)
     right.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
