@@ -46,7 +46,7 @@ from edgeasr.eval.stream import errors_at
 from edgeasr.files import write_bytes_atomic, write_json_atomic
 
 CHANGES = (("policy", "policy {}"), ("epochs", "{} epochs"), ("lr", "peak lr {:g}"), ("mracos", "MRACos weight {:g}"),
-           ("frozen_bn_epochs", "BN statistics frozen for the last {} epochs"))
+           ("frozen_bn_epochs", "BN statistics frozen for the last {} epoch(s)"))
 MEASURES = (("frr_at_float_threshold", "FRR at float's threshold", 100.0),
             ("fa_per_hour_at_float_threshold", "FA/h there", 1.0),
             ("frr_at_own_threshold", "FRR at own 1 FA/h", 100.0))
