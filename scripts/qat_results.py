@@ -99,8 +99,8 @@ def main(argv=None):
             for policy in args.policies:
                 if seed != args.finetune_seeds[0] and policy not in args.seeded_policies:
                     continue
-                results.append(finetune(args.work, args.finetune_lr, base, data, test_features, pretrained, policy, seed,
-                                        recipe))
+                results.append(finetune(args.work, args.finetune_lr, base, data, test_features, pretrained, policy,
+                                        seed, recipe))
                 print(json.dumps(results[-1]), flush=True)
     summary = {"protocol": vars_for_json(args), "recipes": {name: jsonable_recipe(r) for name, r in recipes.items()},
                "results": results, "tanh_vs_linear": transforms,

@@ -44,9 +44,10 @@ import stream_results as sr
 from _repo import REPO, read_summary, standard_error
 from edgeasr.eval.stream import errors_at
 from edgeasr.files import write_bytes_atomic, write_json_atomic
+from edgeasr.train.run_dir import TrainConfig
 
-CHANGES = (("policy", "policy {}"), ("epochs", "{} epochs"), ("lr", "peak lr {:g}"), ("mracos", "MRACos weight {:g}"),
-           ("frozen_bn_epochs", "BN statistics frozen for the last {} epoch(s)"))
+CHANGES = (("policy", "policy {}"), ("epochs", "{} epochs"), ("lr", "peak lr {:g}"),
+           ("mracos", "MRACos weight {:g}"), ("frozen_bn_epochs", "BN statistics frozen for the last {} epoch(s)"))
 MEASURES = (("frr_at_float_threshold", "FRR at float's threshold", 100.0),
             ("fa_per_hour_at_float_threshold", "FA/h there", 1.0),
             ("frr_at_own_threshold", "FRR at own 1 FA/h", 100.0))
@@ -133,8 +134,9 @@ def stream_args(args, runs: Path, work: Path):
 
 def change_text(pilot: dict) -> str:
     """What the pilot changed in the recipe of its model (and its recipe policy), e.g. "peak lr 0.0003"."""
+    training = TrainConfig()
     recipe = {"policy": pilot["recipe_policy"], "epochs": qr.recipe_of(pilot["model"])["finetune_epochs"],
-              "lr": qr.FINETUNE_LR, "mracos": 0.0, "frozen_bn_epochs": 0}
+              "lr": qr.FINETUNE_LR, "mracos": training.mracos_weight, "frozen_bn_epochs": training.frozen_bn_epochs}
     changes = [text.format(pilot.get(key, recipe[key])) for key, text in CHANGES
                if pilot.get(key, recipe[key]) != recipe[key]]
     return ", ".join(changes) or "none"
@@ -173,7 +175,8 @@ def markdown(summary: dict) -> str:
             for side in ("pilot", "recipe"):
                 cells.append(gap_text(side_gaps(seeds, side, measure), len(seeds)))
         seed_list = ", ".join(str(s["seed"]) for s in seeds)
-        lines.append(f"| {pilot['pilot']} | {pilot['model']} | {change_text(pilot)} | {seed_list} | {accuracy:.2%} | {pilot['recipe_policy']} | " + " | ".join(cells) + f" | {reading(seeds)} |")
+        lines.append(f"| {pilot['pilot']} | {pilot['model']} | {change_text(pilot)} | {seed_list} | {accuracy:.2%} | "
+                     f"{pilot['recipe_policy']} | " + " | ".join(cells) + f" | {reading(seeds)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -193,7 +196,7 @@ def plot(summary: dict, path: Path) -> None:
         color = f"C{index}"
         (frr, frr_se), (fa, fa_se) = (mean_and_error(side_gaps(pilot["seeds"], "pilot", m)) for m in MEASURES[:2])
         left.errorbar(fa, frr, xerr=fa_se, yerr=frr_se, fmt="o", color=color, capsize=3, label=pilot["pilot"])
-        recipe_frr, recipe_fa = (np.mean(side_gaps(pilot["seeds"], "recipe", m) or [np.nan]) for m in MEASURES[:2])
+        recipe_frr, recipe_fa = (mean_and_error(side_gaps(pilot["seeds"], "recipe", m))[0] for m in MEASURES[:2])
         left.plot([recipe_fa, fa], [recipe_frr, frr], color=color, lw=0.8, ls=":")
         left.plot(recipe_fa, recipe_frr, "o", mfc="none", color=color)
     left.text(0.98, 0.98, "worse than float on both", transform=left.transAxes, ha="right", va="top", fontsize=8)
@@ -228,7 +231,7 @@ def mean_and_error(gaps: list) -> tuple:
 
 def reading(seeds: list) -> str:
     """What the pilot's mean FRR and FA/h gaps at float's threshold say together."""
-    frr, fa = (np.mean([s["pilot"][key] - s["float"][key] for s in seeds]) for key, _, _ in MEASURES[:2])
+    frr, fa = (np.mean(side_gaps(seeds, "pilot", measure)) for measure in MEASURES[:2])
     if frr > 0 and fa > 0:
         return "worse than float on both"
     if frr <= 0 and fa <= 0:
@@ -255,9 +258,10 @@ def parse_args(argv):
     parser.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default: the model's recipe)")
     parser.add_argument("--lr", type=float, default=qr.FINETUNE_LR,
                         help="peak fine-tuning learning rate (default: the recipe's)")
-    parser.add_argument("--mracos", type=float, default=0.0,
-                        help="MRACos weight (edgeasr.quant.mracos: pulls weights toward their grid; 0: off, the recipe's)")
-    parser.add_argument("--frozen-bn-epochs", type=int, default=0,
+    parser.add_argument("--mracos", type=float, default=TrainConfig().mracos_weight,
+                        help="MRACos weight (edgeasr.quant.mracos: pulls weights toward their grid; "
+                             "0: off, the recipe's)")
+    parser.add_argument("--frozen-bn-epochs", type=int, default=TrainConfig().frozen_bn_epochs,
                         help="last epochs trained on the BatchNorm moving statistics (0: none, the recipe's)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     parser.add_argument("--runs", type=Path, default=REPO / "build" / "qat_runs",

@@ -323,14 +323,15 @@ def test_stage_two_peak_learning_rate_is_a_share_of_stage_one():
 
 
 def test_frozen_bn_epochs_are_the_last_epochs_of_quantized_stages_only():
-    from edgeasr.train.fit import frozen_bn_segments, plan_stages, stage_frozen_bn_epochs
+    from edgeasr.train.fit import frozen_bn_segments, plan_stages
     from edgeasr.train.run_dir import RunConfig, TrainConfig
 
     assert frozen_bn_segments(6, 0) == [(6, False)]
     assert frozen_bn_segments(6, 2) == [(4, False), (6, True)]
     assert frozen_bn_segments(6, 6) == [(6, True)]
     training = TrainConfig(epochs=6, stages=2, frozen_bn_epochs=2)
-    assert [stage_frozen_bn_epochs(training, s) for s in plan_stages(RunConfig(train=training, policy=preset("w4a8-tanh")))] == [2, 2]
+    stages = plan_stages(RunConfig(train=training, policy=preset("w4a8-tanh")))
+    assert [stage.frozen_bn_epochs for stage in stages] == [2, 2]
     with pytest.raises(EdgeasrError, match="need 0 to the 6 epochs"):
         plan_stages(RunConfig(train=TrainConfig(epochs=6, frozen_bn_epochs=7), policy=preset("w4a8-tanh")))
     with pytest.raises(EdgeasrError, match="quantized --policy"):

@@ -27,7 +27,7 @@ from edgeasr.files import read_json, write_json_atomic
 from edgeasr.models.conformer import ConformerConfig, build_conformer, conformer_config, output_frames
 from edgeasr.quant.policy import PrecisionPolicy, preset
 from edgeasr.quant.qat import quantize_model, transfer_weights
-from edgeasr.train.fit import fit_checkpointed, plan_stages, saved_model, stage_frozen_bn_epochs, stage_learning_rate
+from edgeasr.train.fit import fit_checkpointed, plan_stages, saved_model, stage_learning_rate
 from edgeasr.train.run_dir import RunDir, TrainConfig
 
 # Waveform augmentation for ASR: gain always, noise sometimes; no time shift (it would push
@@ -193,8 +193,7 @@ def _fit_stage(run: AsrRunDir, model, stage, config: AsrRunConfig, train_ds, val
     """One stage, checkpointed every epoch and resumed like `edgeasr train`'s stages."""
     compile_ctc(model, config, stage.epochs * steps_per_epoch, stage_learning_rate(config.train, stage))
     return fit_checkpointed(run, model, stage, train_ds, val_ds, 1 if progress else 0,
-                            f"{steps_per_epoch} steps each, policy {config.policy.name}",
-                            frozen_bn_epochs=stage_frozen_bn_epochs(config.train, stage))
+                            f"{steps_per_epoch} steps each, policy {config.policy.name}")
 
 
 def with_policy(config: AsrRunConfig, policy, stages: int, epochs: int, init_from, learning_rate: float

@@ -39,23 +39,24 @@ class Stage:
     name: str  # also the checkpoint folder
     quantize: str  # "none", or a quantize_model stage: "weights" or "full"
     epochs: int
+    frozen_bn_epochs: int = 0  # its last epochs train folded layers on the moving statistics
 
 
 def plan_stages(config: RunConfig) -> list:
-    epochs, stages = config.train.epochs, config.train.stages
+    epochs, stages, frozen = config.train.epochs, config.train.stages, config.train.frozen_bn_epochs
     if stages not in (1, 2):
         raise EdgeasrError(f"--stages must be 1 or 2, got {stages}")
-    if not 0 <= config.train.frozen_bn_epochs <= epochs:
-        raise EdgeasrError(f"--frozen-bn-epochs {config.train.frozen_bn_epochs}: need 0 to the {epochs} epochs of a stage")
+    if not 0 <= frozen <= epochs:
+        raise EdgeasrError(f"--frozen-bn-epochs {frozen}: need 0 to the {epochs} epochs of a stage")
     if config.policy.is_float:
         if stages != 1:
             raise EdgeasrError("two-stage training needs a quantized --policy, not 'float'")
-        if config.train.frozen_bn_epochs:
+        if frozen:
             raise EdgeasrError("--frozen-bn-epochs freezes folded BatchNorm layers: it needs a quantized --policy")
         return [Stage("float", "none", epochs)]
     if stages == 2:
-        return [Stage("stage1", "weights", epochs), Stage("stage2", "full", epochs)]
-    return [Stage("qat", "full", epochs)]
+        return [Stage("stage1", "weights", epochs, frozen), Stage("stage2", "full", epochs, frozen)]
+    return [Stage("qat", "full", epochs, frozen)]
 
 
 def load_training_data(config: RunConfig, progress: bool = True) -> TrainingData:
@@ -154,8 +155,7 @@ def _fit_stage(run: RunDir, model, stage: Stage, config: RunConfig, train_ds, va
         add_mracos(model, config.train.mracos_weight)
     compile_model(model, stage_learning_rate(config.train, stage), stage.epochs * int(train_ds.cardinality()),
                   config.train.distill_weight)
-    return fit_checkpointed(run, model, stage, train_ds, val_ds, _verbosity(progress), f"policy {config.policy.name}",
-                            frozen_bn_epochs=stage_frozen_bn_epochs(config.train, stage))
+    return fit_checkpointed(run, model, stage, train_ds, val_ds, _verbosity(progress), f"policy {config.policy.name}")
 
 
 def stage_learning_rate(train_config, stage: Stage) -> float:
@@ -164,11 +164,10 @@ def stage_learning_rate(train_config, stage: Stage) -> float:
     return train_config.learning_rate * (train_config.stage2_lr_scale if stage.name == "stage2" else 1.0)
 
 
-def fit_checkpointed(run: RunDir, model, stage: Stage, train_ds, val_ds, verbose: int, about: str,
-                     frozen_bn_epochs: int = 0) -> bool:
+def fit_checkpointed(run: RunDir, model, stage: Stage, train_ds, val_ds, verbose: int, about: str) -> bool:
     """Fit a compiled model for the stage's epochs, checkpointing every epoch into the stage's
     folder and resuming after the last checkpoint; False when the stage was already finished.
-    The last `frozen_bn_epochs` epochs train the folded layers on their moving statistics
+    The stage's last `frozen_bn_epochs` train the folded layers on their moving statistics
     (`freeze_batch_norm`), the graph inference and the converter use."""
     epoch = tf.Variable(0, dtype=tf.int64, name="epoch")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, epoch=epoch)
@@ -180,7 +179,7 @@ def fit_checkpointed(run: RunDir, model, stage: Stage, train_ds, val_ds, verbose
         return False
     print(f"== {stage.name}: {stage.epochs} epochs, {about}", file=sys.stderr)
     try:
-        for end, frozen in frozen_bn_segments(stage.epochs, frozen_bn_epochs):
+        for end, frozen in frozen_bn_segments(stage.epochs, stage.frozen_bn_epochs):
             if int(epoch.numpy()) >= end:
                 continue
             if frozen:
@@ -192,12 +191,6 @@ def fit_checkpointed(run: RunDir, model, stage: Stage, train_ds, val_ds, verbose
               file=sys.stderr)
         raise
     return True
-
-
-def stage_frozen_bn_epochs(train_config, stage: Stage) -> int:
-    """The stage's last epochs on the BN moving statistics: quantized stages only (a float model's
-    BatchNormalization layers are not folded)."""
-    return train_config.frozen_bn_epochs if stage.quantize != "none" else 0
 
 
 def frozen_bn_segments(epochs: int, frozen_bn_epochs: int) -> list:
