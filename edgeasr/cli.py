@@ -412,12 +412,15 @@ def manifest(librispeech, output, max_seconds):
 @click.option("--stages", default=1, show_default=True, type=click.IntRange(1, 2))
 @click.option("--init-from", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Start from this trained ASR run (QAT fine-tuning of a float model).")
+@click.option("--frozen-bn-epochs", default=0, show_default=True, type=click.IntRange(0),
+              help="Last epochs of each quantized stage trained on the convolution modules' BatchNorm moving "
+                   "statistics, the folded graph the converted model runs (0: batch statistics throughout).")
 @click.option("--tokenizer", type=click.Choice(["char", "sentencepiece"]), default="char", show_default=True)
 @click.option("--noise/--no-noise", default=False, show_default=True, help="Mix coloured noise into training audio.")
 @click.option("--seed", default=0, show_default=True)
 @user_errors
-def train_asr(data_dir, run_dir, size, epochs, batch_size, learning_rate, policy, stages, init_from, tokenizer,
-              noise, seed):
+def train_asr(data_dir, run_dir, size, epochs, batch_size, learning_rate, policy, stages, init_from,
+              frozen_bn_epochs, tokenizer, noise, seed):
     """Train a Conformer-CTC on DATA_DIR/{train,validation,test}.jsonl, float or quantization-aware.
 
     \b
@@ -425,6 +428,8 @@ def train_asr(data_dir, run_dir, size, epochs, batch_size, learning_rate, policy
       edgeasr train-asr data/asr --run-dir runs/asr_xs --size xs --epochs 10
       edgeasr train-asr data/asr --run-dir runs/asr_xs_w4 --policy w4a8-tanh --stages 2 \\
           --init-from runs/asr_xs --epochs-per-stage 2 --learning-rate 5e-4
+      edgeasr train-asr data/asr --run-dir runs/asr_xs_w4bn --policy w4a8-tanh --init-from runs/asr_xs \\
+          --epochs 6 --frozen-bn-epochs 1             # last epoch on the inference graph
     """
     from dataclasses import replace
 
@@ -434,7 +439,8 @@ def train_asr(data_dir, run_dir, size, epochs, batch_size, learning_rate, policy
     config = asr_run_config(data_dir / "train.jsonl", data_dir / "validation.jsonl", data_dir / "test.jsonl", size)
     config = replace(config, policy=load_policy(policy),
                      train=replace(config.train, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-                                   stages=stages, init_from=str(init_from or ""), seed=seed),
+                                   stages=stages, init_from=str(init_from or ""), seed=seed,
+                                   frozen_bn_epochs=frozen_bn_epochs),
                      asr=replace(config.asr, tokenizer=tokenizer, noise=noise))
     report = train_run(run_dir, config)
     if report:

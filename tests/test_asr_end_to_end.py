@@ -27,6 +27,10 @@ def test_synth_train_convert_transcribe(tmp_path):
     output = _invoke("train-asr", data, "--run-dir", qat_run, "--size", "tiny", "--epochs", 1, "--batch-size", 8,
                      "--policy", "w4a8-tanh")
     assert "test WER" in output and (qat_run / "test_report.json").is_file()
+    too_many = CliRunner().invoke(main, ["train-asr", str(data), "--run-dir", str(tmp_path / "w4bn"), "--size",
+                                         "tiny", "--epochs", "1", "--policy", "w4a8-tanh", "--frozen-bn-epochs", "2"])
+    assert too_many.exit_code != 0 and "--frozen-bn-epochs 2" in too_many.output
+    assert not (tmp_path / "w4bn").exists()
 
     model = tmp_path / "tiny_w4.tflite"
     output = _invoke("convert", qat_run, "-o", model)
