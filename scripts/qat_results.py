@@ -19,10 +19,13 @@ Writes docs/qat_results.md, docs/qat_results.json and docs/qat_results.png.
     python scripts/qat_results.py --models ffn_stateless --finetune-seeds 0   # quicker
     python scripts/qat_results.py --report-only        # rewrite the docs from docs/qat_results.json
     python scripts/qat_results.py --models ds_cnn_s --policies float w4a8-tanh --finetune-seeds 5 6 7 8 9
+    python scripts/qat_results.py --data build/qat_data_sw --work build/qat_runs_sw --docs /tmp/docs_sw \
+        --sentence-windows 15 --unknown-percentage 30 --models ds_cnn_s --policies float w4a8-tanh
 
 Running a subset of --models keeps the other models' results in docs/qat_results.json; running a
 subset of policies or seeds of a model whose recipe is unchanged keeps its other runs' results
-(the last line above adds seeds 5-9 to two policies of DS-CNN-S).
+(the fourth line above adds seeds 5-9 to two policies of DS-CNN-S). The last one trains on data
+with connected-speech negatives (edgeasr.data.synth), in folders and docs of its own.
 """
 import edgeasr  # noqa: F401
 
@@ -38,7 +41,9 @@ import tf_keras
 
 from _repo import REPO, in_model_order, repo_relative, with_previous_rows
 from edgeasr.audio.augment import AugmentConfig
+from edgeasr.configs import to_dict
 from edgeasr.data.pipeline import features_of
+from edgeasr.data.speech_commands import DataConfig
 from edgeasr.data.synth import SynthConfig, synthesize_kws_dataset
 from edgeasr.files import write_bytes_atomic, write_json_atomic
 from edgeasr.models.registry import ModelConfig
@@ -85,11 +90,12 @@ def main(argv=None):
     if args.report_only:
         write_reports(json.loads((args.docs / "qat_results.json").read_text()), args.docs)
         return
-    data_dir = ensure_data(args.data, args.speakers, args.seed)
+    data_dir = ensure_data(args.data, SynthConfig(speakers=args.speakers, seed=args.seed,
+                                                  sentence_windows=args.sentence_windows))
     results, transforms, started = [], [], time.perf_counter()
     recipes = {name: recipe_of(name, args.pretrain_epochs, args.finetune_epochs) for name in args.models}
     for model_name, recipe in recipes.items():
-        base = base_config(data_dir, model_name, recipe, args.seed)
+        base = base_config(data_dir, model_name, recipe, args.seed, args.unknown_percentage)
         data = load_training_data(base.with_model_shape(), progress=False)
         test_features = features_of(data.test.waves, base.frontend)
         pretrained = args.work / model_name / "pretrained_float"
@@ -146,16 +152,16 @@ def recipe_of(model_name: str, pretrain_epochs: int = None, finetune_epochs: int
     return recipe
 
 
-def base_config(data_dir: Path, model_name: str, recipe: dict, seed: int) -> RunConfig:
+def base_config(data_dir: Path, model_name: str, recipe: dict, seed: int,
+                unknown_percentage: float = DataConfig.unknown_percentage) -> RunConfig:
     """The run configuration every run of a model starts from (float pre-training as is; fine-tuning
     replaces the policy and training schedule)."""
     return RunConfig(dataset=str(data_dir), model=ModelConfig(name=model_name), augment=recipe["augment"],
+                     data=DataConfig(unknown_percentage=unknown_percentage),
                      train=TrainConfig(batch_size=64, learning_rate=3e-3, seed=seed))
 
 
 def jsonable_recipe(recipe: dict) -> dict:
-    from edgeasr.configs import to_dict
-
     return {**recipe, "augment": to_dict(recipe["augment"])}
 
 
@@ -228,9 +234,18 @@ def dense_kernels(model) -> str:
     return " + ".join(sorted(kinds)) or "float"
 
 
-def ensure_data(data_dir: Path, speakers: int, seed: int) -> Path:
-    if not (data_dir / "synth_config.json").is_file():
-        synthesize_kws_dataset(data_dir, SynthConfig(speakers=speakers, seed=seed), overwrite=True)
+def ensure_data(data_dir: Path, config: SynthConfig) -> Path:
+    """data_dir, synthesised with `config` unless it already was; a folder made with other settings
+    is refused (its runs would not be what the protocol says)."""
+    recorded = data_dir / "synth_config.json"
+    if not recorded.is_file():
+        synthesize_kws_dataset(data_dir, config, overwrite=True)
+    made = json.loads(recorded.read_text())["config"]
+    asked = json.loads(json.dumps(to_dict(config)))
+    differing = {k: (made.get(k), v) for k, v in asked.items() if made.get(k) != v}
+    if differing:
+        raise SystemExit(f"qat_results: {data_dir} was synthesised with other settings (made, asked): "
+                         f"{differing}; give another --data")
     return data_dir
 
 
@@ -410,6 +425,11 @@ def parse_args(argv):
     parser.add_argument("--work", type=Path, default=REPO / "build" / "qat_runs")
     parser.add_argument("--docs", type=Path, default=REPO / "docs")
     parser.add_argument("--speakers", type=int, default=400)
+    parser.add_argument("--sentence-windows", type=int, default=0,
+                        help="Per speaker: 1 s windows of keyword-free sentences in the training data, as unknown "
+                             "(SynthConfig.sentence_windows; needs its own --data).")
+    parser.add_argument("--unknown-percentage", type=float, default=DataConfig.unknown_percentage,
+                        help="Non-keyword clips kept, as a percentage of the keyword clips (DataConfig).")
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--policies", nargs="+", default=list(POLICIES))
     parser.add_argument("--pretrain-epochs", type=int, default=None,
