@@ -42,7 +42,7 @@ import qat_results as qr
 import stream_errors as se
 import stream_results as sr
 from _repo import REPO, read_summary, standard_error
-from edgeasr.eval.stream import errors_at
+from edgeasr.eval.stream import counts_text, errors_at, false_accept_sources, tally
 from edgeasr.files import write_bytes_atomic, write_json_atomic
 from edgeasr.train.run_dir import TrainConfig
 
@@ -101,17 +101,21 @@ def score_seed(args, seed: int, accuracy: dict) -> dict:
     reference = stream_args(args, args.runs, args.stream_work)
     config = se.config_of(reference, args.model)
     float_path = sr.tflite_for(reference, args.model, f"float_seed{seed}")
-    wav, occurrences, _ = se.test_stream(reference, float_path)
+    wav, occurrences, pieces = se.test_stream(reference, float_path)
 
     def operating_points(stream, run, threshold=None) -> dict:
-        """At the run's own 1 FA/h threshold and at `threshold` (default: its own)."""
+        """At the run's own 1 FA/h threshold and at `threshold` (default: its own), with the keywords
+        that fired falsely there."""
         path = sr.tflite_for(stream, args.model, run)
         times, scores, names, hours = se.smoothed_scores(stream, config, path, wav)
         own_frr, own_threshold = se.own_operating_point(times, scores, names, occurrences, hours, config)
-        at = errors_at(times, scores, names, occurrences, hours, config,
-                       own_threshold if threshold is None else threshold)
+        threshold = own_threshold if threshold is None else threshold
+        at = errors_at(times, scores, names, occurrences, hours, config, threshold)
+        sources = false_accept_sources(times, scores, names, occurrences, pieces, threshold,
+                                       config.refractory_ms / 1000)
         return {"threshold": own_threshold, "frr_at_own_threshold": own_frr,
-                "frr_at_float_threshold": at["frr"], "fa_per_hour_at_float_threshold": at["fa_per_hour"]}
+                "frr_at_float_threshold": at["frr"], "fa_per_hour_at_float_threshold": at["fa_per_hour"],
+                "false_accepts_by_keyword_at_float_threshold": tally(keyword for keyword, _ in sources)}
 
     float_point = operating_points(reference, f"float_seed{seed}")
     threshold = float_point["threshold"]
@@ -177,7 +181,24 @@ def markdown(summary: dict) -> str:
         seed_list = ", ".join(str(s["seed"]) for s in seeds)
         lines.append(f"| {pilot['pilot']} | {pilot['model']} | {change_text(pilot)} | {seed_list} | {accuracy:.2%} | "
                      f"{pilot['recipe_policy']} | " + " | ".join(cells) + f" | {reading(seeds)} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + keyword_lines(summary["pilots"])) + "\n"
+
+
+def keyword_lines(pilots: list) -> list:
+    """Per pilot scored with them, the keywords that fired falsely at float's threshold, summed over
+    its seeds: extra false accepts spread over the keywords, or a few keywords that fire too easily."""
+    key = "false_accepts_by_keyword_at_float_threshold"
+    scored = [p for p in pilots if all(key in s["pilot"] for s in p["seeds"])]
+    if not scored:
+        return []
+    lines = ["", "False accepts at float's threshold by the keyword that fired, summed over the pilot's seeds "
+             "(recipe and float: the same seeds):", ""]
+    for pilot in scored:
+        summed = {side: summed_counts([s[side][key] for s in pilot["seeds"] if s[side] is not None])
+                  for side in ("pilot", "recipe", "float")}
+        lines.append(f"- {pilot['pilot']} (seeds {', '.join(str(s['seed']) for s in pilot['seeds'])}): "
+                     + "; ".join(f"{side} {counts_text(counts) or 'none'}" for side, counts in summed.items()))
+    return lines
 
 
 def plot(summary: dict, path: Path) -> None:
@@ -222,6 +243,15 @@ def plot(summary: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def summed_counts(counts: list) -> dict:
+    """{name: total} of several {name: count}."""
+    total = {}
+    for each in counts:
+        for name, count in each.items():
+            total[name] = total.get(name, 0) + count
+    return dict(sorted(total.items()))
 
 
 def mean_and_error(gaps: list) -> tuple:

@@ -9,7 +9,6 @@ import pytest
 from click.testing import CliRunner
 
 from edgeasr.audio.frontend import FrontendConfig, numpy_log_mel
-from edgeasr.audio.io import write_wav
 from edgeasr.runtime.streaming import DetectorConfig, KeywordSpotter, StreamingFrontend, fire_indices
 
 LABELS = ["_silence_", "_unknown_", "yes"]
@@ -168,7 +167,7 @@ def test_runtime_without_tensorflow(model_path):
 # ---- long-stream evaluation ---------------------------------------------------------------
 
 def test_count_errors_and_evaluate():
-    from edgeasr.eval.stream import StreamError, count_errors, evaluate, false_accepts_by_kind
+    from edgeasr.eval.stream import StreamError, count_errors, evaluate, false_accept_sources, false_accepts_by_kind
 
     times = np.round(np.arange(0, 100, 0.02), 2)
     scores = np.zeros((len(times), 3), np.float32)
@@ -197,6 +196,8 @@ def test_count_errors_and_evaluate():
     unknown_too[(times >= 85.0) & (times < 85.2), 2] = 0.97             # "yes" during the noise does
     assert false_accepts_by_kind(times, unknown_too, LABELS, occurrences, pieces, 0.8, 1.0) == {"noise": 1,
                                                                                                "sentence": 1}
+    assert false_accept_sources(times, unknown_too, LABELS, occurrences, pieces, 0.8, 1.0) == [("yes", "sentence"),
+                                                                                        ("yes", "noise")]
     strict = evaluate(times, scores, LABELS, occurrences, hours=0.5, config=DetectorConfig(), target_fa_per_hour=1.0)
     assert strict["thresholds_rule"] == "common"                             # half a false accept allowed
     assert strict["thresholds"]["yes"] == pytest.approx(strict["frr_at_fa_per_hour"]["1.0"]["threshold"])
@@ -281,6 +282,8 @@ def test_built_stream_and_cli(tiny_dataset, tmp_path, model_path):
     for point, counts in report["false_accepts_by_kind"].items():          # every false accept has a kind
         entry = report["frr_at_fa_per_hour"][point]
         assert sum(counts.values()) == round(entry["fa_per_hour"] * report["hours"])
+        by_keyword = report["false_accepts_by_keyword"][point]                # ... and a keyword that fired
+        assert sum(by_keyword.values()) == sum(counts.values()) and set(by_keyword) <= {"yes"}
     assert "by what the stream played" in result.output
     detector = read_metadata(model)["detector"]
     assert detector["thresholds"] == report["thresholds"] and detector["hop_ms"] == 20.0

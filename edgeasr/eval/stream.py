@@ -295,13 +295,14 @@ def count_errors(times, scores, column: int, occurrences, threshold: float, refr
     return latencies, len(fired) - len(positions), len(fired)
 
 
-def false_accepts_by_kind(times, scores, labels_list, occurrences, pieces, threshold: float, refractory_s: float,
-                          max_latency_s: float = MAX_LATENCY_S) -> dict:
-    """{piece kind: false accepts} at one common threshold: what the stream was playing when each false
-    accept fired (the last piece that started before it; `pieces` as build_test_stream writes them)."""
+def false_accept_sources(times, scores, labels_list, occurrences, pieces, threshold: float, refractory_s: float,
+                  max_latency_s: float = MAX_LATENCY_S) -> list:
+    """[(keyword, piece kind)] of every false accept at one common threshold: which keyword fired and
+    what the stream was playing (the last piece that started before it; `pieces` as
+    build_test_stream writes them)."""
     starts = np.array([start for start, _, _ in pieces])
     kinds = [kind for _, _, kind in pieces]
-    counts = {}
+    found = []
     for column, name in enumerate(labels_list):
         if name.startswith("_"):
             continue
@@ -309,8 +310,20 @@ def false_accepts_by_kind(times, scores, labels_list, occurrences, pieces, thres
                                           refractory_s, max_latency_s)
         for moment in np.delete(fired, positions):
             piece = int(np.searchsorted(starts, moment, side="right")) - 1
-            kind = kinds[piece] if piece >= 0 else "lead-in"
-            counts[kind] = counts.get(kind, 0) + 1
+            found.append((name, kinds[piece] if piece >= 0 else "lead-in"))
+    return found
+
+
+def false_accepts_by_kind(*args, **kwargs) -> dict:
+    """{piece kind: false accepts} at one common threshold (the arguments of `false_accept_sources`)."""
+    return tally(kind for _, kind in false_accept_sources(*args, **kwargs))
+
+
+def tally(names) -> dict:
+    """{name: how often it occurs}, names in sorted order."""
+    counts = {}
+    for name in names:
+        counts[name] = counts.get(name, 0) + 1
     return dict(sorted(counts.items()))
 
 
@@ -488,10 +501,11 @@ def evaluate_stream(model_path, wav, label_path, config: DetectorConfig, out_dir
                          thresholds=thresholds)}
     if pieces_path(label_path).is_file():
         pieces = read_labels(pieces_path(label_path))
-        report["false_accepts_by_kind"] = {
-            point: false_accepts_by_kind(times, scores, labels_list, occurrences, pieces, entry["threshold"],
-                                         config.refractory_ms / 1000.0)
-            for point, entry in report["frr_at_fa_per_hour"].items() if entry["threshold"] is not None}
+        found = {point: false_accept_sources(times, scores, labels_list, occurrences, pieces, entry["threshold"],
+                                      config.refractory_ms / 1000.0)
+                 for point, entry in report["frr_at_fa_per_hour"].items() if entry["threshold"] is not None}
+        report["false_accepts_by_kind"] = {point: tally(k for _, k in pairs) for point, pairs in found.items()}
+        report["false_accepts_by_keyword"] = {point: tally(k for k, _ in pairs) for point, pairs in found.items()}
     out_dir = Path(out_dir)
     stem = Path(model_path).stem
     report["det_png"] = str(out_dir / f"{stem}.det.png")
@@ -529,10 +543,17 @@ def format_report(report: dict) -> str:
                  f"{_seconds(latency['median'])}, p90 {_seconds(latency['p90'])}")
     lines.append("  thresholds: " + ", ".join(f"{k}={v:.3f}" for k, v in report["thresholds"].items()))
     for point, counts in report.get("false_accepts_by_kind", {}).items():
+        by_keyword = report.get("false_accepts_by_keyword", {}).get(point, {})
         lines.append(f"  false accepts at the {point} FA/h threshold, by what the stream played: "
-                     + (", ".join(f"{kind} {count}" for kind, count in counts.items()) or "none"))
+                     + (", ".join(f"{kind} {count}" for kind, count in counts.items()) or "none")
+                     + ("; by keyword: " + counts_text(by_keyword) if by_keyword else ""))
     lines.append(f"  DET curve: {report['det_png']}")
     return "\n".join(lines)
+
+
+def counts_text(counts: dict) -> str:
+    """"stop 43, right 20, up 8": the counts largest first."""
+    return ", ".join(f"{name} {count}" for name, count in sorted(counts.items(), key=lambda item: -item[1]))
 
 
 def _seconds(value) -> str:
