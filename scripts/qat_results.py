@@ -19,7 +19,7 @@ Writes docs/qat_results.md, docs/qat_results.json and docs/qat_results.png.
     python scripts/qat_results.py --models ffn_stateless --finetune-seeds 0   # quicker
     python scripts/qat_results.py --report-only        # rewrite the docs from docs/qat_results.json
     python scripts/qat_results.py --models ds_cnn_s --policies float w4a8-tanh --finetune-seeds 5 6 7 8 9
-    python scripts/qat_results.py --data build/qat_data_sw --work build/qat_runs_sw --docs /tmp/docs_sw \
+    python scripts/qat_results.py --data build/qat_data_sw --work build/qat_runs_sw --docs docs/sentence_windows \\
         --sentence-windows 15 --unknown-percentage 30 --models ds_cnn_s --policies float w4a8-tanh
 
 Running a subset of --models keeps the other models' results in docs/qat_results.json; running a
@@ -301,9 +301,9 @@ def markdown(summary: dict) -> str:
         f"Produced by `python scripts/qat_results.py` (the last invocation, for "
         f"{', '.join(summary.get('minutes_for', p['models']))}, took {summary['minutes']} min on this machine). Data: "
         f"{p['speakers']} synthetic speakers, test split = held-out voices ({rows[0]['test_clips']} clips). "
-        "Every policy of a model starts from the same float model and is fine-tuned for the same epochs "
-        "(quantized policies: the recipe's QAT stages; two stages take half the epochs each, stage 2 at the "
-        "recipe's share of the learning rate) with the same augmentation, "
+        f"{training_data_text(p)}Every policy of a model starts from the same float model and is fine-tuned for "
+        "the same epochs (quantized policies: the recipe's QAT stages; two stages take half the epochs each, "
+        "stage 2 at the recipe's share of the learning rate) with the same augmentation, "
         f"once per fine-tuning seed ({seed_counts}; the others: one); "
         "accuracies are the mean over seeds, ± the standard deviation. Keras accuracy is the fake-quant model's; LiteRT is the fully-integer conversion "
         "(`convert_keras`: INT4-packed where the policy has 4-bit weights), its bytes as written right after "
@@ -343,6 +343,18 @@ def markdown(summary: dict) -> str:
               f"(largest |w| = {t['max_abs_weight']:.2f})" for t in summary.get("tanh_vs_linear", [])]
     lines += ["", "![accuracy per policy](qat_results.png)", ""]
     return "\n".join(lines)
+
+
+def training_data_text(protocol: dict) -> str:
+    """A sentence on training data other than the default (sentence windows, more unknown clips); older
+    JSON files predate both settings."""
+    windows = protocol.get("sentence_windows", 0)
+    unknown = protocol.get("unknown_percentage", DataConfig.unknown_percentage)
+    if not windows and unknown == DataConfig.unknown_percentage:
+        return ""
+    return (f"Training data: {windows} one-second windows of keyword-free sentences per speaker as unknown "
+            f"words, unknown clips kept at {unknown:g}% of the keyword clips (default "
+            f"{DataConfig.unknown_percentage:g}%), in every split. ")
 
 
 def _in_model_order(recipes: dict, models: list) -> list:

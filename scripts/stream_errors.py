@@ -22,6 +22,13 @@ for some --models keeps the other models' rows.
     python scripts/stream_errors.py                    # ~10 s per run
     python scripts/stream_errors.py --models ds_cnn_s --docs /tmp/docs
     python scripts/stream_errors.py --markdown-only    # re-render from docs/stream_errors.json
+
+Runs trained elsewhere are scored on the same test stream with --runs and a --work of their own (the
+converted files are named by run), e.g. those trained on sentence windows (scripts/qat_results.py's
+last example); --data stays the default data, whose held-out voices the stream is built from:
+
+    python scripts/stream_errors.py --runs build/qat_runs_sw --work build/stream_runs_sw \\
+        --models ds_cnn_s --docs docs/sentence_windows
 """
 import edgeasr  # noqa: F401
 
@@ -38,6 +45,9 @@ from edgeasr.files import write_bytes_atomic, write_json_atomic
 from edgeasr.runtime.metadata import read_metadata
 from edgeasr.runtime.streaming import DetectorConfig, smoothed_posteriors
 
+DEFAULT_RUNS = repo_relative(sr.parse_args([]).runs)
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.markdown_only:
@@ -47,6 +57,7 @@ def main(argv=None):
     for model_name in args.models:
         rows += model_rows(args, model_name)
     summary = {"protocol": {"hours": args.hours, "seed": args.seed, "data": repo_relative(args.data),
+                            "runs": repo_relative(args.runs),
                             "smoothing_ms": args.smoothing_ms, "target_fa_per_hour": 1.0},
                "runs": with_previous_rows(args.docs / "stream_errors.json", "runs", rows, args.models, sr.MODELS),
                "minutes": round((time.perf_counter() - started) / 60, 1)}
@@ -109,9 +120,8 @@ def smoothed_scores(args, config: DetectorConfig, model_path, wav) -> tuple:
 def markdown(summary: dict) -> str:
     p = summary["protocol"]
     lines = ["# Where the stream errors come from (scripts/stream_errors.py)", "",
-             f"Produced by `python scripts/stream_errors.py` ({summary['minutes']:g} min) from the models and raw "
-             f"posteriors of `scripts/stream_results.py --seed-spread`: the {p['hours']:g} h test stream (held-out "
-             f"voices, seed {p['seed']}), smoothing {p['smoothing_ms']:g} ms, one threshold for all keywords. "
+             f"Produced by `python scripts/stream_errors.py` ({summary['minutes']:g} min) from {runs_text(p)}: "
+             f"the {p['hours']:g} h test stream (held-out voices, seed {p['seed']}), smoothing {p['smoothing_ms']:g} ms, one threshold for all keywords. "
              "At float's threshold: the threshold that gives the same seed's float run 1 FA/h; the runs of seed i "
              "all fine-tune the same float model with the same shuffling and augmentation. FRR and false accepts "
              "both above float's there: worse than float at that operating point, however the scores are scaled; "
@@ -126,6 +136,14 @@ def markdown(summary: dict) -> str:
                      f"{r['threshold']:.4f} | {kinds} | {at.get('frr', float('nan')):.2%} | "
                      f"{at.get('fa_per_hour', float('nan')):.2f} |")
     return "\n".join(lines) + "\n"
+
+
+def runs_text(protocol: dict) -> str:
+    """Where the scored runs came from: stream_results' seed runs unless --runs named others."""
+    runs = protocol.get("runs", DEFAULT_RUNS)
+    if runs == DEFAULT_RUNS:
+        return "the models and raw posteriors of `scripts/stream_results.py --seed-spread`"
+    return f"the runs in {runs} (`--runs`), converted and scored here"
 
 
 def summary_lines(runs: list) -> list:
