@@ -121,7 +121,8 @@ def markdown(summary: dict) -> str:
     p = summary["protocol"]
     lines = ["# Where the stream errors come from (scripts/stream_errors.py)", "",
              f"Produced by `python scripts/stream_errors.py` ({summary['minutes']:g} min) from {runs_text(p)}: "
-             f"the {p['hours']:g} h test stream (held-out voices, seed {p['seed']}), smoothing {p['smoothing_ms']:g} ms, one threshold for all keywords. "
+             f"the {p['hours']:g} h test stream (held-out voices, seed {p['seed']}), smoothing "
+             f"{p['smoothing_ms']:g} ms, one threshold for all keywords. "
              "At float's threshold: the threshold that gives the same seed's float run 1 FA/h; the runs of seed i "
              "all fine-tune the same float model with the same shuffling and augmentation. FRR and false accepts "
              "both above float's there: worse than float at that operating point, however the scores are scaled; "
