@@ -187,7 +187,13 @@ def sentence_share(runs: list) -> float:
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    return runs_parser(__doc__, "stream_errors").parse_args(argv)
+
+
+def runs_parser(description: str, report: str) -> argparse.ArgumentParser:
+    """The options of a script that scores stream_results' seed runs on its test stream and writes
+    docs/REPORT.md and .json."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = sr.parse_args([])
     for name in ("runs", "data", "work", "docs"):
         parser.add_argument(f"--{name}", type=type(getattr(defaults, name)), default=getattr(defaults, name))
@@ -196,9 +202,9 @@ def parse_args(argv):
     parser.add_argument("--smoothing-ms", type=float, default=defaults.smoothing_ms)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--markdown-only", action="store_true",
-                        help="rewrite stream_errors.md from the stream_errors.json already in --docs")
+                        help=f"rewrite {report}.md from the {report}.json already in --docs")
     parser.add_argument("--scores", default=defaults.scores, help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    return parser
 
 
 if __name__ == "__main__":

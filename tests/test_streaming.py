@@ -179,13 +179,15 @@ def test_count_errors_and_evaluate():
     array = np.array([(s, e) for s, e, _ in occurrences])
     latencies, false_accepts, fired = count_errors(times, scores, 2, array, 0.8, 1.0)
     assert fired == 3 and false_accepts == 1 and latencies.tolist() == pytest.approx([-0.2, -0.2])
-    report = evaluate(times, scores, LABELS, occurrences, hours=0.5, config=DetectorConfig(), target_fa_per_hour=2.0)
+    report = evaluate(times, scores, LABELS, occurrences, hours=0.5, config=DetectorConfig(), target_fa_per_hour=2.0,
+                      per_keyword=True)
     assert report["frr_at_fa_per_hour"]["2.0"]["frr"] == pytest.approx(0.25)    # any threshold: 3 of 4, 1 FA
     assert report["frr_at_fa_per_hour"]["1.0"]["frr"] == pytest.approx(1.0)     # 0 FA needs t above the FA score
     assert report["thresholds_rule"] == "per keyword"                        # 2 FA/h x 0.5 h: one allowed
     assert report["thresholds"]["yes"] == pytest.approx(0.05)
     assert report["at_thresholds"]["false_accepts"] == 1 and report["at_thresholds"]["misses"] == 1
     assert report["at_thresholds"]["latency_s"]["median"] == pytest.approx(-0.2)
+    assert report["at_thresholds"]["keywords"] == {"yes": {"occurrences": 4, "misses": 1, "false_accepts": 1}}
     pieces = [(0.0, 60.0, "keyword"), (69.5, 71.0, "sentence"), (80.0, 100.0, "noise")]
     assert false_accepts_by_kind(times, scores, LABELS, occurrences, pieces, 0.8, 1.0) == {"sentence": 1}
     assert false_accepts_by_kind(times, scores, LABELS, occurrences, pieces, 0.5, 1.0) == {"sentence": 1}
@@ -213,9 +215,31 @@ def test_count_errors_and_evaluate():
 def test_per_keyword_thresholds_need_one_allowed_false_accept_each():
     from edgeasr.eval.stream import threshold_rule
 
-    assert threshold_rule(keyword_count=10, hours=4.0, target_fa_per_hour=1.0) == "common"
-    assert threshold_rule(keyword_count=10, hours=10.0, target_fa_per_hour=1.0) == "per keyword"
-    assert threshold_rule(keyword_count=1, hours=1.0, target_fa_per_hour=1.0) == "per keyword"
+    assert threshold_rule(keyword_count=10, hours=4.0, target_fa_per_hour=1.0, per_keyword=True) == "common"
+    assert threshold_rule(keyword_count=10, hours=10.0, target_fa_per_hour=1.0, per_keyword=True) == "per keyword"
+    assert threshold_rule(keyword_count=1, hours=1.0, target_fa_per_hour=1.0, per_keyword=True) == "per keyword"
+    assert threshold_rule(keyword_count=1, hours=1.0, target_fa_per_hour=1.0) == "common"   # only when asked for
+
+
+def test_per_keyword_thresholds_are_scored_keyword_by_keyword():
+    """'yes' fires on other audio at 0.95, 'no' never does: a common threshold that rejects the false
+    accept misses both keywords' 0.9 occurrences; per-keyword thresholds miss only 'yes'."""
+    from edgeasr.eval.stream import evaluate
+
+    times = np.round(np.arange(0, 60, 0.02), 2)
+    scores = np.zeros((len(times), 4), np.float32)
+    scores[:, 0] = 1.0
+    occurrences = [(10.0, 10.5, "yes"), (20.0, 20.5, "no"), (30.0, 30.5, "no")]
+    for (start, _, name), score in zip(occurrences, (0.9, 0.9, 0.99)):
+        scores[(times >= start + 0.3) & (times < start + 0.8), 2 + (name == "no")] = score
+    scores[(times >= 45.0) & (times < 45.2), 2] = 0.95                   # 'yes' during other audio
+    labels, config = LABELS + ["no"], DetectorConfig()
+    common = evaluate(times, scores, labels, occurrences, hours=1.0, config=config, thresholds={"yes": 0.96, "no": 0.96})
+    assert common["at_thresholds"]["keywords"] == {"yes": {"occurrences": 1, "misses": 1, "false_accepts": 0},
+                                                   "no": {"occurrences": 2, "misses": 1, "false_accepts": 0}}
+    split = evaluate(times, scores, labels, occurrences, hours=1.0, config=config, thresholds={"yes": 0.96, "no": 0.5})
+    assert split["at_thresholds"]["keywords"]["no"]["misses"] == 0
+    assert (split["at_thresholds"]["misses"], split["at_thresholds"]["false_accepts"]) == (1, 0)
 
 
 def test_fa_points_are_refined_between_grid_thresholds():
@@ -297,6 +321,9 @@ def test_built_stream_and_cli(tiny_dataset, tmp_path, model_path):
     assert "given (not chosen on this stream)" in again.output
     bad = CliRunner().invoke(main, ["eval-stream", str(model), "--wav", str(wav)])
     assert bad.exit_code == 1 and "--labels" in bad.output
+    both = CliRunner().invoke(main, ["eval-stream", str(model), "--wav", str(wav), "--labels", str(labels),
+                                     "--model-thresholds", "--per-keyword"])
+    assert both.exit_code == 1 and "cannot also choose new ones" in both.output
     fresh = tmp_path / "fresh.tflite"
     fresh.write_bytes(model_path.read_bytes())
     none = CliRunner().invoke(main, ["eval-stream", str(fresh), "--wav", str(wav), "--labels", str(labels),
