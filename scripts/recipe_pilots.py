@@ -3,8 +3,8 @@
 scripts/qat_results.py close a model's 4-bit stream gap to float?
 
 A pilot fine-tunes --policy from the shared pre-trained float model of qat_results.py for each of
---seeds, with the recipe changed only where asked (--epochs, --lr, --mracos, --frozen-bn-epochs),
-into build/recipe_pilots/NAME.
+--seeds, with the recipe changed only where asked (--epochs, --lr, --mracos, --frozen-bn-epochs,
+--start-from-float, --distill), into build/recipe_pilots/NAME.
 Each run is then scored on stream_results' 4 h test stream like docs/stream_errors.md, paired with
 the float run of the same seed in build/qat_runs (same start, shuffling and augmentation):
   - at the threshold that gives that float run 1 FA/h: the run's FRR and false accepts per hour;
@@ -25,6 +25,8 @@ Needs qat_results.py's data and runs, and stream_results.py's test stream.
     python scripts/recipe_pilots.py linear --policy w4a8 --seeds 0 1 2 3 4
     python scripts/recipe_pilots.py mracos0.1 --mracos 0.1          # pull weights toward the 4-bit grid
     python scripts/recipe_pilots.py frozenbn2 --frozen-bn-epochs 2  # last 2 epochs on the inference graph
+    python scripts/recipe_pilots.py fromfloat --start-from-float    # QAT from each seed's trained float run
+    python scripts/recipe_pilots.py distilled --start-from-float --distill 0.5  # ... which also teaches it
     python scripts/recipe_pilots.py --markdown-only
 """
 import edgeasr  # noqa: F401
@@ -47,7 +49,9 @@ from edgeasr.files import write_bytes_atomic, write_json_atomic
 from edgeasr.train.run_dir import TrainConfig
 
 CHANGES = (("policy", "policy {}"), ("epochs", "{} epochs"), ("lr", "peak lr {:g}"),
-           ("mracos", "MRACos weight {:g}"), ("frozen_bn_epochs", "BN statistics frozen for the last {} epoch(s)"))
+           ("mracos", "MRACos weight {:g}"), ("frozen_bn_epochs", "BN statistics frozen for the last {} epoch(s)"),
+           ("start", "starts from {}"), ("distill", "distilled from its start, weight {:g}"))
+PRETRAINED, SEED_FLOAT = "the pre-trained float model", "its seed's float run"
 MEASURES = (("frr_at_float_threshold", "FRR at float's threshold", 100.0),
             ("fa_per_hour_at_float_threshold", "FA/h there", 1.0),
             ("frr_at_own_threshold", "FRR at own 1 FA/h", 100.0))
@@ -63,7 +67,9 @@ def main(argv=None):
     trained = train_runs(args)
     seeds = [score_seed(args, seed, trained[seed]) for seed in args.seeds]
     pilot = {"pilot": args.name, "model": args.model, "policy": args.policy, "epochs": args.epochs, "lr": args.lr,
-             "mracos": args.mracos, "frozen_bn_epochs": args.frozen_bn_epochs, "recipe_policy": args.recipe_policy,
+             "mracos": args.mracos, "frozen_bn_epochs": args.frozen_bn_epochs,
+             "start": SEED_FLOAT if args.start_from_float else PRETRAINED, "distill": args.distill,
+             "recipe_policy": args.recipe_policy,
              "seeds": seeds,
              "minutes": round((time.perf_counter() - started) / 60, 1)}
     path = args.docs / "recipe_pilots.json"
@@ -84,16 +90,30 @@ def train_runs(args) -> dict:
         raise SystemExit(f"recipe_pilots: {pretrained} or {args.data} missing; run scripts/qat_results.py first")
     recipe = qr.recipe_of(args.model, finetune_epochs=args.epochs)
     base = qr.base_config(args.data.resolve(), args.model, recipe, seed=0)
-    base = replace(base, train=replace(base.train, mracos_weight=args.mracos, frozen_bn_epochs=args.frozen_bn_epochs))
+    base = replace(base, train=replace(base.train, mracos_weight=args.mracos, frozen_bn_epochs=args.frozen_bn_epochs,
+                                       distill_weight=args.distill))
     data = load_training_data(base.with_model_shape(), progress=False)
     test_features = features_of(data.test.waves, base.frontend)
     trained = {}
     for seed in args.seeds:
-        result = qr.finetune(args.work / args.name, args.lr, base, data, test_features, pretrained.resolve(),
+        start = start_of(args, seed, pretrained)
+        result = qr.finetune(args.work / args.name, args.lr, base, data, test_features, start.resolve(),
                              args.policy, seed, recipe)
         trained[seed] = {k: result[k] for k in ("keras_accuracy", "litert_accuracy")}
         print(json.dumps({"pilot": args.name, "seed": seed, **trained[seed]}), flush=True)
     return trained
+
+
+def start_of(args, seed: int, pretrained: Path) -> Path:
+    """The run a seed's fine-tuning starts from (and, when distilling, learns from): the shared
+    pre-trained float model, or with --start-from-float the float run of the same seed, the run the
+    pilot's run is compared with on the stream."""
+    if not args.start_from_float:
+        return pretrained
+    start = args.runs / args.model / f"float_seed{seed}"
+    if not (start / "model.keras").is_file():
+        raise SystemExit(f"recipe_pilots: {start} missing; run scripts/qat_results.py --finetune-seeds {seed} first")
+    return start
 
 
 def score_seed(args, seed: int, accuracy: dict) -> dict:
@@ -140,7 +160,8 @@ def change_text(pilot: dict) -> str:
     """What the pilot changed in the recipe of its model (and its recipe policy), e.g. "peak lr 0.0003"."""
     training = TrainConfig()
     recipe = {"policy": pilot["recipe_policy"], "epochs": qr.recipe_of(pilot["model"])["finetune_epochs"],
-              "lr": qr.FINETUNE_LR, "mracos": training.mracos_weight, "frozen_bn_epochs": training.frozen_bn_epochs}
+              "lr": qr.FINETUNE_LR, "mracos": training.mracos_weight, "frozen_bn_epochs": training.frozen_bn_epochs,
+              "start": PRETRAINED, "distill": training.distill_weight}
     changes = [text.format(pilot.get(key, recipe[key])) for key, text in CHANGES
                if pilot.get(key, recipe[key]) != recipe[key]]
     return ", ".join(changes) or "none"
@@ -159,8 +180,8 @@ def side_gaps(seeds: list, side: str, measure: tuple) -> list:
 
 def markdown(summary: dict) -> str:
     lines = ["# Recipe pilots (scripts/recipe_pilots.py)", "",
-             "Each pilot fine-tunes one policy from qat_results.py's shared pre-trained float model with one "
-             "change to the recipe, and scores its runs on the 4 h test stream of stream_results.py against the "
+             "Each pilot fine-tunes one policy from qat_results.py's shared pre-trained float model (unless its "
+             "change says otherwise) with one change to the recipe, and scores its runs on the 4 h test stream of stream_results.py against the "
              "float run of the same seed (same start, shuffling and augmentation). Differences to float, mean ± "
              "standard error over the seeds: FRR (points) and false accepts per hour at the threshold that gives "
              "float 1 FA/h (both above zero: worse than float there, however the scores are scaled), and FRR "
@@ -293,6 +314,12 @@ def parse_args(argv):
                              "0: off, the recipe's)")
     parser.add_argument("--frozen-bn-epochs", type=int, default=TrainConfig().frozen_bn_epochs,
                         help="last epochs trained on the BatchNorm moving statistics (0: none, the recipe's)")
+    parser.add_argument("--start-from-float", action="store_true",
+                        help="start each seed from its float run in --runs (float_seed<i>, trained for the recipe's "
+                             "pre-training and fine-tuning epochs) instead of the pre-trained float model")
+    parser.add_argument("--distill", type=float, default=TrainConfig().distill_weight,
+                        help="knowledge distillation weight: the run learns the softened posteriors of the model "
+                             "it starts from (edgeasr.train.distill; 0: off, the recipe's)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     parser.add_argument("--runs", type=Path, default=REPO / "build" / "qat_runs",
                         help="qat_results.py's runs: the pre-trained float model, the float and recipe runs")
