@@ -1,4 +1,6 @@
 """Distillation loss and targets (edgeasr.train.distill) on hand-computed numbers."""
+import warnings
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -53,3 +55,14 @@ def test_targets_carry_the_label_and_the_teachers_softened_posteriors():
     np.testing.assert_array_equal(batch_features.numpy(), features)
     np.testing.assert_array_equal(targets.numpy()[:, 0], labels)
     np.testing.assert_allclose(targets.numpy()[:, 1:], softened(teacher(features)).numpy(), rtol=1e-5)
+
+
+def test_a_model_compiled_for_distillation_saves_without_a_lambda(tmp_path):
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(inputs))
+    model.compile(optimizer="adam", loss=DistillationLoss(0.5), metrics=[label_accuracy()])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.save(tmp_path / "model.keras")
+    assert not [w for w in caught if "lambda" in str(w.message)]
+    assert (tmp_path / "model.keras").stat().st_size > 0
