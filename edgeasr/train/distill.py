@@ -8,7 +8,11 @@ how confident the float model is, which the labels alone do not. Measured once (
 w4a8-tanh, weight 0.5, the recipe and seeds 0-4 of scripts/qat_results.py, scored like
 scripts/stream_results.py): it did not help. FRR at 1 FA/h on the test stream 21.9% against 21.2%
 without it (float 18.9%), on the validation stream 19.7% against 15.9% (float 12.8%); test clip
-accuracy 97.3% against 97.6%. Lower weights and a per-seed teacher are untried.
+accuracy 97.3% against 97.6%. With a per-seed teacher (scripts/recipe_pilots.py "distilled": each
+seed starts from and learns from its own float run) it did not help either: +2.19 +/- 2.34 points
+of FRR against that run at 1 FA/h over seeds 0-3, where the same start without distillation
+("fromfloat") gave -1.45 +/- 1.75 on those seeds, -0.45 +/- 1.41 over seeds 0-6
+(docs/recipe_pilots.md). Lower weights are untried.
 
 The teacher runs inside the input pipeline on the same augmented features the student sees;
 targets become [label, teacher posteriors softened at TEMPERATURE] per example, so the student's
