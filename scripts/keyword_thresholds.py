@@ -34,9 +34,8 @@ import numpy as np
 import stream_errors as se
 import stream_results as sr
 from _repo import repo_relative, rewrite_markdown, with_previous_rows
-from edgeasr.eval.stream import build_test_stream, evaluate, frr_at_rate, read_labels
+from edgeasr.eval.stream import evaluate, frr_at_rate, read_labels
 from edgeasr.files import write_bytes_atomic, write_json_atomic
-from edgeasr.runtime.metadata import read_metadata
 
 CHOICES = (("common", "one threshold"), ("per_keyword", "per keyword"))
 TARGETS = (1.0, 2.0, 5.0)   # FA/h in all; on 10 h of validation each of 10 keywords may false-accept 1, 2, 5 times
@@ -100,10 +99,7 @@ def run_row(args, model_name: str, variant: str, run: str) -> dict:
 def stream_scores(args, config, path, split: str) -> tuple:
     """(times, smoothed scores, labels, keyword occurrences, hours) of the model on the split's stream:
     --validation-hours of the validation voices, --hours of the test voices."""
-    keywords = [k for k in read_metadata(path)["labels"] if not k.startswith("_")]
-    hours = args.validation_hours if split == "validation" else args.hours
-    wav, labels = build_test_stream(args.data, keywords, args.work / "streams", hours=hours, seed=args.seed,
-                                    split=split)
+    wav, labels = se.stream_of(args, path, split, args.validation_hours if split == "validation" else args.hours)
     times, scores, names, hours = se.smoothed_scores(args, config, path, wav)
     return times, scores, names, read_labels(labels), hours
 

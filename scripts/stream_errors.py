@@ -105,10 +105,15 @@ def config_of(args, model_name: str) -> DetectorConfig:
 def test_stream(args, model_path) -> tuple:
     """(WAV path, keyword occurrences, pieces) of the test stream for the keywords of the model at
     model_path (every run of a model has the same)."""
-    keywords = [k for k in read_metadata(model_path)["labels"] if not k.startswith("_")]
-    wav, label_path = build_test_stream(args.data, keywords, args.work / "streams", hours=args.hours,
-                                        seed=args.seed, split="testing")
+    wav, label_path = stream_of(args, model_path, "testing", args.hours)
     return wav, read_labels(label_path), read_labels(pieces_path(label_path))
+
+
+def stream_of(args, model_path, split: str, hours: float) -> tuple:
+    """(WAV path, label path) of the split's stream of `hours`, built (or reused) in --work/streams
+    for the keywords of the model at model_path."""
+    keywords = [k for k in read_metadata(model_path)["labels"] if not k.startswith("_")]
+    return build_test_stream(args.data, keywords, args.work / "streams", hours=hours, seed=args.seed, split=split)
 
 
 def smoothed_scores(args, config: DetectorConfig, model_path, wav) -> tuple:
