@@ -192,7 +192,7 @@ def keyword_table(runs: list) -> list:
              "misses | FA |", "|---|---|---|---:|---:|---:|---:|---:|"]
     for model, variant in dict.fromkeys((r["model"], r["variant"]) for r in runs):
         mine = [r["targets"]["1.0"] for r in runs if r["model"] == model and r["variant"] == variant]
-        for keyword in mine[0]["per_keyword"]["keywords"]:
+        for keyword in sorted(mine[0]["per_keyword"]["keywords"]):  # the JSON sorts them too
             common, split = ([entry[choice]["keywords"][keyword] for entry in mine] for choice, _ in CHOICES)
             lines.append(f"| {model} | {variant} | {keyword} | {total(common, 'misses')}/{total(common, 'occurrences')} "
                          f"| {total(common, 'false_accepts')} | {np.mean([k['threshold'] for k in split]):.4f} | "
