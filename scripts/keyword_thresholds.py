@@ -38,6 +38,7 @@ from edgeasr.eval.stream import evaluate, frr_at_rate, read_labels
 from edgeasr.files import write_bytes_atomic, write_json_atomic
 
 CHOICES = (("common", "one threshold"), ("per_keyword", "per keyword"))
+VALIDATION_HOURS = 10.0   # one hour per keyword: each may false-accept once at 1 FA/h
 TARGETS = (1.0, 2.0, 5.0)   # FA/h in all; on 10 h of validation each of 10 keywords may false-accept 1, 2, 5 times
 
 
@@ -240,7 +241,7 @@ def total(entries: list, key: str) -> int:
 
 def parse_args(argv):
     parser = se.runs_parser(__doc__, "keyword_thresholds")
-    parser.add_argument("--validation-hours", type=float, default=10.0,
+    parser.add_argument("--validation-hours", type=float, default=VALIDATION_HOURS,
                         help="length of the validation stream; per-keyword thresholds need one hour per keyword")
     return parser.parse_args(argv)
 

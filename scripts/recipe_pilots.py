@@ -6,7 +6,10 @@ A pilot fine-tunes --policy from the shared pre-trained float model of qat_resul
 --seeds, with the recipe changed only where asked (--epochs, --lr, --mracos, --frozen-bn-epochs,
 --start-from-float, --distill), into build/recipe_pilots/NAME.
 Each run is then scored on stream_results' 4 h test stream like docs/stream_errors.md, paired with
-the float run of the same seed in build/qat_runs (same start, shuffling and augmentation):
+the float run of the same seed in build/qat_runs (same shuffling and augmentation; the same start
+unless the pilot starts from that float run). --stream validation scores the same runs a second time,
+on keyword_thresholds' 10 h stream of the validation voices (voices training never heard either,
+though the recipe's settings were chosen on them):
   - at the threshold that gives that float run 1 FA/h: the run's FRR and false accepts per hour;
     both above float's means worse than float at that operating point;
   - at its own 1 FA/h threshold: FRR, the target's measure (noisier: each run's threshold rests on
@@ -15,10 +18,10 @@ The recipe's own run of --recipe-policy (default w4a8-tanh) and the same seed (b
 scored beside it where it exists, so a pilot row shows the change against the recipe on the same
 seeds. Four seeds resolve about half a point at float's threshold.
 
-Writes docs/recipe_pilots.md and .json, one row per pilot (a rerun of a NAME replaces its row), and
+Writes docs/recipe_pilots.md and .json, one row per pilot and stream (a rerun replaces its row), and
 docs/recipe_pilots.png: each pilot's FRR and FA/h gaps at float's threshold, and its FRR gap at its
 own 1 FA/h against the target.
-Needs qat_results.py's data and runs, and stream_results.py's test stream.
+Needs qat_results.py's data and runs; the streams are built (or reused) in --stream-work.
 
     python scripts/recipe_pilots.py lr3e-4 --lr 3e-4                # 4 seeds, ~6 min train + ~5 min score each
     python scripts/recipe_pilots.py qat12 --epochs 12 --seeds 0 1
@@ -27,6 +30,7 @@ Needs qat_results.py's data and runs, and stream_results.py's test stream.
     python scripts/recipe_pilots.py frozenbn2 --frozen-bn-epochs 2  # last 2 epochs on the inference graph
     python scripts/recipe_pilots.py fromfloat --start-from-float    # QAT from each seed's trained float run
     python scripts/recipe_pilots.py distilled --start-from-float --distill 0.5  # ... which also teaches it
+    python scripts/recipe_pilots.py fromfloat --start-from-float --seeds 0 1 2 3 4 5 6 7 8 9 --stream validation
     python scripts/recipe_pilots.py --markdown-only
 """
 import edgeasr  # noqa: F401
@@ -40,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
+import keyword_thresholds as kt
 import qat_results as qr
 import stream_errors as se
 import stream_results as sr
@@ -52,6 +57,7 @@ CHANGES = (("policy", "policy {}"), ("epochs", "{} epochs"), ("lr", "peak lr {:g
            ("mracos", "MRACos weight {:g}"), ("frozen_bn_epochs", "BN statistics frozen for the last {} epoch(s)"),
            ("start", "starts from {}"), ("distill", "distilled from its start, weight {:g}"))
 PRETRAINED, SEED_FLOAT = "the pre-trained float model", "its seed's float run"
+STREAMS = {"test": ("testing", sr.parse_args([]).hours), "validation": ("validation", kt.VALIDATION_HOURS)}
 MEASURES = (("frr_at_float_threshold", "FRR at float's threshold", 100.0),
             ("fa_per_hour_at_float_threshold", "FA/h there", 1.0),
             ("frr_at_own_threshold", "FRR at own 1 FA/h", 100.0))
@@ -69,15 +75,29 @@ def main(argv=None):
     pilot = {"pilot": args.name, "model": args.model, "policy": args.policy, "epochs": args.epochs, "lr": args.lr,
              "mracos": args.mracos, "frozen_bn_epochs": args.frozen_bn_epochs,
              "start": SEED_FLOAT if args.start_from_float else PRETRAINED, "distill": args.distill,
-             "recipe_policy": args.recipe_policy,
+             "recipe_policy": args.recipe_policy, "stream": args.stream,
              "seeds": seeds,
              "minutes": round((time.perf_counter() - started) / 60, 1)}
     path = args.docs / "recipe_pilots.json"
     previous = json.loads(path.read_text())["pilots"] if path.is_file() else []
-    summary = {"pilots": [p for p in previous if p["pilot"] != args.name] + [pilot]}
+    summary = {"pilots": [p for p in previous if row_key(p) != row_key(pilot)] + [pilot]}
     args.docs.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, summary)
     write_reports(summary, args.docs)
+
+
+def row_key(pilot: dict) -> tuple:
+    """What a row stands for: a pilot on a stream (rows before --stream were scored on the test stream)."""
+    return pilot["pilot"], stream_name(pilot)
+
+
+def stream_name(pilot: dict) -> str:
+    return pilot.get("stream", "test")
+
+
+def stream_text(pilot: dict) -> str:
+    """E.g. "test 4 h"."""
+    return f"{stream_name(pilot)} {STREAMS[stream_name(pilot)][1]:g} h"
 
 
 def train_runs(args) -> dict:
@@ -117,11 +137,11 @@ def start_of(args, seed: int, pretrained: Path) -> Path:
 
 
 def score_seed(args, seed: int, accuracy: dict) -> dict:
-    """The pilot's run and the recipe's run of one seed on the test stream, against that seed's float run."""
+    """The pilot's run and the recipe's run of one seed on --stream, against that seed's float run."""
     reference = stream_args(args, args.runs, args.stream_work)
     config = se.config_of(reference, args.model)
     float_path = sr.tflite_for(reference, args.model, f"float_seed{seed}")
-    wav, occurrences, pieces = se.test_stream(reference, float_path)
+    wav, occurrences, pieces = se.labelled_stream(reference, float_path, *STREAMS[args.stream])
 
     def operating_points(stream, run, threshold=None) -> dict:
         """At the run's own 1 FA/h threshold and at `threshold` (default: its own), with the keywords
@@ -181,17 +201,19 @@ def side_gaps(seeds: list, side: str, measure: tuple) -> list:
 def markdown(summary: dict) -> str:
     lines = ["# Recipe pilots (scripts/recipe_pilots.py)", "",
              "Each pilot fine-tunes one policy from qat_results.py's shared pre-trained float model (unless its "
-             "change says otherwise) with one change to the recipe, and scores its runs on the 4 h test stream of stream_results.py against the "
-             "float run of the same seed (same start, shuffling and augmentation). Differences to float, mean ± "
+             "change says otherwise) with one change to the recipe, and scores its runs on a stream of voices "
+             "training never heard against the float run of the same seed (same shuffling and augmentation; the "
+             "same start unless it starts from that run). The stream: test, stream_results.py's 4 h test stream; "
+             "validation, keyword_thresholds.py's 10 h stream of the validation voices. Differences to float, mean ± "
              "standard error over the seeds: FRR (points) and false accepts per hour at the threshold that gives "
              "float 1 FA/h (both above zero: worse than float there, however the scores are scaled), and FRR "
              "at the run's own 1 FA/h threshold (the target's measure, noisier). Each pilot column is followed by "
              "the same for the recipe's own runs of the policy in the recipe column on the same seeds "
              "(build/qat_runs), where it has them. The same as a picture: recipe_pilots.png.", "",
              "![pilots against float](recipe_pilots.png)", "",
-             "| pilot | model | change to the recipe | seeds | Keras clip accuracy | recipe's policy | "
+             "| pilot | model | change to the recipe | seeds | stream | Keras clip accuracy | recipe's policy | "
              + " | ".join(f"{label} | recipe's" for _, label, _ in MEASURES) + " | at float's threshold |",
-             "|---|---|---|---|---:|---|" + "---:|---:|" * len(MEASURES) + "---|"]
+             "|---|---|---|---|---|---:|---|" + "---:|---:|" * len(MEASURES) + "---|"]
     for pilot in summary["pilots"]:
         seeds = pilot["seeds"]
         accuracy = np.mean([s["keras_accuracy"] for s in seeds])
@@ -200,7 +222,8 @@ def markdown(summary: dict) -> str:
             for side in ("pilot", "recipe"):
                 cells.append(gap_text(side_gaps(seeds, side, measure), len(seeds)))
         seed_list = ", ".join(str(s["seed"]) for s in seeds)
-        lines.append(f"| {pilot['pilot']} | {pilot['model']} | {change_text(pilot)} | {seed_list} | {accuracy:.2%} | "
+        lines.append(f"| {pilot['pilot']} | {pilot['model']} | {change_text(pilot)} | {seed_list} | "
+                     f"{stream_text(pilot)} | {accuracy:.2%} | "
                      f"{pilot['recipe_policy']} | " + " | ".join(cells) + f" | {reading(seeds)} |")
     return "\n".join(lines + keyword_lines(summary["pilots"])) + "\n"
 
@@ -217,7 +240,7 @@ def keyword_lines(pilots: list) -> list:
     for pilot in scored:
         summed = {side: summed_counts([s[side][key] for s in pilot["seeds"] if s[side] is not None])
                   for side in ("pilot", "recipe", "float")}
-        lines.append(f"- {pilot['pilot']} (seeds {', '.join(str(s['seed']) for s in pilot['seeds'])}): "
+        lines.append(f"- {label(pilot)} (seeds {', '.join(str(s['seed']) for s in pilot['seeds'])}): "
                      + "; ".join(f"{side} {counts_text(counts) or 'none'}" for side, counts in summed.items()))
     return lines
 
@@ -237,26 +260,26 @@ def plot(summary: dict, path: Path) -> None:
     for index, pilot in enumerate(pilots):
         color = f"C{index}"
         (frr, frr_se), (fa, fa_se) = (mean_and_error(side_gaps(pilot["seeds"], "pilot", m)) for m in MEASURES[:2])
-        left.errorbar(fa, frr, xerr=fa_se, yerr=frr_se, fmt="o", color=color, capsize=3, label=pilot["pilot"])
+        left.errorbar(fa, frr, xerr=fa_se, yerr=frr_se, fmt="o", color=color, capsize=3, label=label(pilot))
         recipe_frr, recipe_fa = (mean_and_error(side_gaps(pilot["seeds"], "recipe", m))[0] for m in MEASURES[:2])
         left.plot([recipe_fa, fa], [recipe_frr, frr], color=color, lw=0.8, ls=":")
         left.plot(recipe_fa, recipe_frr, "o", mfc="none", color=color)
     left.text(0.98, 0.98, "worse than float on both", transform=left.transAxes, ha="right", va="top", fontsize=8)
     left.set_xlabel("false accepts per hour - float's")
     left.set_ylabel("FRR - float's (points)")
-    left.set_title("at float's 1 FA/h threshold (hollow: recipe, same seeds)", fontsize=9)
+    left.set_title("at float's 1 FA/h threshold (hollow: recipe, the pilot's seeds it has)", fontsize=9)
     left.legend(fontsize=8)
     rows = np.arange(len(pilots))
     for offset, side, color in ((-0.2, "pilot", "#3b75af"), (0.2, "recipe", "#aaaaaa")):
         gaps = [side_gaps(p["seeds"], side, MEASURES[2]) for p in pilots]
         values = [mean_and_error(g) for g in gaps]
         right.barh(rows + offset, [v for v, _ in values], xerr=[e or 0.0 for _, e in values], height=0.38,
-                   color=color, capsize=3, label=side if side == "pilot" else "recipe, same seeds")
+                   color=color, capsize=3, label=side if side == "pilot" else "recipe, the pilot's seeds it has")
         for row, seed_gaps in zip(rows, gaps):
             right.plot(seed_gaps, [row + offset] * len(seed_gaps), "o", ms=3, mfc="white", mec="black", mew=0.6)
     right.axvline(1.0, color="#c44e52", ls="--", lw=1, label="target: within 1 point")
     right.axvline(0, color="#888888", lw=0.8)
-    right.set_yticks(rows, [p["pilot"] for p in pilots])
+    right.set_yticks(rows, [label(p) for p in pilots])
     right.invert_yaxis()
     right.set_xlabel("FRR at the run's own 1 FA/h - float's (points)")
     right.set_title("the target's measure (mean ± standard error; dots: seeds)", fontsize=9)
@@ -264,6 +287,11 @@ def plot(summary: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def label(pilot: dict) -> str:
+    """The pilot's name, and its stream where that is not the test stream."""
+    return pilot["pilot"] if stream_name(pilot) == "test" else f"{pilot['pilot']} ({stream_text(pilot)})"
 
 
 def summed_counts(counts: list) -> dict:
@@ -321,6 +349,9 @@ def parse_args(argv):
                         help="knowledge distillation weight: the run learns the softened posteriors of the model "
                              "it starts from (edgeasr.train.distill; 0: off, the recipe's)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    parser.add_argument("--stream", choices=list(STREAMS), default="test",
+                        help="score on stream_results' 4 h test stream, or on keyword_thresholds' 10 h stream of "
+                             "the validation voices (runs already trained are only scored)")
     parser.add_argument("--runs", type=Path, default=REPO / "build" / "qat_runs",
                         help="qat_results.py's runs: the pre-trained float model, the float and recipe runs")
     parser.add_argument("--data", type=Path, default=REPO / "build" / "qat_data")

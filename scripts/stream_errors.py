@@ -105,7 +105,12 @@ def config_of(args, model_name: str) -> DetectorConfig:
 def test_stream(args, model_path) -> tuple:
     """(WAV path, keyword occurrences, pieces) of the test stream for the keywords of the model at
     model_path (every run of a model has the same)."""
-    wav, label_path = stream_of(args, model_path, "testing", args.hours)
+    return labelled_stream(args, model_path, "testing", args.hours)
+
+
+def labelled_stream(args, model_path, split: str, hours: float) -> tuple:
+    """(WAV path, keyword occurrences, pieces) of the split's stream of `hours` (see stream_of)."""
+    wav, label_path = stream_of(args, model_path, split, hours)
     return wav, read_labels(label_path), read_labels(pieces_path(label_path))
 
 
