@@ -9,11 +9,12 @@ Each run is then scored on stream_results' 4 h test stream like docs/stream_erro
 the float run of the same seed in build/qat_runs (same shuffling and augmentation; the same start
 unless the pilot starts from that float run). --stream validation scores the same runs a second time,
 on keyword_thresholds' 10 h stream of the validation voices (voices training never heard either,
-though the recipe's settings were chosen on them):
+though the recipe's settings were chosen on them); --stream both on the two played one after another,
+14 h of two sets of voices, where each run's 1 FA/h threshold rests on its 15th-best false accept:
   - at the threshold that gives that float run 1 FA/h: the run's FRR and false accepts per hour;
     both above float's means worse than float at that operating point;
-  - at its own 1 FA/h threshold: FRR, the target's measure (noisier: each run's threshold rests on
-    its 5th-best false accept).
+  - at its own 1 FA/h threshold: FRR, the target's measure (noisier: on the test stream each run's
+    threshold rests on its 5th-best false accept).
 The recipe's own run of --recipe-policy (default w4a8-tanh) and the same seed (build/qat_runs) is
 scored beside it where it exists, so a pilot row shows the change against the recipe on the same
 seeds. Four seeds resolve about half a point at float's threshold.
@@ -31,6 +32,7 @@ Needs qat_results.py's data and runs; the streams are built (or reused) in --str
     python scripts/recipe_pilots.py fromfloat --start-from-float    # QAT from each seed's trained float run
     python scripts/recipe_pilots.py distilled --start-from-float --distill 0.5  # ... which also teaches it
     python scripts/recipe_pilots.py fromfloat --start-from-float --seeds 0 1 2 3 4 5 6 7 8 9 --stream validation
+    python scripts/recipe_pilots.py fromfloat --start-from-float --seeds 0 1 2 3 4 5 6 7 8 9 --stream both
     python scripts/recipe_pilots.py --markdown-only
 """
 import edgeasr  # noqa: F401
@@ -57,7 +59,8 @@ CHANGES = (("policy", "policy {}"), ("epochs", "{} epochs"), ("lr", "peak lr {:g
            ("mracos", "MRACos weight {:g}"), ("frozen_bn_epochs", "BN statistics frozen for the last {} epoch(s)"),
            ("start", "starts from {}"), ("distill", "distilled from its start, weight {:g}"))
 PRETRAINED, SEED_FLOAT = "the pre-trained float model", "its seed's float run"
-STREAMS = {"test": ("testing", sr.parse_args([]).hours), "validation": ("validation", kt.VALIDATION_HOURS)}
+TEST, VALIDATION = ("testing", sr.parse_args([]).hours), ("validation", kt.VALIDATION_HOURS)
+STREAMS = {"test": (TEST,), "validation": (VALIDATION,), "both": (TEST, VALIDATION)}   # (split, hours) played in turn
 MEASURES = (("frr_at_float_threshold", "FRR at float's threshold", 100.0),
             ("fa_per_hour_at_float_threshold", "FA/h there", 1.0),
             ("frr_at_own_threshold", "FRR at own 1 FA/h", 100.0))
@@ -97,7 +100,7 @@ def stream_name(pilot: dict) -> str:
 
 def stream_text(pilot: dict) -> str:
     """E.g. "test 4 h"."""
-    return f"{stream_name(pilot)} {STREAMS[stream_name(pilot)][1]:g} h"
+    return f"{stream_name(pilot)} {sum(hours for _, hours in STREAMS[stream_name(pilot)]):g} h"
 
 
 def train_runs(args) -> dict:
@@ -141,13 +144,13 @@ def score_seed(args, seed: int, accuracy: dict) -> dict:
     reference = stream_args(args, args.runs, args.stream_work)
     config = se.config_of(reference, args.model)
     float_path = sr.tflite_for(reference, args.model, f"float_seed{seed}")
-    wav, occurrences, pieces = se.labelled_stream(reference, float_path, *STREAMS[args.stream])
+    streams = [se.labelled_stream(reference, float_path, split, hours) for split, hours in STREAMS[args.stream]]
 
     def operating_points(stream, run, threshold=None) -> dict:
         """At the run's own 1 FA/h threshold and at `threshold` (default: its own), with the keywords
         that fired falsely there."""
         path = sr.tflite_for(stream, args.model, run)
-        times, scores, names, hours = se.smoothed_scores(stream, config, path, wav)
+        times, scores, names, hours, occurrences, pieces = joined_scores(stream, config, path, streams)
         own_frr, own_threshold = se.own_operating_point(times, scores, names, occurrences, hours, config)
         threshold = own_threshold if threshold is None else threshold
         at = errors_at(times, scores, names, occurrences, hours, config, threshold)
@@ -167,6 +170,24 @@ def score_seed(args, seed: int, accuracy: dict) -> dict:
     row = {"seed": seed, **accuracy, "float": float_point, "pilot": pilot, "recipe": recipe}
     print(json.dumps(row), flush=True)
     return row
+
+
+def joined_scores(args, config, model_path, streams: list) -> tuple:
+    """(times, smoothed scores, labels, hours, keyword occurrences, pieces) of a model on `streams`
+    ([(WAV path, occurrences, pieces)]) played one after another."""
+    parts, offset = [], 0.0
+    for wav, occurrences, pieces in streams:
+        times, scores, names, hours = se.smoothed_scores(args, config, model_path, wav)
+        parts.append((times + offset, scores, shifted(occurrences, offset), shifted(pieces, offset)))
+        offset += hours * 3600
+    times, scores, occurrences, pieces = zip(*parts)
+    return (np.concatenate(times), np.concatenate(scores), names, offset / 3600, sum(occurrences, []),
+            sum(pieces, []))
+
+
+def shifted(labels: list, seconds: float) -> list:
+    """[(start, end, name)] moved `seconds` later."""
+    return [(start + seconds, end + seconds, name) for start, end, name in labels]
 
 
 def stream_args(args, runs: Path, work: Path):
@@ -204,7 +225,8 @@ def markdown(summary: dict) -> str:
              "change says otherwise) with one change to the recipe, and scores its runs on a stream of voices "
              "training never heard against the float run of the same seed (same shuffling and augmentation; the "
              "same start unless it starts from that run). The stream: test, stream_results.py's 4 h test stream; "
-             "validation, keyword_thresholds.py's 10 h stream of the validation voices. Differences to float, mean ± "
+             "validation, keyword_thresholds.py's 10 h stream of the validation voices; both, the two one after "
+             "another. Differences to float, mean ± "
              "standard error over the seeds: FRR (points) and false accepts per hour at the threshold that gives "
              "float 1 FA/h (both above zero: worse than float there, however the scores are scaled), and FRR "
              "at the run's own 1 FA/h threshold (the target's measure, noisier). Each pilot column is followed by "
@@ -258,7 +280,7 @@ def plot(summary: dict, path: Path) -> None:
     left.axhline(0, color="#888888", lw=0.8)
     left.axvline(0, color="#888888", lw=0.8)
     for index, pilot in enumerate(pilots):
-        color = f"C{index}"
+        color = plt.cm.tab20(index % 20)   # tab10 repeats after ten pilots
         (frr, frr_se), (fa, fa_se) = (mean_and_error(side_gaps(pilot["seeds"], "pilot", m)) for m in MEASURES[:2])
         left.errorbar(fa, frr, xerr=fa_se, yerr=frr_se, fmt="o", color=color, capsize=3, label=label(pilot))
         recipe_frr, recipe_fa = (mean_and_error(side_gaps(pilot["seeds"], "recipe", m))[0] for m in MEASURES[:2])
@@ -350,8 +372,9 @@ def parse_args(argv):
                              "it starts from (edgeasr.train.distill; 0: off, the recipe's)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     parser.add_argument("--stream", choices=list(STREAMS), default="test",
-                        help="score on stream_results' 4 h test stream, or on keyword_thresholds' 10 h stream of "
-                             "the validation voices (runs already trained are only scored)")
+                        help="score on stream_results' 4 h test stream, on keyword_thresholds' 10 h stream of the "
+                             "validation voices, or on both one after another (14 h; runs already trained are "
+                             "only scored)")
     parser.add_argument("--runs", type=Path, default=REPO / "build" / "qat_runs",
                         help="qat_results.py's runs: the pre-trained float model, the float and recipe runs")
     parser.add_argument("--data", type=Path, default=REPO / "build" / "qat_data")

@@ -11,8 +11,9 @@ without it (float 18.9%), on the validation stream 19.7% against 15.9% (float 12
 accuracy 97.3% against 97.6%. With a per-seed teacher (scripts/recipe_pilots.py "distilled": each
 seed starts from and learns from its own float run) it did not help either: +2.19 +/- 2.34 points
 of FRR against that run at 1 FA/h over seeds 0-3, where the same start without distillation
-("fromfloat") gave -1.45 +/- 1.75 on those seeds, +0.29 +/- 1.22 over seeds 0-9
-(docs/recipe_pilots.md). Lower weights are untried.
+("fromfloat") gave -1.45 +/- 1.75 on those seeds, +0.29 +/- 1.22 over seeds 0-9 on the test
+stream, but +2.60 +/- 1.91 on the 10 h validation stream (docs/recipe_pilots.md). Lower weights
+are untried.
 
 The teacher runs inside the input pipeline on the same augmented features the student sees;
 targets become [label, teacher posteriors softened at TEMPERATURE] per example, so the student's
