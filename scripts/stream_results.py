@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from _repo import MAIN_RUN, REPO, repo_relative, rewrite_markdown, standard_error, with_previous_rows
-from edgeasr.audio.io import load_audio, write_wav
+from edgeasr.audio.io import audio_seconds, load_audio, write_wav
 from edgeasr.eval.stream import build_test_stream, errors_at, evaluate, plot_det, read_labels, stream_posteriors
 from edgeasr.files import write_bytes_atomic, write_json_atomic
 from edgeasr.runtime.metadata import read_metadata
@@ -226,17 +226,15 @@ def cached_posteriors(model: Path, wav: Path, config: DetectorConfig, folder: Pa
     import hashlib
     from dataclasses import replace
 
-    frontend = read_metadata(model)["frontend"]
-    audio = load_audio(wav, frontend["sample_rate"])
     digest = hashlib.sha256(model.read_bytes()).hexdigest()[:12]
     cache = folder / f"{model.stem}.{digest}.{wav.stem}.hop{config.hop_ms:g}.npz"
     if not cache.is_file():
+        audio = load_audio(wav, read_metadata(model)["frontend"]["sample_rate"])
         times, raw, names = stream_posteriors(model, audio, replace(config, smoothing_ms=config.hop_ms))
         folder.mkdir(parents=True, exist_ok=True)
         np.savez(cache, times=times, raw=raw, labels=np.array(names))
     stored = np.load(cache)
-    hours = len(audio) / frontend["sample_rate"] / 3600
-    return stored["times"], stored["raw"], [str(n) for n in stored["labels"]], hours
+    return stored["times"], stored["raw"], [str(n) for n in stored["labels"]], audio_seconds(wav) / 3600
 
 
 def held_out_reports(args, model_name: str, path: Path, sweep: bool = True):

@@ -67,10 +67,14 @@ def test_bad_files_are_skipped_counted_and_resampled(damaged_dataset, tiny_datas
 
 
 def test_resampled_and_short_clips_are_usable(damaged_dataset):
-    from edgeasr.audio.io import load_audio
+    from edgeasr.audio.io import audio_seconds, load_audio
 
     resampled = load_audio(damaged_dataset / "no" / "eightk_nohash_0.wav", 16000)
     assert len(resampled) == 16000 and abs(np.max(np.abs(resampled)) - 0.5) < 0.02
+    assert audio_seconds(damaged_dataset / "no" / "eightk_nohash_0.wav") == 1.0
+    assert audio_seconds(damaged_dataset / "stop" / "short_nohash_0.wav") == 0.25
+    with pytest.raises(EdgeasrError, match="cannot read audio"):
+        audio_seconds(damaged_dataset / "yes" / "corrupt_nohash_0.wav")
     padded = fit_length(np.ones(4000, np.int16), 16000)
     assert padded.shape == (16000,) and padded[:4000].all() and not padded[4000:].any()
 

@@ -27,6 +27,15 @@ def load_audio(path: os.PathLike, sample_rate: int) -> np.ndarray:
     return mono
 
 
+def audio_seconds(path: os.PathLike) -> float:
+    """How long a file plays, from its header alone (nothing is decoded)."""
+    try:
+        info = soundfile.info(str(path))
+    except Exception as exc:  # soundfile raises several types for bad files
+        raise AudioError(f"{path}: cannot read audio ({exc})") from exc
+    return info.frames / info.samplerate
+
+
 def write_wav(path: os.PathLike, samples: np.ndarray, sample_rate: int) -> None:
     """16-bit PCM mono WAV, written to a temporary file first and renamed into place."""
     pcm = samples if np.asarray(samples).dtype == np.int16 else to_int16(samples)
