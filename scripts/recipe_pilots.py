@@ -27,6 +27,7 @@ Needs qat_results.py's data and runs; the streams are built (or reused) in --str
     python scripts/recipe_pilots.py lr3e-4 --lr 3e-4                # 4 seeds, ~6 min train + ~5 min score each
     python scripts/recipe_pilots.py qat12 --epochs 12 --seeds 0 1
     python scripts/recipe_pilots.py linear --policy w4a8 --seeds 0 1 2 3 4
+    python scripts/recipe_pilots.py dw8 --policy w4a8-tanh-dw8 --stream both   # 8-bit where the file stores int8
     python scripts/recipe_pilots.py mracos0.1 --mracos 0.1          # pull weights toward the 4-bit grid
     python scripts/recipe_pilots.py frozenbn2 --frozen-bn-epochs 2  # last 2 epochs on the inference graph
     python scripts/recipe_pilots.py fromfloat --start-from-float    # QAT from each seed's trained float run
@@ -53,6 +54,7 @@ import stream_results as sr
 from _repo import REPO, read_summary, standard_error
 from edgeasr.eval.stream import counts_text, errors_at, false_accept_sources, tally
 from edgeasr.files import write_bytes_atomic, write_json_atomic
+from edgeasr.quant.policy import known_presets
 from edgeasr.train.run_dir import TrainConfig
 
 CHANGES = (("policy", "policy {}"), ("epochs", "{} epochs"), ("lr", "peak lr {:g}"),
@@ -353,7 +355,8 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", nargs="?", help="the pilot's name: its runs go to --work/NAME, its row is NAME")
     parser.add_argument("--model", choices=qr.MODELS, default="ds_cnn_s")
-    parser.add_argument("--policy", choices=[p for p in qr.POLICIES if p != "float"], default="w4a8-tanh")
+    parser.add_argument("--policy", choices=[p for p in known_presets() if p not in ("float", "conformer-mixed")],
+                        default="w4a8-tanh")
     parser.add_argument("--recipe-policy", choices=[p for p in qr.POLICIES if p != "float"], default="w4a8-tanh",
                         help="the recipe's runs the pilot is shown beside")
     parser.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default: the model's recipe)")

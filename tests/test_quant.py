@@ -143,13 +143,15 @@ def test_policy_patterns_first_match_wins_and_json_round_trip():
 
 
 def test_presets():
-    assert known_presets() == ["float", "w8a8", "w4a8", "w4a8-tanh", "mixed", "conformer-mixed"]
+    assert known_presets() == ["float", "w8a8", "w4a8", "w4a8-tanh", "mixed", "w4a8-tanh-dw8", "conformer-mixed"]
     assert preset("float").is_float
     mixed = preset("mixed")
     for name in ("conv0", "dense1", "logits"):
         assert mixed.resolve(name) == LayerPrecision(8, "linear", "per-channel", 8)
     for name in ("dw1", "pw4", "dense2"):
         assert mixed.resolve(name) == LayerPrecision(4, "tanh", "per-channel", 8)
+    dw8 = preset("w4a8-tanh-dw8")
+    assert [dw8.resolve(name).weight_bits for name in ("conv0", "dw1", "dw4", "pw1", "logits")] == [8, 8, 8, 4, 4]
     with pytest.raises(EdgeasrError, match="w4a8-tanh"):
         preset("int3")
     with pytest.raises(EdgeasrError, match="weight_bits"):
