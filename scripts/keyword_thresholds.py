@@ -100,7 +100,7 @@ def run_row(args, model_name: str, variant: str, run: str) -> dict:
 def stream_scores(args, config, path, split: str) -> tuple:
     """(times, smoothed scores, labels, keyword occurrences, hours) of the model on the split's stream:
     --validation-hours of the validation voices, --hours of the test voices."""
-    wav, labels = se.stream_of(args, path, split, args.validation_hours if split == "validation" else args.hours)
+    wav, labels = sr.stream_of(args, path, split, args.validation_hours if split == "validation" else args.hours)
     times, scores, names, hours = se.smoothed_scores(args, config, path, wav)
     return times, scores, names, read_labels(labels), hours
 

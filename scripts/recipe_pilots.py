@@ -61,7 +61,7 @@ CHANGES = (("policy", "policy {}"), ("epochs", "{} epochs"), ("lr", "peak lr {:g
            ("mracos", "MRACos weight {:g}"), ("frozen_bn_epochs", "BN statistics frozen for the last {} epoch(s)"),
            ("start", "starts from {}"), ("distill", "distilled from its start, weight {:g}"))
 PRETRAINED, SEED_FLOAT = "the pre-trained float model", "its seed's float run"
-TEST, VALIDATION = ("testing", sr.parse_args([]).hours), ("validation", kt.VALIDATION_HOURS)
+TEST, VALIDATION = ("testing", sr.TEST_HOURS), ("validation", kt.VALIDATION_HOURS)
 STREAMS = {"test": (TEST,), "validation": (VALIDATION,), "both": (TEST, VALIDATION)}   # (split, hours) played in turn
 MEASURES = (("frr_at_float_threshold", "FRR at float's threshold", 100.0),
             ("fa_per_hour_at_float_threshold", "FA/h there", 1.0),

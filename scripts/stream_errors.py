@@ -40,9 +40,8 @@ import numpy as np
 
 import stream_results as sr
 from _repo import repo_relative, rewrite_markdown, standard_error, with_previous_rows
-from edgeasr.eval.stream import build_test_stream, errors_at, evaluate, false_accepts_by_kind, pieces_path, read_labels
+from edgeasr.eval.stream import errors_at, evaluate, false_accepts_by_kind, pieces_path, read_labels
 from edgeasr.files import write_bytes_atomic, write_json_atomic
-from edgeasr.runtime.metadata import read_metadata
 from edgeasr.runtime.streaming import DetectorConfig, smoothed_posteriors
 
 DEFAULT_RUNS = repo_relative(sr.parse_args([]).runs)
@@ -109,16 +108,9 @@ def test_stream(args, model_path) -> tuple:
 
 
 def labelled_stream(args, model_path, split: str, hours: float) -> tuple:
-    """(WAV path, keyword occurrences, pieces) of the split's stream of `hours` (see stream_of)."""
-    wav, label_path = stream_of(args, model_path, split, hours)
+    """(WAV path, keyword occurrences, pieces) of the split's stream of `hours` (see stream_results.stream_of)."""
+    wav, label_path = sr.stream_of(args, model_path, split, hours)
     return wav, read_labels(label_path), read_labels(pieces_path(label_path))
-
-
-def stream_of(args, model_path, split: str, hours: float) -> tuple:
-    """(WAV path, label path) of the split's stream of `hours`, built (or reused) in --work/streams
-    for the keywords of the model at model_path."""
-    keywords = [k for k in read_metadata(model_path)["labels"] if not k.startswith("_")]
-    return build_test_stream(args.data, keywords, args.work / "streams", hours=hours, seed=args.seed, split=split)
 
 
 def smoothed_scores(args, config: DetectorConfig, model_path, wav) -> tuple:

@@ -56,6 +56,7 @@ from edgeasr.files import write_bytes_atomic, write_json_atomic
 from edgeasr.runtime.metadata import read_metadata
 from edgeasr.runtime.streaming import DetectorConfig, smoothed_posteriors
 
+TEST_HOURS = 4.0   # the test stream; FRR at 1 FA/h rests on its 5th-best false accept
 MODELS = ("ffn_stateless", "ds_cnn_s")
 VARIANTS = (("float", "float"), ("8-bit", "w8a8"), ("4-bit", "w4a8-tanh"), ("4-bit mixed", "mixed"))
 FOUR_BIT_VARIANTS = ("4-bit", "4-bit mixed")   # each held to the target against float
@@ -72,8 +73,7 @@ def main(argv=None):
     rows, curves = [], {}
     for model_name in args.models:
         models = {variant: tflite_for(args, model_name, policy + MAIN_RUN) for variant, policy in VARIANTS}
-        keywords = [k for k in read_metadata(models["8-bit"])["labels"] if not k.startswith("_")]
-        wav, labels = build_test_stream(args.data, keywords, args.work / "streams", hours=args.hours, seed=args.seed)
+        wav, labels = stream_of(args, models["8-bit"], "testing", args.hours)
         excerpt = cpu_excerpt(wav, args.work / "streams")
         for variant, path in models.items():
             config = DetectorConfig(hop_ms=HOP_MS[model_name], smoothing_ms=args.smoothing_ms)
@@ -121,7 +121,7 @@ def parse_args(argv):
     parser.add_argument("--work", type=Path, default=REPO / "build" / "stream_runs")
     parser.add_argument("--docs", type=Path, default=REPO / "docs")
     parser.add_argument("--models", nargs="+", default=list(MODELS))
-    parser.add_argument("--hours", type=float, default=4.0,
+    parser.add_argument("--hours", type=float, default=TEST_HOURS,
                         help="stream length; FRR at N FA/h rests on the (N x hours + 1)-th best false accept")
     parser.add_argument("--smoothing-ms", type=float, default=DetectorConfig.smoothing_ms)
     parser.add_argument("--scores", choices=("logits", "probabilities"), default="logits",
@@ -237,16 +237,21 @@ def cached_posteriors(model: Path, wav: Path, config: DetectorConfig, folder: Pa
     return stored["times"], stored["raw"], [str(n) for n in stored["labels"]], audio_seconds(wav) / 3600
 
 
+def stream_of(args, model_path, split: str, hours: float) -> tuple:
+    """(WAV path, label path) of the split's stream of `hours`, built (or reused) in --work/streams
+    for the keywords of the model at model_path (every run of a model has the same)."""
+    keywords = [k for k in read_metadata(model_path)["labels"] if not k.startswith("_")]
+    return build_test_stream(args.data, keywords, args.work / "streams", hours=hours, seed=args.seed, split=split)
+
+
 def held_out_reports(args, model_name: str, path: Path, sweep: bool = True):
     """(validation report, {smoothing_ms: test report}) of one model: the stream of the validation
     voices chooses the thresholds written into the model and the common 1 FA/h threshold, the stream
     of the test voices scores them (and sweeps the smoothing window unless sweep=False). When no
     threshold reaches 1 FA/h on validation, the common threshold is 1.0: a detector that never
     fires, scored as 100% FRR on test."""
-    keywords = [k for k in read_metadata(path)["labels"] if not k.startswith("_")]
     config = DetectorConfig(hop_ms=HOP_MS[model_name], smoothing_ms=args.smoothing_ms)
-    streams = {split: build_test_stream(args.data, keywords, args.work / "streams", hours=args.hours, seed=args.seed,
-                                        split=split) for split in ("validation", "testing")}
+    streams = {split: stream_of(args, path, split, args.hours) for split in ("validation", "testing")}
     validation = smoothing_reports(path, *streams["validation"], config, args.work / "posteriors",
                                    sweep=False)[args.smoothing_ms]
     common = validation["frr_at_fa_per_hour"]["1.0"]["threshold"]
