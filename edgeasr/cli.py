@@ -344,8 +344,7 @@ def eval_stream(model, data, split, wav, labels, hours, seed, cache_dir, out, ho
     if (wav is None) == (data is None) or (wav is None) != (labels is None):
         raise EdgeasrError("give either --data DATASET or --wav WAV with --labels LABELS")
     if data is not None:
-        keywords = [k for k in metadata.get("labels") or [] if not k.startswith("_")]
-        wav, labels = stream.build_test_stream(data, keywords, cache_dir, hours=hours, seed=seed, split=split)
+        wav, labels = stream.model_stream(data, metadata, cache_dir, hours=hours, seed=seed, split=split)
     config = DetectorConfig.from_metadata(metadata, hop_ms=hop_ms, smoothing_ms=smoothing_ms,
                                           refractory_ms=refractory_ms)
     thresholds = None

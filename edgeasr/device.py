@@ -210,9 +210,10 @@ def _spoken_keywords(metadata: dict, sample_rate: int) -> np.ndarray:
     import soxr
 
     from edgeasr.data.espeak import Espeak
+    from edgeasr.runtime.metadata import keywords_of
 
     engine = Espeak()
-    keywords = [k for k in metadata.get("labels", []) if not k.startswith("_")] or ["yes"]
+    keywords = keywords_of(metadata) or ["yes"]
     pieces = []
     for keyword in keywords:
         speech = engine.synthesize(keyword, "en-us", "f3").astype(np.float32) / 32768.0

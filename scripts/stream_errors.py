@@ -71,7 +71,7 @@ def model_rows(args, model_name: str) -> list:
     for variant, policy in sr.VARIANTS:
         for run in sr.seed_runs(args.runs / model_name, policy):
             path = sr.tflite_for(args, model_name, run)
-            stream = stream or test_stream(args, path)
+            stream = stream or labelled_stream(args, path, "testing", args.hours)
             wav, occurrences, pieces = stream
             times, scores, names, hours = smoothed_scores(args, config, path, wav)
             frr, threshold = own_operating_point(times, scores, names, occurrences, hours, config)
@@ -99,12 +99,6 @@ def own_operating_point(times, scores, names, occurrences, hours, config: Detect
 
 def config_of(args, model_name: str) -> DetectorConfig:
     return DetectorConfig(hop_ms=sr.HOP_MS[model_name], smoothing_ms=args.smoothing_ms)
-
-
-def test_stream(args, model_path) -> tuple:
-    """(WAV path, keyword occurrences, pieces) of the test stream for the keywords of the model at
-    model_path (every run of a model has the same)."""
-    return labelled_stream(args, model_path, "testing", args.hours)
 
 
 def labelled_stream(args, model_path, split: str, hours: float) -> tuple:

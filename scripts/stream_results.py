@@ -51,7 +51,7 @@ import numpy as np
 
 from _repo import MAIN_RUN, REPO, repo_relative, rewrite_markdown, standard_error, with_previous_rows
 from edgeasr.audio.io import audio_seconds, load_audio, write_wav
-from edgeasr.eval.stream import build_test_stream, errors_at, evaluate, plot_det, read_labels, stream_posteriors
+from edgeasr.eval.stream import errors_at, evaluate, model_stream, plot_det, read_labels, stream_posteriors
 from edgeasr.files import write_bytes_atomic, write_json_atomic
 from edgeasr.runtime.metadata import read_metadata
 from edgeasr.runtime.streaming import DetectorConfig, smoothed_posteriors
@@ -240,8 +240,8 @@ def cached_posteriors(model: Path, wav: Path, config: DetectorConfig, folder: Pa
 def stream_of(args, model_path, split: str, hours: float) -> tuple:
     """(WAV path, label path) of the split's stream of `hours`, built (or reused) in --work/streams
     for the keywords of the model at model_path (every run of a model has the same)."""
-    keywords = [k for k in read_metadata(model_path)["labels"] if not k.startswith("_")]
-    return build_test_stream(args.data, keywords, args.work / "streams", hours=hours, seed=args.seed, split=split)
+    return model_stream(args.data, read_metadata(model_path), args.work / "streams", hours=hours, seed=args.seed,
+                        split=split)
 
 
 def held_out_reports(args, model_name: str, path: Path, sweep: bool = True):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edgeasr.converters.metadata import embed_metadata
-from edgeasr.runtime.metadata import MetadataError, read_metadata
+from edgeasr.runtime.metadata import MetadataError, keywords_of, read_metadata
 
 
 def _tiny_tflite() -> bytes:
@@ -50,6 +50,12 @@ def test_runtime_reads_metadata_without_tensorflow(tiny):
             "assert not bad, bad; print('ok')")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr
+
+
+def test_keywords_of_leaves_out_the_underscore_classes():
+    labels = ["_silence_", "_unknown_", "yes", "no", "stop"]
+    assert keywords_of({"labels": labels}) == ["yes", "no", "stop"]
+    assert keywords_of({"labels": ["_silence_"]}) == [] and keywords_of(None) == [] and keywords_of({}) == []
 
 
 def test_not_a_model(tmp_path):

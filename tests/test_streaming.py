@@ -278,7 +278,7 @@ def test_labels_file(tmp_path):
 def test_built_stream_and_cli(tiny_dataset, tmp_path, model_path):
     from edgeasr.audio.io import load_audio
     from edgeasr.cli import main
-    from edgeasr.eval.stream import build_test_stream, pieces_path, read_labels
+    from edgeasr.eval.stream import build_test_stream, model_stream, pieces_path, read_labels
     from edgeasr.runtime.metadata import read_metadata
 
     wav, labels = build_test_stream(tiny_dataset, ["yes", "no", "stop"], tmp_path / "cache", hours=0.02,
@@ -286,6 +286,8 @@ def test_built_stream_and_cli(tiny_dataset, tmp_path, model_path):
     again = build_test_stream(tiny_dataset, ["yes", "no", "stop"], tmp_path / "cache2", hours=0.02, seed=1,
                               progress=False)
     assert wav.read_bytes() == again[0].read_bytes() and labels.read_text() == again[1].read_text()
+    labelled = {"labels": ["_silence_", "_unknown_", "stop", "yes", "no"]}      # a model's: the same stream
+    assert model_stream(tiny_dataset, labelled, tmp_path / "cache", hours=0.02, seed=1, progress=False) == (wav, labels)
     audio, occurrences = load_audio(wav, RATE), read_labels(labels)
     pieces = read_labels(pieces_path(labels))
     assert [(s, e) for s, e, k in pieces if k == "keyword"] == [(s, e) for s, e, _ in occurrences]

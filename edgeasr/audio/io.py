@@ -15,10 +15,7 @@ class AudioError(EdgeasrError):
 
 def load_audio(path: os.PathLike, sample_rate: int) -> np.ndarray:
     """Mono float32 samples in [-1, 1] at `sample_rate`; other rates are resampled."""
-    try:
-        samples, file_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-    except Exception as exc:  # soundfile raises several types for bad files
-        raise AudioError(f"{path}: cannot read audio ({exc})") from exc
+    samples, file_rate = _with_soundfile(path, lambda name: soundfile.read(name, dtype="float32", always_2d=True))
     if samples.size == 0:
         raise AudioError(f"{path}: the file holds no samples")
     mono = samples.mean(axis=1)
@@ -29,11 +26,16 @@ def load_audio(path: os.PathLike, sample_rate: int) -> np.ndarray:
 
 def audio_seconds(path: os.PathLike) -> float:
     """How long a file plays, from its header alone (nothing is decoded)."""
-    try:
-        info = soundfile.info(str(path))
-    except Exception as exc:  # soundfile raises several types for bad files
-        raise AudioError(f"{path}: cannot read audio ({exc})") from exc
+    info = _with_soundfile(path, soundfile.info)
     return info.frames / info.samplerate
+
+
+def _with_soundfile(path: os.PathLike, read):
+    """read(str(path)), any error of soundfile's (it raises several types for bad files) as an AudioError."""
+    try:
+        return read(str(path))
+    except Exception as exc:
+        raise AudioError(f"{path}: cannot read audio ({exc})") from exc
 
 
 def write_wav(path: os.PathLike, samples: np.ndarray, sample_rate: int) -> None:

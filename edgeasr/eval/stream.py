@@ -32,7 +32,7 @@ from edgeasr.audio.io import load_audio, write_wav
 from edgeasr.errors import EdgeasrError
 from edgeasr.files import read_json, write_bytes_atomic, write_json_atomic
 from edgeasr.runtime.litert import LiteRTModel
-from edgeasr.runtime.metadata import read_metadata
+from edgeasr.runtime.metadata import keywords_of, read_metadata
 from edgeasr.runtime.streaming import DetectorConfig, PosteriorStream, fire_indices, outputs_logits
 
 STREAM_FORMAT = 1
@@ -97,6 +97,13 @@ def pieces_path(label_path) -> Path:
 
 
 # ---- building a test stream ---------------------------------------------------------------
+
+def model_stream(dataset, metadata, out_dir, hours: float = 1.0, seed: int = 0, split: str = "testing",
+                 progress: bool = True):
+    """`build_test_stream` for the keywords of a model with this metadata -> (wav path, label path)."""
+    return build_test_stream(dataset, keywords_of(metadata), out_dir, hours=hours, seed=seed, split=split,
+                             progress=progress)
+
 
 def build_test_stream(dataset, keywords, out_dir, hours: float = 1.0, seed: int = 0,
                       sample_rate: int = 16000, progress: bool = True, split: str = "testing"):

@@ -36,6 +36,11 @@ def schema():
     return schema_py_generated
 
 
+def keywords_of(metadata) -> list:
+    """The keywords among a model's labels, in output order (the `_silence_` and `_unknown_` classes left out)."""
+    return [k for k in (metadata or {}).get("labels") or [] if not k.startswith("_")]
+
+
 def read_metadata(model, name: str = METADATA_NAME):
     """The metadata entry `name` of a .tflite path or its bytes, as a dict; None when absent."""
     if isinstance(model, (bytes, bytearray, memoryview)):
