@@ -55,10 +55,13 @@ def data():
 @click.option("--words", default=None, help="Comma-separated keywords (default: the 10 Speech Commands words).")
 @click.option("--sentence-windows", default=0, show_default=True,
               help="Per speaker: 1 s windows of keyword-free sentences, labelled unknown (connected-speech negatives).")
+@click.option("--near-words", is_flag=True,
+              help="Add words that sound like the Speech Commands keywords (top, cup, light, ...) to the unknown "
+                   "words: hard negatives.")
 @click.option("--seed", default=0, show_default=True, help="Same seed, same bytes.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @user_errors
-def synth_kws(out, speakers, repeats, words, sentence_windows, seed, overwrite):
+def synth_kws(out, speakers, repeats, words, sentence_windows, near_words, seed, overwrite):
     """Synthesise a keyword dataset in the Speech Commands v2 layout with espeak-ng.
 
     \b
@@ -66,12 +69,14 @@ def synth_kws(out, speakers, repeats, words, sentence_windows, seed, overwrite):
       edgeasr data synth-kws data/kws --speakers 60 --seed 1
       edgeasr data synth-kws data/kws_small --words yes,no,stop --speakers 12 --repeats 1
       edgeasr data synth-kws data/kws_speech --sentence-windows 15
+      edgeasr data synth-kws data/kws_hard --near-words
     """
-    from edgeasr.data.synth import SynthConfig, synthesize_kws_dataset
+    from edgeasr.data.synth import DEFAULT_UNKNOWN_WORDS, NEAR_WORDS, SynthConfig, synthesize_kws_dataset
 
     chosen_words = {"words": _split_words(words)} if words else {}
+    unknown_words = DEFAULT_UNKNOWN_WORDS + (NEAR_WORDS if near_words else ())
     config = SynthConfig(speakers=speakers, repeats=repeats, seed=seed, sentence_windows=sentence_windows,
-                         **chosen_words)
+                         unknown_words=unknown_words, **chosen_words)
     summary = synthesize_kws_dataset(out, config, overwrite=overwrite)
     click.echo(json.dumps(summary, indent=2))
 

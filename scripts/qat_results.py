@@ -21,11 +21,14 @@ Writes docs/qat_results.md, docs/qat_results.json and docs/qat_results.png.
     python scripts/qat_results.py --models ds_cnn_s --policies float w4a8-tanh --finetune-seeds 5 6 7 8 9
     python scripts/qat_results.py --data build/qat_data_sw --work build/qat_runs_sw --docs docs/sentence_windows \\
         --sentence-windows 15 --unknown-percentage 30 --models ds_cnn_s --policies float w4a8-tanh
+    python scripts/qat_results.py --data build/qat_data_nw --work build/qat_runs_nw --docs docs/near_words \\
+        --near-words --models ds_cnn_s --policies float --finetune-seeds 0 1 2 3
 
 Running a subset of --models keeps the other models' results in docs/qat_results.json; running a
 subset of policies or seeds of a model whose recipe is unchanged keeps its other runs' results
-(the fourth line above adds seeds 5-9 to two policies of DS-CNN-S). The last one trains on data
-with connected-speech negatives (edgeasr.data.synth), in folders and docs of its own.
+(the fourth line above adds seeds 5-9 to two policies of DS-CNN-S). The last two train on data
+with connected-speech negatives, or with words that sound like the keywords (edgeasr.data.synth),
+in folders and docs of their own.
 """
 import edgeasr  # noqa: F401
 
@@ -44,7 +47,7 @@ from edgeasr.audio.augment import AugmentConfig
 from edgeasr.configs import to_dict
 from edgeasr.data.pipeline import features_of
 from edgeasr.data.speech_commands import DataConfig
-from edgeasr.data.synth import SynthConfig, synthesize_kws_dataset
+from edgeasr.data.synth import DEFAULT_UNKNOWN_WORDS, NEAR_WORDS, SynthConfig, synthesize_kws_dataset
 from edgeasr.files import write_bytes_atomic, write_json_atomic
 from edgeasr.models.registry import ModelConfig
 from edgeasr.quant.policy import preset
@@ -90,8 +93,9 @@ def main(argv=None):
     if args.report_only:
         write_reports(json.loads((args.docs / "qat_results.json").read_text()), args.docs)
         return
+    unknown_words = DEFAULT_UNKNOWN_WORDS + (NEAR_WORDS if args.near_words else ())
     data_dir = ensure_data(args.data, SynthConfig(speakers=args.speakers, seed=args.seed,
-                                                  sentence_windows=args.sentence_windows))
+                                                  sentence_windows=args.sentence_windows, unknown_words=unknown_words))
     results, transforms, started = [], [], time.perf_counter()
     recipes = {name: recipe_of(name, args.pretrain_epochs, args.finetune_epochs) for name in args.models}
     for model_name, recipe in recipes.items():
@@ -350,10 +354,12 @@ def training_data_text(protocol: dict) -> str:
     JSON files predate both settings."""
     windows = protocol.get("sentence_windows", 0)
     unknown = protocol.get("unknown_percentage", DataConfig.unknown_percentage)
-    if not windows and unknown == DataConfig.unknown_percentage:
+    near = protocol.get("near_words", False)
+    if not windows and unknown == DataConfig.unknown_percentage and not near:
         return ""
     return (f"Training data: {windows} one-second windows of keyword-free sentences per speaker as unknown "
-            f"words, unknown clips kept at {unknown:g}% of the keyword clips (default "
+            f"words, {'the near-words of edgeasr.data.synth.NEAR_WORDS among the unknown words, ' if near else ''}"
+            f"unknown clips kept at {unknown:g}% of the keyword clips (default "
             f"{DataConfig.unknown_percentage:g}%), in every split. ")
 
 
@@ -440,6 +446,9 @@ def parse_args(argv):
     parser.add_argument("--sentence-windows", type=int, default=0,
                         help="Per speaker: 1 s windows of keyword-free sentences in the training data, as unknown "
                              "(SynthConfig.sentence_windows; needs its own --data).")
+    parser.add_argument("--near-words", action="store_true",
+                        help="Add edgeasr.data.synth.NEAR_WORDS (top, cup, light, ...) to the unknown words "
+                             "(needs its own --data).")
     parser.add_argument("--unknown-percentage", type=float, default=DataConfig.unknown_percentage,
                         help="Non-keyword clips kept, as a percentage of the keyword clips (DataConfig).")
     parser.add_argument("--models", nargs="+", default=list(MODELS))

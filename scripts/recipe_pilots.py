@@ -34,6 +34,8 @@ Needs qat_results.py's data and runs; the streams are built (or reused) in --str
     python scripts/recipe_pilots.py distilled --start-from-float --distill 0.5  # ... which also teaches it
     python scripts/recipe_pilots.py fromfloat --start-from-float --seeds 0 1 2 3 4 5 6 7 8 9 --stream validation
     python scripts/recipe_pilots.py fromfloat --start-from-float --seeds 0 1 2 3 4 5 6 7 8 9 --stream both
+    python scripts/recipe_pilots.py nearwords --data build/qat_data_nw --runs build/qat_runs_nw \\
+        --stream-work build/stream_runs_nw --stream both      # data with near-words (qat_results.py --near-words)
     python scripts/recipe_pilots.py --markdown-only
 """
 import edgeasr  # noqa: F401
@@ -51,7 +53,7 @@ import keyword_thresholds as kt
 import qat_results as qr
 import stream_errors as se
 import stream_results as sr
-from _repo import REPO, read_summary, standard_error
+from _repo import REPO, read_summary, repo_relative, standard_error
 from edgeasr.eval.stream import counts_text, errors_at, false_accept_sources, tally
 from edgeasr.files import write_bytes_atomic, write_json_atomic
 from edgeasr.quant.policy import known_presets
@@ -59,7 +61,9 @@ from edgeasr.train.run_dir import TrainConfig
 
 CHANGES = (("policy", "policy {}"), ("epochs", "{} epochs"), ("lr", "peak lr {:g}"),
            ("mracos", "MRACos weight {:g}"), ("frozen_bn_epochs", "BN statistics frozen for the last {} epoch(s)"),
-           ("start", "starts from {}"), ("distill", "distilled from its start, weight {:g}"))
+           ("start", "starts from {}"), ("distill", "distilled from its start, weight {:g}"),
+           ("data", "trained, with its float runs, on {}"))
+DEFAULT_DATA = "build/qat_data"
 PRETRAINED, SEED_FLOAT = "the pre-trained float model", "its seed's float run"
 TEST, VALIDATION = ("testing", sr.TEST_HOURS), ("validation", kt.VALIDATION_HOURS)
 STREAMS = {"test": (TEST,), "validation": (VALIDATION,), "both": (TEST, VALIDATION)}   # (split, hours) played in turn
@@ -80,7 +84,7 @@ def main(argv=None):
     pilot = {"pilot": args.name, "model": args.model, "policy": args.policy, "epochs": args.epochs, "lr": args.lr,
              "mracos": args.mracos, "frozen_bn_epochs": args.frozen_bn_epochs,
              "start": SEED_FLOAT if args.start_from_float else PRETRAINED, "distill": args.distill,
-             "recipe_policy": args.recipe_policy, "stream": args.stream,
+             "data": repo_relative(args.data), "recipe_policy": args.recipe_policy, "stream": args.stream,
              "seeds": seeds,
              "minutes": round((time.perf_counter() - started) / 60, 1)}
     path = args.docs / "recipe_pilots.json"
@@ -204,7 +208,7 @@ def change_text(pilot: dict) -> str:
     training = TrainConfig()
     recipe = {"policy": pilot["recipe_policy"], "epochs": qr.recipe_of(pilot["model"])["finetune_epochs"],
               "lr": qr.FINETUNE_LR, "mracos": training.mracos_weight, "frozen_bn_epochs": training.frozen_bn_epochs,
-              "start": PRETRAINED, "distill": training.distill_weight}
+              "start": PRETRAINED, "distill": training.distill_weight, "data": DEFAULT_DATA}
     changes = [text.format(pilot.get(key, recipe[key])) for key, text in CHANGES
                if pilot.get(key, recipe[key]) != recipe[key]]
     return ", ".join(changes) or "none"
@@ -380,7 +384,8 @@ def parse_args(argv):
                              "only scored)")
     parser.add_argument("--runs", type=Path, default=REPO / "build" / "qat_runs",
                         help="qat_results.py's runs: the pre-trained float model, the float and recipe runs")
-    parser.add_argument("--data", type=Path, default=REPO / "build" / "qat_data")
+    parser.add_argument("--data", type=Path, default=REPO / DEFAULT_DATA,
+                        help="qat_results.py's data; another one needs its own --runs and --stream-work")
     parser.add_argument("--stream-work", type=Path, default=REPO / "build" / "stream_runs",
                         help="stream_results.py's --work: the test stream, the float and recipe runs' posteriors")
     parser.add_argument("--work", type=Path, default=REPO / "build" / "recipe_pilots")

@@ -27,6 +27,21 @@ def test_synth_kws_writes_a_dataset_and_reports_counts(tmp_path):
     assert {"_background_noise_", "no", "yes"} <= {p.name for p in out.iterdir() if p.is_dir()}
 
 
+def test_synth_kws_near_words_adds_one_unknown_folder_per_near_word(tmp_path):
+    from edgeasr.data.synth import DEFAULT_UNKNOWN_WORDS, NEAR_WORDS
+    from edgeasr.data.speech_commands import SPEECH_COMMANDS_KEYWORDS
+
+    assert not set(NEAR_WORDS) & set(DEFAULT_UNKNOWN_WORDS + SPEECH_COMMANDS_KEYWORDS)
+    out = tmp_path / "kws"
+    args = ["data", "synth-kws", str(out), "--words", "stop,up", "--speakers", "3", "--repeats", "1", "--near-words"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    folders = {p.name: len(list(p.glob("*.wav"))) for p in out.iterdir() if p.is_dir()}
+    assert all(folders.get(word) == 3 for word in NEAR_WORDS + DEFAULT_UNKNOWN_WORDS), folders
+    written = json.loads((out / "synth_config.json").read_text())["config"]["unknown_words"]
+    assert written == list(DEFAULT_UNKNOWN_WORDS + NEAR_WORDS)
+
+
 def test_synth_kws_refuses_a_non_empty_folder(tmp_path):
     (tmp_path / "kws").mkdir()
     (tmp_path / "kws" / "keep.txt").write_text("mine")

@@ -52,6 +52,15 @@ DEFAULT_UNKNOWN_WORDS = (
     "bed", "bird", "cat", "dog", "happy", "house", "marvin", "sheila", "tree", "wow",
     "zero", "five", "forward", "follow", "learn",
 )
+# Words that sound like a Speech Commands keyword without being one (no homophone: not "know" for
+# "no", not "write" for "right"): `SynthConfig(unknown_words=DEFAULT_UNKNOWN_WORDS + NEAR_WORDS)`,
+# `synth-kws --near-words`. An always-on detector's false accepts on connected speech are mostly
+# "stop" and "up" heard in words like these (docs/stream_errors.md).
+NEAR_WORDS = (
+    "top", "step", "shop", "spot", "stock", "cup", "pup", "us", "goat", "goal", "note", "snow",
+    "yet", "less", "guess", "lift", "loft", "light", "ride", "white", "town", "gown", "gone", "john",
+    "cough", "soft",
+)
 # Babble phrases contain no keyword, so background noise never carries a keyword.
 BABBLE_PHRASES = (
     "what time is it", "please call me later", "the weather is nice today", "I think so",
