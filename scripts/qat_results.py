@@ -357,10 +357,11 @@ def training_data_text(protocol: dict) -> str:
     near = protocol.get("near_words", False)
     if not windows and unknown == DataConfig.unknown_percentage and not near:
         return ""
-    return (f"Training data: {windows} one-second windows of keyword-free sentences per speaker as unknown "
-            f"words, {'the near-words of edgeasr.data.synth.NEAR_WORDS among the unknown words, ' if near else ''}"
-            f"unknown clips kept at {unknown:g}% of the keyword clips (default "
-            f"{DataConfig.unknown_percentage:g}%), in every split. ")
+    parts = [f"{windows} one-second windows of keyword-free sentences per speaker as unknown words"] if windows else []
+    if near:
+        parts.append("edgeasr.data.synth.NEAR_WORDS (top, cup, light, ...: sounding like keywords) among the unknown words")
+    parts += [f"unknown clips kept at {unknown:g}% of the keyword clips (default {DataConfig.unknown_percentage:g}%)"]
+    return f"Training data: {', '.join(parts)}, in every split. "
 
 
 def _in_model_order(recipes: dict, models: list) -> list:

@@ -36,6 +36,8 @@ Needs qat_results.py's data and runs; the streams are built (or reused) in --str
     python scripts/recipe_pilots.py fromfloat --start-from-float --seeds 0 1 2 3 4 5 6 7 8 9 --stream both
     python scripts/recipe_pilots.py nearwords --data build/qat_data_nw --runs build/qat_runs_nw \\
         --stream-work build/stream_runs_nw --stream both      # data with near-words (qat_results.py --near-words)
+    python scripts/recipe_pilots.py nearwords --data build/qat_data_nw --runs build/qat_runs_nw \\
+        --stream-data build/qat_data --stream-work build/stream_runs_nwold   # ... on the default data's stream
     python scripts/recipe_pilots.py --markdown-only
 """
 import edgeasr  # noqa: F401
@@ -85,6 +87,7 @@ def main(argv=None):
              "mracos": args.mracos, "frozen_bn_epochs": args.frozen_bn_epochs,
              "start": SEED_FLOAT if args.start_from_float else PRETRAINED, "distill": args.distill,
              "data": repo_relative(args.data), "recipe_policy": args.recipe_policy, "stream": args.stream,
+             "stream_data": repo_relative(args.stream_data),
              "seeds": seeds,
              "minutes": round((time.perf_counter() - started) / 60, 1)}
     path = args.docs / "recipe_pilots.json"
@@ -97,7 +100,12 @@ def main(argv=None):
 
 def row_key(pilot: dict) -> tuple:
     """What a row stands for: a pilot on a stream (rows before --stream were scored on the test stream)."""
-    return pilot["pilot"], stream_name(pilot)
+    return pilot["pilot"], stream_name(pilot), stream_data(pilot)
+
+
+def stream_data(pilot: dict) -> str:
+    """The data whose voices the streams were built from (rows before --stream-data: the training data)."""
+    return pilot.get("stream_data", pilot.get("data", DEFAULT_DATA))
 
 
 def stream_name(pilot: dict) -> str:
@@ -106,7 +114,9 @@ def stream_name(pilot: dict) -> str:
 
 def stream_text(pilot: dict) -> str:
     """E.g. "test 4 h"."""
-    return f"{stream_name(pilot)} {sum(hours for _, hours in STREAMS[stream_name(pilot)]):g} h"
+    hours = sum(hours for _, hours in STREAMS[stream_name(pilot)])
+    other_data = stream_data(pilot) != pilot.get("data", DEFAULT_DATA)
+    return f"{stream_name(pilot)} {hours:g} h" + (f" of {stream_data(pilot)}" if other_data else "")
 
 
 def train_runs(args) -> dict:
@@ -199,7 +209,7 @@ def shifted(labels: list, seconds: float) -> list:
 def stream_args(args, runs: Path, work: Path):
     """stream_results' arguments for the runs in `runs`, converted models and posteriors in `work`."""
     stream = se.parse_args([])
-    stream.runs, stream.work, stream.data = runs, work, args.data
+    stream.runs, stream.work, stream.data = runs, work, args.stream_data
     return stream
 
 
@@ -319,7 +329,8 @@ def plot(summary: dict, path: Path) -> None:
 
 def label(pilot: dict) -> str:
     """The pilot's name, and its stream where that is not the test stream."""
-    return pilot["pilot"] if stream_name(pilot) == "test" else f"{pilot['pilot']} ({stream_text(pilot)})"
+    text = stream_text(pilot)
+    return pilot["pilot"] if text == stream_text({"stream": "test"}) else f"{pilot['pilot']} ({text})"
 
 
 def summed_counts(counts: list) -> dict:
@@ -386,6 +397,9 @@ def parse_args(argv):
                         help="qat_results.py's runs: the pre-trained float model, the float and recipe runs")
     parser.add_argument("--data", type=Path, default=REPO / DEFAULT_DATA,
                         help="qat_results.py's data; another one needs its own --runs and --stream-work")
+    parser.add_argument("--stream-data", type=Path, default=None,
+                        help="data whose voices build the streams (default: --data); e.g. score runs trained on "
+                             "other data on build/qat_data's streams, with a --stream-work of its own")
     parser.add_argument("--stream-work", type=Path, default=REPO / "build" / "stream_runs",
                         help="stream_results.py's --work: the test stream, the float and recipe runs' posteriors")
     parser.add_argument("--work", type=Path, default=REPO / "build" / "recipe_pilots")
@@ -394,6 +408,7 @@ def parse_args(argv):
                         help="rewrite recipe_pilots.md from the recipe_pilots.json already in --docs")
     args = parser.parse_args(argv)
     args.epochs = args.epochs or qr.recipe_of(args.model)["finetune_epochs"]
+    args.stream_data = args.stream_data or args.data
     return args
 
 
