@@ -244,7 +244,8 @@ def markdown(summary: dict) -> str:
              "validation, keyword_thresholds.py's 10 h stream of the validation voices; both, the two one after "
              "another. Differences to float, mean ± "
              "standard error over the seeds: FRR (points) and false accepts per hour at the threshold that gives "
-             "float 1 FA/h (both above zero: worse than float there, however the scores are scaled), and FRR "
+             "float 1 FA/h (both above zero: worse than float there, however the scores are scaled; the last column "
+             "reads the two together, a mean within one standard error of zero counting as level), and FRR "
              "at the run's own 1 FA/h threshold (the target's measure, noisier). Each pilot column is followed by "
              "the same for the recipe's own runs of the policy in the recipe column on the same seeds "
              "(build/qat_runs), where it has them. The same as a picture: recipe_pilots.png.", "",
@@ -348,13 +349,21 @@ def mean_and_error(gaps: list) -> tuple:
 
 
 def reading(seeds: list) -> str:
-    """What the pilot's mean FRR and FA/h gaps at float's threshold say together."""
-    frr, fa = (np.mean(side_gaps(seeds, "pilot", measure)) for measure in MEASURES[:2])
+    """What the pilot's mean FRR and FA/h gaps at float's threshold say together; a mean within one
+    standard error of zero counts as level with float."""
+    frr, fa = (direction(side_gaps(seeds, "pilot", measure)) for measure in MEASURES[:2])
     if frr > 0 and fa > 0:
         return "worse than float on both"
     if frr <= 0 and fa <= 0:
         return "no worse than float on either"
-    return "fewer misses, more false accepts" if frr <= 0 else "more misses, fewer false accepts"
+    words = {-1: "fewer", 0: "as many", 1: "more"}
+    return f"{words[frr]} misses, {words[fa]} false accepts"
+
+
+def direction(gaps: list) -> int:
+    """+1 or -1: the sign of the mean gap; 0 when it lies within one standard error of zero."""
+    mean, error = mean_and_error(gaps)
+    return 0 if error is not None and abs(mean) <= error else int(np.sign(mean))
 
 
 def gap_text(gaps: list, seeds: int) -> str:
