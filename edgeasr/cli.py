@@ -71,12 +71,11 @@ def synth_kws(out, speakers, repeats, words, sentence_windows, near_words, seed,
       edgeasr data synth-kws data/kws_speech --sentence-windows 15
       edgeasr data synth-kws data/kws_hard --near-words
     """
-    from edgeasr.data.synth import DEFAULT_UNKNOWN_WORDS, NEAR_WORDS, SynthConfig, synthesize_kws_dataset
+    from edgeasr.data.synth import SynthConfig, synthesize_kws_dataset, unknown_words
 
     chosen_words = {"words": _split_words(words)} if words else {}
-    unknown_words = DEFAULT_UNKNOWN_WORDS + (NEAR_WORDS if near_words else ())
     config = SynthConfig(speakers=speakers, repeats=repeats, seed=seed, sentence_windows=sentence_windows,
-                         unknown_words=unknown_words, **chosen_words)
+                         unknown_words=unknown_words(near_words), **chosen_words)
     summary = synthesize_kws_dataset(out, config, overwrite=overwrite)
     click.echo(json.dumps(summary, indent=2))
 

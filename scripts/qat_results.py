@@ -47,7 +47,7 @@ from edgeasr.audio.augment import AugmentConfig
 from edgeasr.configs import to_dict
 from edgeasr.data.pipeline import features_of
 from edgeasr.data.speech_commands import DataConfig
-from edgeasr.data.synth import DEFAULT_UNKNOWN_WORDS, NEAR_WORDS, SynthConfig, synthesize_kws_dataset
+from edgeasr.data.synth import SynthConfig, synthesize_kws_dataset, unknown_words
 from edgeasr.files import write_bytes_atomic, write_json_atomic
 from edgeasr.models.registry import ModelConfig
 from edgeasr.quant.policy import preset
@@ -93,9 +93,9 @@ def main(argv=None):
     if args.report_only:
         write_reports(json.loads((args.docs / "qat_results.json").read_text()), args.docs)
         return
-    unknown_words = DEFAULT_UNKNOWN_WORDS + (NEAR_WORDS if args.near_words else ())
     data_dir = ensure_data(args.data, SynthConfig(speakers=args.speakers, seed=args.seed,
-                                                  sentence_windows=args.sentence_windows, unknown_words=unknown_words))
+                                                  sentence_windows=args.sentence_windows,
+                                                  unknown_words=unknown_words(args.near_words)))
     results, transforms, started = [], [], time.perf_counter()
     recipes = {name: recipe_of(name, args.pretrain_epochs, args.finetune_epochs) for name in args.models}
     for model_name, recipe in recipes.items():

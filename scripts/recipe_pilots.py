@@ -65,7 +65,7 @@ CHANGES = (("policy", "policy {}"), ("epochs", "{} epochs"), ("lr", "peak lr {:g
            ("mracos", "MRACos weight {:g}"), ("frozen_bn_epochs", "BN statistics frozen for the last {} epoch(s)"),
            ("start", "starts from {}"), ("distill", "distilled from its start, weight {:g}"),
            ("data", "trained, with its float runs, on {}"))
-DEFAULT_DATA = "build/qat_data"
+DEFAULT_DATA = repo_relative(qr.parse_args([]).data)
 PRETRAINED, SEED_FLOAT = "the pre-trained float model", "its seed's float run"
 TEST, VALIDATION = ("testing", sr.TEST_HOURS), ("validation", kt.VALIDATION_HOURS)
 STREAMS = {"test": (TEST,), "validation": (VALIDATION,), "both": (TEST, VALIDATION)}   # (split, hours) played in turn
@@ -105,7 +105,12 @@ def row_key(pilot: dict) -> tuple:
 
 def stream_data(pilot: dict) -> str:
     """The data whose voices the streams were built from (rows before --stream-data: the training data)."""
-    return pilot.get("stream_data", pilot.get("data", DEFAULT_DATA))
+    return pilot.get("stream_data", training_data(pilot))
+
+
+def training_data(pilot: dict) -> str:
+    """The data the pilot and its float runs trained on (rows before --data was recorded: the default)."""
+    return pilot.get("data", DEFAULT_DATA)
 
 
 def stream_name(pilot: dict) -> str:
@@ -115,7 +120,7 @@ def stream_name(pilot: dict) -> str:
 def stream_text(pilot: dict) -> str:
     """E.g. "test 4 h"."""
     hours = sum(hours for _, hours in STREAMS[stream_name(pilot)])
-    other_data = stream_data(pilot) != pilot.get("data", DEFAULT_DATA)
+    other_data = stream_data(pilot) != training_data(pilot)
     return f"{stream_name(pilot)} {hours:g} h" + (f" of {stream_data(pilot)}" if other_data else "")
 
 
@@ -404,7 +409,7 @@ def parse_args(argv):
                              "only scored)")
     parser.add_argument("--runs", type=Path, default=REPO / "build" / "qat_runs",
                         help="qat_results.py's runs: the pre-trained float model, the float and recipe runs")
-    parser.add_argument("--data", type=Path, default=REPO / DEFAULT_DATA,
+    parser.add_argument("--data", type=Path, default=qr.parse_args([]).data,
                         help="qat_results.py's data; another one needs its own --runs and --stream-work")
     parser.add_argument("--stream-data", type=Path, default=None,
                         help="data whose voices build the streams (default: --data); e.g. score runs trained on "

@@ -53,7 +53,7 @@ DEFAULT_UNKNOWN_WORDS = (
     "zero", "five", "forward", "follow", "learn",
 )
 # Words that sound like a Speech Commands keyword without being one (no homophone: not "know" for
-# "no", not "write" for "right"): `SynthConfig(unknown_words=DEFAULT_UNKNOWN_WORDS + NEAR_WORDS)`,
+# "no", not "write" for "right"): `SynthConfig(unknown_words=unknown_words(near_words=True))`,
 # `synth-kws --near-words`. An always-on detector's false accepts on connected speech are mostly
 # "stop" and "up" heard in words like these (docs/stream_errors.md).
 NEAR_WORDS = (
@@ -61,6 +61,13 @@ NEAR_WORDS = (
     "yet", "less", "guess", "lift", "loft", "light", "ride", "white", "town", "gown", "gone", "john",
     "cough", "soft",
 )
+
+
+def unknown_words(near_words: bool = False) -> Tuple[str, ...]:
+    """The default unknown words, with NEAR_WORDS after them when asked (`--near-words`)."""
+    return DEFAULT_UNKNOWN_WORDS + (NEAR_WORDS if near_words else ())
+
+
 # Babble phrases contain no keyword, so background noise never carries a keyword.
 BABBLE_PHRASES = (
     "what time is it", "please call me later", "the weather is nice today", "I think so",
