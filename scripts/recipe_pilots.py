@@ -38,6 +38,10 @@ Needs qat_results.py's data and runs; the streams are built (or reused) in --str
         --stream-work build/stream_runs_nw --stream both      # data with near-words (qat_results.py --near-words)
     python scripts/recipe_pilots.py nearwords --data build/qat_data_nw --runs build/qat_runs_nw \\
         --stream-data build/qat_data --stream-work build/stream_runs_nwold   # ... on the default data's stream
+    python scripts/qat_results.py --work build/qat_runs_pt30 --docs docs/pretrain30 --models ds_cnn_s \\
+        --policies float --pretrain-epochs 30 --finetune-seeds 0 1 2 3 --seeded-policies float
+    python scripts/recipe_pilots.py pretrain30 --runs build/qat_runs_pt30 --stream-work build/stream_runs_pt30 \\
+        --stream both      # float runs and 4-bit runs from a float model pre-trained 30 epochs, not 10
     python scripts/recipe_pilots.py --markdown-only
 """
 import edgeasr  # noqa: F401
@@ -59,12 +63,13 @@ from _repo import REPO, read_summary, repo_relative, standard_error
 from edgeasr.eval.stream import counts_text, errors_at, false_accept_sources, tally
 from edgeasr.files import write_bytes_atomic, write_json_atomic
 from edgeasr.quant.policy import known_presets
-from edgeasr.train.run_dir import TrainConfig
+from edgeasr.train.run_dir import RunDir, TrainConfig
 
 CHANGES = (("policy", "policy {}"), ("epochs", "{} epochs"), ("lr", "peak lr {:g}"),
            ("mracos", "MRACos weight {:g}"), ("frozen_bn_epochs", "BN statistics frozen for the last {} epoch(s)"),
            ("start", "starts from {}"), ("distill", "distilled from its start, weight {:g}"),
-           ("data", "trained, with its float runs, on {}"))
+           ("data", "trained, with its float runs, on {}"),
+           ("pretrain_epochs", "its float runs and it start from a float model pre-trained for {} epochs"))
 DEFAULT_DATA = repo_relative(qr.parse_args([]).data)
 PRETRAINED, SEED_FLOAT = "the pre-trained float model", "its seed's float run"
 TEST, VALIDATION = ("testing", sr.TEST_HOURS), ("validation", kt.VALIDATION_HOURS)
@@ -86,7 +91,8 @@ def main(argv=None):
     pilot = {"pilot": args.name, "model": args.model, "policy": args.policy, "epochs": args.epochs, "lr": args.lr,
              "mracos": args.mracos, "frozen_bn_epochs": args.frozen_bn_epochs,
              "start": SEED_FLOAT if args.start_from_float else PRETRAINED, "distill": args.distill,
-             "data": repo_relative(args.data), "recipe_policy": args.recipe_policy, "stream": args.stream,
+             "data": repo_relative(args.data), "pretrain_epochs": pretrain_epochs(args),
+             "recipe_policy": args.recipe_policy, "stream": args.stream,
              "stream_data": repo_relative(args.stream_data),
              "seeds": seeds,
              "minutes": round((time.perf_counter() - started) / 60, 1)}
@@ -146,6 +152,11 @@ def train_runs(args) -> dict:
         trained[seed] = {k: result[k] for k in ("keras_accuracy", "litert_accuracy")}
         print(json.dumps({"pilot": args.name, "seed": seed, **trained[seed]}), flush=True)
     return trained
+
+
+def pretrain_epochs(args) -> int:
+    """The epochs of the float pre-training every run of --runs (the float runs and the pilot's) starts from."""
+    return RunDir(args.runs / args.model / "pretrained_float").read_config().train.epochs
 
 
 def start_of(args, seed: int, pretrained: Path) -> Path:
@@ -223,7 +234,8 @@ def change_text(pilot: dict) -> str:
     training = TrainConfig()
     recipe = {"policy": pilot["recipe_policy"], "epochs": qr.recipe_of(pilot["model"])["finetune_epochs"],
               "lr": qr.FINETUNE_LR, "mracos": training.mracos_weight, "frozen_bn_epochs": training.frozen_bn_epochs,
-              "start": PRETRAINED, "distill": training.distill_weight, "data": DEFAULT_DATA}
+              "start": PRETRAINED, "distill": training.distill_weight, "data": DEFAULT_DATA,
+              "pretrain_epochs": qr.recipe_of(pilot["model"])["pretrain_epochs"]}
     changes = [text.format(pilot.get(key, recipe[key])) for key, text in CHANGES
                if pilot.get(key, recipe[key]) != recipe[key]]
     return ", ".join(changes) or "none"
@@ -407,14 +419,14 @@ def parse_args(argv):
                         help="score on stream_results' 4 h test stream, on keyword_thresholds' 10 h stream of the "
                              "validation voices, or on both one after another (14 h; runs already trained are "
                              "only scored)")
-    parser.add_argument("--runs", type=Path, default=REPO / "build" / "qat_runs",
+    parser.add_argument("--runs", type=Path, default=qr.parse_args([]).work,
                         help="qat_results.py's runs: the pre-trained float model, the float and recipe runs")
     parser.add_argument("--data", type=Path, default=qr.parse_args([]).data,
                         help="qat_results.py's data; another one needs its own --runs and --stream-work")
     parser.add_argument("--stream-data", type=Path, default=None,
                         help="data whose voices build the streams (default: --data); e.g. score runs trained on "
                              "other data on build/qat_data's streams, with a --stream-work of its own")
-    parser.add_argument("--stream-work", type=Path, default=REPO / "build" / "stream_runs",
+    parser.add_argument("--stream-work", type=Path, default=sr.parse_args([]).work,
                         help="stream_results.py's --work: the test stream, the float and recipe runs' posteriors")
     parser.add_argument("--work", type=Path, default=REPO / "build" / "recipe_pilots")
     parser.add_argument("--docs", type=Path, default=REPO / "docs")
