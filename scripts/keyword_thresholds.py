@@ -34,7 +34,7 @@ import numpy as np
 import stream_errors as se
 import stream_results as sr
 from _repo import repo_relative, rewrite_markdown, with_previous_rows
-from edgeasr.eval.stream import evaluate, frr_at_rate, read_labels
+from edgeasr.eval.stream import evaluate, read_labels
 from edgeasr.files import write_bytes_atomic, write_json_atomic
 
 CHOICES = (("common", "one threshold"), ("per_keyword", "per keyword"))
@@ -50,7 +50,7 @@ def main(argv=None):
     rows = [row for model_name in args.models for row in model_rows(args, model_name)]
     summary = {"protocol": {"hours": args.hours, "validation_hours": args.validation_hours, "seed": args.seed,
                             "data": repo_relative(args.data), "runs": repo_relative(args.runs),
-                            "smoothing_ms": args.smoothing_ms, "target_fa_per_hour": 1.0},
+                            "smoothing_ms": args.smoothing_ms, "target_fa_per_hour": 1.0, "seeds": args.seeds},
                "runs": with_previous_rows(args.docs / "keyword_thresholds.json", "runs", rows, args.models,
                                           sr.MODELS),
                "minutes": round((time.perf_counter() - started) / 60, 1)}
@@ -63,7 +63,7 @@ def main(argv=None):
 def model_rows(args, model_name: str) -> list:
     rows = []
     for variant, policy in sr.VARIANTS:
-        for run in sr.seed_runs(args.runs / model_name, policy):
+        for run in [r for r in sr.seed_runs(args.runs / model_name, policy) if sr.seed_of(r) in args.seeds]:
             rows.append(run_row(args, model_name, variant, run))
             at_one = rows[-1]["targets"]["1.0"]
             print(f"{model_name} {run} at 1 FA/h on validation: per keyword FRR {at_one['per_keyword']['frr']:.2%}, "
@@ -90,9 +90,9 @@ def run_row(args, model_name: str, variant: str, run: str) -> dict:
         entry = {"validation_rule": chosen["thresholds_rule"],
                  **{choice: scored(test, config, given) for choice, given in thresholds.items()}}
         # What one threshold for all would give on the test stream at the false-accept rate the
-        # per-keyword thresholds reached there (the test DET, on its grid of thresholds).
-        entry["per_keyword"]["one_threshold_frr_there"] = frr_at_rate(test_det["det"],
-                                                                      entry["per_keyword"]["fa_per_hour"])["frr"]
+        # per-keyword thresholds reached there (its lowest such threshold, refined between grid points).
+        entry["per_keyword"]["one_threshold_frr_there"] = evaluate(
+            *test, config, target_fa_per_hour=entry["per_keyword"]["fa_per_hour"])["at_thresholds"]["frr"]
         row["targets"][str(target)] = entry
     return row
 
@@ -124,7 +124,8 @@ def markdown(summary: dict) -> str:
              "--per-keyword --write-thresholds` writes into a model. Own 1 FA/h: the common threshold chosen on the test stream "
              "itself (docs/stream_errors.md's measure, which fits that stream's false accepts exactly). One "
              "threshold at that FA/h: the FRR of one threshold for all at the false accepts per hour the "
-             "per-keyword thresholds reached on the test stream (its DET curve, on the grid of thresholds): "
+             "per-keyword thresholds reached on the test stream (its lowest common threshold there, refined between the "
+             "DET's grid points like the FRR at N FA/h): "
              "per-keyword thresholds beat one threshold only where they miss less than that.", "",
              "At 1 FA/h on validation, scored on the test stream (means over seeds):", "",
              *summary_lines(runs), "",
@@ -243,6 +244,9 @@ def parse_args(argv):
     parser = se.runs_parser(__doc__, "keyword_thresholds")
     parser.add_argument("--validation-hours", type=float, default=VALIDATION_HOURS,
                         help="length of the validation stream; per-keyword thresholds need one hour per keyword")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3],
+                        help="fine-tuning seeds scored (default: those of the recipe's 4-bit runs, so float and "
+                             "4-bit means are over the same seeds)")
     return parser.parse_args(argv)
 
 

@@ -440,7 +440,7 @@ def threshold_rule(keyword_count: int, hours: float, target_fa_per_hour: float, 
     Per-keyword thresholds are not the default: each rests on the few highest non-keyword scores of
     one keyword, which belong to the stream's voices. Chosen on 10 h of validation voices for 1 FA/h
     in all, they gave 2.75-6.5 FA/h on the test voices (8 DS-CNN-S runs), and at those rates one
-    threshold for all missed fewer keywords (float FRR 10.6% against 18.4%); with 5 false accepts
+    threshold for all missed fewer keywords (float FRR 10.3% against 18.4%); with 5 false accepts
     allowed per keyword (5 FA/h in all) they gave 12-15 FA/h. The common threshold chosen on the same
     stream gave 0.25-1.75 FA/h (docs/keyword_thresholds.md). Below one allowed false accept each,
     they sit just above the stream's highest score for each keyword: 4-10 FA/h on the test voices for
