@@ -295,7 +295,7 @@ def keyword_lines(pilots: list) -> list:
              "(recipe and float: the same seeds):", ""]
     for pilot in scored:
         summed = {side: summed_counts([s[side][key] for s in pilot["seeds"] if s[side] is not None])
-                  for side in ("pilot", "recipe", "float")}
+                  for side in ("pilot", "recipe", "float") if any(s[side] is not None for s in pilot["seeds"])}
         lines.append(f"- {label(pilot)} (seeds {', '.join(str(s['seed']) for s in pilot['seeds'])}): "
                      + "; ".join(f"{side} {counts_text(counts) or 'none'}" for side, counts in summed.items()))
     return lines
