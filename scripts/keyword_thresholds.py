@@ -244,7 +244,7 @@ def parse_args(argv):
     parser = se.runs_parser(__doc__, "keyword_thresholds")
     parser.add_argument("--validation-hours", type=float, default=VALIDATION_HOURS,
                         help="length of the validation stream; per-keyword thresholds need one hour per keyword")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3],
+    parser.add_argument("--seeds", type=int, nargs="+", default=se.PAIRED_SEEDS,
                         help="fine-tuning seeds scored (default: those of the recipe's 4-bit runs, so float and "
                              "4-bit means are over the same seeds)")
     return parser.parse_args(argv)

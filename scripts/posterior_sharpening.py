@@ -119,7 +119,7 @@ def parse_args(argv):
     parser = se.runs_parser(__doc__, "posterior_sharpening")
     parser.add_argument("--validation-hours", type=float, default=kt.VALIDATION_HOURS)
     parser.add_argument("--exponents", type=float, nargs="+", default=[1.0, 1.5, 2.0, 2.5])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    parser.add_argument("--seeds", type=int, nargs="+", default=se.PAIRED_SEEDS)
     parser.set_defaults(models=["ds_cnn_s"])
     return parser.parse_args(argv)
 

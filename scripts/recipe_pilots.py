@@ -70,7 +70,8 @@ CHANGES = (("policy", "policy {}"), ("epochs", "{} epochs"), ("lr", "peak lr {:g
            ("start", "starts from {}"), ("distill", "distilled from its start, weight {:g}"),
            ("data", "trained, with its float runs, on {}"),
            ("pretrain_epochs", "its float runs and it start from a float model pre-trained for {} epochs"))
-DEFAULT_DATA = repo_relative(qr.parse_args([]).data)
+QAT_RESULTS = qr.parse_args([])   # qat_results.py's defaults: its data and runs
+DEFAULT_DATA = repo_relative(QAT_RESULTS.data)
 PRETRAINED, SEED_FLOAT = "the pre-trained float model", "its seed's float run"
 TEST, VALIDATION = ("testing", sr.TEST_HOURS), ("validation", kt.VALIDATION_HOURS)
 STREAMS = {"test": (TEST,), "validation": (VALIDATION,), "both": (TEST, VALIDATION)}   # (split, hours) played in turn
@@ -414,14 +415,14 @@ def parse_args(argv):
     parser.add_argument("--distill", type=float, default=TrainConfig().distill_weight,
                         help="knowledge distillation weight: the run learns the softened posteriors of the model "
                              "it starts from (edgeasr.train.distill; 0: off, the recipe's)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    parser.add_argument("--seeds", type=int, nargs="+", default=se.PAIRED_SEEDS)
     parser.add_argument("--stream", choices=list(STREAMS), default="test",
                         help="score on stream_results' 4 h test stream, on keyword_thresholds' 10 h stream of the "
                              "validation voices, or on both one after another (14 h; runs already trained are "
                              "only scored)")
-    parser.add_argument("--runs", type=Path, default=qr.parse_args([]).work,
+    parser.add_argument("--runs", type=Path, default=QAT_RESULTS.work,
                         help="qat_results.py's runs: the pre-trained float model, the float and recipe runs")
-    parser.add_argument("--data", type=Path, default=qr.parse_args([]).data,
+    parser.add_argument("--data", type=Path, default=QAT_RESULTS.data,
                         help="qat_results.py's data; another one needs its own --runs and --stream-work")
     parser.add_argument("--stream-data", type=Path, default=None,
                         help="data whose voices build the streams (default: --data); e.g. score runs trained on "

@@ -45,6 +45,9 @@ from edgeasr.files import write_bytes_atomic, write_json_atomic
 from edgeasr.runtime.streaming import DetectorConfig, smoothed_posteriors
 
 DEFAULT_RUNS = repo_relative(sr.parse_args([]).runs)
+# The fine-tuning seeds build/qat_runs holds both a float and a w4a8-tanh DS-CNN-S run of: the default of
+# the scripts that compare the two seed by seed.
+PAIRED_SEEDS = [0, 1, 2, 3]
 
 
 def main(argv=None):

@@ -37,7 +37,7 @@ from edgeasr.files import write_bytes_atomic, write_json_atomic
 from edgeasr.runtime.metadata import read_metadata
 from edgeasr.runtime.streaming import StreamingFrontend, smoothed_posteriors, softmax
 
-DEFAULT_RUNS = ["float_seed0", "w4a8-tanh_seed0", "w4a8-tanh_seed1", "w4a8-tanh_seed2", "w4a8-tanh_seed3"]
+DEFAULT_RUNS = ["float_seed0"] + [f"w4a8-tanh_seed{seed}" for seed in se.PAIRED_SEEDS]
 BATCH = 4096
 
 
@@ -62,14 +62,12 @@ def run_row(args, model_name: str, run: str) -> dict:
     times, litert_raw, names, hours = sr.cached_posteriors(path, wav, config, args.work / "posteriors")
     keras_raw = cached_keras_posteriors(args, model_name, run, path, wav, config, times)
     occurrences = read_labels(labels)
-    points = {}
-    for side, raw in (("litert", litert_raw), ("keras", keras_raw)):
-        smoothed = smoothed_posteriors(raw, sr.smoothing_runs(config))
-        frr, threshold = se.own_operating_point(times, smoothed, names, occurrences, hours, config)
-        points[side] = {"frr_at_own_threshold": frr, "threshold": threshold, "smoothed": smoothed}
-    at = errors_at(times, points["keras"].pop("smoothed"), names, occurrences, hours, config,
-                   points["litert"]["threshold"])
-    points["litert"].pop("smoothed")
+    smoothed = {side: smoothed_posteriors(raw, sr.smoothing_runs(config))
+                for side, raw in (("litert", litert_raw), ("keras", keras_raw))}
+    points = {side: dict(zip(("frr_at_own_threshold", "threshold"),
+                             se.own_operating_point(times, scores, names, occurrences, hours, config)))
+              for side, scores in smoothed.items()}
+    at = errors_at(times, smoothed["keras"], names, occurrences, hours, config, points["litert"]["threshold"])
     row = {"model": model_name, "run": run, "windows": len(times),
            "argmax_agreement": float(np.mean(np.argmax(litert_raw, 1) == np.argmax(keras_raw, 1))),
            "max_posterior_difference": float(np.abs(litert_raw - keras_raw).max()),
