@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edgeasr.converters.metadata import embed_metadata
-from edgeasr.runtime.metadata import MetadataError, keywords_of, read_metadata
+from edgeasr.runtime.metadata import MetadataError, keyword_columns, keywords_of, read_metadata
 
 
 def _tiny_tflite() -> bytes:
@@ -56,6 +56,7 @@ def test_keywords_of_leaves_out_the_underscore_classes():
     labels = ["_silence_", "_unknown_", "yes", "no", "stop"]
     assert keywords_of({"labels": labels}) == ["yes", "no", "stop"]
     assert keywords_of({"labels": ["_silence_"]}) == [] and keywords_of(None) == [] and keywords_of({}) == []
+    assert keyword_columns(["yes", "_unknown_", "no", "_silence_"]) == [(0, "yes"), (2, "no")]   # output columns
 
 
 def test_not_a_model(tmp_path):

@@ -143,10 +143,49 @@ def test_smoothed_posteriors_is_the_detectors_mean(model_path):
 
 
 def test_thresholds_from_metadata(tmp_path):
-    detector = {"hop_ms": 40.0, "smoothing_ms": 80.0, "thresholds": {"yes": 0.75}}
+    detector = {"hop_ms": 40.0, "smoothing_ms": 80.0, "sharpening": 2.0, "thresholds": {"yes": 0.75}}
     spotter = KeywordSpotter(energy_model(tmp_path / "m.tflite", {"detector": detector}))
     assert spotter.config.threshold("yes") == 0.75 and spotter.posteriors.hop_frames == 4
-    assert spotter.posteriors.smoothing_runs == 2
+    assert spotter.posteriors.smoothing_runs == 2 and spotter.posteriors.sharpening == 2.0
+
+
+def test_sharpening_is_a_softmax_temperature():
+    from edgeasr.runtime.streaming import sharpened, softmax
+
+    logits = np.random.default_rng(0).normal(size=(50, 5)).astype(np.float32) * 4
+    probabilities = softmax(logits)
+    np.testing.assert_array_equal(sharpened(probabilities, 1.0), probabilities)          # g = 1: untouched
+    np.testing.assert_allclose(sharpened(probabilities, 2.0), softmax(2 * logits), atol=1e-6)
+    np.testing.assert_allclose(sharpened(np.array([[0.6, 0.4]]), 2.0), [[0.36 / 0.52, 0.16 / 0.52]], rtol=1e-6)
+    confident = sharpened(np.array([[1e-30, 1e-30, 1.0]], np.float32), 3.0)          # float32 powers would underflow
+    assert confident.dtype == np.float32 and confident[0, 2] == 1.0 and np.isfinite(confident).all()
+
+
+def test_detector_sharpens_each_run_before_smoothing(model_path):
+    from edgeasr.runtime.streaming import sharpened, smoothed_posteriors
+
+    audio = bursts_audio()
+    _, raw = KeywordSpotter(model_path, DetectorConfig(hop_ms=20.0, smoothing_ms=20.0)).posteriors.push(audio)
+    sharp = KeywordSpotter(model_path, DetectorConfig(hop_ms=20.0, smoothing_ms=100.0, sharpening=2.0))
+    _, online = sharp.posteriors.push(audio)
+    np.testing.assert_allclose(smoothed_posteriors(sharpened(raw, 2.0), 5), online, atol=1e-6)
+    assert np.abs(online - smoothed_posteriors(raw, 5)).max() > 0.05             # it does change the scores
+
+
+def test_threshold_grid_reaches_past_sharpened_scores():
+    """A keyword at 0.999995 and a false accept at 0.99997: the grid's top has to lie between them to
+    reject the false accept and keep the keyword (sharpened posteriors sit that close to 1)."""
+    from edgeasr.eval.stream import evaluate
+
+    times = np.round(np.arange(0, 60, 0.02), 2)
+    scores = np.zeros((len(times), 3), np.float32)
+    scores[(times >= 10.3) & (times < 10.8), 2] = 0.999995                             # "yes" at 10.0-10.5
+    scores[(times >= 40.0) & (times < 40.2), 2] = 0.99997                              # a false accept
+    report = evaluate(times, scores, LABELS, [(10.0, 10.5, "yes")], hours=1.0, config=DetectorConfig(),
+                      target_fa_per_hour=0.5)
+    point = report["frr_at_fa_per_hour"]["0.5"]
+    assert point["frr"] == 0.0 and point["fa_per_hour"] == 0.0
+    assert 0.99997 < point["threshold"] <= 0.999995
 
 
 def test_runtime_without_tensorflow(model_path):
@@ -326,6 +365,16 @@ def test_built_stream_and_cli(tiny_dataset, tmp_path, model_path):
     both = CliRunner().invoke(main, ["eval-stream", str(model), "--wav", str(wav), "--labels", str(labels),
                                      "--model-thresholds", "--per-keyword"])
     assert both.exit_code == 1 and "cannot also choose new ones" in both.output
+    sharp = tmp_path / "sharp.tflite"
+    sharp.write_bytes(model_path.read_bytes())
+    written = CliRunner().invoke(main, ["eval-stream", str(sharp), "--wav", str(wav), "--labels", str(labels),
+                                        "--out", str(tmp_path / "sharp"), "--sharpening", "2", "--write-thresholds"])
+    assert written.exit_code == 0, written.output
+    assert json.loads((tmp_path / "sharp" / "sharp.stream.json").read_text())["detector"]["sharpening"] == 2.0
+    assert read_metadata(sharp)["detector"]["sharpening"] == 2.0            # the device runs what was measured
+    zero = CliRunner().invoke(main, ["eval-stream", str(sharp), "--wav", str(wav), "--labels", str(labels),
+                                     "--sharpening", "0"])
+    assert zero.exit_code == 1 and "--sharpening must be positive" in zero.output
     fresh = tmp_path / "fresh.tflite"
     fresh.write_bytes(model_path.read_bytes())
     none = CliRunner().invoke(main, ["eval-stream", str(fresh), "--wav", str(wav), "--labels", str(labels),

@@ -32,7 +32,7 @@ from edgeasr.audio.io import load_audio, write_wav
 from edgeasr.errors import EdgeasrError
 from edgeasr.files import read_json, write_bytes_atomic, write_json_atomic
 from edgeasr.runtime.litert import LiteRTModel
-from edgeasr.runtime.metadata import keywords_of, read_metadata
+from edgeasr.runtime.metadata import keyword_columns, keywords_of, read_metadata
 from edgeasr.runtime.streaming import DetectorConfig, PosteriorStream, fire_indices, outputs_logits
 
 STREAM_FORMAT = 1
@@ -40,7 +40,12 @@ STREAM_SPLITS = ("testing", "validation")
 MAX_LATENCY_S = 1.0
 FA_PER_HOUR_POINTS = (0.5, 1.0, 2.0, 5.0)
 REFINE_STEPS = 10        # bisections below a grid threshold: 1/1024 of a grid step
-THRESHOLDS = np.unique(np.round(np.concatenate([np.linspace(0.05, 0.95, 91), 1.0 - np.geomspace(0.05, 0.00005, 60)]), 5))
+# Common thresholds swept for the DET curve: 0.05 to 0.95, then ever closer to 1. Sharpened posteriors
+# (DetectorConfig.sharpening) pile up near 1, so the top goes on to 1 - 1e-6 (about 17 float32 steps
+# below 1); the points up to 0.99995 are the grid every table in docs/ was measured on.
+THRESHOLDS = np.unique(np.concatenate([
+    np.round(np.concatenate([np.linspace(0.05, 0.95, 91), 1.0 - np.geomspace(0.05, 0.00005, 60)]), 5),
+    np.round(1.0 - np.geomspace(0.00005, 0.000001, 18)[1:], 8)]))
 # Non-keyword speech for the stream: no Speech Commands keyword as a word (checked in _sentences).
 SENTENCES = (
     "the weather will be warm and sunny this afternoon", "please bring me a cup of tea",
@@ -285,7 +290,7 @@ def _detections(times, scores, column: int, occurrences, threshold: float, refra
 
 def _keywords_of(labels_list, occurrences):
     """([(output column, keyword)], {keyword: its occurrences}): the labels that are keywords."""
-    keywords = [(i, name) for i, name in enumerate(labels_list) if not name.startswith("_")]
+    keywords = keyword_columns(labels_list)
     return keywords, {name: _occurrences_of(name, occurrences) for _, name in keywords}
 
 
@@ -310,9 +315,7 @@ def false_accept_sources(times, scores, labels_list, occurrences, pieces, thresh
     starts = np.array([start for start, _, _ in pieces])
     kinds = [kind for _, _, kind in pieces]
     found = []
-    for column, name in enumerate(labels_list):
-        if name.startswith("_"):
-            continue
+    for column, name in keyword_columns(labels_list):
         fired, positions, _ = _detections(times, scores, column, _occurrences_of(name, occurrences), threshold,
                                           refractory_s, max_latency_s)
         for moment in np.delete(fired, positions):

@@ -36,9 +36,15 @@ def schema():
     return schema_py_generated
 
 
+def keyword_columns(labels) -> list:
+    """[(output column, keyword)] of a model's labels in output order: the `_silence_` and `_unknown_`
+    classes (names starting with "_") are not keywords."""
+    return [(column, name) for column, name in enumerate(labels or []) if not name.startswith("_")]
+
+
 def keywords_of(metadata) -> list:
-    """The keywords among a model's labels, in output order (the `_silence_` and `_unknown_` classes left out)."""
-    return [k for k in (metadata or {}).get("labels") or [] if not k.startswith("_")]
+    """The keywords among a model's labels, in output order."""
+    return [name for _, name in keyword_columns((metadata or {}).get("labels"))]
 
 
 def read_metadata(model, name: str = METADATA_NAME):
