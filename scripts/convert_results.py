@@ -9,9 +9,8 @@ bytes stored as INT4, LiteRT accuracy against Keras (fake-quant) accuracy on the
 argmax agreement, and single-thread latency on the three kernel sets (XNNPACK, the builtin
 optimized kernels alone, LiteRT's reference kernels; edgeasr.runtime.litert.KERNELS).
 
-Latency: every model gets one interpreter per kernel set, and all of them are timed in
-interleaved rounds (each round: --invokes timed invokes of every model), so load from other
-processes on the machine falls on all models alike; the figure is the median over all rounds.
+Latency: edgeasr.eval.latency.interleaved_latency, every model on every kernel set in interleaved
+rounds (each round: --invokes timed invokes of every model), medians over all rounds.
 The 8-bit twin is timed twice, through two interpreters, to show the noise of the comparison.
 
 Writes docs/convert_results.md and docs/convert_results.json.
@@ -37,7 +36,8 @@ from edgeasr.converters import flatbuffer as fb
 from edgeasr.converters.convert import convert
 from edgeasr.converters.inspect import inspect_model
 from edgeasr.files import write_bytes_atomic, write_json_atomic
-from edgeasr.runtime.litert import KERNELS, LiteRTModel, quantize
+from edgeasr.eval.latency import interleaved_latency
+from edgeasr.runtime.litert import KERNELS, quantize
 from edgeasr.runtime.metadata import read_metadata
 
 POLICIES = ("w8a8", "w4a8-tanh", "mixed")
@@ -133,29 +133,6 @@ def pool_rounded_keras_accuracy(run_dir, path, ptq_policy):
     for layer in keras_model.layers[keras_model.layers.index(pools[0]) + 1:]:
         x = layer(x, training=False)
     return float(np.mean(np.asarray(x).argmax(-1) == labels))
-
-
-def interleaved_latency(paths, rounds: int, invokes: int) -> dict:
-    """{(path, kernels): median ms} over `rounds` rounds of `invokes` timed invokes of every model on
-    every kernel set that can run it (LiteRT's reference kernels have no INT4 convolution)."""
-    runners = {}
-    for path in paths:
-        for kernels in KERNELS:
-            model = LiteRTModel.on_kernels_if_loadable(path, kernels)[0]
-            if model is None:
-                continue
-            example = quantize(np.zeros(model.input_detail["shape"][1:], np.float32), model.input_detail)
-            for _ in range(20):
-                model.run_raw(example)
-            runners[(path, kernels)] = (model, example)
-    times = {key: [] for key in runners}
-    for _ in range(rounds):
-        for key, (model, example) in runners.items():
-            for _ in range(invokes):
-                start = time.perf_counter()
-                model.run_raw(example)
-                times[key].append(time.perf_counter() - start)
-    return {key: float(np.median(values) * 1000) for key, values in times.items()}
 
 
 def add_latency(rows, out_dir: Path, rounds: int, invokes: int) -> None:

@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""Issue 4's speed target across LiteRT releases: is the 4-bit DS-CNN-S still slower than its 8-bit
+twin under XNNPACK when the runtime is newer?
+
+docs/convert_results.md measures the 4-bit DS-CNN-S 3-4% slower than its 8-bit twin with LiteRT 2.3
+and traces it to XNNPACK's INT4 fully-connected GEMMs (the only kernels that differ between the two
+files). Here DS-CNN-S is converted twice with `edgeasr convert`'s defaults, w8a8 and w4a8-tanh,
+post-training from one float model with its initial weights (the kernels do the same work whatever
+the weights' values; a QAT file has the same ops, shapes and storage), and both files, plus a second
+copy of the 8-bit one to show the noise, are timed single-threaded (edgeasr.eval.latency) under each
+Python interpreter of --python, each with the LiteRT release installed there. Such an interpreter
+needs only numpy and a LiteRT wheel, e.g. the nightly:
+
+    python3 -m venv /tmp/litert-nightly && /tmp/litert-nightly/bin/pip install ai-edge-litert-nightly numpy
+    python scripts/litert_int4_speed.py --python .venv/bin/python /tmp/litert-nightly/bin/python
+
+Writes docs/litert_int4_speed.md and docs/litert_int4_speed.json.
+"""
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+POLICIES = ("w8a8", "w4a8-tanh")
+KERNEL_SETS = ("xnnpack", "builtin")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.time:
+        return print(json.dumps(time_here(args.time, args.rounds, args.invokes)))
+    started = time.perf_counter()
+    files = convert_twins(args.work)
+    runtimes = [time_with(python, files, args.rounds, args.invokes) for python in args.python]
+    summary = {"machine": f"{platform.machine()}, {platform.system()}", "rounds": args.rounds,
+               "invokes": args.invokes, "files": {k: Path(v).name for k, v in files.items()},
+               "bytes": {k: Path(v).stat().st_size for k, v in files.items()}, "runtimes": runtimes,
+               "minutes": round((time.perf_counter() - started) / 60, 1)}
+    from edgeasr.files import write_bytes_atomic, write_json_atomic
+
+    args.docs.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(args.docs / "litert_int4_speed.json", summary)
+    write_bytes_atomic(args.docs / "litert_int4_speed.md", markdown(summary).encode())
+    print(markdown(summary))
+
+
+def convert_twins(work: Path) -> dict:
+    """{"w8a8": path, "w4a8-tanh": path, "w8a8 again": path}: DS-CNN-S converted under both policies."""
+    import edgeasr  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+    import numpy as np
+
+    from edgeasr.converters.convert import convert
+    from edgeasr.models.registry import ModelConfig, build_model
+
+    work.mkdir(parents=True, exist_ok=True)
+    config = ModelConfig(name="ds_cnn_s")
+    source, calibration = work / "ds_cnn_s_float.keras", work / "calibration.npy"
+    build_model(config).save(source)
+    np.save(calibration, np.random.default_rng(0).normal(size=(64, *config.input_shape)).astype(np.float32))
+    files = {}
+    for policy in POLICIES:
+        files[policy] = work / f"ds_cnn_s_{policy}.tflite"
+        convert(source, files[policy], policy=policy, calibration=calibration, force=True, parity_examples=8)
+    files["w8a8 again"] = work / "ds_cnn_s_w8a8_again.tflite"
+    files["w8a8 again"].write_bytes(files["w8a8"].read_bytes())
+    return {name: str(path) for name, path in files.items()}
+
+
+def time_with(python: str, files: dict, rounds: int, invokes: int) -> dict:
+    """time_here() run by another interpreter (its own LiteRT), on the repository's runtime code."""
+    environment = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = [python, __file__, "--time", json.dumps(files), "--rounds", str(rounds), "--invokes", str(invokes)]
+    done = subprocess.run(command, capture_output=True, text=True, env=environment)
+    if done.returncode != 0:
+        raise SystemExit(f"{python}: timing failed:\n{done.stderr.strip()[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def time_here(files_json: str, rounds: int, invokes: int) -> dict:
+    """{"litert": release, "ms": {kernels: {name: median ms}}} with this interpreter's LiteRT."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from edgeasr.eval.latency import interleaved_latency
+
+    files = json.loads(files_json)
+    medians = interleaved_latency(list(files.values()), rounds, invokes, KERNEL_SETS)
+    release = None
+    for package in ("ai-edge-litert", "ai-edge-litert-nightly"):
+        try:
+            release = f"{package} {version(package)}"
+            break
+        except PackageNotFoundError:
+            continue
+    return {"litert": release,
+            "ms": {kernels: {name: medians.get((path, kernels)) for name, path in files.items()}
+                   for kernels in KERNEL_SETS}}
+
+
+def markdown(summary: dict) -> str:
+    lines = ["# The 4-bit DS-CNN-S against its 8-bit twin, per LiteRT release (scripts/litert_int4_speed.py)", "",
+             f"Produced by `python scripts/litert_int4_speed.py` ({summary['minutes']:g} min) on "
+             f"{summary['machine']}. DS-CNN-S converted with `edgeasr convert` defaults under w8a8 "
+             f"({summary['bytes']['w8a8']:,} bytes) and w4a8-tanh ({summary['bytes']['w4a8-tanh']:,} bytes, "
+             "INT4 fully-connected pointwise layers), post-training from one untrained float model. One thread; "
+             f"median of {summary['rounds']} interleaved rounds x {summary['invokes']} invokes; all files of one "
+             "release timed side by side in one process. `8-bit again`: the same 8-bit file through a second "
+             "interpreter, the noise of the comparison.", "",
+             "| LiteRT | kernels | 8-bit ms | 8-bit again ms | 4-bit ms | 4-bit / 8-bit | 4-bit no slower |",
+             "|---|---|---:|---:|---:|---:|---|"]
+    for runtime in summary["runtimes"]:
+        for kernels, ms in runtime["ms"].items():
+            ratio = ms["w4a8-tanh"] / ms["w8a8"]
+            noise = abs(ms["w8a8 again"] / ms["w8a8"] - 1)
+            verdict = "yes" if ratio <= 1 + noise else "no"
+            lines.append(f"| {runtime['litert']} | {kernels} | {ms['w8a8']:.4f} | {ms['w8a8 again']:.4f} | "
+                         f"{ms['w4a8-tanh']:.4f} | {ratio:.3f}x | {verdict} |")
+    lines += ["", "4-bit no slower: the ratio is at most 1 plus the same-file noise. Issue 4's target is the XNNPACK "
+              "row of the release the kit installs (setup.cfg)."]
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--python", nargs="+", default=[sys.executable],
+                        help="interpreters to time with, each with its own LiteRT (default: this one)")
+    parser.add_argument("--work", type=Path, default=REPO / "build" / "litert_int4_speed")
+    parser.add_argument("--docs", type=Path, default=REPO / "docs")
+    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--invokes", type=int, default=50)
+    parser.add_argument("--time", help=argparse.SUPPRESS)       # internal: the timing child's files (JSON)
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
