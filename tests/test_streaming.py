@@ -175,7 +175,7 @@ def test_detector_sharpens_each_run_before_smoothing(model_path):
 def test_threshold_grid_reaches_past_sharpened_scores():
     """A keyword at 0.999995 and a false accept at 0.99997: the grid's top has to lie between them to
     reject the false accept and keep the keyword (sharpened posteriors sit that close to 1)."""
-    from edgeasr.eval.stream import evaluate
+    from edgeasr.eval.stream import evaluate, threshold_text
 
     times = np.round(np.arange(0, 60, 0.02), 2)
     scores = np.zeros((len(times), 3), np.float32)
@@ -186,6 +186,8 @@ def test_threshold_grid_reaches_past_sharpened_scores():
     point = report["frr_at_fa_per_hour"]["0.5"]
     assert point["frr"] == 0.0 and point["fa_per_hour"] == 0.0
     assert 0.99997 < point["threshold"] <= 0.999995
+    assert threshold_text(point["threshold"]) != "1.000"                              # the report can tell it from 1
+    assert (threshold_text(0.984), threshold_text(0.99985), threshold_text(1.0)) == ("0.984", "0.99985", "1.000")
 
 
 def test_runtime_without_tensorflow(model_path):

@@ -550,7 +550,7 @@ def write_thresholds(model_path, report: dict) -> None:
 def format_report(report: dict) -> str:
     lines = [f"{report['model']}: {report['hours']:.2f} h, {report['keyword_occurrences']} keywords"]
     for point, entry in report["frr_at_fa_per_hour"].items():
-        threshold = "none" if entry["threshold"] is None else f"{entry['threshold']:.3f}"
+        threshold = "none" if entry["threshold"] is None else threshold_text(entry["threshold"])
         lines.append(f"  FRR at <= {point} FA/h: {entry['frr']:.2%} (common threshold {threshold})")
     at = report["at_thresholds"]
     latency = at["latency_s"]
@@ -560,7 +560,7 @@ def format_report(report: dict) -> str:
     lines.append(f"  thresholds {chosen}: FRR {at['frr']:.2%}, "
                  f"{at['fa_per_hour']:.2f} FA/h, latency after keyword end median "
                  f"{_seconds(latency['median'])}, p90 {_seconds(latency['p90'])}")
-    lines.append("  thresholds: " + ", ".join(f"{k}={v:.3f}" for k, v in report["thresholds"].items()))
+    lines.append("  thresholds: " + ", ".join(f"{k}={threshold_text(v)}" for k, v in report["thresholds"].items()))
     lines.append("  there, misses / occurrences and false accepts: " + ", ".join(
         f"{k} {e['misses']}/{e['occurrences']} {e['false_accepts']}" for k, e in at.get("keywords", {}).items()))
     for point, counts in report.get("false_accepts_by_kind", {}).items():
@@ -570,6 +570,15 @@ def format_report(report: dict) -> str:
                      + ("; by keyword: " + counts_text(by_keyword) if by_keyword else ""))
     lines.append(f"  DET curve: {report['det_png']}")
     return "\n".join(lines)
+
+
+def threshold_text(threshold: float) -> str:
+    """A threshold with 3 decimals, or as many more as it takes to tell it from 1 (sharpened posteriors'
+    thresholds sit at 0.9999 and above): 0.984, 0.99985."""
+    decimals = 3
+    while decimals < 8 and round(threshold, decimals) >= 1.0 > threshold:
+        decimals += 1
+    return f"{threshold:.{decimals + (decimals > 3)}f}"
 
 
 def counts_text(counts: dict) -> str:
