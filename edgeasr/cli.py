@@ -332,7 +332,7 @@ def demo(out, model_name, epochs, qat_epochs, qat_stages, speakers, seed):
 @click.option("--write-thresholds", is_flag=True, help="Write the thresholds and detector settings into MODEL.")
 @click.option("--model-thresholds", is_flag=True,
               help="Score the thresholds already in MODEL (written on another stream) instead of "
-                   "choosing them on this one.")
+                   "choosing them on this one, with the detector settings they were chosen with.")
 @user_errors
 def eval_stream(model, data, split, wav, labels, hours, seed, cache_dir, out, hop_ms, smoothing_ms, refractory_ms,
                 sharpening, target_fa_per_hour, per_keyword, write_thresholds, model_thresholds):
@@ -366,6 +366,13 @@ def eval_stream(model, data, split, wav, labels, hours, seed, cache_dir, out, ho
                                f"`edgeasr eval-stream {model} --split validation --write-thresholds`")
         if write_thresholds or per_keyword:
             raise EdgeasrError("--model-thresholds scores the thresholds MODEL has; it cannot also choose new ones")
+        stored = DetectorConfig.from_metadata(metadata)
+        changed = [f"--{name.replace('_', '-')} {given:g} (chosen with {getattr(stored, name):g})"
+                   for name, given in (("hop_ms", hop_ms), ("smoothing_ms", smoothing_ms), ("sharpening", sharpening))
+                   if given is not None and given != getattr(stored, name)]
+        if changed:
+            raise EdgeasrError(f"{model}: its thresholds hold only for the detector settings they were chosen "
+                               f"with: {', '.join(changed)}; choose new ones with --write-thresholds")
     report = stream.evaluate_stream(model, wav, labels, config, out or model.parent, target_fa_per_hour,
                                     thresholds=thresholds, per_keyword=per_keyword)
     click.echo(stream.format_report(report))

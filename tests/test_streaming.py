@@ -377,6 +377,9 @@ def test_built_stream_and_cli(tiny_dataset, tmp_path, model_path):
     zero = CliRunner().invoke(main, ["eval-stream", str(sharp), "--wav", str(wav), "--labels", str(labels),
                                      "--sharpening", "0"])
     assert zero.exit_code == 1 and "--sharpening must be positive" in zero.output
+    other = CliRunner().invoke(main, ["eval-stream", str(sharp), "--wav", str(wav), "--labels", str(labels),
+                                      "--model-thresholds", "--sharpening", "1"])
+    assert other.exit_code == 1 and "--sharpening 1 (chosen with 2)" in other.output
     fresh = tmp_path / "fresh.tflite"
     fresh.write_bytes(model_path.read_bytes())
     none = CliRunner().invoke(main, ["eval-stream", str(fresh), "--wav", str(wav), "--labels", str(labels),
