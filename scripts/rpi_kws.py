@@ -409,8 +409,12 @@ class DetectorConfig:
 
     @classmethod
     def from_metadata(cls, metadata: dict, **overrides) -> "DetectorConfig":
-        """The detector settings a model's metadata carries (written by eval-stream), then overrides."""
+        """The detector settings a model's metadata carries (written by eval-stream), then overrides.
+        Settings written before `sharpening` existed were chosen without it (g = 1), whatever the
+        default becomes."""
         stored = dict(metadata.get("detector") or {})
+        if stored:
+            stored.setdefault("sharpening", 1.0)
         stored.update({k: v for k, v in overrides.items() if v is not None})
         known = {k: stored[k] for k in cls.__dataclass_fields__ if k in stored}
         return cls(**known)

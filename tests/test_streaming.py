@@ -147,6 +147,9 @@ def test_thresholds_from_metadata(tmp_path):
     spotter = KeywordSpotter(energy_model(tmp_path / "m.tflite", {"detector": detector}))
     assert spotter.config.threshold("yes") == 0.75 and spotter.posteriors.hop_frames == 4
     assert spotter.posteriors.smoothing_runs == 2 and spotter.posteriors.sharpening == 2.0
+    older = {"detector": {"hop_ms": 40.0, "thresholds": {"yes": 0.75}}}       # written before sharpening existed
+    assert DetectorConfig.from_metadata(older).sharpening == 1.0
+    assert DetectorConfig.from_metadata(older, sharpening=2.0).sharpening == 2.0
 
 
 def test_sharpening_is_a_softmax_temperature():
