@@ -102,10 +102,10 @@ class DetectorConfig:
 
     hop_ms: float = 20.0             # the model runs once per hop on the last window
     smoothing_ms: float = 400.0      # posteriors are averaged over this much history
-    sharpening: float = 1.0          # exponent g of each raw posterior before the average (1: off)
     refractory_ms: float = 1000.0    # a keyword that fired stays silent this long
     default_threshold: float = 0.5
     thresholds: Dict[str, float] = field(default_factory=dict)   # per keyword, else the default
+    sharpening: float = 1.0          # exponent g of each raw posterior before the average (1: off)
 
     def threshold(self, keyword: str) -> float:
         return float(self.thresholds.get(keyword, self.default_threshold))
