@@ -354,10 +354,11 @@ def eval_stream(model, data, split, wav, labels, hours, seed, cache_dir, out, ho
         raise EdgeasrError("give either --data DATASET or --wav WAV with --labels LABELS")
     if data is not None:
         wav, labels = stream.model_stream(data, metadata, cache_dir, hours=hours, seed=seed, split=split)
-    if sharpening is not None and sharpening <= 0:
-        raise EdgeasrError(f"--sharpening must be positive, not {sharpening:g}")
-    config = DetectorConfig.from_metadata(metadata, hop_ms=hop_ms, smoothing_ms=smoothing_ms,
-                                          refractory_ms=refractory_ms, sharpening=sharpening)
+    try:
+        config = DetectorConfig.from_metadata(metadata, hop_ms=hop_ms, smoothing_ms=smoothing_ms,
+                                              refractory_ms=refractory_ms, sharpening=sharpening)
+    except ValueError as exc:
+        raise EdgeasrError(f"detector settings of {model}: {exc}") from exc
     thresholds = None
     if model_thresholds:
         thresholds = (metadata.get("detector") or {}).get("thresholds")

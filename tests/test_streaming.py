@@ -150,6 +150,8 @@ def test_thresholds_from_metadata(tmp_path):
     older = {"detector": {"hop_ms": 40.0, "thresholds": {"yes": 0.75}}}       # written before sharpening existed
     assert DetectorConfig.from_metadata(older).sharpening == 1.0
     assert DetectorConfig.from_metadata(older, sharpening=2.0).sharpening == 2.0
+    with pytest.raises(ValueError, match="sharpening must be positive"):     # rpi_kws.py and metadata alike
+        DetectorConfig.from_metadata({"detector": {"sharpening": -1.0}})
 
 
 def test_sharpening_is_a_softmax_temperature():
@@ -379,7 +381,7 @@ def test_built_stream_and_cli(tiny_dataset, tmp_path, model_path):
     assert read_metadata(sharp)["detector"]["sharpening"] == 2.0            # the device runs what was measured
     zero = CliRunner().invoke(main, ["eval-stream", str(sharp), "--wav", str(wav), "--labels", str(labels),
                                      "--sharpening", "0"])
-    assert zero.exit_code == 1 and "--sharpening must be positive" in zero.output
+    assert zero.exit_code == 1 and "sharpening must be positive, not 0" in zero.output
     other = CliRunner().invoke(main, ["eval-stream", str(sharp), "--wav", str(wav), "--labels", str(labels),
                                       "--model-thresholds", "--sharpening", "1"])
     assert other.exit_code == 1 and "--sharpening 1 (chosen with 2)" in other.output

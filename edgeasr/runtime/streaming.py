@@ -107,6 +107,10 @@ class DetectorConfig:
     thresholds: Dict[str, float] = field(default_factory=dict)   # per keyword, else the default
     sharpening: float = 1.0          # exponent g of each raw posterior before the average (1: off)
 
+    def __post_init__(self):
+        if not self.sharpening > 0:          # 0 flattens every posterior, a negative one inverts them
+            raise ValueError(f"sharpening must be positive, not {self.sharpening:g}")
+
     def threshold(self, keyword: str) -> float:
         return float(self.thresholds.get(keyword, self.default_threshold))
 
