@@ -369,7 +369,8 @@ def eval_stream(model, data, split, wav, labels, hours, seed, cache_dir, out, ho
             raise EdgeasrError("--model-thresholds scores the thresholds MODEL has; it cannot also choose new ones")
         stored = DetectorConfig.from_metadata(metadata)
         changed = [f"--{name.replace('_', '-')} {given:g} (chosen with {getattr(stored, name):g})"
-                   for name, given in (("hop_ms", hop_ms), ("smoothing_ms", smoothing_ms), ("sharpening", sharpening))
+                   for name, given in (("hop_ms", hop_ms), ("smoothing_ms", smoothing_ms),
+                                       ("refractory_ms", refractory_ms), ("sharpening", sharpening))
                    if given is not None and given != getattr(stored, name)]
         if changed:
             raise EdgeasrError(f"{model}: its thresholds hold only for the detector settings they were chosen "

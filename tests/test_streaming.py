@@ -385,6 +385,9 @@ def test_built_stream_and_cli(tiny_dataset, tmp_path, model_path):
     other = CliRunner().invoke(main, ["eval-stream", str(sharp), "--wav", str(wav), "--labels", str(labels),
                                       "--model-thresholds", "--sharpening", "1"])
     assert other.exit_code == 1 and "--sharpening 1 (chosen with 2)" in other.output
+    longer = CliRunner().invoke(main, ["eval-stream", str(sharp), "--wav", str(wav), "--labels", str(labels),
+                                       "--model-thresholds", "--refractory-ms", "3000"])
+    assert longer.exit_code == 1 and "--refractory-ms 3000 (chosen with 1000)" in longer.output
     fresh = tmp_path / "fresh.tflite"
     fresh.write_bytes(model_path.read_bytes())
     none = CliRunner().invoke(main, ["eval-stream", str(fresh), "--wav", str(wav), "--labels", str(labels),
