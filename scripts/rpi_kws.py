@@ -54,6 +54,10 @@ class FrontendConfig:
             return 0
         return 1 + (num_samples - self.window_samples) // self.hop_samples
 
+    def frames_end_seconds(self, frames):
+        """Time in the audio at which the first `frames` frames (an int or an array) are complete."""
+        return ((frames - 1) * self.hop_samples + self.window_samples) / self.sample_rate
+
 
 def _hz_to_mel(hz):
     """Slaney's scale: linear below 1 kHz, logarithmic above (librosa's default)."""
@@ -411,6 +415,10 @@ class DetectorConfig:
     def threshold(self, keyword: str) -> float:
         return float(self.thresholds.get(keyword, self.default_threshold))
 
+    def hop_frames(self, frontend: FrontendConfig) -> int:
+        """Frontend frames between two model runs (at least one)."""
+        return max(1, int(round(self.hop_ms / frontend.hop_ms)))
+
     @classmethod
     def from_metadata(cls, metadata: dict, **overrides) -> "DetectorConfig":
         """The detector settings a model's metadata carries (written by eval-stream), then overrides.
@@ -446,6 +454,14 @@ def fire_indices(times: np.ndarray, scores: np.ndarray, threshold: float, refrac
     return np.asarray(fired, dtype=np.int64)
 
 
+def run_ends(input_frames: int, hop_frames: int, start: int, stop: int) -> range:
+    """Frame counts in (start, stop] at which a streaming model runs: once its first window of
+    `input_frames` is full, then every `hop_frames`."""
+    begin = max(input_frames, start + 1)
+    offset = (begin - input_frames) % hop_frames
+    return range(begin + (hop_frames - offset) % hop_frames, stop + 1, hop_frames)
+
+
 class PosteriorStream:
     """Frontend + model + smoothing: audio chunks -> (times, smoothed posteriors) of each model run."""
 
@@ -454,7 +470,7 @@ class PosteriorStream:
         self.model, self.frontend_config, self.input_frames = model, frontend, int(input_frames)
         self.logits = logits                    # the model outputs logits: softmax them here
         self.sharpening = float(config.sharpening)
-        self.hop_frames = max(1, int(round(config.hop_ms / frontend.hop_ms)))
+        self.hop_frames = config.hop_frames(frontend)
         self.smoothing_runs = max(1, int(round(config.smoothing_ms / (self.hop_frames * frontend.hop_ms))))
         self.frontend = StreamingFrontend(frontend)
         self._history = np.zeros((0, frontend.n_mels), dtype=model.input_detail["dtype"])
@@ -467,7 +483,7 @@ class PosteriorStream:
         frames = np.concatenate([self._history, new]) if len(self._history) else new
         first = self._frames_seen - len(self._history)            # stream index of frames[0]
         self._frames_seen += len(new)
-        ends = self._run_ends(self._frames_seen - len(new), self._frames_seen)
+        ends = run_ends(self.input_frames, self.hop_frames, self._frames_seen - len(new), self._frames_seen)
         times, smoothed = [], []
         for end in ends:                                           # frames [end - input_frames, end)
             window = frames[end - self.input_frames - first:end - first]
@@ -475,21 +491,11 @@ class PosteriorStream:
             posterior = sharpened(softmax(posterior) if self.logits else posterior, self.sharpening)
             self._recent = (self._recent + [posterior])[-self.smoothing_runs:]
             smoothed.append(np.mean(self._recent, axis=0))
-            times.append(self._end_time(end))
+            times.append(self.frontend_config.frames_end_seconds(end))
         self._history = frames[-(self.input_frames - 1):] if self.input_frames > 1 else frames[:0]
         classes = self.model.output_detail["shape"][-1]
         return np.asarray(times), (np.stack(smoothed) if smoothed else np.zeros((0, classes), np.float32))
 
-    def _run_ends(self, start: int, stop: int) -> range:
-        """Frame counts in (start, stop] at which the model runs: a full window, then every hop."""
-        first = self.input_frames
-        begin = max(first, start + 1)
-        offset = (begin - first) % self.hop_frames
-        return range(begin + (self.hop_frames - offset) % self.hop_frames, stop + 1, self.hop_frames)
-
-    def _end_time(self, frames: int) -> float:
-        config = self.frontend_config
-        return ((frames - 1) * config.hop_samples + config.window_samples) / config.sample_rate
 
 
 class KeywordSpotter:
@@ -529,11 +535,10 @@ class KeywordSpotter:
 # ---- END BUNDLED RUNTIME ----
 
 # ---- the script ------------------------------------------------------------------------------
+# numpy (np) and json come from the bundled runtime above.
 import argparse
-import json
 import sys
 import time
-
 
 
 def read_wav(path: str, sample_rate: int) -> np.ndarray:

@@ -35,7 +35,7 @@ from edgeasr.audio.io import load_audio
 from edgeasr.eval.stream import errors_at, read_labels
 from edgeasr.files import write_bytes_atomic, write_json_atomic
 from edgeasr.runtime.metadata import read_metadata
-from edgeasr.runtime.streaming import StreamingFrontend, smoothed_posteriors, softmax
+from edgeasr.runtime.streaming import StreamingFrontend, run_ends, smoothed_posteriors, softmax
 
 DEFAULT_RUNS = ["float_seed0"] + [f"w4a8-tanh_seed{seed}" for seed in se.PAIRED_SEEDS]
 BATCH = 4096
@@ -96,15 +96,14 @@ def cached_keras_posteriors(args, model_name: str, run: str, tflite: Path, wav: 
 
 
 def keras_posteriors(model, frames: np.ndarray, frontend: FrontendConfig, config, times) -> np.ndarray:
-    """The model every hop over `frames`, as the runtime's PosteriorStream runs it: the first window
-    ends at frame `input frames`, each later one a hop further; checked against the LiteRT `times`."""
+    """The model on the windows of `frames` the runtime's PosteriorStream runs it on (`run_ends`: the
+    first window full, then every hop); their end times are checked against the LiteRT `times`."""
     from edgeasr.converters.convert import with_scores
 
     logits_model = with_scores(model, "logits")
     window = int(model.input_shape[1])
-    hop = max(1, int(round(config.hop_ms / frontend.hop_ms)))
-    ends = np.arange(window, len(frames) + 1, hop)
-    end_times = ((ends - 1) * frontend.hop_samples + frontend.window_samples) / frontend.sample_rate
+    ends = np.asarray(run_ends(window, config.hop_frames(frontend), 0, len(frames)))
+    end_times = frontend.frames_end_seconds(ends)
     if len(end_times) != len(times) or not np.allclose(end_times, times):
         raise SystemExit(f"stream_parity: {len(end_times)} Keras windows do not line up with the "
                          f"{len(times)} LiteRT runs")

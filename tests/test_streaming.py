@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgeasr.audio.frontend import FrontendConfig, numpy_log_mel
-from edgeasr.runtime.streaming import DetectorConfig, KeywordSpotter, StreamingFrontend, fire_indices
+from edgeasr.runtime.streaming import DetectorConfig, KeywordSpotter, StreamingFrontend, fire_indices, run_ends
 
 LABELS = ["_silence_", "_unknown_", "yes"]
 RATE = 16000
@@ -99,6 +99,16 @@ def test_model_runs_once_per_hop(model_path):
     assert len(calls) == (298 - 98) // 2 + 1 and set(calls) == {(98, 40)}
     np.testing.assert_allclose(np.diff(times), 0.02, atol=1e-9)
     assert times[0] == pytest.approx((97 * 160 + 480) / RATE)
+
+
+def test_run_schedule_is_the_same_however_the_frames_arrive():
+    whole = list(run_ends(98, 4, 0, 500))
+    assert whole[0] == 98 and set(np.diff(whole)) == {4} and whole[-1] == 498
+    cuts = [0, 1, 97, 98, 99, 150, 151, 152, 153, 300, 500]
+    pieces = [end for start, stop in zip(cuts, cuts[1:]) for end in run_ends(98, 4, start, stop)]
+    assert pieces == whole
+    assert FrontendConfig().frames_end_seconds(np.array(whole[:2])) == pytest.approx([(97 * 160 + 480) / RATE,
+                                                                                    (101 * 160 + 480) / RATE])
 
 
 def test_detections_at_the_keywords(model_path):

@@ -47,6 +47,10 @@ class FrontendConfig:
             return 0
         return 1 + (num_samples - self.window_samples) // self.hop_samples
 
+    def frames_end_seconds(self, frames):
+        """Time in the audio at which the first `frames` frames (an int or an array) are complete."""
+        return ((frames - 1) * self.hop_samples + self.window_samples) / self.sample_rate
+
 
 def _hz_to_mel(hz):
     """Slaney's scale: linear below 1 kHz, logarithmic above (librosa's default)."""

@@ -104,7 +104,7 @@ def command(rng: np.random.Generator) -> str:
         lambda: f"play the {p(('next', 'previous'))} track",
         lambda: f"dial {digit_string(rng)}",
         lambda: f"{p(('yes', 'no', 'ok'))} {p(('please', 'cancel', 'repeat'))}",
-        lambda: f"go back home",
+        lambda: "go back home",
     )
     return _pick(rng, templates)()
 
