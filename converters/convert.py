@@ -31,12 +31,12 @@ import tf_keras as keras
 from edgeasr.converters import flatbuffer as fb
 from edgeasr.converters.int4 import int4_metadata, int4_share, keras_layer_names, pack_int4_weights
 from edgeasr.converters.integer_check import INTEGER_TYPES, check_fully_integer, float_ops  # noqa: F401
-from edgeasr.converters.metadata import embed_metadata, source_hash, tensor_io
+from edgeasr.converters.metadata import calibration_digest, embed_metadata, source_hash, tensor_io
 from edgeasr.converters.pointwise import pointwise_as_fully_connected
 from edgeasr.converters.pooling import global_pools_as_mean
 from edgeasr.converters.ptq import calibrate_activations, post_training_quantize  # noqa: F401
 from edgeasr.converters.sources import (calibration_features, is_qat, load_calibration, load_keras,  # noqa: F401
-                                        load_source, qat_weight_bits, run_test_features)
+                                        load_source, qat_weight_bits, run_test_features, spread_rows)
 from edgeasr.converters.stock import CALIBRATION_EXAMPLES, float_tflite, int8_tflite  # noqa: F401
 from edgeasr.converters.trim import trim_model
 from edgeasr.errors import EdgeasrError
@@ -93,13 +93,18 @@ def _converted_model(model, float_model, int16_activations, bits):
     return float_model
 
 
-def _parity_data(calibration, model, config, features, labels):
-    """(features, labels) parity runs on: the test split of a run or dataset folder, else the calibration array."""
+def _parity_data(calibration, model, config, examples):
+    """(features, labels) parity runs on, at most `examples` spread over them: the test split of a
+    run or dataset folder, else the calibration array."""
     if calibration is not None and Path(calibration).is_dir():
-        return load_calibration(calibration, model, config, "test")
-    if config is not None and run_test_features(config) is not None:
-        return run_test_features(config)
-    return features, labels
+        return load_calibration(calibration, model, config, "test", limit=examples)
+    test = run_test_features(config) if config is not None else None
+    if test is not None:
+        rows = spread_rows(len(test[1]), examples)
+        return test[0][rows], test[1][rows]
+    if calibration is None:
+        return calibration_features(config), None
+    return load_calibration(calibration, model, config, limit=examples)
 
 
 def model_to_convert(model, config, policy, features, source):
@@ -151,8 +156,8 @@ def convert(source, output, policy=None, calibration=None, io: str = "int8", for
             fc_per_channel: bool = False, conv_storage: str = "int8", scores: str = "auto") -> dict:
     """Convert SOURCE, validate it, write OUTPUT (and OUTPUT's .parity.json / .parity.md).
 
-    min_agreement: fail (nothing written but the parity reports) when the Keras-LiteRT argmax
-    agreement is below it; None only reports.
+    min_agreement: fail when the Keras-LiteRT argmax agreement is below it: OUTPUT is not written,
+    the parity reports go to OUTPUT's name + .rejected; None only reports.
     """
     from edgeasr.eval.parity import parity_report, write_reports
 
@@ -164,9 +169,9 @@ def convert(source, output, policy=None, calibration=None, io: str = "int8", for
     scores = resolved_scores(model, scores)
     with_scores(model, scores)                     # a model without a final Softmax fails here, early
     if calibration is not None:
-        features, labels = load_calibration(calibration, model, config)
+        features = load_calibration(calibration, model, config, limit=CALIBRATION_EXAMPLES)[0]
     elif config is not None:
-        features, labels = calibration_features(config), None
+        features = calibration_features(config)
     else:
         raise EdgeasrError(f"{source}: a model file needs --calibration (a dataset folder or a .npy array of "
                            f"model inputs)")
@@ -178,10 +183,10 @@ def convert(source, output, policy=None, calibration=None, io: str = "int8", for
                                              float_model=with_scores(model, scores) if mode == "post-training"
                                              else None)
     model_bytes = embed_metadata(model_bytes, {**_metadata(model, config, used_policy, mode, io, source,
-                                                           model_bytes, int4_report), "scores": scores})
-    parity_features, parity_labels = _parity_data(calibration, model, config, features, labels)
-    parity_features = parity_features[:parity_examples]
-    parity_labels = None if parity_labels is None else parity_labels[:parity_examples]
+                                                           model_bytes, int4_report), "scores": scores,
+                                               "calibration": {"examples": len(features),
+                                                               "sha256": calibration_digest(features)}})
+    parity_features, parity_labels = _parity_data(calibration, model, config, parity_examples)
     keras_scores = qat_model.predict(parity_features, batch_size=64, verbose=0)
     with tempfile.TemporaryDirectory() as tmp:
         candidate = Path(tmp) / output.name
@@ -189,7 +194,9 @@ def convert(source, output, policy=None, calibration=None, io: str = "int8", for
         report = parity_report(candidate, keras_scores, parity_features, parity_labels,
                                min_agreement=min_agreement if min_agreement is not None else 0.0)
     report["model"] = str(output)
-    json_path, md_path = write_reports(report, output)
+    # a rejected conversion's reports must not replace those of a model already at OUTPUT
+    json_path, md_path = write_reports(report, output if report["passed"] else
+                                       output.with_name(output.stem + ".rejected" + output.suffix))
     if not report["passed"]:
         raise EdgeasrError(f"parity failed: argmax agreement {report['argmax_agreement']:.2%} < "
                            f"{min_agreement:.2%}; {output} not written (see {md_path})")
@@ -259,11 +266,14 @@ def convert_run(run_dir, output, force: bool = False, policy=None, min_agreement
 
 
 def validate(model_path, source, data=None, examples: int = PARITY_EXAMPLES,
-             min_agreement: float = 0.99) -> dict:
+             min_agreement: float = 0.99, calibration=None) -> dict:
     """Parity of a .tflite with the Keras model it came from; writes the JSON and Markdown reports.
 
-    A float SOURCE is compared through the same post-training quantisation `convert` applies,
-    with the policy and calibration recorded in the model's metadata where possible.
+    A float SOURCE is compared through the same post-training quantisation `convert` applies: the
+    policy recorded in the model's metadata, calibrated on `calibration` (default: what convert
+    takes by default, the run's training clips, or for a model file the --data inputs). The
+    report's notes say when SOURCE or the calibration differ from what the model records: the
+    LSB differences then measure two quantisations, not the conversion.
     """
     from edgeasr.eval.parity import parity_report, write_reports
     from edgeasr.quant.policy import PrecisionPolicy
@@ -274,22 +284,50 @@ def validate(model_path, source, data=None, examples: int = PARITY_EXAMPLES,
     except MetadataError as exc:
         raise EdgeasrError(str(exc)) from exc
     model, config = load_source(source)
+    notes = _source_notes(metadata, source)
     if data is not None:
-        features, labels = load_calibration(data, model, config, "test" if Path(data).is_dir() else "train")
+        features, labels = load_calibration(data, model, config, "test" if Path(data).is_dir() else "train",
+                                            limit=examples)
     elif config is not None and run_test_features(config) is not None:
-        features, labels = run_test_features(config)
+        features, labels = _parity_data(None, model, config, examples)
     else:
         raise EdgeasrError(f"{source}: give --data (a dataset folder or a .npy array of model inputs)")
     if not is_qat(model):
         policy_dict = metadata.get("policy")
         if not policy_dict or "default" not in policy_dict:
             raise EdgeasrError(f"{model_path}: no edgeasr policy in its metadata to quantise the float source with")
-        calibration = calibration_features(config) if config is not None else features
-        model = post_training_quantize(model, PrecisionPolicy.from_dict(policy_dict), calibration)
+        rows = _validation_calibration(model, config, calibration if calibration is not None else
+                                       (None if config is not None else data))
+        notes += _calibration_notes(metadata, rows)
+        model = post_training_quantize(model, PrecisionPolicy.from_dict(policy_dict), rows)
     model = with_scores(model, metadata.get("scores", "probabilities"))
-    features, labels = features[:examples], None if labels is None else labels[:examples]
     keras_scores = model.predict(features, batch_size=64, verbose=0)
     report = parity_report(model_path, keras_scores, features, labels, min_agreement=min_agreement)
+    report["notes"] = notes
     json_path, md_path = write_reports(report, model_path)
     report["json"], report["markdown"] = str(json_path), str(md_path)
     return report
+
+
+def _validation_calibration(model, config, calibration) -> np.ndarray:
+    """The calibration inputs validate quantises a float source with, drawn as convert draws them."""
+    if calibration is None:
+        return calibration_features(config)
+    return load_calibration(calibration, model, config, limit=CALIBRATION_EXAMPLES)[0]
+
+
+def _calibration_notes(metadata: dict, rows: np.ndarray) -> list:
+    recorded = (metadata.get("calibration") or {}).get("sha256")
+    if recorded is None or recorded == calibration_digest(rows):
+        return []
+    return [f"the float source was re-quantised with other calibration inputs than the conversion used "
+            f"({len(rows)} inputs, sha256 {calibration_digest(rows)} vs {recorded}): the Keras reference is "
+            f"another quantisation; pass --calibration with the data given to convert"]
+
+
+def _source_notes(metadata: dict, source) -> list:
+    recorded = (metadata.get("source") or {}).get("sha256")
+    if recorded is None or recorded == source_hash(source):
+        return []
+    return [f"{source} is not what the model was converted from (its sha256 differs from the one in the "
+            f"model's metadata, {recorded[:16]}...)"]

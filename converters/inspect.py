@@ -81,9 +81,9 @@ def inspect_model(path, float_bytes=None) -> dict:
             weight_bytes += size
             int4_bytes += size if kind == "INT4" else 0
     try:
-        metadata = read_metadata(data)
-    except MetadataError:
-        metadata = None
+        metadata, metadata_error = read_metadata(data), None
+    except MetadataError as exc:       # the model itself loaded above: its edgeasr entry is unreadable
+        metadata, metadata_error = None, str(exc)
     return {
         "path": str(path), "bytes": len(data), "float_bytes": float_bytes,
         "smaller_than_float": (float_bytes / len(data)) if float_bytes else None,
@@ -92,7 +92,7 @@ def inspect_model(path, float_bytes=None) -> dict:
         "tensors": tensors, "weight_bytes": weight_bytes,
         "int4_weight_share": int4_bytes / weight_bytes if weight_bytes else None,
         "per_channel_parameter_bytes": fb.per_channel_parameter_bytes(graph.tensors),
-        "metadata": metadata,
+        "metadata": metadata, "metadata_error": metadata_error,
     }
 
 
@@ -128,6 +128,9 @@ def format_inspection(report: dict) -> str:
     lines.append("")
     import json
 
-    lines.append("metadata: " + (json.dumps(report["metadata"], indent=2, sort_keys=True)
-                                 if report["metadata"] else "none (not written by edgeasr)"))
+    if report.get("metadata_error"):
+        lines.append(f"metadata: present but unreadable: {report['metadata_error']}")
+    else:
+        lines.append("metadata: " + (json.dumps(report["metadata"], indent=2, sort_keys=True)
+                                     if report["metadata"] else "none (not written by edgeasr)"))
     return "\n".join(lines)

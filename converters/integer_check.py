@@ -36,5 +36,5 @@ def check_fully_integer(model_bytes: bytes, layer_names=(), io: str = "int8") ->
     found = float_ops(model_bytes, layer_names, io)
     if found:
         described = "; ".join(f"{op} (layer {layer or '?'}: {reason})" for op, layer, reason in found[:12])
-        raise EdgeasrError(f"the converted model is not fully integer: {len(found)} op(s) would run in float "
-                           f"or outside the builtin set: {described}")
+        raise EdgeasrError(f"the converted model is not fully integer: {len(found)} op(s) would run in float, "
+                           f"outside the builtin set, or requantize between tensors: {described}")

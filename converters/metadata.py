@@ -42,6 +42,13 @@ def tensor_io(detail: dict) -> dict:
             "scale": float(scale), "zero_point": int(zero_point)}
 
 
+def calibration_digest(features) -> str:
+    """Short sha256 of the calibration inputs as float32: `validate` checks it rebuilt the same ones."""
+    import numpy as np
+
+    return hashlib.sha256(np.ascontiguousarray(features, np.float32).tobytes()).hexdigest()[:16]
+
+
 def source_hash(path) -> str:
     """sha256 of a file, or of a directory's files (relative path + bytes, in sorted order)."""
     path = Path(path)

@@ -48,7 +48,20 @@ def load_keras(path) -> keras.Model:
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise EdgeasrError(f"{path}: convert handles models with one input and one output, this one has "
                            f"{len(model.inputs)} and {len(model.outputs)}")
-    return model
+    return model if is_qat(model) else with_softmax_layer(model)
+
+
+def with_softmax_layer(model: keras.Model) -> keras.Model:
+    """The model with a softmax fused into its last layer (Dense(..., activation="softmax"), the
+    usual Keras classifier head) split off into a Softmax layer, the head edgeasr's own models have:
+    `convert --scores` can then drop it, and the converter writes FULLY_CONNECTED + SOFTMAX."""
+    last = model.layers[-1]
+    if getattr(last, "activation", None) is not keras.activations.softmax:
+        return model
+    linear = type(last).from_config({**last.get_config(), "activation": "linear"})
+    outputs = keras.layers.Softmax(name=f"{last.name}_softmax")(linear(last.input))
+    linear.set_weights(last.get_weights())
+    return keras.Model(model.inputs, outputs, name=model.name)
 
 
 def qat_weight_bits(model: keras.Model) -> dict:
@@ -57,8 +70,18 @@ def qat_weight_bits(model: keras.Model) -> dict:
     return {entry["layer"]: entry["quantizer"].bits for entry in weight_quantizers(model)}
 
 
-def load_calibration(data, model: keras.Model, config=None, split: str = "train"):
-    """(features, labels or None) from a .npy array of model inputs or a dataset folder."""
+def spread_rows(count: int, limit=None, seed: int = 0) -> np.ndarray:
+    """Indices of a seeded random sample of at most `limit` of `count` rows, in their order (every
+    row when `limit` is None or not smaller). Not the first rows: a dataset folder is read word by
+    word and a user's array may be sorted, so its first few hundred rows can all be one word."""
+    if limit is None or count <= limit:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(seed).choice(count, size=limit, replace=False))
+
+
+def load_calibration(data, model: keras.Model, config=None, split: str = "train", limit=None):
+    """(features, labels or None) from a .npy array of model inputs or a dataset folder; at most
+    `limit` examples, spread over the whole array or split (`spread_rows`)."""
     path = Path(data)
     if not path.exists():
         raise EdgeasrError(f"calibration data {path}: no such file or directory")
@@ -69,7 +92,10 @@ def load_calibration(data, model: keras.Model, config=None, split: str = "train"
             features = np.load(path, allow_pickle=False)
         except Exception as exc:
             raise EdgeasrError(f"calibration data {path}: not a readable .npy array ({exc})") from exc
-        labels = None
+        if not np.issubdtype(features.dtype, np.floating):
+            raise EdgeasrError(f"calibration data {path}: a {features.dtype} array; it must hold the float "
+                               f"inputs the Keras model takes (e.g. log-mel features), not quantized or other values")
+        features, labels = features[spread_rows(len(features), limit)] if features.ndim else features, None
     else:
         from edgeasr.audio.frontend import FrontendConfig
         from edgeasr.data.pipeline import features_of
@@ -80,7 +106,8 @@ def load_calibration(data, model: keras.Model, config=None, split: str = "train"
         clips = load_split(path, data_config, split, progress=False)
         if not len(clips.labels):
             raise EdgeasrError(f"calibration data {path}: no {split} clips")
-        features, labels = features_of(clips.waves, frontend), np.asarray(clips.labels)
+        rows = spread_rows(len(clips.labels), limit)
+        features, labels = features_of(clips.waves[rows], frontend), np.asarray(clips.labels)[rows]
     expected = tuple(model.input_shape[1:])
     if features.ndim != len(expected) + 1 or tuple(features.shape[1:]) != expected or not len(features):
         raise EdgeasrError(f"calibration data {path}: shape {features.shape}, the model takes (N, "
@@ -96,9 +123,7 @@ def calibration_features(config, examples: int = CALIBRATION_EXAMPLES) -> np.nda
     train = load_split(Path(config.dataset), config.data, "train", progress=False)
     if not len(train.labels):
         raise EdgeasrError(f"{config.dataset}: no training clips to calibrate with")
-    rng = np.random.default_rng(config.train.seed)
-    chosen = rng.choice(len(train.labels), size=min(examples, len(train.labels)), replace=False)
-    return features_of(train.waves[np.sort(chosen)], config.frontend)
+    return features_of(train.waves[spread_rows(len(train.labels), examples, config.train.seed)], config.frontend)
 
 
 def run_test_features(config):

@@ -9,16 +9,19 @@ from pathlib import Path
 import click
 
 from edgeasr.errors import EdgeasrError
+from edgeasr.runtime.metadata import MetadataError
 
 
 def user_errors(command):
-    """Errors a user can cause become 'Error: <message>' and exit status 1, not a traceback."""
+    """Errors a user can cause become 'Error: <message>' and exit status 1, not a traceback.
+    MetadataError (a file that is no TFLite model, or unreadable metadata) is the runtime's own:
+    the runtime is NumPy-only and bundled into scripts/rpi_kws.py, so it cannot raise EdgeasrError."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except EdgeasrError as exc:
+        except (EdgeasrError, MetadataError) as exc:
             raise click.ClickException(str(exc)) from exc
 
     return wrapper
@@ -156,14 +159,17 @@ def train(dataset, run_dir, model_name, epochs, batch_size, learning_rate, polic
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--policy", default=None,
               help="Float models: precision policy for post-training quantisation (w8a8 [default], w4a8, "
-                   "w4a8-tanh, mixed or a policy JSON file). QAT models keep their own.")
+                   "w4a8-tanh, or a policy JSON file naming your layers; the presets mixed and w4a8-tanh-dw8 name "
+                   "the layers of edgeasr's keyword models, conformer-mixed those of its Conformer). "
+                   "QAT models keep their own.")
 @click.option("--calibration", "calibration", default=None, type=click.Path(exists=True, path_type=Path),
               help="Dataset folder or .npy array of model inputs (default for run directories: the run's "
                    "training clips). Required for model files.")
 @click.option("--io", type=click.Choice(["int8", "float"]), default="int8", show_default=True,
               help="Input and output tensor type.")
-@click.option("--min-agreement", default=0.99, show_default=True,
-              help="Fail (write nothing) when Keras-LiteRT argmax agreement is below this.")
+@click.option("--min-agreement", default=0.99, show_default=True, type=click.FloatRange(0, 1),
+              help="Fail when Keras-LiteRT argmax agreement (a share, 0-1) is below this: OUTPUT is not written, "
+                   "the parity report goes to OUTPUT's name + .rejected.parity.md.")
 @click.option("--conv-storage", type=click.Choice(["int8", "int4"]), default="int8", show_default=True,
               help="4-bit depthwise and non-pointwise conv filters: 4-bit levels (x 16) in INT8 containers "
                    "(XNNPACK runs them) or packed INT4 (smaller, builtin kernels only).")
@@ -243,10 +249,14 @@ def inspect(model, as_json):
               help="The run directory or Keras model file it was converted from.")
 @click.option("--data", default=None, type=click.Path(exists=True, path_type=Path),
               help="Dataset folder (its test split) or .npy array of inputs (default: the run's test split).")
-@click.option("--examples", default=500, show_default=True)
-@click.option("--min-agreement", default=0.99, show_default=True)
+@click.option("--calibration", default=None, type=click.Path(exists=True, path_type=Path),
+              help="Float SOURCE only: the --calibration given to convert (default: the run's training clips, or "
+                   "for a model file the --data inputs).")
+@click.option("--examples", default=500, show_default=True, type=click.IntRange(1),
+              help="At most this many inputs of --data, spread over all of them.")
+@click.option("--min-agreement", default=0.99, show_default=True, type=click.FloatRange(0, 1))
 @user_errors
-def validate(model, source, data, examples, min_agreement):
+def validate(model, source, data, calibration, examples, min_agreement):
     """Parity of MODEL with its Keras SOURCE: agreement, LSB difference, XNNPACK vs reference, accuracy.
 
     Writes MODEL.parity.json and MODEL.parity.md; exits 1 when agreement is below the threshold.
@@ -254,11 +264,15 @@ def validate(model, source, data, examples, min_agreement):
     \b
     Example:
       edgeasr validate ds_cnn_s_w4.tflite --source runs/ds_w4 --data data/kws
+      edgeasr validate my_kws_w4.tflite --source my_kws.keras --data test_inputs.npy --calibration inputs.npy
     """
     from edgeasr.converters.convert import validate as validate_model
     from edgeasr.eval.parity import kernel_warnings
 
-    report = validate_model(model, source, data, examples=examples, min_agreement=min_agreement)
+    report = validate_model(model, source, data, examples=examples, min_agreement=min_agreement,
+                            calibration=calibration)
+    for note in report["notes"]:
+        click.echo(f"Warning: {note}", err=True)
     reference = report.get("xnnpack_vs_reference_agreement")
     click.echo(f"argmax agreement {report['argmax_agreement']:.2%} on {report['examples']} examples; XNNPACK vs "
                f"reference kernels {'not compared' if reference is None else f'{reference:.2%}'}; "
@@ -306,7 +320,7 @@ def demo(out, model_name, epochs, qat_epochs, qat_stages, speakers, seed):
               help="Your own stream instead of --data (needs --labels).")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Label file of --wav: one 'start_s end_s keyword' line per keyword occurrence.")
-@click.option("--hours", default=1.0, show_default=True,
+@click.option("--hours", default=1.0, show_default=True, type=click.FloatRange(0, min_open=True),
               help="Length of the built stream. FRR at N FA/h rests on the (N x hours + 1)-th best-scoring "
                    "false accept, so one hour can swing by a few points on a single event; 4 is steadier.")
 @click.option("--seed", default=0, show_default=True)

@@ -78,3 +78,18 @@ def test_demo_refuses_qat_epochs_the_stages_cannot_share_before_any_work(tmp_pat
     assert result.exit_code == 1
     assert "5 epochs cannot be split evenly into 2 stage(s)" in result.output
     assert not out.exists()
+
+
+@pytest.mark.parametrize("command", [["eval-stream", "{model}", "--wav", "{wav}", "--labels", "{labels}"],
+                                     ["transcribe", "{model}", "{wav}"]], ids=lambda c: c[0])
+def test_a_file_that_is_no_model_is_a_plain_error(tmp_path, command):
+    import numpy as np
+    import soundfile as sf
+
+    paths = {"model": tmp_path / "random.tflite", "wav": tmp_path / "a.wav", "labels": tmp_path / "a.labels.txt"}
+    paths["model"].write_bytes(np.random.default_rng(0).integers(0, 256, 20000, dtype=np.uint8).tobytes())
+    sf.write(paths["wav"], np.zeros(16000, np.int16), 16000)
+    paths["labels"].write_text("0.2 0.6 yes\n")
+    result = CliRunner().invoke(main, [part.format(**paths) for part in command])
+    assert result.exit_code == 1 and result.exception.__class__ is SystemExit, result.output
+    assert "Error:" in result.output and "not a TFLite model" in result.output

@@ -71,9 +71,20 @@ def test_float_keras_file_converts_to_int4_fully_integer_with_metadata(foreign, 
     checked = CliRunner().invoke(main, ["validate", str(out), "--source", str(foreign / "kws.keras"),
                                         "--data", str(foreign / "inputs.npy")])
     assert checked.exit_code == 0, checked.output
-    strict = CliRunner().invoke(main, ["validate", str(out), "--source", str(foreign / "kws.keras"),
-                                       "--data", str(foreign / "inputs.npy"), "--min-agreement", "1.01"])
-    assert strict.exit_code == 1 and "below" in strict.output
+    assert "Warning" not in checked.output                           # same source, same calibration
+    refused = CliRunner().invoke(main, ["validate", str(out), "--source", str(foreign / "kws.keras"),
+                                        "--data", str(foreign / "inputs.npy"), "--min-agreement", "1.01"])
+    assert refused.exit_code == 2 and "0<=x<=1" in refused.output    # a share, not a percentage
+
+    other = keras.models.load_model(foreign / "kws.keras")           # another source: its classes rolled
+    kernel, bias = other.get_layer("logits").get_weights()
+    other.get_layer("logits").set_weights([np.roll(kernel, 1, axis=1), np.roll(bias, 1)])
+    other.save(tmp_path / "other.keras")
+    wrong = CliRunner().invoke(main, ["validate", str(out), "--source", str(tmp_path / "other.keras"),
+                                      "--data", str(foreign / "inputs.npy"), "--min-agreement", "0.99"])
+    assert wrong.exit_code == 1 and "below" in wrong.output
+    assert "not what the model was converted from" in wrong.output
+    assert "other calibration inputs" not in wrong.output          # --data is what convert calibrated with
 
 
 def test_conv_storage_int4_packs_every_4bit_weight(foreign, tmp_path):
@@ -156,6 +167,94 @@ def test_plain_errors(foreign, tmp_path):
     text = tmp_path / "notes.tflite"
     text.write_text("hello")
     assert "not a TFLite model" in CliRunner().invoke(main, ["inspect", str(text)]).output
+
+
+def test_calibration_is_float_inputs_spread_over_the_whole_array(foreign, tmp_path):
+    from edgeasr.converters.sources import load_calibration, spread_rows
+
+    assert list(spread_rows(5, 10)) == [0, 1, 2, 3, 4] and list(spread_rows(5, None)) == [0, 1, 2, 3, 4]
+    rows = spread_rows(1000, 300)
+    assert len(rows) == 300 == len(set(rows)) and list(rows) == sorted(rows) and rows[-1] > 900   # not the first 300
+    assert list(spread_rows(1000, 300)) == list(rows)                                             # seeded
+    model = keras.models.load_model(foreign / "kws.keras")
+    sorted_inputs = tmp_path / "sorted.npy"
+    np.save(sorted_inputs, np.arange(600, dtype=np.float32)[:, None, None] * np.ones((1, 98, 40), np.float32))
+    features, labels = load_calibration(sorted_inputs, model, limit=300)
+    assert features.shape == (300, 98, 40) and labels is None and features[:, 0, 0].max() > 500
+    quantized = tmp_path / "int8.npy"
+    np.save(quantized, np.zeros((8, 98, 40), np.int8))
+    refused = _convert(foreign, tmp_path / "q.tflite", "--calibration", str(quantized))
+    assert refused.exit_code == 1 and "a int8 array" in refused.output and "float" in refused.output
+
+
+def test_calibration_from_a_dataset_folder_samples_every_word(tiny_dataset):
+    """The folder is read word by word: its first clips are all one word, a spread sample is not."""
+    from edgeasr.converters.sources import load_calibration
+    from edgeasr.data.speech_commands import DataConfig
+    from tests.conftest import TINY_KEYWORDS
+
+    model = build_model(ModelConfig(name="ds_cnn_s", num_classes=len(TINY_KEYWORDS) + 2,
+                                    options={"channels": 8, "blocks": 1}))
+    features, labels = load_calibration(tiny_dataset, model, limit=40)
+    assert features.shape[0] == 40 and labels is not None
+    assert len(set(labels.tolist())) >= len(DataConfig(keywords=TINY_KEYWORDS).labels) - 1
+
+
+def test_validate_says_when_it_calibrates_a_float_source_on_other_inputs_than_convert(foreign, tmp_path):
+    out = tmp_path / "kws.tflite"
+    assert _convert(foreign, out).exit_code == 0
+    recorded = read_metadata(out)["calibration"]
+    assert recorded["examples"] == 48 and len(recorded["sha256"]) == 16
+    other = tmp_path / "other.npy"
+    np.save(other, np.load(foreign / "inputs.npy")[::-1] * 1.5)
+    args = ["validate", str(out), "--source", str(foreign / "kws.keras"), "--data", str(foreign / "inputs.npy")]
+    same = CliRunner().invoke(main, [*args, "--calibration", str(foreign / "inputs.npy")])
+    assert same.exit_code == 0 and "Warning" not in same.output, same.output
+    moved = CliRunner().invoke(main, [*args, "--calibration", str(other), "--min-agreement", "0"])
+    assert moved.exit_code == 0 and "Warning: the float source was re-quantised with other calibration" in moved.output
+    assert json.loads((tmp_path / "kws.parity.json").read_text())["notes"]
+
+
+def test_a_dense_softmax_head_converts_like_a_softmax_layer(foreign, tmp_path):
+    inputs = keras.Input((98, 40))
+    fused = keras.Model(inputs, keras.layers.Dense(4, activation="softmax", name="head")(
+        keras.layers.Flatten()(inputs)))
+    fused.save(tmp_path / "fused.keras")
+    for scores in ("auto", "probabilities"):
+        out = tmp_path / f"fused_{scores}.tflite"
+        result = CliRunner().invoke(main, ["convert", str(tmp_path / "fused.keras"), "-o", str(out), "--calibration",
+                                           str(foreign / "inputs.npy"), "--scores", scores])
+        assert result.exit_code == 0, result.output
+        ops, _ = fb.read_model(out.read_bytes())
+        assert "QUANTIZE" not in ops and ops[-1] == ("FULLY_CONNECTED" if scores == "auto" else "SOFTMAX")
+        assert read_metadata(out)["scores"] == ("logits" if scores == "auto" else "probabilities")
+
+
+def test_a_policy_whose_rules_name_no_layer_is_refused(foreign, tmp_path):
+    inputs = keras.Input((98, 40))
+    theirs = keras.Model(inputs, keras.layers.Softmax()(keras.layers.Dense(4, name="classifier")(
+        keras.layers.Flatten()(inputs))))
+    theirs.save(tmp_path / "theirs.keras")
+    result = CliRunner().invoke(main, ["convert", str(tmp_path / "theirs.keras"), "-o", str(tmp_path / "m.tflite"),
+                                       "--calibration", str(foreign / "inputs.npy"), "--policy", "mixed"])
+    assert result.exit_code == 1 and "none of its layer rules (conv0, dense1, logits)" in result.output
+    assert "classifier" in result.output and not (tmp_path / "m.tflite").exists()
+
+
+def test_a_rejected_conversion_leaves_the_model_and_reports_already_there(foreign, tmp_path):
+    out = tmp_path / "kws.tflite"
+    assert _convert(foreign, out).exit_code == 0
+    model_bytes, report = out.read_bytes(), (tmp_path / "kws.parity.md").read_text()
+    original = keras.models.load_model(foreign / "kws.keras")       # another model under the same name
+    kernel, bias = original.get_layer("logits").get_weights()
+    original.get_layer("logits").set_weights([-kernel, -bias])
+    original.save(tmp_path / "flipped.keras")
+    from edgeasr.converters.convert import convert
+
+    with pytest.raises(EdgeasrError, match="not written"):
+        convert(tmp_path / "flipped.keras", out, calibration=foreign / "inputs.npy", force=True, min_agreement=1.01)
+    assert out.read_bytes() == model_bytes and (tmp_path / "kws.parity.md").read_text() == report
+    assert (tmp_path / "kws.rejected.parity.md").is_file()
 
 
 def test_float_ops_are_named_with_their_layers(foreign):

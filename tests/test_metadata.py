@@ -85,3 +85,18 @@ def test_tflite_runtime_failing_on_int4_weights_says_which_runtime_to_install(ti
         litert.LiteRTModel(packed)
     with pytest.raises(RuntimeError, match=r"^tensorflow/lite/kernels"):     # no INT4 weights: the error as it was
         litert.LiteRTModel(tiny.read_bytes())
+
+
+def test_inspect_says_when_the_metadata_is_there_but_unreadable(tiny, tmp_path):
+    from edgeasr.converters.inspect import format_inspection, inspect_model
+
+    data = tiny.read_bytes()
+    assert data.count(b'"labels"') == 1
+    broken, plain = tmp_path / "broken.tflite", tmp_path / "plain.tflite"
+    broken.write_bytes(data.replace(b'"labels"', b'{labels"'))
+    plain.write_bytes(_tiny_tflite())
+    with pytest.raises(MetadataError, match="not valid JSON"):
+        read_metadata(broken)
+    text = format_inspection(inspect_model(broken))
+    assert "metadata: present but unreadable" in text and "not valid JSON" in text
+    assert "metadata: none (not written by edgeasr)" in format_inspection(inspect_model(plain))

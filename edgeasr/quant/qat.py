@@ -279,9 +279,22 @@ def quantize_model(model: keras.Model, policy, stage: str = "full") -> keras.Mod
                                f"{type(layer).__name__}); quantize the float model instead")
         if not isinstance(layer, keras.layers.InputLayer):
             registry.check_supported(layer)
+    _check_rules_name_layers(model, policy)
     quantized = _Rebuilder(model, policy, stage).build()
     transfer_weights(model, quantized)
     return quantized
+
+
+def _check_rules_name_layers(model: keras.Model, policy) -> None:
+    """Refuse a policy whose layer rules match no layer of the model: it would silently be its
+    default everywhere (the `mixed` presets name the layers of edgeasr's own models)."""
+    names = [layer.name for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    if not policy.rules or any(policy.matching_rule(name) for name in names):
+        return
+    shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+    raise EdgeasrError(f"policy {policy.name!r}: none of its layer rules ({', '.join(r.pattern for r in policy.rules)}) "
+                       f"matches a layer of model {model.name!r} ({shown}), so every layer would get the policy's "
+                       f"default; give a policy JSON file whose rule patterns name this model's layers")
 
 
 class _Rebuilder:
