@@ -61,6 +61,19 @@ class RunConfig:
         return replace(self, model=model)
 
 
+PATH_FIELDS = ("dataset", "train_manifest", "validation_manifest", "test_manifest")   # of run configs
+
+
+def with_absolute_paths(config):
+    """The run config (keyword or ASR) with its data paths and init_from absolute: a run directory
+    is used from other folders than the one it was trained in (convert, validate, eval-asr)."""
+    def absolute(path: str) -> str:
+        return str(Path(path).resolve()) if path else path
+
+    paths = {name: absolute(getattr(config, name)) for name in PATH_FIELDS if hasattr(config, name)}
+    return replace(config, **paths, train=replace(config.train, init_from=absolute(config.train.init_from)))
+
+
 class RunDir:
     def __init__(self, path):
         self.path = Path(path)
@@ -100,10 +113,11 @@ class RunDir:
 
         Only the number of epochs may differ, so an interrupted run can be resumed or extended.
         """
+        config = with_absolute_paths(config)
         if not self.config_path.is_file():
             self.write_config(config)
             return False
-        existing = self.read_config()
+        existing = with_absolute_paths(self.read_config())
         if replace(existing, train=replace(existing.train, epochs=config.train.epochs)) != config:
             raise EdgeasrError(
                 f"{self.path} holds a run with a different configuration; choose a new --run-dir "
