@@ -330,6 +330,110 @@ def test_labels_file(tmp_path):
         read_labels(path)
 
 
+def labelled_stream(folder, label_lines, seconds=10.0):
+    """(WAV of bursts_audio, label file of `label_lines`) in `folder`."""
+    from edgeasr.audio.io import write_wav
+
+    wav, labels = folder / "s.wav", folder / "s.labels.txt"
+    write_wav(wav, bursts_audio(seconds), RATE)
+    labels.write_text("# start_s end_s keyword\n" + "".join(f"{line}\n" for line in label_lines))
+    return wav, labels
+
+
+def keyword_lines(word="yes"):
+    return [f"{start:.3f} {start + BURST_LENGTH_S:.3f} {word}" for start in BURSTS_S]
+
+
+def test_label_words_that_differ_from_a_keyword_only_by_case_are_refused(model_path, tmp_path, capsys):
+    from edgeasr.eval.stream import StreamError, evaluate_stream
+
+    for word in ("Yes", "YES", "yes\u200b"):                          # \u200b: a zero-width space, invisible
+        wav, labels = labelled_stream(tmp_path, keyword_lines(word) + ["9.5 9.8 no"])
+        with pytest.raises(StreamError) as raised:
+            evaluate_stream(model_path, wav, labels, DetectorConfig(), tmp_path / "out", progress=False)
+        message = str(raised.value)
+        assert f"{word!r} (3 label lines) for 'yes'" in message and "only by case or spacing" in message
+        assert str(labels) in message and str(model_path) in message and "keywords: yes" in message
+        assert "'no'" not in message                                   # not a near miss: not named as one
+    assert not (tmp_path / "out").exists()                             # nothing scored, nothing written
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_label_words_that_are_not_keywords_are_left_out_with_a_warning(model_path, tmp_path, capsys):
+    from edgeasr.eval.stream import evaluate_stream, format_report
+
+    wav, labels = labelled_stream(tmp_path, keyword_lines())
+    plain = evaluate_stream(model_path, wav, labels, DetectorConfig(), tmp_path / "plain", progress=False)
+    assert capsys.readouterr().err == "" and "labels_not_keywords" not in plain     # keywords only: as before
+    assert "not scored" not in format_report(plain)
+    wav, labels = labelled_stream(tmp_path, keyword_lines() + ["0.5 0.9 maybe", "6.5 6.9 maybe", "9.2 9.6 _unknown_"])
+    report = evaluate_stream(model_path, wav, labels, DetectorConfig(), tmp_path / "other", progress=False)
+    err = capsys.readouterr().err
+    assert f"warning: {labels}: 3 label lines name words that are not keywords of {model_path}" in err
+    assert "(maybe 2, _unknown_ 1)" in err and "counts as a false accept" in err
+    assert report["labels_not_keywords"] == {"_unknown_": 1, "maybe": 2}
+    assert report["keyword_occurrences"] == 3 == plain["keyword_occurrences"]     # only the keyword lines scored
+    assert report["at_thresholds"]["keywords"]["yes"]["occurrences"] == 3
+    assert "not scored: 3 label lines of words that are not keywords (maybe 2, _unknown_ 1)" in format_report(report)
+    saved = json.loads((tmp_path / "other" / "energy.stream.json").read_text())
+    assert saved["labels_not_keywords"] == report["labels_not_keywords"]
+
+
+def test_labels_past_the_audio_and_audio_shorter_than_a_window_are_refused(model_path, tmp_path, monkeypatch):
+    from edgeasr.eval import stream
+
+    wav, labels = labelled_stream(tmp_path, keyword_lines() + ["500 501 yes", "600 601 yes"])
+    monkeypatch.setattr(stream, "stream_posteriors", lambda *a, **k: pytest.fail("the model ran"))
+    with pytest.raises(stream.StreamError) as raised:
+        stream.evaluate_stream(model_path, wav, labels, DetectorConfig(), tmp_path / "out", progress=False)
+    message = str(raised.value)
+    assert str(labels) in message and "'500.000 501.000 yes' ends after the audio" in message
+    assert f"{wav} (10.000 s long)" in message and "2 of its 5 labels" in message
+    wav, labels = labelled_stream(tmp_path, ["0.1 0.3 yes"], seconds=0.5)
+    with pytest.raises(stream.StreamError, match=r"s.wav: 0.500 s of audio is shorter than the model's input window "
+                                                 r"\(1.000 s\)"):
+        stream.evaluate_stream(model_path, wav, labels, DetectorConfig(), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+    monkeypatch.undo()
+    with pytest.raises(stream.StreamError, match="shorter than the model's input window"):   # scripts call it too
+        stream.stream_posteriors(model_path, bursts_audio(0.5), DetectorConfig(), progress=False)
+    wav, labels = labelled_stream(tmp_path, keyword_lines() + ["9.6 10.005 yes"])   # ms rounding: still inside
+    report = stream.evaluate_stream(model_path, wav, labels, DetectorConfig(), tmp_path / "edge", progress=False)
+    assert report["keyword_occurrences"] == 4
+    labels.write_text("-0.5 0.2 yes\n")
+    with pytest.raises(stream.StreamError, match="s.labels.txt:1: times must be seconds from the start"):
+        stream.read_labels(labels)
+
+
+def test_model_without_labels_or_frontend_is_refused_before_audio_is_read(model_path, tmp_path, monkeypatch):
+    """A model converted from a plain tf_keras file has "labels": null and "frontend": null."""
+    from edgeasr.converters.metadata import embed_metadata
+    from edgeasr.eval import stream
+    from edgeasr.runtime.metadata import read_metadata
+
+    monkeypatch.setattr(stream, "load_audio", lambda *a, **k: pytest.fail("audio was read"))
+    wav, labels = labelled_stream(tmp_path, keyword_lines())
+    metadata = {k: v for k, v in read_metadata(model_path).items() if k not in ("format", "edgeasr_version")}
+    for nulls in ({"frontend": None, "labels": None}, {"frontend": None}, {"labels": None}):
+        model = tmp_path / "plain.tflite"
+        model.write_bytes(embed_metadata(model_path.read_bytes(), {**metadata, **nulls}))
+        with pytest.raises(stream.StreamError, match="plain.tflite: no edgeasr metadata with labels and frontend"):
+            stream.evaluate_stream(model, wav, labels, DetectorConfig(), tmp_path / "out", progress=False)
+        if nulls.get("labels", True) is None:                          # the stream is built for its keywords
+            with pytest.raises(stream.StreamError, match="names no keywords to build a stream for"):
+                stream.model_stream(tmp_path, read_metadata(model), tmp_path / "cache")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+
+
+def test_built_stream_needs_a_positive_length(tiny_dataset, tmp_path):
+    from edgeasr.eval.stream import StreamError, build_test_stream
+
+    for hours in (0, 0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(StreamError, match="length must be a positive number of hours, got"):
+            build_test_stream(tiny_dataset, ["yes"], tmp_path / "cache", hours=hours, progress=False)
+    assert not (tmp_path / "cache").exists()                           # no empty stream left in the cache
+
+
 @pytest.mark.slow
 def test_built_stream_and_cli(tiny_dataset, tmp_path, model_path):
     from edgeasr.audio.io import load_audio
@@ -360,6 +464,7 @@ def test_built_stream_and_cli(tiny_dataset, tmp_path, model_path):
                                        "--out", str(tmp_path / "out"), "--write-thresholds"])
     assert result.exit_code == 0, result.output
     assert "FRR at <= 1.0 FA/h" in result.output and (tmp_path / "out" / "energy.det.png").stat().st_size > 5000
+    assert "are not keywords of" in result.output and "(no " in result.output    # the stream has 'no' and 'stop' too
     report = json.loads((tmp_path / "out" / "energy.stream.json").read_text())
     for point, counts in report["false_accepts_by_kind"].items():          # every false accept has a kind
         entry = report["frr_at_fa_per_hour"][point]

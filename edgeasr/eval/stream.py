@@ -9,6 +9,11 @@ times in seconds from the start of the WAV, `#` starts a comment:
     12.340  12.810  yes
     17.025  17.400  stop
 
+Every label lies within the WAV, which is at least one model window long, and names one of the
+model's keywords as its labels spell it (case included); `evaluate_stream` refuses other files before
+the model runs, except that lines of words that are not keywords of the model (a stream labelled for
+more keywords) are left out of the score with a warning: a detection during one counts as a false accept.
+
 The model runs over the stream once (edgeasr.runtime.streaming.PosteriorStream, the code the
 device runs); thresholds are then swept offline with the same trigger function. A detection of
 keyword k at time t hits an occurrence of k when start <= t <= end + max_latency_s, each
@@ -20,7 +25,11 @@ accepts at each FA/h point's threshold by the kind of piece that was playing.
 """
 import hashlib
 import json
+import math
+import numbers
 import re
+import sys
+import unicodedata
 from dataclasses import asdict
 from pathlib import Path
 
@@ -38,6 +47,7 @@ from edgeasr.runtime.streaming import DetectorConfig, PosteriorStream, fire_indi
 STREAM_FORMAT = 1
 STREAM_SPLITS = ("testing", "validation")
 MAX_LATENCY_S = 1.0
+LABEL_SLACK_S = 0.01     # a label may end this far after the audio: times rounded to ms, resampled lengths
 FA_PER_HOUR_POINTS = (0.5, 1.0, 2.0, 5.0)
 REFINE_STEPS = 10        # bisections below a grid threshold: 1/1024 of a grid step
 # Common thresholds swept for the DET curve: 0.05 to 0.95, then ever closer to 1. Sharpened posteriors
@@ -81,10 +91,63 @@ def read_labels(path) -> list:
             start, end, keyword = float(fields[0]), float(fields[1]), fields[2]
         except (IndexError, ValueError):
             raise StreamError(f"{path}:{number}: expected 'start_s end_s keyword', got {line!r}") from None
+        if not (math.isfinite(start) and math.isfinite(end)) or start < 0:
+            raise StreamError(f"{path}:{number}: times must be seconds from the start of the audio, got {line!r}")
         if end < start:
             raise StreamError(f"{path}:{number}: end {end} is before start {start}")
         labels.append((start, end, keyword))
     return sorted(labels)
+
+
+def label_words_not_keywords(occurrences, labels_list, label_path, model_path) -> dict:
+    """{word: lines} of the label words that are not keywords of the model (they are not scored).
+    A word that differs from a keyword only by case or invisible characters is a typo, not another
+    word: StreamError, naming it and how many lines it has."""
+    keywords = [name for _, name in keyword_columns(labels_list)]
+    others = tally(word for _, _, word in occurrences if word not in keywords)
+    spelled = {_spelling(name): name for name in keywords}
+    typos = [f"{word!r} ({_lines(count)}) for {spelled[_spelling(word)]!r}" for word, count in others.items()
+             if _spelling(word) in spelled]
+    if typos:
+        raise StreamError(f"{label_path}: label words that differ from a keyword of {model_path} only by case or "
+                          f"spacing: {', '.join(typos)}; write them as the model's keywords: {', '.join(keywords)}")
+    return others
+
+
+def _lines(count: int) -> str:
+    return f"{count} label line{'s' if count != 1 else ''}"
+
+
+def _spelling(word: str) -> str:
+    """A word without case, surrounding whitespace and invisible characters (zero-width space, BOM)."""
+    return "".join(c for c in word if unicodedata.category(c) != "Cf").strip().casefold()
+
+
+def warn_not_keywords(others: dict, label_path, model_path) -> None:
+    """Say on stderr which label lines are left out of the score (`label_words_not_keywords`)."""
+    if others:
+        print(f"warning: {label_path}: {_lines(sum(others.values()))} name words that are not keywords of "
+              f"{model_path} ({counts_text(others)}); they are not scored as keywords, and a detection during "
+              f"one counts as a false accept", file=sys.stderr)
+
+
+def check_window(audio_s: float, window_s: float, source) -> None:
+    """StreamError when the audio is shorter than one model window: the model never runs on it."""
+    if audio_s < window_s:
+        raise StreamError(f"{source}: {audio_s:.3f} s of audio is shorter than the model's input window "
+                          f"({window_s:.3f} s): the model cannot run on it")
+
+
+def check_stream_length(audio_s: float, window_s: float, occurrences, wav, label_path) -> None:
+    """StreamError when the audio is shorter than one model window, or a label ends after the audio
+    (the first one named): either would be scored as misses."""
+    check_window(audio_s, window_s, wav)
+    late = [(start, end, word) for start, end, word in occurrences if end > audio_s + LABEL_SLACK_S]
+    if late:
+        start, end, word = late[0]
+        raise StreamError(f"{label_path}: the label '{start:.3f} {end:.3f} {word}' ends after the audio of {wav} "
+                          f"({audio_s:.3f} s long), as {len(late)} of its {len(occurrences)} labels do: are they "
+                          f"this WAV's labels?")
 
 
 def write_labels(path, labels, column: str = "keyword") -> None:
@@ -106,6 +169,9 @@ def pieces_path(label_path) -> Path:
 def model_stream(dataset, metadata, out_dir, hours: float = 1.0, seed: int = 0, split: str = "testing",
                  progress: bool = True):
     """`build_test_stream` for the keywords of a model with this metadata -> (wav path, label path)."""
+    if not keywords_of(metadata):
+        raise StreamError("the model's edgeasr metadata names no keywords to build a stream for; convert it "
+                          "with `edgeasr convert` from a run directory")
     return build_test_stream(dataset, keywords_of(metadata), out_dir, hours=hours, seed=seed, split=split,
                              progress=progress)
 
@@ -121,6 +187,8 @@ def build_test_stream(dataset, keywords, out_dir, hours: float = 1.0, seed: int 
     thresholds and models are chosen, so that the test stream only scores. Deterministic by seed;
     cached in out_dir by a key of the inputs, so a second call returns the cached files.
     """
+    if not (isinstance(hours, numbers.Real) and math.isfinite(hours) and hours > 0):
+        raise StreamError(f"the stream's length must be a positive number of hours, got {hours!r}")
     if split not in STREAM_SPLITS:
         raise StreamError(f"split must be one of {', '.join(STREAM_SPLITS)}, got {split!r}")
     dataset = Path(dataset)
@@ -249,13 +317,11 @@ def _noises(dataset: Path, sample_rate: int) -> list:
 def stream_posteriors(model_path, audio: np.ndarray, config: DetectorConfig, metadata=None,
                       chunk_seconds: float = 10.0, progress: bool = True, num_threads: int = 1):
     """(times, smoothed posteriors, labels) of one model over the whole stream, chunk by chunk."""
-    metadata = metadata or read_metadata(model_path)
-    if not metadata or not metadata.get("labels") or not metadata.get("frontend"):
-        raise StreamError(f"{model_path}: no edgeasr metadata with labels and frontend; convert it with "
-                          f"`edgeasr convert`")
-    frontend = FrontendConfig(**metadata["frontend"])
+    metadata = stream_metadata(model_path, metadata or read_metadata(model_path))
+    frontend = frontend_of(model_path, metadata)
     model = LiteRTModel(model_path, num_threads=num_threads)
-    frames = metadata.get("input_frames") or int(model.input_detail["shape"][1])
+    frames = input_frames(model, metadata)
+    check_window(len(audio) / frontend.sample_rate, frontend.frames_end_seconds(frames), "the stream")
     stream = PosteriorStream(model, frontend, frames, config, outputs_logits(metadata))
     chunk = int(chunk_seconds * frontend.sample_rate)
     times, scores = [], []
@@ -265,6 +331,30 @@ def stream_posteriors(model_path, audio: np.ndarray, config: DetectorConfig, met
         times.append(t)
         scores.append(s)
     return np.concatenate(times), np.concatenate(scores), list(metadata["labels"])
+
+
+def stream_metadata(model_path, metadata) -> dict:
+    """The model's edgeasr metadata, checked to name the labels and frontend that scoring a stream needs
+    (a model converted from a plain Keras file has them null)."""
+    if not isinstance(metadata, dict) or not metadata.get("labels") or not isinstance(metadata.get("frontend"), dict):
+        raise StreamError(f"{model_path}: no edgeasr metadata with labels and frontend; convert it with "
+                          f"`edgeasr convert`")
+    return metadata
+
+
+def frontend_of(model_path, metadata: dict) -> FrontendConfig:
+    try:
+        return FrontendConfig(**metadata["frontend"])
+    except TypeError as exc:
+        raise StreamError(f"{model_path}: the frontend in its metadata is not a FrontendConfig ({exc})") from None
+
+
+def input_frames(model, metadata: dict) -> int:
+    """Frames per model run: the metadata's, else the model's input shape (`model`: a path or LiteRTModel)."""
+    if metadata.get("input_frames"):
+        return int(metadata["input_frames"])
+    model = model if isinstance(model, LiteRTModel) else LiteRTModel(model)
+    return int(model.input_detail["shape"][1])
 
 
 # ---- scoring detections -------------------------------------------------------------------
@@ -509,14 +599,21 @@ def plot_det(curves: dict, path, title: str = "") -> None:
 def evaluate_stream(model_path, wav, label_path, config: DetectorConfig, out_dir,
                     target_fa_per_hour: float = 1.0, progress: bool = True, thresholds=None,
                     per_keyword: bool = False) -> dict:
-    """Run MODEL over WAV, score against the labels, write report JSON/Markdown and the DET PNG."""
-    metadata = read_metadata(model_path)
-    frontend = FrontendConfig(**(metadata or {}).get("frontend", {}))
-    audio = load_audio(wav, frontend.sample_rate)
+    """Run MODEL over WAV, score against the labels, write report JSON/Markdown and the DET PNG.
+    Files that cannot be scored raise StreamError before the model runs (`check_stream_length`,
+    `label_words_not_keywords`); label lines of other words are left out with a warning."""
+    metadata = stream_metadata(model_path, read_metadata(model_path))
+    frontend = frontend_of(model_path, metadata)
     occurrences = read_labels(label_path)
+    not_keywords = label_words_not_keywords(occurrences, metadata["labels"], label_path, model_path)
+    audio = load_audio(wav, frontend.sample_rate)
+    check_stream_length(len(audio) / frontend.sample_rate,
+                        frontend.frames_end_seconds(input_frames(model_path, metadata)), occurrences, wav, label_path)
+    warn_not_keywords(not_keywords, label_path, model_path)
     times, scores, labels_list = stream_posteriors(model_path, audio, config, metadata, progress=progress)
     hours = len(audio) / frontend.sample_rate / 3600
     report = {"model": str(model_path), "stream": str(wav), "labels": str(label_path),
+              **({"labels_not_keywords": not_keywords} if not_keywords else {}),
               **evaluate(times, scores, labels_list, occurrences, hours, config, target_fa_per_hour,
                          thresholds=thresholds, per_keyword=per_keyword)}
     if pieces_path(label_path).is_file():
@@ -549,6 +646,9 @@ def write_thresholds(model_path, report: dict) -> None:
 
 def format_report(report: dict) -> str:
     lines = [f"{report['model']}: {report['hours']:.2f} h, {report['keyword_occurrences']} keywords"]
+    if report.get("labels_not_keywords"):
+        lines.append(f"  not scored: {_lines(sum(report['labels_not_keywords'].values()))} of words that are "
+                     f"not keywords ({counts_text(report['labels_not_keywords'])})")
     for point, entry in report["frr_at_fa_per_hour"].items():
         threshold = "none" if entry["threshold"] is None else threshold_text(entry["threshold"])
         lines.append(f"  FRR at <= {point} FA/h: {entry['frr']:.2%} (common threshold {threshold})")
