@@ -545,11 +545,17 @@ def read_wav(path: str, sample_rate: int) -> np.ndarray:
     """16-bit PCM mono/stereo WAV at the model's rate, as float32 in [-1, 1] (no resampling here)."""
     import wave
 
-    with wave.open(path, "rb") as handle:
+    try:
+        handle = wave.open(path, "rb")
+    except (EOFError, wave.Error) as exc:       # float or compressed WAVs, or not a WAV at all
+        raise SystemExit(f"{path}: not a 16-bit PCM WAV ({exc or 'empty file'})") from None
+    with handle:
         if handle.getsampwidth() != 2 or handle.getframerate() != sample_rate:
             raise SystemExit(f"{path}: need 16-bit PCM at {sample_rate} Hz, got {8 * handle.getsampwidth()}-bit "
                              f"at {handle.getframerate()} Hz")
         pcm = np.frombuffer(handle.readframes(handle.getnframes()), dtype="<i2").reshape(-1, handle.getnchannels())
+    if not len(pcm):
+        raise SystemExit(f"{path}: the WAV holds no audio")
     return pcm.mean(axis=1).astype(np.float32) / 32768.0
 
 
@@ -704,5 +710,15 @@ def main(argv=None) -> int:
     return 0
 
 
+def run(argv=None) -> int:
+    """main, with the errors a user can cause (a missing or unreadable file, a model without edgeasr
+    metadata or with settings it refuses) as one line on stderr and exit status 1."""
+    try:
+        return main(argv)
+    except (OSError, MetadataError, ValueError) as exc:
+        print(f"rpi_kws.py: {exc}", file=sys.stderr)
+        return 1
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

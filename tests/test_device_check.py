@@ -68,6 +68,25 @@ def test_script_wav_and_stdin_without_tensorflow(model_path, tmp_path):
         assert summary["peak_rss_kib"] > 10_000
 
 
+def test_script_says_what_is_wrong_with_its_inputs_in_one_line(model_path, tmp_path):
+    import wave
+
+    floats, empty, junk = tmp_path / "float.wav", tmp_path / "empty.wav", tmp_path / "junk.tflite"
+    with wave.open(str(empty), "wb") as handle:
+        handle.setnchannels(1), handle.setsampwidth(2), handle.setframerate(16000)
+    floats.write_bytes(b"RIFF\x24\0\0\0WAVEfmt \x10\0\0\0\x03\0\x01\0\x80\x3e\0\0\0\xfa\0\0\x04\0\x20\0"
+                       b"data\0\0\0\0")
+    junk.write_bytes(b"not a model")
+    cases = [([str(model_path), "--wav", str(tmp_path / "missing.wav")], "No such file"),
+             ([str(model_path), "--wav", str(floats)], "not a 16-bit PCM WAV"),
+             ([str(model_path), "--wav", str(empty)], "holds no audio"),
+             ([str(junk), "--wav", str(empty)], "not a TFLite model")]
+    for args, message in cases:
+        result = run_script(args)
+        assert result.returncode == 1 and message in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+
+
 def test_script_parity_mode(model_path, tmp_path):
     from edgeasr.runtime.litert import LiteRTModel
 
