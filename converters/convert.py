@@ -113,10 +113,11 @@ def model_to_convert(model, config, policy, features, source):
 
     trained_policy = config.policy if config is not None else None
     if is_qat(model):
-        if policy is not None and trained_policy is not None and as_policy(
-                load_policy(policy) if isinstance(policy, str) else policy).to_dict() != trained_policy.to_dict():
-            raise EdgeasrError(f"{source} was trained with policy {trained_policy.name!r}; a QAT model keeps its "
-                               f"learned ranges, convert it without --policy")
+        if policy is not None and (trained_policy is None or as_policy(
+                load_policy(policy) if isinstance(policy, str) else policy).to_dict() != trained_policy.to_dict()):
+            trained = f"policy {trained_policy.name!r}" if trained_policy is not None else "its own precision"
+            raise EdgeasrError(f"{source} was trained with {trained}; a QAT model keeps its learned ranges, "
+                               f"convert it without --policy")
         return model, trained_policy, "qat"
     used_policy = as_policy(load_policy(policy) if isinstance(policy, str) else (policy or "w8a8"))
     if used_policy.is_float:

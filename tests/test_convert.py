@@ -241,6 +241,15 @@ def test_a_policy_whose_rules_name_no_layer_is_refused(foreign, tmp_path):
     assert "classifier" in result.output and not (tmp_path / "m.tflite").exists()
 
 
+def test_a_qat_model_file_refuses_another_policy_like_a_qat_run(foreign, tmp_path):
+    from edgeasr.quant.qat import quantize_model
+
+    quantize_model(keras.models.load_model(foreign / "kws.keras"), "w4a8-tanh").save(tmp_path / "qat.keras")
+    result = CliRunner().invoke(main, ["convert", str(tmp_path / "qat.keras"), "-o", str(tmp_path / "q.tflite"),
+                                       "--calibration", str(foreign / "inputs.npy"), "--policy", "w8a8"])
+    assert result.exit_code == 1 and "its own precision" in result.output and "without --policy" in result.output
+
+
 def test_a_rejected_conversion_leaves_the_model_and_reports_already_there(foreign, tmp_path):
     out = tmp_path / "kws.tflite"
     assert _convert(foreign, out).exit_code == 0
