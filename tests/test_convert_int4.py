@@ -1,6 +1,7 @@
 """The INT4 packing pass on the converter traps of DESIGN.md: a Dense on a 3-D input left in an
 INT8 container with an unfused bias, zero weights sharing one buffer between a 4-bit and an
-8-bit layer, per-tensor FULLY_CONNECTED scales, weights off the grid, op versions."""
+8-bit layer, per-tensor FULLY_CONNECTED scales, weights off the grid, 2- and 3-bit weights the
+converter wrote on the 4-bit grid, op versions."""
 import edgeasr  # noqa: F401
 
 import numpy as np
@@ -164,6 +165,89 @@ def test_weights_off_the_4bit_grid_are_refused_naming_the_layer():
         pack_int4_weights(stock, policy_bits(PrecisionPolicy("w4", W4), ["head"]))
     unchanged, report = pack_int4_weights(stock, policy_bits(PrecisionPolicy("w8", LayerPrecision()), ["head"]))
     assert report == [] and fb.read_model(unchanged)[1] and _run(unchanged, _int8_inputs(2, (16,))).shape == (2, 4)
+
+
+@pytest.fixture(scope="module")
+def small_cnn():
+    """Float conv, depthwise, pointwise conv and Dense (12 classes' worth of logits) on (16, 8) inputs."""
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((16, 8), name="features")
+    x = keras.layers.Reshape((16, 8, 1), name="reshape")(inputs)
+    x = keras.layers.ReLU(name="relu0")(keras.layers.Conv2D(8, 3, name="conv")(x))
+    x = keras.layers.ReLU(name="relu1")(keras.layers.DepthwiseConv2D(3, name="dw")(x))
+    x = keras.layers.ReLU(name="relu2")(keras.layers.Conv2D(16, 1, name="pw")(x))
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    model = keras.Model(inputs, keras.layers.Dense(6, name="logits")(x))
+    return model, np.random.default_rng(0).normal(size=(200, 16, 8)).astype(np.float32)
+
+
+# Keras kernel layout -> the converted file's weight layout, per layer of small_cnn.
+_TO_TFLITE = {"conv": lambda w: w.transpose(3, 0, 1, 2), "dw": lambda w: w.transpose(3, 0, 1, 2),
+              "pw": lambda w: w[0, 0].T, "logits": lambda w: w.T}
+
+
+@pytest.mark.parametrize("bits", [2, 3])
+def test_2_and_3_bit_weights_are_stored_on_their_own_grid(small_cnn, bits):
+    """The stock converter writes 2- and 3-bit fake-quant weights as INT4 on the 4-bit grid
+    (step max|w| / 7; 3 bits: k * 7/3 rounded, not the model's weight). The pass finds the n-bit
+    levels again, checks their range, and stores them times 7 // (2^(n-1) - 1) in INT4 (times
+    2^(8-n) in the INT8 containers of conv_storage="int8"): exactly Keras' weights."""
+    from edgeasr.converters.convert import convert_keras
+    from edgeasr.converters.ptq import post_training_quantize
+    from edgeasr.converters.stock import int8_tflite
+    from edgeasr.quant.quantizers import top_level
+
+    float_model, data = small_cnn
+    policy = PrecisionPolicy(f"w{bits}", LayerPrecision(weight_bits=bits))
+    model = post_training_quantize(float_model, policy, data)
+    top, spread = top_level(bits), 7 // top_level(bits)
+    effective = qat.effective_weights(model)
+
+    stock_conv = next(t for t in fb.read_model(int8_tflite(model, data[:50]))[1]
+                      if "quant_conv/" in t.name and t.data is not None)
+    stock_levels = fb.unpack_int4(stock_conv.data, int(np.prod(stock_conv.shape)))
+    assert stock_conv.type == "INT4" and np.abs(stock_levels).max() == 7       # the converter's 4-bit grid
+
+    model_bytes, report = convert_keras(model, data, conv_storage="int4")
+    assert {entry["layer"]: entry["stored_as"] for entry in report} == dict.fromkeys(_TO_TFLITE, "INT4")
+    _, tensors = fb.read_model(model_bytes)
+    for layer, to_tflite in _TO_TFLITE.items():
+        weight = next(t for t in tensors if t.name == f"{layer}/weight")
+        assert weight.type == "INT4" and weight.data.size == (np.prod(weight.shape) + 1) // 2
+        stored = fb.unpack_int4(weight.data, int(np.prod(weight.shape))).reshape(weight.shape)
+        assert np.all(stored % spread == 0), layer
+        levels = stored // spread
+        assert levels.min() >= -top and levels.max() <= top and np.abs(levels).max() == top, layer
+        axis = 3 if layer == "dw" else 0
+        scale = weight.scale.reshape([-1 if i == axis else 1 for i in range(stored.ndim)])
+        np.testing.assert_allclose(stored * scale, to_tflite(effective[layer]), rtol=1e-5, atol=1e-7,
+                                   err_msg=layer)
+    lite = LiteRTModel(model_bytes)
+    keras_scores = model.predict(data, verbose=0)
+    lite_scores = lite.predict(data)
+    assert np.mean(lite_scores.argmax(-1) == keras_scores.argmax(-1)) >= 0.99
+    assert np.abs(lite_scores - keras_scores).max() <= 2.01 * lite.output_detail["quantization"][0]
+
+    containers, report = convert_keras(model, data)                    # conv_storage="int8", convert's default
+    assert {entry["layer"]: entry["stored_as"] for entry in report} == {
+        "conv": "INT8", "dw": "INT8", "pw": "INT4", "logits": "INT4"}
+    for tensor in fb.read_model(containers)[1]:
+        if tensor.name in ("conv/weight", "dw/weight"):
+            stored = tensor.data.view(np.int8)
+            assert tensor.type == "INT8" and np.all(stored % 2 ** (8 - bits) == 0)
+            assert np.abs(stored).max() == top * 2 ** (8 - bits)
+    lite = LiteRTModel(containers)
+    assert np.mean(lite.predict(data).argmax(-1) == keras_scores.argmax(-1)) >= 0.99
+
+
+@pytest.mark.parametrize("bits", [2, 3])
+def test_4bit_levels_are_refused_under_a_2_or_3_bit_policy(ds_cnn_w4, bits):
+    """The n-bit range check stays real: the converter's INT4 levels of 4-bit weights (all of -7..7)
+    are not on any 2- or 3-bit grid."""
+    _, stock, _, _ = ds_cnn_w4
+    narrow = LayerPrecision(weight_bits=bits)
+    with pytest.raises(EdgeasrError, match=rf"layer conv0 .*INT4 .*not on a {bits}-bit grid"):
+        pack_int4_weights(stock, policy_bits(PrecisionPolicy("narrow", narrow), ["conv0"]))
 
 
 def test_per_channel_dense_is_converted_from_its_baked_kernel_onto_each_channels_grid():
