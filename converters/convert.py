@@ -35,8 +35,8 @@ from edgeasr.converters.metadata import calibration_digest, embed_metadata, sour
 from edgeasr.converters.pointwise import pointwise_as_fully_connected
 from edgeasr.converters.pooling import global_pools_as_mean
 from edgeasr.converters.ptq import calibrate_activations, post_training_quantize  # noqa: F401
-from edgeasr.converters.sources import (calibration_features, is_qat, load_calibration, load_keras,  # noqa: F401
-                                        load_source, qat_weight_bits, run_test_features, spread_rows)
+from edgeasr.converters.sources import (calibration_features, described_inputs, is_qat,  # noqa: F401
+                                        load_calibration, load_keras, load_source, qat_weight_bits, run_test_features, spread_rows)
 from edgeasr.converters.stock import CALIBRATION_EXAMPLES, float_tflite, int8_tflite  # noqa: F401
 from edgeasr.converters.trim import trim_model
 from edgeasr.errors import EdgeasrError
@@ -154,8 +154,12 @@ def uses_int16_activations(policy) -> bool:
 
 def convert(source, output, policy=None, calibration=None, io: str = "int8", force: bool = False,
             min_agreement: Optional[float] = None, parity_examples: Optional[int] = PARITY_EXAMPLES,
-            fc_per_channel: bool = False, conv_storage: str = "int8", scores: str = "auto") -> dict:
+            fc_per_channel: bool = False, conv_storage: str = "int8", scores: str = "auto",
+            labels: Optional[str] = None, frontend: Optional[str] = None) -> dict:
     """Convert SOURCE, validate it, write OUTPUT (and OUTPUT's .parity.json / .parity.md).
+
+    labels, frontend: a model file's class names and input features (`described_inputs`); a run
+    directory has its own.
 
     min_agreement: fail when the Keras-LiteRT argmax agreement is below it: OUTPUT is not written,
     the parity reports go to OUTPUT's name + .rejected; None only reports.
@@ -169,6 +173,11 @@ def convert(source, output, policy=None, calibration=None, io: str = "int8", for
     model, config = load_source(source)
     scores = resolved_scores(model, scores)
     with_scores(model, scores)                     # a model without a final Softmax fails here, early
+    if config is not None and (labels or frontend):
+        raise EdgeasrError(f"{source} is a run directory: its labels and frontend come from its config.json; "
+                           f"--labels and --frontend are for model files")
+    labels, frontend = ((list(config.data.labels), config.frontend) if config is not None
+                        else described_inputs(model, labels, frontend))
     if calibration is not None:
         features = load_calibration(calibration, model, config, limit=CALIBRATION_EXAMPLES)[0]
     elif config is not None:
@@ -183,7 +192,7 @@ def convert(source, output, policy=None, calibration=None, io: str = "int8", for
                                              int16_activations=uses_int16_activations(used_policy),
                                              float_model=with_scores(model, scores) if mode == "post-training"
                                              else None)
-    model_bytes = embed_metadata(model_bytes, {**_metadata(model, config, used_policy, mode, io, source,
+    model_bytes = embed_metadata(model_bytes, {**_metadata(model, labels, frontend, used_policy, mode, io, source,
                                                            model_bytes, int4_report), "scores": scores,
                                                "calibration": {"examples": len(features),
                                                                "sha256": calibration_digest(features)}})
@@ -208,13 +217,13 @@ def convert(source, output, policy=None, calibration=None, io: str = "int8", for
             **_float_size(model, config)}
 
 
-def _metadata(model, config, policy, mode, io, source, model_bytes, int4_report) -> dict:
+def _metadata(model, labels, frontend, policy, mode, io, source, model_bytes, int4_report) -> dict:
     details = _io_details(model_bytes)
     return {
-        "labels": list(config.data.labels) if config is not None else None,
-        "frontend": _dict(config.frontend) if config is not None else None,
-        "window_ms": config.frontend.window_ms if config is not None else None,
-        "hop_ms": config.frontend.hop_ms if config is not None else None,
+        "labels": labels,
+        "frontend": _dict(frontend) if frontend is not None else None,
+        "window_ms": frontend.window_ms if frontend is not None else None,
+        "hop_ms": frontend.hop_ms if frontend is not None else None,
         "input_frames": int(model.input_shape[1]) if len(model.input_shape) > 2 else None,
         "input": details[0], "output": details[1],
         "policy": policy.to_dict() if policy is not None else {"name": "qat (from the model)",

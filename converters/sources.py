@@ -64,6 +64,46 @@ def with_softmax_layer(model: keras.Model) -> keras.Model:
     return keras.Model(model.inputs, outputs, name=model.name)
 
 
+def described_inputs(model: keras.Model, labels=None, frontend=None) -> tuple:
+    """(labels or None, FrontendConfig or None) of a model file, from convert's --labels (names
+    separated by commas, or a text file with one per line) and --frontend ("edgeasr": the kit's
+    default log-mel features, or a JSON file of FrontendConfig fields). A run directory carries
+    both; a model file needs them for the streaming runtime (eval-stream, rpi_kws.py) to run it.
+    Checked against the model: one label per output class, n_mels input features."""
+    return _labels_of(model, labels) if labels else None, _frontend_of(model, frontend) if frontend else None
+
+
+def _labels_of(model: keras.Model, labels: str) -> list:
+    path = Path(labels)
+    names = ([line.strip() for line in path.read_text().splitlines() if line.strip()] if path.is_file()
+             else [name.strip() for name in labels.split(",") if name.strip()])
+    classes = int(model.output_shape[-1])
+    if len(names) != classes or len(set(names)) != len(names):
+        raise EdgeasrError(f"--labels: {len(names)} names ({', '.join(names[:12])}), but the model has {classes} "
+                           f"output classes; give one distinct name per class, in output order")
+    return names
+
+
+def _frontend_of(model: keras.Model, frontend: str):
+    import json
+
+    from edgeasr.audio.frontend import FrontendConfig
+    from edgeasr.configs import from_dict
+
+    if frontend == "edgeasr":
+        config = FrontendConfig()
+    else:
+        try:
+            config = from_dict(FrontendConfig, json.loads(Path(frontend).read_text()))
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            raise EdgeasrError(f"--frontend {frontend}: not 'edgeasr' nor a readable JSON file of FrontendConfig "
+                               f"fields ({exc})") from exc
+    if len(model.input_shape) != 3 or model.input_shape[-1] != config.n_mels:
+        raise EdgeasrError(f"--frontend: the model takes inputs of shape {model.input_shape[1:]}, not (frames, "
+                           f"{config.n_mels}) log-mel features of that frontend")
+    return config
+
+
 def qat_weight_bits(model: keras.Model) -> dict:
     from edgeasr.quant.qat import weight_quantizers
 

@@ -180,9 +180,16 @@ def train(dataset, run_dir, model_name, epochs, batch_size, learning_rate, polic
               help="Model output: logits (the model up to its final Softmax; the runtime applies the softmax in "
                    "float, no int8 saturation at 255/256), probabilities (the model's own output); auto: "
                    "logits when the model ends in a Softmax layer.")
+@click.option("--labels", default=None,
+              help="Model files: class names in output order, comma-separated or a text file with one per line "
+                   "(with --frontend, eval-stream and rpi_kws.py can run the file).")
+@click.option("--frontend", default=None,
+              help="Model files: the input features, 'edgeasr' (the kit's log-mel defaults) or a JSON file of "
+                   "FrontendConfig fields.")
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 @user_errors
-def convert(source, output, policy, calibration, io, min_agreement, conv_storage, fc_scales, scores, force):
+def convert(source, output, policy, calibration, io, min_agreement, conv_storage, fc_scales, scores, labels,
+            frontend, force):
     """Convert a run directory or a tf_keras model file to a fully-integer LiteRT model.
 
     Weights whose policy is 4 bits or less are stored as INT4 (see --conv-storage); pointwise
@@ -193,6 +200,8 @@ def convert(source, output, policy, calibration, io, min_agreement, conv_storage
     Examples:
       edgeasr convert runs/ds_cnn_s -o ds_cnn_s_int8.tflite
       edgeasr convert my_kws.keras -o my_kws_w4.tflite --policy w4a8-tanh --calibration inputs.npy
+      edgeasr convert my_kws.keras -o my_kws_w4.tflite --policy w4a8-tanh --calibration inputs.npy \
+          --labels _silence_,_unknown_,yes,no --frontend edgeasr     # streamable: eval-stream, rpi_kws.py
     """
     from edgeasr.converters.convert import convert as convert_source
     from edgeasr.eval.parity import kernel_warnings
@@ -202,7 +211,8 @@ def convert(source, output, policy, calibration, io, min_agreement, conv_storage
         return _convert_asr(source, output, policy, force)
     result = convert_source(source, output, policy=policy, calibration=calibration, io=io, force=force,
                             min_agreement=min_agreement, conv_storage=conv_storage,
-                            fc_per_channel=fc_scales == "per-channel", scores=scores)
+                            fc_per_channel=fc_scales == "per-channel", scores=scores, labels=labels,
+                            frontend=frontend)
     parity = result["parity"]
     sizes = f"{result['bytes']:,} bytes"
     if result.get("float_bytes"):

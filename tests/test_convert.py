@@ -241,6 +241,29 @@ def test_a_policy_whose_rules_name_no_layer_is_refused(foreign, tmp_path):
     assert "classifier" in result.output and not (tmp_path / "m.tflite").exists()
 
 
+def test_a_model_file_with_labels_and_frontend_runs_in_the_streaming_runtime(foreign, tmp_path):
+    from edgeasr.runtime.streaming import KeywordSpotter
+
+    out, names = tmp_path / "kws.tflite", tmp_path / "labels.txt"
+    names.write_text("_silence_\n_unknown_\nyes\nno\n")
+    result = _convert(foreign, out, "--labels", str(names), "--frontend", "edgeasr")
+    assert result.exit_code == 0, result.output
+    meta = read_metadata(out)
+    assert meta["labels"] == ["_silence_", "_unknown_", "yes", "no"] and meta["frontend"]["n_mels"] == 40
+    spotter = KeywordSpotter(out)
+    assert spotter.push(np.zeros(16000, np.float32)) == [] and spotter.posteriors.input_frames == 98
+
+    few = _convert(foreign, tmp_path / "few.tflite", "--labels", "yes,no", "--frontend", "edgeasr")
+    assert few.exit_code == 1 and "2 names" in few.output and "4 output classes" in few.output
+    wide = tmp_path / "wide.json"
+    wide.write_text(json.dumps({"n_mels": 64}))
+    mismatch = _convert(foreign, tmp_path / "wide.tflite", "--labels", "a,b,c,d", "--frontend", str(wide))
+    assert mismatch.exit_code == 1 and "(frames, 64)" in mismatch.output
+    typo = tmp_path / "typo.json"
+    typo.write_text(json.dumps({"n_mel": 40}))
+    assert "unknown field" in _convert(foreign, tmp_path / "t.tflite", "--frontend", str(typo)).output
+
+
 def test_a_qat_model_file_refuses_another_policy_like_a_qat_run(foreign, tmp_path):
     from edgeasr.quant.qat import quantize_model
 
