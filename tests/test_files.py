@@ -26,3 +26,19 @@ def test_atomic_write_refuses_to_replace_without_force(tmp_path):
     with pytest.raises(EdgeasrError, match="--force"):
         write_bytes_atomic(target, b"second", force=False)
     assert target.read_bytes() == b"first"
+
+
+def test_progress_bars_redraw_on_a_terminal_and_seldom_in_a_log(monkeypatch):
+    import io
+    import sys
+
+    from edgeasr.progress import LOG_INTERVAL_S, progress_bar
+
+    log = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", log)
+    with progress_bar(range(3), desc="work") as bar:
+        assert bar.mininterval == LOG_INTERVAL_S >= 10 and list(bar) == [0, 1, 2]
+    monkeypatch.setattr(log, "isatty", lambda: True)
+    with progress_bar(range(3)) as bar:
+        assert bar.mininterval < 1
+    assert progress_bar(range(3), enabled=False).disable

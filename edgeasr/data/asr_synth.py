@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np
-from tqdm import tqdm
 
 from edgeasr.audio.io import write_wav
 from edgeasr.data.espeak import Espeak
@@ -28,6 +27,7 @@ from edgeasr.data.synth import (SPLITS, Speaker, SynthConfig, _check_destination
                                 _place_in_clip, _rng, _say, choose_speakers)
 from edgeasr.errors import EdgeasrError
 from edgeasr.files import write_json_atomic
+from edgeasr.progress import progress_bar
 
 MANIFEST_NAMES = {"training": "train.jsonl", "validation": "validation.jsonl", "testing": "test.jsonl"}
 SILENCE_SECONDS = (0.05, 0.3)   # before and after the speech
@@ -210,7 +210,7 @@ def _write_utterances(root: Path, espeak: Espeak, splits: Dict[str, List[Speaker
                       progress: bool) -> Dict[str, List[Utterance]]:
     manifests = {split: [] for split in SPLITS}
     total = config.utterances_per_speaker * sum(len(s) for s in splits.values())
-    with tqdm(total=total, desc="synthesising utterances", unit="utt", disable=not progress) as bar:
+    with progress_bar(total=total, desc="synthesising utterances", unit="utt", enabled=progress) as bar:
         for split in SPLITS:
             for speaker in splits[split]:
                 espeak.reset(seed=int(_rng(config.seed, speaker.name).integers(2**31)))

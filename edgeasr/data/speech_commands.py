@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import soundfile
-from tqdm import tqdm
 
 from edgeasr.audio.io import AudioError, load_audio, to_int16
 from edgeasr.errors import EdgeasrError
+from edgeasr.progress import progress_bar
 
 SILENCE = "_silence_"
 UNKNOWN = "_unknown_"
@@ -131,7 +131,7 @@ def load_split(root: Path, config: DataConfig, split: str, progress: bool = True
     entries = index_files(root, config)[split]
     report = LoadReport()
     waves, labels = [], []
-    for relative, label in tqdm(entries, desc=f"loading {split}", unit="clip", disable=not progress):
+    for relative, label in progress_bar(entries, desc=f"loading {split}", unit="clip", enabled=progress):
         clip = _load_clip(root / relative, config, report)
         if clip is not None:
             waves.append(clip)

@@ -39,13 +39,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import soxr
-from tqdm import tqdm
 
 from edgeasr.audio.io import write_wav
 from edgeasr.data.espeak import Espeak
 from edgeasr.data.speech_commands import BACKGROUND_DIR, SPEECH_COMMANDS_KEYWORDS
 from edgeasr.errors import EdgeasrError
 from edgeasr.files import write_json_atomic
+from edgeasr.progress import progress_bar
 
 DEFAULT_KEYWORDS = SPEECH_COMMANDS_KEYWORDS
 DEFAULT_UNKNOWN_WORDS = (
@@ -323,7 +323,7 @@ def _write_clips(root: Path, espeak: Espeak, splits: Dict[str, List[Speaker]], c
         (root / word).mkdir()
     total = sum(len(_takes(config)) * len(speakers) for speakers in splits.values())
     clips = {split: [] for split in SPLITS}
-    with tqdm(total=total, desc="synthesising takes", unit="take", disable=not progress) as bar:
+    with progress_bar(total=total, desc="synthesising takes", unit="take", enabled=progress) as bar:
         for split in SPLITS:
             for speaker in splits[split]:
                 espeak.reset(seed=int(_rng(config.seed, speaker.name).integers(2**31)))

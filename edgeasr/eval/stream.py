@@ -34,12 +34,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from edgeasr.audio.frontend import FrontendConfig
 from edgeasr.audio.io import load_audio, write_wav
 from edgeasr.errors import EdgeasrError
 from edgeasr.files import read_json, write_bytes_atomic, write_json_atomic
+from edgeasr.progress import progress_bar
 from edgeasr.runtime.litert import LiteRTModel
 from edgeasr.runtime.metadata import keyword_columns, keywords_of, read_metadata
 from edgeasr.runtime.streaming import DetectorConfig, PosteriorStream, fire_indices, outputs_logits
@@ -220,7 +220,8 @@ def _compose(dataset: Path, synth: dict, split: str, keywords, hours, seed, samp
     audio = np.zeros(total, dtype=np.float32)
     labels, pieces, position = [], [], int(rng.uniform(0.5, 2.0) * sample_rate)
     keyword_order = iter(np.concatenate([rng.permutation(len(keyword_clips)) for _ in range(100)]))
-    with tqdm(total=total // sample_rate, desc=f"building {split} stream", unit="s", disable=not progress) as bar:
+    with progress_bar(total=total // sample_rate, desc=f"building {split} stream", unit="s",
+                      enabled=progress) as bar:
         while position < total:
             kind = rng.choice(["keyword", "other", "sentence", "noise", "silence"], p=[0.45, 0.15, 0.2, 0.1, 0.1])
             if kind == "keyword":
@@ -325,8 +326,8 @@ def stream_posteriors(model_path, audio: np.ndarray, config: DetectorConfig, met
     stream = PosteriorStream(model, frontend, frames, config, outputs_logits(metadata))
     chunk = int(chunk_seconds * frontend.sample_rate)
     times, scores = [], []
-    for start in tqdm(range(0, len(audio), chunk), desc=f"scoring {Path(model_path).name}", unit="chunk",
-                      disable=not progress):
+    for start in progress_bar(range(0, len(audio), chunk), desc=f"scoring {Path(model_path).name}", unit="chunk",
+                              enabled=progress):
         t, s = stream.push(audio[start:start + chunk])
         times.append(t)
         scores.append(s)
