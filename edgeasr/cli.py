@@ -15,7 +15,8 @@ from edgeasr.runtime.metadata import MetadataError
 def user_errors(command):
     """Errors a user can cause become 'Error: <message>' and exit status 1, not a traceback.
     MetadataError (a file that is no TFLite model, or unreadable metadata) is the runtime's own:
-    the runtime is NumPy-only and bundled into scripts/rpi_kws.py, so it cannot raise EdgeasrError."""
+    the runtime is NumPy-only and bundled into scripts/rpi_kws.py, so it cannot raise EdgeasrError.
+    An OSError names the path the system refused."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -23,6 +24,8 @@ def user_errors(command):
             return command(*args, **kwargs)
         except (EdgeasrError, MetadataError) as exc:
             raise click.ClickException(str(exc)) from exc
+        except OSError as exc:                 # a path under a file, no permission, a full disk
+            raise click.ClickException(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)) from exc
 
     return wrapper
 
@@ -78,7 +81,7 @@ def synth_kws(out, speakers, repeats, words, sentence_windows, near_words, seed,
 
     chosen_words = {"words": _split_words(words)} if words else {}
     config = SynthConfig(speakers=speakers, repeats=repeats, seed=seed, sentence_windows=sentence_windows,
-                         unknown_words=unknown_words(near_words), **chosen_words)
+                         unknown_words=unknown_words(near_words, chosen_words.get("words", ())), **chosen_words)
     summary = synthesize_kws_dataset(out, config, overwrite=overwrite)
     click.echo(json.dumps(summary, indent=2))
 
@@ -89,19 +92,21 @@ def synth_kws(out, speakers, repeats, words, sentence_windows, near_words, seed,
               help="Where config, checkpoints, history and reports go; rerun to resume.")
 @click.option("--model", "model_name", default="ds_cnn_s", show_default=True,
               help="ds_cnn_s, ds_cnn_m or ffn_stateless.")
-@click.option("--epochs", "--epochs-per-stage", "epochs", default=20, show_default=True,
+@click.option("--epochs", "--epochs-per-stage", "epochs", default=20, show_default=True, type=click.IntRange(0),
               help="Epochs of each stage.")
-@click.option("--batch-size", default=64, show_default=True)
-@click.option("--learning-rate", default=3e-3, show_default=True)
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
+@click.option("--learning-rate", default=3e-3, show_default=True, type=click.FloatRange(0, min_open=True))
 @click.option("--policy", default="float", show_default=True,
-              help="Precision policy: float, w8a8, w4a8, w4a8-tanh, mixed, or a policy JSON file.")
+              help="Precision policy: float, w8a8, w4a8, w4a8-tanh, mixed, w4a8-tanh-dw8 (the last two name "
+                   "edgeasr's layers), or a policy JSON file.")
 @click.option("--stages", default=1, show_default=True, type=click.IntRange(1, 2),
               help="2: tanh-quantised weights first, then inputs and activations too.")
 @click.option("--stage2-lr-scale", default=1.0, show_default=True, type=click.FloatRange(0.0, 1.0, min_open=True),
               help="Stage 2's peak learning rate as a share of --learning-rate. Stage 2 starts from a "
                    "converged stage 1; on the FFN 0.1 kept 0.8 more validation points than 1.0.")
 @click.option("--init-from", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="Start from the weights of this trained run (QAT fine-tuning of a float model).")
+              help="Start from the weights of this trained run (QAT fine-tuning of a float model); it must "
+                   "have the same classes, in the same order.")
 @click.option("--mracos-weight", default=0.0, show_default=True, help="Pull weights toward the grid (0: off).")
 @click.option("--distill-weight", default=0.0, show_default=True, type=click.FloatRange(0.0, 1.0),
               help="Share of the loss that follows the --init-from model's softened posteriors "

@@ -14,7 +14,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from edgeasr.data.synth import SynthConfig, synthesize_kws_dataset
-from edgeasr.files import write_json_atomic
+from edgeasr.errors import EdgeasrError
+from edgeasr.files import read_json, write_json_atomic
 from edgeasr.models.registry import ModelConfig
 from edgeasr.quant.policy import preset
 from edgeasr.train.fit import load_training_data, train
@@ -32,9 +33,14 @@ def run_demo(out_dir, model: str = "ds_cnn_s", epochs: int = 15, qat_epochs: int
     out = Path(out_dir)
     started = time.perf_counter()
     data_dir = out / "data"
-    if not (data_dir / "synth_config.json").is_file():
+    synth = SynthConfig(speakers=speakers, seed=seed)
+    if (data_dir / "synth_config.json").is_file():
+        _check_same_data(data_dir, synth)
+    elif data_dir.exists() and any(data_dir.iterdir()):
+        raise EdgeasrError(f"{data_dir}: not empty and not a demo's data (no synth_config.json); choose another --out")
+    else:
         _stage(f"synthesising keyword clips into {data_dir}")
-        synthesize_kws_dataset(data_dir, SynthConfig(speakers=speakers, seed=seed), overwrite=True)
+        synthesize_kws_dataset(data_dir, synth)
 
     float_config = RunConfig(dataset=str(data_dir), model=ModelConfig(name=model),
                              train=replace(TrainConfig(), epochs=epochs, seed=seed))
@@ -69,6 +75,17 @@ def run_demo(out_dir, model: str = "ds_cnn_s", epochs: int = 15, qat_epochs: int
     write_json_atomic(out / "demo_summary.json", summary)
     print(format_summary(summary))
     return summary
+
+
+def _check_same_data(data_dir: Path, synth: SynthConfig) -> None:
+    """A demo folder is reused (each stage resumes); refuse one made with other data settings,
+    whose data and finished runs would otherwise be shown as this command's."""
+    stored = read_json(data_dir / "synth_config.json")["config"]
+    changed = [f"--{name} {getattr(synth, name)} (it has {stored.get(name)})" for name in ("speakers", "seed")
+               if stored.get(name) != getattr(synth, name)]
+    if changed:
+        raise EdgeasrError(f"{data_dir.parent} holds a demo made with other data: {', '.join(changed)}; "
+                           f"choose another --out")
 
 
 def format_summary(summary: dict) -> str:

@@ -93,3 +93,22 @@ def test_a_file_that_is_no_model_is_a_plain_error(tmp_path, command):
     result = CliRunner().invoke(main, [part.format(**paths) for part in command])
     assert result.exit_code == 1 and result.exception.__class__ is SystemExit, result.output
     assert "Error:" in result.output and "not a TFLite model" in result.output
+
+
+def test_demo_refuses_a_data_folder_it_did_not_make_or_made_with_other_settings(tmp_path):
+    data = tmp_path / "demo" / "data"
+    data.mkdir(parents=True)
+    (data / "precious.txt").write_text("mine")
+    result = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "demo"), "--speakers", "6"])
+    assert result.exit_code == 1 and "not empty and not a demo's data" in result.output
+    assert (data / "precious.txt").read_text() == "mine"
+    (data / "precious.txt").unlink()
+    (data / "synth_config.json").write_text(json.dumps({"config": {"speakers": 3, "seed": 0}}))
+    result = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "demo"), "--speakers", "6"])
+    assert result.exit_code == 1 and "--speakers 6 (it has 3)" in result.output
+
+
+def test_a_path_the_system_refuses_is_a_plain_error(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    result = CliRunner().invoke(main, ["data", "synth-kws", str(tmp_path / "afile" / "sub"), "--speakers", "3"])
+    assert result.exit_code == 1 and result.output.startswith("Error:") and "afile" in result.output

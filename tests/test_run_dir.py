@@ -1,4 +1,6 @@
-"""Run directories: what config.json keeps so the run can be used from any folder."""
+"""Run directories: what config.json keeps so the run can be used from any folder, and when a
+rerun may change it."""
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,8 +18,49 @@ def test_data_paths_are_stored_absolute_and_a_resume_from_the_same_folder_matche
     stored = run.read_config()
     assert stored.dataset == str(tmp_path / "work" / "data") and Path(stored.dataset).is_absolute()
     assert stored.train.init_from == str(tmp_path / "work" / "runs" / "float")
+    run.append_history({"stage": "float", "epoch": 1})
     assert run.claim(RunConfig(dataset="data", train=TrainConfig(epochs=5, init_from="runs/float"))) is True
     monkeypatch.chdir(tmp_path)                    # the same relative path now names another folder
     with pytest.raises(EdgeasrError, match="different configuration"):
         run.claim(config)
     assert run.read_config().dataset == str(tmp_path / "work" / "data")
+
+
+def test_a_run_that_trained_nothing_takes_the_corrected_config(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.claim(RunConfig(dataset=str(tmp_path), train=TrainConfig(epochs=3, batch_size=0)))
+    fixed = RunConfig(dataset=str(tmp_path), train=TrainConfig(epochs=3, batch_size=16))
+    assert run.claim(fixed) is False and run.read_config().train.batch_size == 16
+    run.append_history({"stage": "float", "epoch": 1})
+    with pytest.raises(EdgeasrError, match="different configuration"):
+        run.claim(replace(fixed, train=replace(fixed.train, batch_size=32)))
+
+
+def test_a_finished_run_asked_for_fewer_epochs_keeps_the_epochs_it_trained(tmp_path):
+    run = RunDir(tmp_path / "run")
+    config = RunConfig(dataset=str(tmp_path), train=TrainConfig(epochs=4))
+    run.claim(config)
+    run.append_history({"stage": "float", "epoch": 4})
+    run.model_path.write_bytes(b"trained")
+    assert run.claim(replace(config, train=replace(config.train, epochs=2))) is True
+    assert run.read_config().train.epochs == 4
+    assert run.claim(replace(config, train=replace(config.train, epochs=6))) is True
+    assert run.read_config().train.epochs == 6                # extending a run is still allowed
+
+
+def test_init_from_a_run_with_other_classes_is_refused_before_anything_is_written(tmp_path):
+    from edgeasr.data.speech_commands import DataConfig
+    from edgeasr.train.fit import starting_model, train
+
+    start = RunDir(tmp_path / "yes_no")
+    start.claim(RunConfig(dataset=str(tmp_path), data=DataConfig(keywords=("yes", "no"))))
+    swapped = RunConfig(dataset=str(tmp_path), data=DataConfig(keywords=("no", "yes")),
+                        train=TrainConfig(init_from=str(start.path)))
+    with pytest.raises(EdgeasrError, match="its classes are _silence_, _unknown_, yes, no; this run's are "
+                                           "_silence_, _unknown_, no, yes"):
+        starting_model(swapped)
+    with pytest.raises(EdgeasrError, match="train trains keyword models: ds_cnn_s, ds_cnn_m, ffn_stateless"):
+        train(tmp_path / "conformer", replace(swapped, model=replace(swapped.model, name="conformer")))
+    with pytest.raises(EdgeasrError, match="--epochs must be 0 or more"):
+        train(tmp_path / "negative", replace(swapped, train=TrainConfig(epochs=-1)))
+    assert not (tmp_path / "conformer").exists() and not (tmp_path / "negative").exists()

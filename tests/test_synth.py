@@ -175,3 +175,12 @@ def test_sentence_windows_are_full_second_unknown_speech_without_keywords(tmp_pa
         assert not set(keyword_free_sentence(rng, ("on", "the", "up")).split()) & {"on", "the", "up"}
     with pytest.raises(EdgeasrError, match="sentence_windows"):
         synthesize_kws_dataset(tmp_path / "bad", SynthConfig(sentence_windows=-1), progress=False)
+
+
+def test_chosen_keywords_leave_the_unknown_words_and_a_clash_is_named():
+    from edgeasr.data.synth import DEFAULT_UNKNOWN_WORDS, SynthConfig, _check_config, unknown_words
+
+    assert "zero" in DEFAULT_UNKNOWN_WORDS and "zero" not in unknown_words(keywords=("zero", "one"))
+    assert unknown_words(keywords=("zero",)) == tuple(w for w in DEFAULT_UNKNOWN_WORDS if w != "zero")
+    with pytest.raises(EdgeasrError, match=r"^SynthConfig: bed: repeated, or both a keyword and an unknown word$"):
+        _check_config(SynthConfig(words=("bed", "yes"), unknown_words=DEFAULT_UNKNOWN_WORDS))

@@ -63,9 +63,11 @@ NEAR_WORDS = (
 )
 
 
-def unknown_words(near_words: bool = False) -> Tuple[str, ...]:
-    """The default unknown words, with NEAR_WORDS after them when asked (`--near-words`)."""
-    return DEFAULT_UNKNOWN_WORDS + (NEAR_WORDS if near_words else ())
+def unknown_words(near_words: bool = False, keywords=()) -> Tuple[str, ...]:
+    """The default unknown words, with NEAR_WORDS after them when asked (`--near-words`), less
+    the chosen `keywords` (a digit set `zero,one,two` takes 'zero' out of the unknown words)."""
+    return tuple(word for word in DEFAULT_UNKNOWN_WORDS + (NEAR_WORDS if near_words else ())
+                 if word not in keywords)
 
 
 # Babble phrases contain no keyword, so background noise never carries a keyword.
@@ -165,7 +167,8 @@ def _check_config(config: SynthConfig) -> None:
     if config.sentence_windows < 0:
         raise EdgeasrError(f"SynthConfig.sentence_windows={config.sentence_windows}: need 0 or more")
     if len(set(words)) != len(words):
-        raise EdgeasrError(f"SynthConfig: a word is repeated or is both keyword and unknown: {words}")
+        twice = sorted({word for word in words if words.count(word) > 1})
+        raise EdgeasrError(f"SynthConfig: {', '.join(twice)}: repeated, or both a keyword and an unknown word")
     if config.speakers < 3:
         raise EdgeasrError(f"SynthConfig.speakers={config.speakers}: need 3 (one per split) or more")
     if config.repeats < 1:
@@ -181,7 +184,7 @@ def _check_destination(out_dir: Path, overwrite: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise EdgeasrError(f"{out_dir}: exists and is not a folder")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise EdgeasrError(f"{out_dir}: folder exists and is not empty (pass overwrite=True to replace it)")
+        raise EdgeasrError(f"{out_dir}: folder exists and is not empty (--overwrite, or overwrite=True, replaces it)")
 
 
 def _move_into_place(staging: Path, out_dir: Path) -> None:

@@ -119,6 +119,7 @@ def _load_model_modules() -> None:
     _model_modules_loaded = True
 
 
+KEYWORD_MODELS = ("ds_cnn_s", "ds_cnn_m", "ffn_stateless")   # what `edgeasr train` trains
 register_model("ds_cnn_s", functools.partial(kws.ds_cnn, channels=64, blocks=4, name="ds_cnn_s"))
 register_model("ds_cnn_m", functools.partial(kws.ds_cnn, channels=172, blocks=4, name="ds_cnn_m"))
 register_model("ffn_stateless", kws.ffn_stateless)

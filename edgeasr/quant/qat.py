@@ -279,13 +279,13 @@ def quantize_model(model: keras.Model, policy, stage: str = "full") -> keras.Mod
                                f"{type(layer).__name__}); quantize the float model instead")
         if not isinstance(layer, keras.layers.InputLayer):
             registry.check_supported(layer)
-    _check_rules_name_layers(model, policy)
+    check_rules_name_layers(model, policy)
     quantized = _Rebuilder(model, policy, stage).build()
     transfer_weights(model, quantized)
     return quantized
 
 
-def _check_rules_name_layers(model: keras.Model, policy) -> None:
+def check_rules_name_layers(model: keras.Model, policy) -> None:
     """Refuse a policy whose layer rules match no layer of the model: it would silently be its
     default everywhere (the `mixed` presets name the layers of edgeasr's own models)."""
     names = [layer.name for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]

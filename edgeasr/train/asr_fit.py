@@ -108,9 +108,10 @@ class AsrData:
     test: Optional[AsrSplit]
 
 
-def _tokenizer_for(run: AsrRunDir, config: AsrRunConfig) -> Tokenizer:
-    """The run's tokenizer: read back when resuming, else taken from init_from, else built."""
-    if run.tokenizer_path.is_file():
+def _tokenizer_for(run: AsrRunDir, config: AsrRunConfig, resuming: bool) -> Tokenizer:
+    """The run's tokenizer: read back when resuming (not from a run that failed before training:
+    its command may have been corrected), else taken from init_from, else built."""
+    if resuming and run.tokenizer_path.is_file():
         return run.read_tokenizer()
     if config.train.init_from:
         return AsrRunDir(config.train.init_from).read_tokenizer()
@@ -155,8 +156,8 @@ def train_asr(run_dir, config: AsrRunConfig, progress: bool = True, data: Option
     """Train (or resume) the ASR run in `run_dir`, stage by stage; returns the test report."""
     stages = plan_stages(config)
     run = AsrRunDir(run_dir)
-    run.claim(config)
-    tokenizer = _tokenizer_for(run, config)
+    resuming = run.claim(config)
+    tokenizer = _tokenizer_for(run, config, resuming)
     run.write_tokenizer(tokenizer)
     data = data or load_asr_data(config, tokenizer)
     keras.utils.set_random_seed(config.train.seed)

@@ -19,9 +19,9 @@ from edgeasr.data.speech_commands import Split, load_background_noise, load_spli
 from edgeasr.errors import EdgeasrError
 from edgeasr.eval.metrics import classification_report, plot_confusion
 from edgeasr.files import write_json_atomic
-from edgeasr.models.registry import build_model
+from edgeasr.models.registry import KEYWORD_MODELS, build_model
 from edgeasr.quant.mracos import add_mracos
-from edgeasr.quant.qat import freeze_batch_norm, quantize_model, transfer_weights
+from edgeasr.quant.qat import check_rules_name_layers, freeze_batch_norm, quantize_model, transfer_weights
 from edgeasr.train.distill import DistillationLoss, label_accuracy, with_teacher_targets
 from edgeasr.train.run_dir import RunConfig, RunDir
 
@@ -44,6 +44,8 @@ class Stage:
 
 def plan_stages(config: RunConfig) -> list:
     epochs, stages, frozen = config.train.epochs, config.train.stages, config.train.frozen_bn_epochs
+    if epochs < 0:
+        raise EdgeasrError(f"--epochs must be 0 or more, got {epochs}")
     if stages not in (1, 2):
         raise EdgeasrError(f"--stages must be 1 or 2, got {stages}")
     if not 0 <= frozen <= epochs:
@@ -96,22 +98,29 @@ def compile_model(model: keras.Model, learning_rate: float, total_steps: int, di
 
 
 def train(run_dir, config: RunConfig, progress: bool = True, data: TrainingData = None) -> dict:
-    """Train (or resume) the run in `run_dir`, stage by stage; returns the test report."""
+    """Train (or resume) the run in `run_dir`, stage by stage; returns the test report. Everything
+    that can refuse the configuration runs before the run directory is claimed (config.json
+    written), so a corrected command is not refused as 'a different configuration'."""
     config = config.with_model_shape()
+    if config.model.name not in KEYWORD_MODELS:
+        raise EdgeasrError(f"train trains keyword models: {', '.join(KEYWORD_MODELS)}, not {config.model.name!r} "
+                           f"(the Conformer: `edgeasr train-asr`)")
     stages = plan_stages(config)
     data = data or load_training_data(config, progress)
-    run = RunDir(run_dir)
-    run.claim(config)
     keras.utils.set_random_seed(config.train.seed)
     train_ds = feature_dataset(data.train.waves, data.train.labels, config.frontend, config.train.batch_size,
                                config.augment, data.noise, seed=config.train.seed)
     val_ds = feature_dataset(data.validation.waves, data.validation.labels, config.frontend, config.train.batch_size)
 
     float_model = build_model(config.model)
-    start = RunDir(config.train.init_from).load_model() if config.train.init_from else None
+    start = starting_model(config)
     if start is not None:
         transfer_weights(start, float_model)
     train_ds, val_ds = with_teacher(config, start, train_ds, val_ds)
+    if not config.policy.is_float:
+        check_rules_name_layers(float_model, config.policy)
+    run = RunDir(run_dir)
+    run.claim(config)
     model, trained = float_model, False
     for stage in stages:
         previous, model = model, _stage_model(float_model, config, stage)
@@ -120,6 +129,20 @@ def train(run_dir, config: RunConfig, progress: bool = True, data: TrainingData 
         trained |= _fit_stage(run, model, stage, config, train_ds, val_ds, progress)
     model = saved_model(run, model, trained)
     return evaluate_run(run, model, config, data.test)
+
+
+def starting_model(config: RunConfig):
+    """The --init-from run's model, or None. Refused when that run's classes are not this run's,
+    in the same order: its output layer would score other words (same shapes, so the weights
+    would transfer without a word)."""
+    if not config.train.init_from:
+        return None
+    start = RunDir(config.train.init_from)
+    theirs, ours = list(start.read_config().data.labels), list(config.data.labels)
+    if theirs != ours:
+        raise EdgeasrError(f"--init-from {start.path}: its classes are {', '.join(theirs)}; this run's are "
+                           f"{', '.join(ours)}; start from a run with the same --keywords, in the same order")
+    return start.load_model()
 
 
 def with_teacher(config: RunConfig, teacher, train_ds, val_ds) -> tuple:
@@ -173,10 +196,15 @@ def fit_checkpointed(run: RunDir, model, stage: Stage, train_ds, val_ds, verbose
     checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, epoch=epoch)
     manager = tf.train.CheckpointManager(checkpoint, run.checkpoints / stage.name, max_to_keep=2)
     if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint)
-        print(f"{stage.name}: resuming after epoch {int(epoch.numpy())} of {stage.epochs}", file=sys.stderr)
-    if int(epoch.numpy()) >= stage.epochs:
+        # expect_partial: a finished stage never builds the optimizer slots the checkpoint holds
+        checkpoint.restore(manager.latest_checkpoint).expect_partial()
+    done = int(epoch.numpy())
+    if done >= stage.epochs:
+        if done:
+            print(f"{stage.name}: finished ({done} epochs)", file=sys.stderr)
         return False
+    if done:
+        print(f"{stage.name}: resuming after epoch {done} of {stage.epochs}", file=sys.stderr)
     print(f"== {stage.name}: {stage.epochs} epochs, {about}", file=sys.stderr)
     try:
         for end, frozen in frozen_bn_segments(stage.epochs, stage.frozen_bn_epochs):

@@ -111,10 +111,13 @@ class RunDir:
     def claim(self, config: RunConfig) -> bool:
         """Write `config`, or check it matches the one already here; True when resuming.
 
-        Only the number of epochs may differ, so an interrupted run can be resumed or extended.
+        Only the number of epochs may differ, so an interrupted run can be resumed or extended; a
+        finished run asked for fewer epochs keeps recording the epochs its model was trained for.
+        A folder that holds a config but nothing trained (a run that failed before its first
+        epoch) takes the new config.
         """
         config = with_absolute_paths(config)
-        if not self.config_path.is_file():
+        if not self.config_path.is_file() or not self.holds_training():
             self.write_config(config)
             return False
         existing = with_absolute_paths(self.read_config())
@@ -123,5 +126,12 @@ class RunDir:
                 f"{self.path} holds a run with a different configuration; choose a new --run-dir "
                 f"(only --epochs may change when resuming)"
             )
+        if self.model_path.exists() and existing.train.epochs > config.train.epochs:
+            config = replace(config, train=replace(config.train, epochs=existing.train.epochs))
         self.write_config(config)
         return True
+
+    def holds_training(self) -> bool:
+        """Whether any epoch was trained here: a checkpoint, a history entry or a model file."""
+        return (self.model_path.exists() or bool(self.read_history())
+                or (self.checkpoints.is_dir() and any(self.checkpoints.rglob("*.index"))))
