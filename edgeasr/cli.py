@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from edgeasr.errors import EdgeasrError
+from edgeasr.quant.policy import known_presets      # no TensorFlow: the CLI stays quick to start
 from edgeasr.runtime.metadata import MetadataError
 
 
@@ -416,7 +417,9 @@ def eval_stream(model, data, split, wav, labels, hours, seed, cache_dir, out, ho
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--speakers", default=300, show_default=True, help="Voice+variant pairs, split 80/10/10, disjoint.")
 @click.option("--utterances", default=40, show_default=True, help="Utterances per speaker.")
-@click.option("--max-seconds", default=4.0, show_default=True, help="Longer texts are redrawn, never cropped.")
+@click.option("--max-seconds", default=4.0, show_default=True,
+              help="Clip length limit, at least 2 (shorter clips fit too few of the texts); longer texts are "
+                   "redrawn, never cropped.")
 @click.option("--seed", default=0, show_default=True, help="Same seed, same bytes.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @user_errors
@@ -440,17 +443,27 @@ def synth_asr(out, speakers, utterances, max_seconds, seed, overwrite):
               type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="A LibriSpeech-layout folder (SPEAKER/CHAPTER/*.trans.txt and audio).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--max-seconds", type=float, default=None, help="Leave out longer utterances.")
+@click.option("--max-seconds", type=float, default=None, help="Leave out longer utterances (seconds, above 0).")
 @user_errors
 def manifest(librispeech, output, max_seconds):
     """Write the JSONL manifest (audio, text, duration) of a LibriSpeech-layout folder.
+
+    Transcript lines are `ID TEXT` (a space or a tab after the id); text is lower-cased and runs of
+    whitespace become one space. Lines with no spellable text and audio files that cannot be read or
+    hold no samples are left out and counted in the summary (skipped_*); a missing audio file or a
+    transcript that is not UTF-8 is an error.
 
     \b
     Example:
       edgeasr data manifest --librispeech LibriSpeech/dev-clean -o dev-clean.jsonl
     """
+    import math
+
     from edgeasr.data.manifest import librispeech_manifest
 
+    if max_seconds is not None and not (math.isfinite(max_seconds) and max_seconds > 0):
+        raise click.BadParameter(f"{max_seconds}: need a finite number of seconds above 0",
+                                 param_hint="'--max-seconds'")
     click.echo(json.dumps(librispeech_manifest(librispeech, output, max_seconds), indent=2))
 
 
@@ -462,7 +475,10 @@ def manifest(librispeech, output, max_seconds):
 @click.option("--epochs", "--epochs-per-stage", "epochs", default=10, show_default=True)
 @click.option("--batch-size", default=24, show_default=True)
 @click.option("--learning-rate", default=2e-3, show_default=True, help="Peak, after warm-up.")
-@click.option("--policy", default="float", show_default=True, help="float, w8a8, w4a8-tanh, mixed or a JSON file.")
+@click.option("--policy", default="float", show_default=True,
+              help="A precision preset (" + ", ".join(known_presets()) + ") or a policy JSON file. conformer-mixed keeps the Conformer's subsampling, depthwise "
+                     "convolutions and CTC head at 8 bits (mixed only its CTC head); w4a8-tanh-dw8 names only "
+                     "keyword-model layers, so train-asr refuses it.")
 @click.option("--stages", default=1, show_default=True, type=click.IntRange(1, 2))
 @click.option("--init-from", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Start from this trained ASR run (QAT fine-tuning of a float model).")
@@ -505,11 +521,16 @@ def train_asr(data_dir, run_dir, size, epochs, batch_size, learning_rate, policy
 @main.command()
 @click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("audio", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--beam", default=0, show_default=True, help="Prefix beam search width (0: greedy).")
-@click.option("--threads", default=1, show_default=True)
+@click.option("--beam", default=0, show_default=True, type=click.IntRange(0),
+              help="Prefix beam search width (0 or 1: greedy).")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(1), help="LiteRT threads.")
 @user_errors
 def transcribe(model, audio, beam, threads):
     """Transcribe AUDIO files with a converted speech-recognition MODEL (.tflite), one line each.
+
+    A file that cannot be read (or holds no samples) gets an 'Error:' line on stderr and the
+    others are still transcribed; the exit status is then 1. Missing files are refused before
+    any is transcribed.
 
     \b
     Example:
@@ -521,16 +542,24 @@ def transcribe(model, audio, beam, threads):
         transcriber = Transcriber(model, num_threads=threads, beam_width=beam)
     except TranscriberError as exc:
         raise EdgeasrError(str(exc)) from exc
-    for path, text in zip(audio, transcriber.transcribe_files(audio)):
-        click.echo(f"{path}\t{text}")
+    failed = 0
+    for path in audio:
+        try:
+            click.echo(f"{path}\t{transcriber.transcribe_file(path)}")
+        except EdgeasrError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            failed += 1
+    if failed:
+        raise EdgeasrError(f"{failed} of {len(audio)} files could not be transcribed")
 
 
 @main.command("eval-asr")
 @click.argument("models", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--manifest", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Test manifest (JSONL), e.g. data/asr/test.jsonl.")
-@click.option("--limit", type=int, default=None, help="Only the first N utterances.")
-@click.option("--beam", default=0, show_default=True, help="Prefix beam search width (0: greedy).")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Only the first N utterances (N >= 1).")
+@click.option("--beam", default=0, show_default=True, type=click.IntRange(0),
+              help="Prefix beam search width (0 or 1: greedy).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the reports as JSON here.")
 @user_errors
@@ -559,8 +588,8 @@ def eval_asr(models, manifest, limit, beam, json_path):
               help="ssh private key.")
 @click.option("--ssh-option", "ssh_options", multiple=True, help="Extra ssh -o Key=value (repeatable).")
 @click.option("--adb", "adb_serial", default=None,
-              help="An Android device's adb serial ('-' for the only one) instead of --ssh; needs Python on "
-                   "the phone (e.g. Termux) with numpy and ai-edge-litert.")
+              help="An Android device's adb serial ('-' for the only one) instead of --ssh; needs adb on PATH "
+                   "here and Python on the phone (e.g. Termux) with numpy and ai-edge-litert.")
 @click.option("--python", "python", default=None, help="Python command on the device (default: python3; "
               "adb: Termux's python3).")
 @click.option("--wav", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -569,7 +598,7 @@ def eval_asr(models, manifest, limit, beam, json_path):
               help="Also write the whole report here.")
 @user_errors
 def device_check(model, ssh_target, port, identity, ssh_options, adb_serial, python, wav, json_path):
-    """Run MODEL with scripts/rpi_kws.py on a device: latency, CPU, memory, parity with this machine.
+    """Run keyword MODEL with scripts/rpi_kws.py on a device: latency, CPU, memory, parity with this machine.
 
     Copies the model and the script, runs them there and here on the same audio and input
     windows, and compares raw int8 outputs (within 1 LSB) and detections. Exits 1 when they differ.

@@ -107,6 +107,9 @@ class AdbTransport:
     """adb push/shell/pull; `python` is the device's Python (Termux's path by default)."""
 
     def __init__(self, serial=None, python: str = "/data/data/com.termux/files/usr/bin/python3"):
+        if shutil.which("adb") is None:
+            raise EdgeasrError("adb not found on PATH: --adb needs Android's adb (install Android "
+                               "platform-tools, e.g. `apt install adb`)")
         self.prefix = ["adb"] + (["-s", serial] if serial else [])
         self.python = python
 
@@ -146,7 +149,10 @@ class ChrootTransport:
 
 
 def _call(command: list) -> str:
-    result = subprocess.run(command, capture_output=True, text=True)
+    try:
+        result = subprocess.run(command, capture_output=True, text=True)
+    except FileNotFoundError as exc:
+        raise EdgeasrError(f"{command[0]} not found on PATH (needed to run {shlex.join(command[:3])}...)") from exc
     if result.returncode != 0:
         raise EdgeasrError(f"{shlex.join(command[:6])}...: exit {result.returncode}: "
                            f"{(result.stderr or result.stdout).strip()[-800:]}")
@@ -232,9 +238,19 @@ def run_script(python_command: str, folder: str, run) -> dict:
     return {"detections": [line for line in lines if "keyword" in line], "summary": summary}
 
 
+def check_keyword_model(model_path) -> None:
+    """rpi_kws.py runs keyword models; refuse a speech-recognition model before anything is copied."""
+    from edgeasr.runtime.metadata import read_metadata
+
+    if "asr" in (read_metadata(model_path) or {}):
+        raise EdgeasrError(f"{model_path}: a speech-recognition model; device-check runs keyword models "
+                           f"(scripts/rpi_kws.py), use `edgeasr transcribe` or `eval-asr` for this one")
+
+
 def device_check(transport, model_path, wav=None) -> dict:
     """Run rpi_kws.py on the device and on this machine with the same inputs; compare."""
     model_path = Path(model_path)
+    check_keyword_model(model_path)
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp)
         check_inputs(model_path, wav, local)

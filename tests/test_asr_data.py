@@ -163,3 +163,76 @@ def test_evenly_spaced_spreads_over_the_manifest():
     assert evenly_spaced(items, 5) == [0, 25, 50, 74, 99]
     assert evenly_spaced(items, None) == items and evenly_spaced(items, 500) == items
     assert evenly_spaced(items, 0) == []
+
+
+def _libri_chapter(root, lines, audio):
+    """A LibriSpeech-layout chapter 19/198 under root: `audio` maps utterance number -> bytes or samples."""
+    chapter = root / "19" / "198"
+    chapter.mkdir(parents=True)
+    for number, content in audio.items():
+        name = chapter / f"19-198-000{number}"
+        if isinstance(content, bytes):
+            name.with_suffix(".flac").write_bytes(content)
+        else:
+            soundfile.write(str(name.with_suffix(".wav")), content, 16000)
+    (chapter / "19-198.trans.txt").write_bytes(lines)
+    return root
+
+
+def test_librispeech_leaves_out_and_counts_unusable_lines(tmp_path):
+    half = np.full(8000, 1000, np.int16)
+    root = _libri_chapter(tmp_path / "ls", b"19-198-0000  NORTHANGER   ABBEY \r\n19-198-0001\n"
+                                           b"19-198-0002 EMPTY FILE\n19-198-0003 CORRUPT FILE\n"
+                                           b"19-198-0004\tTAB  SEPARATED\n\n19-198-0005 123 ...\n",
+                          {0: half, 1: half, 2: np.zeros(0, np.int16), 3: b"garbage", 4: half, 5: half})
+    summary = librispeech_manifest(root, tmp_path / "m.jsonl")
+    assert summary["utterances"] == 2 and summary["skipped_no_text"] == 2
+    assert summary["skipped_no_samples"] == 1 and summary["skipped_unreadable"] == 1
+    assert summary["skipped_too_long"] == 0
+    assert [u.text for u in read_manifest(tmp_path / "m.jsonl")] == ["northanger abbey", "tab separated"]
+
+
+def test_librispeech_errors_are_plain(tmp_path):
+    half = np.full(8000, 1000, np.int16)
+    root = _libri_chapter(tmp_path / "lat", b"19-198-0000 CAF\xc9\n", {0: half})
+    with pytest.raises(EdgeasrError, match=r"19-198.trans.txt:1: not UTF-8"):
+        librispeech_manifest(root, tmp_path / "lat.jsonl")
+    root = _libri_chapter(tmp_path / "ok", b"19-198-0000 HELLO\n", {0: half})
+    for bad in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(EdgeasrError, match="max_seconds=.*above 0"):
+            librispeech_manifest(root, tmp_path / "ok.jsonl", max_seconds=bad)
+    with pytest.raises(EdgeasrError, match=r"no usable utterance \(skipped: 1 too long\)"):
+        librispeech_manifest(root, tmp_path / "ok.jsonl", max_seconds=0.1)
+    assert not (tmp_path / "ok.jsonl").exists()
+
+
+def test_manifest_command_checks_max_seconds(tmp_path):
+    from click.testing import CliRunner
+
+    from edgeasr.cli import main
+
+    root = _libri_chapter(tmp_path / "ls", b"19-198-0000 HELLO\n", {0: np.full(8000, 1000, np.int16)})
+    result = CliRunner().invoke(main, ["data", "manifest", "--librispeech", str(root), "-o", str(tmp_path / "m.jsonl"),
+                                       "--max-seconds", "0"])
+    assert result.exit_code == 2 and "'--max-seconds'" in result.output and "above 0" in result.output
+    assert not (tmp_path / "m.jsonl").exists()
+
+
+def test_synth_asr_minimum_length_is_what_the_help_says():
+    from click.testing import CliRunner
+
+    from edgeasr.cli import main
+    from edgeasr.data.asr_synth import MIN_SECONDS, _check_config
+
+    help_text = " ".join(CliRunner().invoke(main, ["data", "synth-asr", "--help"]).output.split())
+    assert f"at least {MIN_SECONDS:g}" in help_text
+    _check_config(AsrSynthConfig(max_seconds=MIN_SECONDS))
+    for bad in (MIN_SECONDS - 0.5, float("nan"), float("inf")):
+        with pytest.raises(EdgeasrError, match=f"at least {MIN_SECONDS:g}"):
+            _check_config(AsrSynthConfig(max_seconds=bad))
+
+
+def test_synth_asr_fits_every_utterance_at_the_minimum_length(tmp_path):
+    config = AsrSynthConfig(speakers=6, utterances_per_speaker=4, seed=1, max_seconds=2.0)
+    summary = synthesize_asr_corpus(tmp_path / "short", config, progress=False)
+    assert sum(summary["utterances"].values()) == 24

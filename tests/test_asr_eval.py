@@ -33,3 +33,50 @@ def test_standard_error_is_zero_for_the_same_transcripts_and_grows_with_uneven_e
 def test_standard_error_needs_the_same_utterances():
     with pytest.raises(ValueError, match="same utterances"):
         cer_difference_standard_error(np.ones((3, 2)), np.ones((4, 2)))
+
+
+def test_evaluate_model_refuses_a_limit_below_one_and_a_keyword_model(tmp_path):
+    from edgeasr.errors import EdgeasrError
+    from edgeasr.eval.asr import evaluate_model
+    from tests.test_streaming import energy_model
+
+    manifest = tmp_path / "test.jsonl"
+    manifest.write_text("")
+    for limit in (0, -1):
+        with pytest.raises(EdgeasrError, match=f"limit {limit}: need 1 or more"):
+            evaluate_model(tmp_path / "model.tflite", manifest, limit=limit)
+    keyword_model = energy_model(tmp_path / "kws.tflite")
+    with pytest.raises(EdgeasrError, match="kws.tflite: no speech-recognition metadata"):
+        evaluate_model(keyword_model, manifest)
+
+
+def test_eval_asr_options_are_checked_before_anything_runs(tmp_path):
+    from click.testing import CliRunner
+
+    from edgeasr.cli import main
+
+    (tmp_path / "m.tflite").write_bytes(b"x")
+    (tmp_path / "test.jsonl").write_text("")
+    base = ["eval-asr", str(tmp_path / "m.tflite"), "--manifest", str(tmp_path / "test.jsonl")]
+    for option, value in (("--limit", "0"), ("--limit", "-1"), ("--beam", "-5")):
+        result = CliRunner().invoke(main, base + [option, value])
+        assert result.exit_code == 2 and f"'{option}'" in result.output, result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_format_reports_shows_the_utterances_scored():
+    from edgeasr.eval.asr import format_reports
+
+    table = format_reports([{"model": "runs/a", "kind": "litert", "utterances": 7, "wer": 0.5, "cer": 0.25,
+                             "rtf": 0.01, "bytes": 1000}])
+    assert "utts" in table.splitlines()[0] and " 7 " in table.splitlines()[1]
+
+
+def test_train_asr_policy_help_lists_every_preset():
+    from click.testing import CliRunner
+
+    from edgeasr.cli import main
+    from edgeasr.quant.policy import known_presets
+
+    help_text = " ".join(CliRunner().invoke(main, ["train-asr", "--help"]).output.split())
+    assert all(name in help_text.replace("- ", "-") for name in known_presets())

@@ -80,3 +80,64 @@ def test_transcriber_side_imports_no_tensorflow():
     code = ("import sys, edgeasr.runtime.asr, edgeasr.runtime.ctc; "
             "assert 'tensorflow' not in sys.modules and 'tf_keras' not in sys.modules, sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_beam_width_zero_and_one_are_greedy_and_negative_is_refused():
+    logits = np.random.default_rng(2).normal(0.0, 2.0, size=(10, 4))
+    assert decode(logits, 0) == decode(logits, 1) == greedy_decode(logits)
+    for bad in (-1, -5, 2.5, True):
+        with pytest.raises(ValueError, match="beam width"):
+            decode(logits, bad)
+
+
+def test_transcriber_refuses_bad_settings_before_loading(tmp_path):
+    from edgeasr.runtime.asr import Transcriber, TranscriberError
+
+    with pytest.raises(TranscriberError, match="num_threads 0: need 1 or more"):
+        Transcriber(tmp_path / "absent.tflite", num_threads=0)
+    with pytest.raises(TranscriberError, match="beam width -1"):
+        Transcriber(tmp_path / "absent.tflite", beam_width=-1)
+
+
+class _FakeTranscriber:
+    """Stands in for the runtime's Transcriber: reads no model, fails on files named bad*."""
+
+    def __init__(self, model_path, num_threads=1, beam_width=0):
+        pass
+
+    def transcribe_file(self, path):
+        from edgeasr.audio.io import AudioError
+
+        if path.name.startswith("bad"):
+            raise AudioError(f"{path}: cannot read audio (Format not recognised)")
+        return f"text of {path.name}"
+
+
+def test_transcribe_goes_on_past_a_bad_file_and_exits_1(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    import edgeasr.runtime.asr
+    from edgeasr.cli import main
+
+    monkeypatch.setattr(edgeasr.runtime.asr, "Transcriber", _FakeTranscriber)
+    files = [tmp_path / name for name in ("model.tflite", "a.wav", "bad.wav", "c.wav")]
+    for path in files:
+        path.write_bytes(b"x")
+    result = CliRunner().invoke(main, ["transcribe", *map(str, files)])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output    # no traceback
+    assert f"{files[1]}\ttext of a.wav" in result.output and f"{files[3]}\ttext of c.wav" in result.output
+    assert f"Error: {files[2]}: cannot read audio" in result.output
+    assert "Error: 1 of 3 files could not be transcribed" in result.output
+
+
+def test_transcribe_checks_beam_and_threads(tmp_path):
+    from click.testing import CliRunner
+
+    from edgeasr.cli import main
+
+    for path in ("model.tflite", "a.wav"):
+        (tmp_path / path).write_bytes(b"x")
+    for option, value in (("--beam", "-5"), ("--threads", "0")):
+        result = CliRunner().invoke(main, ["transcribe", str(tmp_path / "model.tflite"), str(tmp_path / "a.wav"),
+                                           option, value])
+        assert result.exit_code == 2 and f"'{option}'" in result.output, result.output

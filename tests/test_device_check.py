@@ -226,3 +226,29 @@ def test_device_check_needs_one_transport(model_path):
 
     result = CliRunner().invoke(main, ["device-check", str(model_path)])
     assert result.exit_code == 1 and "--ssh USER@HOST or --adb" in result.output
+
+
+def test_adb_transport_without_adb_says_so(monkeypatch):
+    from edgeasr import device
+    from edgeasr.errors import EdgeasrError
+
+    monkeypatch.setattr(device.shutil, "which", lambda name: None)
+    with pytest.raises(EdgeasrError, match="adb not found on PATH.*platform-tools"):
+        device.AdbTransport()
+
+
+def test_a_missing_command_is_a_plain_error():
+    from edgeasr import device
+    from edgeasr.errors import EdgeasrError
+
+    with pytest.raises(EdgeasrError, match="edgeasr-no-such-command not found on PATH"):
+        device._call(["edgeasr-no-such-command", "shell", "true"])
+
+
+def test_device_check_refuses_a_speech_recognition_model(tmp_path):
+    from edgeasr.cli import main
+
+    asr_model = energy_model(tmp_path / "asr.tflite", extra_metadata={"asr": {"tokens": ["_", "a"], "subsampling": 4}})
+    result = CliRunner().invoke(main, ["device-check", str(asr_model), "--ssh", "nobody@127.0.0.1", "--port", "1"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert "asr.tflite: a speech-recognition model; device-check runs keyword models" in result.output

@@ -8,17 +8,20 @@ folder (`librispeech_manifest`), so real data goes through the same pipeline as 
                          DIR/<speaker>/<chapter>/<speaker>-<chapter>-<utterance>.flac
 """
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, List, Optional
 
-import soundfile
-
+from edgeasr.audio.io import AudioError, audio_seconds
+from edgeasr.data.tokenizer import normalize_text
 from edgeasr.errors import EdgeasrError
 from edgeasr.files import atomic_output
 
 AUDIO_SUFFIXES = (".flac", ".wav")
+# why librispeech_manifest leaves an utterance out (counted in its summary as skipped_<reason>)
+SKIP_REASONS = ("too_long", "no_text", "no_samples", "unreadable")
 
 
 @dataclass(frozen=True)
@@ -71,28 +74,72 @@ def read_manifest(path: os.PathLike, check_audio: bool = True) -> List[Utterance
 
 
 def librispeech_manifest(root: os.PathLike, output: os.PathLike, max_seconds: Optional[float] = None) -> dict:
-    """Write the manifest of a LibriSpeech-layout folder (text lower-cased); returns a summary."""
+    """Write the manifest of a LibriSpeech-layout folder (text lower-cased, runs of whitespace made
+    one space); returns a summary. Lines with no spellable text, audio that cannot be read or holds
+    no samples, and audio longer than `max_seconds` are left out and counted (SKIP_REASONS); a
+    line whose audio file is missing, or a transcript that is not UTF-8, is an error."""
     root = Path(root)
+    if max_seconds is not None and not (math.isfinite(max_seconds) and max_seconds > 0):
+        raise EdgeasrError(f"max_seconds={max_seconds}: need a finite number of seconds above 0")
     transcripts = sorted(root.rglob("*.trans.txt"))
     if not transcripts:
         raise EdgeasrError(f"{root}: no *.trans.txt files; expected the LibriSpeech layout "
                            f"SPEAKER/CHAPTER/SPEAKER-CHAPTER.trans.txt")
-    utterances, skipped = [], 0
+    utterances, skipped = [], {reason: 0 for reason in SKIP_REASONS}
     for transcript in transcripts:
-        for line in transcript.read_text().splitlines():
-            if not line.strip():
-                continue
-            utterance_id, _, text = line.strip().partition(" ")
-            audio = _audio_file(transcript.parent, utterance_id)
-            duration = soundfile.info(str(audio)).duration
-            if max_seconds is not None and duration > max_seconds:
-                skipped += 1
-                continue
-            utterances.append(Utterance(audio, text.lower(), duration, utterance_id.split("-")[0]))
+        for utterance_id, text in _transcript_lines(transcript):
+            utterance, reason = _librispeech_utterance(transcript.parent, utterance_id, text, max_seconds)
+            if reason:
+                skipped[reason] += 1
+            else:
+                utterances.append(utterance)
+    if not utterances:
+        raise EdgeasrError(f"{root}: no usable utterance ({_skipped_text(skipped)}); no manifest written")
     write_manifest(output, utterances)
-    return {"manifest": str(output), "utterances": len(utterances), "skipped_too_long": skipped,
+    return {"manifest": str(output), "utterances": len(utterances),
+            **{f"skipped_{reason}": count for reason, count in skipped.items()},
             "hours": round(sum(u.duration for u in utterances) / 3600, 3),
             "speakers": len({u.speaker for u in utterances})}
+
+
+def _transcript_lines(transcript: Path) -> List[tuple]:
+    """(utterance id, text) of each non-blank line; the id ends at the first space or tab, and the
+    text's runs of whitespace (CR included) become one space."""
+    try:
+        content = transcript.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = exc.object[:exc.start].count(b"\n") + 1
+        raise EdgeasrError(f"{transcript}:{line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x}); "
+                           f"LibriSpeech transcripts are UTF-8") from exc
+    except OSError as exc:
+        raise EdgeasrError(f"{transcript}: cannot read ({exc.strerror or exc})") from exc
+    lines = []
+    for line in content.splitlines():
+        fields = line.split(None, 1)
+        if fields:
+            lines.append((fields[0], " ".join(fields[1].split()) if len(fields) > 1 else ""))
+    return lines
+
+
+def _librispeech_utterance(folder: Path, utterance_id: str, text: str, max_seconds: Optional[float]):
+    """(Utterance, None), or (None, the SKIP_REASONS entry it is left out for)."""
+    if not normalize_text(text):
+        return None, "no_text"
+    audio = _audio_file(folder, utterance_id)
+    try:
+        duration = audio_seconds(audio)
+    except AudioError:
+        return None, "unreadable"
+    if duration <= 0:
+        return None, "no_samples"
+    if max_seconds is not None and duration > max_seconds:
+        return None, "too_long"
+    return Utterance(audio, text.lower(), duration, utterance_id.split("-")[0]), None
+
+
+def _skipped_text(skipped: dict) -> str:
+    parts = [f"{count} {reason.replace('_', ' ')}" for reason, count in skipped.items() if count]
+    return "skipped: " + ", ".join(parts) if parts else "the transcripts list no utterance"
 
 
 def _audio_file(folder: Path, utterance_id: str) -> Path:

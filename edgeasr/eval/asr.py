@@ -18,6 +18,7 @@ import numpy as np
 from edgeasr.audio.frontend import FrontendConfig
 from edgeasr.data.asr_pipeline import AsrSplit, length_batches, pad_batch
 from edgeasr.data.tokenizer import Tokenizer
+from edgeasr.errors import EdgeasrError
 from edgeasr.runtime.ctc import decode
 
 
@@ -94,14 +95,30 @@ def litert_transcripts(model_path, split: AsrSplit, beam_width: int = 0, num_thr
             "compute_seconds": compute}
 
 
+def _transcriber(model_path, beam_width: int):
+    """The runtime's Transcriber; a file that is no edgeasr speech-recognition model (a keyword
+    model, say) is a user error."""
+    from edgeasr.runtime.asr import Transcriber, TranscriberError
+
+    try:
+        return Transcriber(model_path, beam_width=beam_width)
+    except TranscriberError as exc:
+        raise EdgeasrError(str(exc)) from exc
+
+
 def file_size(path) -> int:
     return Path(path).stat().st_size
 
 
 def evaluate_model(model, manifest, limit: Optional[int] = None, beam_width: int = 0) -> dict:
-    """WER / CER of a train-asr run directory (Keras) or a converted .tflite (LiteRT, with RTF and size)."""
+    """WER / CER of a train-asr run directory (Keras) or a converted .tflite (LiteRT, with RTF and size)
+    on the first `limit` utterances of the manifest (all of them for None)."""
     from edgeasr.data.asr_pipeline import load_asr_split
 
+    if limit is not None and limit < 1:
+        raise EdgeasrError(f"limit {limit}: need 1 or more utterances (or no limit)")
+    if beam_width < 0:
+        raise EdgeasrError(f"beam width {beam_width}: need 0 or 1 (greedy) or more")
     model = Path(model)
     if model.is_dir():
         from edgeasr.train.asr_fit import AsrRunDir
@@ -112,9 +129,7 @@ def evaluate_model(model, manifest, limit: Optional[int] = None, beam_width: int
         hypotheses = keras_transcripts(run.load_model(), split, config.frontend, tokenizer, beam_width=beam_width)
         report = {"model": str(model), "kind": f"keras {config.policy.name}", **error_rates(split.texts, hypotheses)}
     else:
-        from edgeasr.runtime.asr import Transcriber
-
-        frontend = Transcriber(model).frontend
+        frontend = _transcriber(model, beam_width).frontend
         split = load_asr_split(manifest, None, frontend, limit)
         measured = litert_transcripts(model, split, beam_width=beam_width)
         hypotheses = measured.pop("transcripts")
@@ -126,10 +141,10 @@ def evaluate_model(model, manifest, limit: Optional[int] = None, beam_width: int
 
 
 def format_reports(reports: List[dict]) -> str:
-    lines = [f"{'model':<40} {'kind':<16} {'WER':>7} {'CER':>7} {'RTF':>7} {'bytes':>10}"]
+    lines = [f"{'model':<40} {'kind':<16} {'utts':>6} {'WER':>7} {'CER':>7} {'RTF':>7} {'bytes':>10}"]
     for r in reports:
         rtf = f"{r['rtf']:.4f}" if "rtf" in r else "-"
         size = f"{r['bytes']:,}" if "bytes" in r else "-"
-        lines.append(f"{Path(r['model']).name[:40]:<40} {r['kind'][:16]:<16} {r['wer']:>7.2%} {r['cer']:>7.2%} "
-                     f"{rtf:>7} {size:>10}")
+        lines.append(f"{Path(r['model']).name[:40]:<40} {r['kind'][:16]:<16} {r['utterances']:>6} "
+                     f"{r['wer']:>7.2%} {r['cer']:>7.2%} {rtf:>7} {size:>10}")
     return "\n".join(lines)

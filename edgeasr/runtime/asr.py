@@ -17,7 +17,7 @@ import numpy as np
 
 from edgeasr.audio.frontend import FrontendConfig, numpy_log_mel
 from edgeasr.data.tokenizer import decode_tokens
-from edgeasr.runtime.ctc import decode
+from edgeasr.runtime.ctc import check_beam_width, decode
 from edgeasr.runtime.litert import LiteRTModel
 from edgeasr.runtime.metadata import read_metadata
 
@@ -29,6 +29,7 @@ class TranscriberError(ValueError):
 class Transcriber:
     def __init__(self, model_path, num_threads: int = 1, beam_width: int = 0, kernels: str = "xnnpack"):
         self.path = Path(model_path)
+        _check_settings(num_threads, beam_width)
         metadata = read_metadata(self.path) or {}
         if "asr" not in metadata or not metadata.get("frontend"):
             raise TranscriberError(f"{self.path}: no speech-recognition metadata (convert an ASR run with "
@@ -70,7 +71,20 @@ class Transcriber:
         text = self.transcribe(audio)
         return text, time.perf_counter() - started
 
-    def transcribe_files(self, paths) -> List[str]:
+    def transcribe_file(self, path) -> str:
+        """The text of an audio file; an unreadable or empty file raises edgeasr.audio.io.AudioError."""
         from edgeasr.audio.io import load_audio
 
-        return [self.transcribe(load_audio(p, self.frontend.sample_rate)) for p in paths]
+        return self.transcribe(load_audio(path, self.frontend.sample_rate))
+
+    def transcribe_files(self, paths) -> List[str]:
+        return [self.transcribe_file(p) for p in paths]
+
+
+def _check_settings(num_threads: int, beam_width: int) -> None:
+    if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)) or num_threads < 1:
+        raise TranscriberError(f"num_threads {num_threads!r}: need 1 or more")
+    try:
+        check_beam_width(beam_width)
+    except ValueError as exc:
+        raise TranscriberError(str(exc)) from exc

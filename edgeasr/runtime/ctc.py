@@ -73,5 +73,12 @@ def prefix_beam_search(scores: np.ndarray, beam_width: int = 8, prune: float = -
 
 
 def decode(scores: np.ndarray, beam_width: int = 0) -> List[int]:
-    """Greedy for beam_width <= 1, prefix beam search otherwise."""
+    """Greedy for beam_width 0 or 1, prefix beam search for 2 or more."""
+    check_beam_width(beam_width)
     return greedy_decode(scores) if beam_width <= 1 else prefix_beam_search(scores, beam_width)
+
+
+def check_beam_width(beam_width: int) -> None:
+    """A beam width is 0 or 1 (greedy) or more; anything else is refused, not read as greedy."""
+    if isinstance(beam_width, bool) or not isinstance(beam_width, (int, np.integer)) or beam_width < 0:
+        raise ValueError(f"beam width {beam_width!r}: need 0 or 1 (greedy) or a larger whole number")
