@@ -328,6 +328,9 @@ def test_labels_file(tmp_path):
     path.write_text("1.0 yes\n")
     with pytest.raises(StreamError, match="l.txt:1: expected 'start_s end_s keyword'"):
         read_labels(path)
+    path.write_text("1.0 1.5 yes  # fine\n12.3 12.8 turn on\n")
+    with pytest.raises(StreamError, match=r"l.txt:2: expected 'start_s end_s keyword' \(one word\)"):
+        read_labels(path)
 
 
 def labelled_stream(folder, label_lines, seconds=10.0):

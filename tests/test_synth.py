@@ -184,3 +184,13 @@ def test_chosen_keywords_leave_the_unknown_words_and_a_clash_is_named():
     assert unknown_words(keywords=("zero",)) == tuple(w for w in DEFAULT_UNKNOWN_WORDS if w != "zero")
     with pytest.raises(EdgeasrError, match=r"^SynthConfig: bed: repeated, or both a keyword and an unknown word$"):
         _check_config(SynthConfig(words=("bed", "yes"), unknown_words=DEFAULT_UNKNOWN_WORDS))
+
+
+def test_babble_never_says_a_chosen_keyword():
+    from edgeasr.data.speech_commands import SPEECH_COMMANDS_KEYWORDS
+    from edgeasr.data.synth import BABBLE_PHRASES, babble_phrases
+
+    assert babble_phrases(SPEECH_COMMANDS_KEYWORDS) == BABBLE_PHRASES        # the default data is unchanged
+    chosen = babble_phrases(("seven", "learn", "think"))
+    assert "seven" not in chosen and "learn" not in chosen and "I think so" not in chosen
+    assert len(chosen) == len(BABBLE_PHRASES) - 3

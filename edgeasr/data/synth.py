@@ -70,7 +70,8 @@ def unknown_words(near_words: bool = False, keywords=()) -> Tuple[str, ...]:
                  if word not in keywords)
 
 
-# Babble phrases contain no keyword, so background noise never carries a keyword.
+# Babble phrases contain no default keyword; `babble_phrases` leaves out those with a chosen one,
+# so background noise never carries a keyword.
 BABBLE_PHRASES = (
     "what time is it", "please call me later", "the weather is nice today", "I think so",
     "maybe tomorrow", "that sounds good", "how are you", "thank you very much", "see you soon",
@@ -369,8 +370,14 @@ def colored_noise(n_samples: int, exponent: float, rng: np.random.Generator) -> 
     return (noise / np.max(np.abs(noise))).astype(np.float32)
 
 
+def babble_phrases(keywords) -> tuple:
+    """BABBLE_PHRASES without those that say one of `keywords` (--words seven,learn: 'seven', 'learn')."""
+    return tuple(phrase for phrase in BABBLE_PHRASES if not set(phrase.lower().split()) & set(keywords))
+
+
 def babble(espeak: Espeak, speakers: Sequence[Speaker], config: SynthConfig) -> np.ndarray:
     """Several layers of phrases from random training speakers, overlapping, peak 1."""
+    phrases = babble_phrases(config.words)
     n_samples = int(round(config.noise_seconds * config.sample_rate))
     mix = np.zeros(n_samples, dtype=np.float32)
     for layer in range(BABBLE_LAYERS):
@@ -379,7 +386,7 @@ def babble(espeak: Espeak, speakers: Sequence[Speaker], config: SynthConfig) -> 
         position = int(rng.integers(0, config.sample_rate))
         while position < n_samples:
             speaker = speakers[int(rng.integers(len(speakers)))]
-            phrase = BABBLE_PHRASES[int(rng.integers(len(BABBLE_PHRASES)))]
+            phrase = phrases[int(rng.integers(len(phrases)))]
             speech = _say(espeak, phrase, speaker, rng, config.sample_rate, n_samples)
             speech = speech[: n_samples - position]
             if speech.size:

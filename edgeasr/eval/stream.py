@@ -89,8 +89,10 @@ def read_labels(path) -> list:
             continue
         try:
             start, end, keyword = float(fields[0]), float(fields[1]), fields[2]
+            if len(fields) > 3:                # "12.3 12.8 turn on" is not the keyword "turn"
+                raise ValueError
         except (IndexError, ValueError):
-            raise StreamError(f"{path}:{number}: expected 'start_s end_s keyword', got {line!r}") from None
+            raise StreamError(f"{path}:{number}: expected 'start_s end_s keyword' (one word), got {line!r}") from None
         if not (math.isfinite(start) and math.isfinite(end)) or start < 0:
             raise StreamError(f"{path}:{number}: times must be seconds from the start of the audio, got {line!r}")
         if end < start:
