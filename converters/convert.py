@@ -205,8 +205,7 @@ def convert(source, output, policy=None, calibration=None, io: str = "int8", for
                                min_agreement=min_agreement if min_agreement is not None else 0.0)
     report["model"] = str(output)
     # a rejected conversion's reports must not replace those of a model already at OUTPUT
-    json_path, md_path = write_reports(report, output if report["passed"] else
-                                       output.with_name(output.stem + ".rejected" + output.suffix))
+    json_path, md_path = write_reports(report, output if report["passed"] else _rejected(output))
     if not report["passed"]:
         raise EdgeasrError(f"parity failed: argmax agreement {report['argmax_agreement']:.2%} < "
                            f"{min_agreement:.2%}; {output} not written (see {md_path})")
@@ -215,6 +214,12 @@ def convert(source, output, policy=None, calibration=None, io: str = "int8", for
             "int4": int4_report, "parity": report, "parity_json": str(json_path), "parity_md": str(md_path),
             "quantization": mode, "policy": used_policy.name if used_policy is not None else None,
             **_float_size(model, config)}
+
+
+def _rejected(path: Path) -> Path:
+    """Where a failed parity check's reports go (OUTPUT.rejected.parity.*): a model already at the
+    path keeps the reports that belong to it."""
+    return path.with_name(path.stem + ".rejected" + path.suffix)
 
 
 def _metadata(model, labels, frontend, policy, mode, io, source, model_bytes, int4_report) -> dict:
@@ -314,7 +319,7 @@ def validate(model_path, source, data=None, examples: int = PARITY_EXAMPLES,
     keras_scores = model.predict(features, batch_size=64, verbose=0)
     report = parity_report(model_path, keras_scores, features, labels, min_agreement=min_agreement)
     report["notes"] = notes
-    json_path, md_path = write_reports(report, model_path)
+    json_path, md_path = write_reports(report, model_path if report["passed"] else _rejected(Path(model_path)))
     report["json"], report["markdown"] = str(json_path), str(md_path)
     return report
 

@@ -81,7 +81,7 @@ def inspect_model(path, float_bytes=None) -> dict:
             weight_bytes += size
             int4_bytes += size if kind == "INT4" else 0
     try:
-        metadata, metadata_error = read_metadata(data), None
+        metadata, metadata_error = read_metadata(path), None
     except MetadataError as exc:       # the model itself loaded above: its edgeasr entry is unreadable
         metadata, metadata_error = None, str(exc)
     return {

@@ -351,7 +351,7 @@ def demo(out, model_name, epochs, qat_epochs, qat_stages, speakers, seed):
               help="Raise each posterior to this power and renormalise before smoothing (default: metadata, "
                    "else 1, off). 2 lowered FRR at 1 FA/h for every DS-CNN-S run measured "
                    "(docs/posterior_sharpening.md); choose it with the thresholds on validation voices.")
-@click.option("--target-fa-per-hour", default=1.0, show_default=True,
+@click.option("--target-fa-per-hour", default=1.0, show_default=True, type=click.FloatRange(0, min_open=True),
               help="False accepts per hour the thresholds are chosen for.")
 @click.option("--per-keyword", is_flag=True,
               help="Choose one threshold per keyword (each keyword's share of the target) instead of one for all; "
@@ -408,6 +408,10 @@ def eval_stream(model, data, split, wav, labels, hours, seed, cache_dir, out, ho
     report = stream.evaluate_stream(model, wav, labels, config, out or model.parent, target_fa_per_hour,
                                     thresholds=thresholds, per_keyword=per_keyword)
     click.echo(stream.format_report(report))
+    if per_keyword and report["thresholds_rule"] != "per keyword":
+        click.echo(f"Warning: {report['hours']:.2f} h do not allow each keyword one false accept at "
+                   f"{target_fa_per_hour} FA/h: one common threshold was chosen instead of --per-keyword ones",
+                   err=True)
     if write_thresholds:
         stream.write_thresholds(model, report)
         click.echo(f"thresholds for {target_fa_per_hour} FA/h written into {model}")

@@ -13,8 +13,9 @@ from edgeasr.errors import EdgeasrError
 def atomic_output(path: os.PathLike, force: bool = True):
     """Yields a temporary path next to `path`; renames it onto `path` if the block succeeds.
 
-    With force=False an existing `path` is an error rather than being replaced. The file gets the
-    permissions a plain open() would give it (0666 less the umask), not mkstemp's private 0600.
+    With force=False an existing `path` is an error rather than being replaced. A replaced file
+    keeps its permissions; a new one gets those a plain open() would give it (0666 less the umask),
+    not mkstemp's private 0600.
     """
     path = Path(path)
     if path.exists() and not force:
@@ -24,7 +25,7 @@ def atomic_output(path: os.PathLike, force: bool = True):
     os.close(fd)
     try:
         yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, (path.stat().st_mode & 0o7777) if path.is_file() else 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)

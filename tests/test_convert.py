@@ -85,6 +85,8 @@ def test_float_keras_file_converts_to_int4_fully_integer_with_metadata(foreign, 
     assert wrong.exit_code == 1 and "below" in wrong.output
     assert "not what the model was converted from" in wrong.output
     assert "other calibration inputs" not in wrong.output          # --data is what convert calibrated with
+    assert json.loads((tmp_path / "kws_w4.parity.json").read_text())["passed"]   # the model's own report stays
+    assert not json.loads((tmp_path / "kws_w4.rejected.parity.json").read_text())["passed"]
 
 
 def test_conv_storage_int4_packs_every_4bit_weight(foreign, tmp_path):

@@ -42,3 +42,11 @@ def test_progress_bars_redraw_on_a_terminal_and_seldom_in_a_log(monkeypatch):
     with progress_bar(range(3)) as bar:
         assert bar.mininterval < 1
     assert progress_bar(range(3), enabled=False).disable
+
+
+def test_a_replaced_file_keeps_its_permissions(tmp_path):
+    path = tmp_path / "model.tflite"
+    write_bytes_atomic(path, b"one")
+    path.chmod(0o444)
+    write_bytes_atomic(path, b"two")
+    assert path.read_bytes() == b"two" and stat.S_IMODE(path.stat().st_mode) == 0o444

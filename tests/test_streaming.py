@@ -587,3 +587,34 @@ def test_ffn_cpu_per_second_of_audio(tmp_path):
     push_in_chunks(spotter, audio, [320])
     share = (time.process_time() - started) / 30.0
     assert share < 0.02, f"{share:.2%} of one core per second of audio"
+
+
+def test_detector_settings_that_cannot_work_are_refused():
+    for bad in ({"refractory_ms": -1.0}, {"hop_ms": 0.0}, {"smoothing_ms": -20.0}, {"default_threshold": 1.5},
+                {"thresholds": {"yes": float("nan")}}, {"sharpening": float("inf")}):
+        with pytest.raises(ValueError, match="must be"):
+            DetectorConfig(**bad)
+
+
+def test_refractory_zero_fires_on_every_run_above_threshold_and_ends():
+    times = np.arange(6) * 0.02
+    scores = np.array([0.9, 0.9, 0.1, 0.9, 0.9, 0.9], np.float32)
+    assert list(fire_indices(times, scores, 0.5, 0.0)) == [0, 1, 3, 4, 5]
+    assert list(fire_indices(times, scores, 0.5, 0.03)) == [0, 3, 5]
+
+
+def test_large_sharpening_stays_a_distribution():
+    from edgeasr.runtime.streaming import sharpened
+
+    sharp = sharpened(np.array([[0.6, 0.3, 0.1], [0.2, 0.2, 0.6]], np.float32), 500.0)
+    assert np.isfinite(sharp).all() and np.allclose(sharp.sum(-1), 1) and list(sharp.argmax(-1)) == [0, 2]
+
+
+def test_spotter_takes_int16_and_refuses_stereo(model_path):
+    audio = bursts_audio()
+    floats = KeywordSpotter(model_path, DetectorConfig(default_threshold=0.8)).push(audio)
+    pcm = np.round(audio * 32768).clip(-32768, 32767).astype(np.int16)
+    from_pcm = KeywordSpotter(model_path, DetectorConfig(default_threshold=0.8)).push(pcm)
+    assert [(d.time_s, d.keyword) for d in from_pcm] == [(d.time_s, d.keyword) for d in floats] != []
+    with pytest.raises(ValueError, match="one channel"):
+        KeywordSpotter(model_path).push(np.stack([audio, audio], axis=1))

@@ -341,7 +341,8 @@ def stream_metadata(model_path, metadata) -> dict:
     (a model converted from a plain Keras file has them null)."""
     if not isinstance(metadata, dict) or not metadata.get("labels") or not isinstance(metadata.get("frontend"), dict):
         raise StreamError(f"{model_path}: no edgeasr metadata with labels and frontend; convert it with "
-                          f"`edgeasr convert`")
+                          f"`edgeasr convert` from a run directory, or from a model file with --labels and "
+                          f"--frontend")
     return metadata
 
 
@@ -639,7 +640,7 @@ def write_thresholds(model_path, report: dict) -> None:
     """Put the chosen per-keyword thresholds and detector settings into the model's metadata."""
     from edgeasr.converters.metadata import embed_metadata
 
-    model_path = Path(model_path)
+    model_path = Path(model_path).resolve()          # a link keeps pointing at the model it names
     metadata = read_metadata(model_path) or {}
     values = {k: v for k, v in metadata.items() if k not in ("format", "edgeasr_version")}
     values["detector"] = {**report["detector"], "thresholds": report["thresholds"],

@@ -64,10 +64,13 @@ def outputs_logits(metadata: Optional[dict]) -> bool:
 
 def sharpened(posteriors: np.ndarray, exponent: float) -> np.ndarray:
     """p_k^g / sum_j p_j^g along the last axis (for posteriors from logits: a softmax at temperature
-    1/g); g = 1 returns them unchanged. Powers in float64: float32 sums of tiny powers underflow."""
+    1/g); g = 1 returns them unchanged. Computed as a softmax of g log p in float64: plain powers
+    underflow to 0 / 0 for a large g."""
     if exponent == 1:
         return np.asarray(posteriors, np.float32)
-    powered = np.asarray(posteriors, np.float64) ** exponent
+    with np.errstate(divide="ignore"):                     # log 0 = -inf: that class stays at 0
+        scaled = exponent * np.log(np.asarray(posteriors, np.float64))
+    powered = np.exp(scaled - np.max(scaled, axis=-1, keepdims=True))
     return (powered / powered.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
@@ -108,8 +111,16 @@ class DetectorConfig:
     sharpening: float = 1.0          # exponent g of each raw posterior before the average (1: off)
 
     def __post_init__(self):
-        if not self.sharpening > 0:          # 0 flattens every posterior, a negative one inverts them
+        if not 0 < self.sharpening < np.inf:   # 0 flattens every posterior, a negative one inverts them
             raise ValueError(f"sharpening must be positive, not {self.sharpening:g}")
+        for name in ("hop_ms", "smoothing_ms"):
+            if not 0 < getattr(self, name) < np.inf:
+                raise ValueError(f"{name} must be positive, not {getattr(self, name):g}")
+        if not 0 <= self.refractory_ms < np.inf:
+            raise ValueError(f"refractory_ms must be 0 or more, not {self.refractory_ms:g}")
+        for keyword, threshold in [("default", self.default_threshold), *self.thresholds.items()]:
+            if not 0 <= threshold <= 1:         # a posterior is in [0, 1]; NaN never fires
+                raise ValueError(f"threshold of {keyword} must be in [0, 1], not {threshold:g}")
 
     def threshold(self, keyword: str) -> float:
         return float(self.thresholds.get(keyword, self.default_threshold))
@@ -149,8 +160,24 @@ def fire_indices(times: np.ndarray, scores: np.ndarray, threshold: float, refrac
     position = int(np.searchsorted(candidate_times, last_fire + refractory_s, side="left"))
     while position < len(candidates):
         fired.append(candidates[position])
-        position = int(np.searchsorted(candidate_times, candidate_times[position] + refractory_s, side="left"))
+        # side="right" at refractory 0: the next run, not the same one again
+        position = int(np.searchsorted(candidate_times, candidate_times[position] + refractory_s,
+                                       side="left" if refractory_s > 0 else "right"))
     return np.asarray(fired, dtype=np.int64)
+
+
+def mono_samples(audio) -> np.ndarray:
+    """float32 samples of a 1-D float or int16 array; a 2-D (stereo) array is refused: flattened it
+    would play interleaved channels as a stream twice as long."""
+    audio = np.asarray(audio)
+    if audio.ndim != 1:
+        raise ValueError(f"audio must be one channel of samples (1-D), got shape {audio.shape}; "
+                         f"average the channels first")
+    if audio.dtype == np.int16:
+        return audio.astype(np.float32) / 32768.0
+    if not np.issubdtype(audio.dtype, np.floating):
+        raise ValueError(f"audio must be float samples in [-1, 1] or int16 PCM, got {audio.dtype}")
+    return audio.astype(np.float32, copy=False)
 
 
 def run_ends(input_frames: int, hop_frames: int, start: int, stop: int) -> range:
@@ -218,8 +245,9 @@ class KeywordSpotter:
                                     dtype=np.float32)
 
     def push(self, audio: np.ndarray) -> List[Detection]:
-        """Float samples in [-1, 1] at the model's sample rate -> detections completed by them."""
-        times, scores = self.posteriors.push(audio)
+        """Mono samples at the model's sample rate -> detections completed by them: floats in
+        [-1, 1], or int16 PCM (scaled here)."""
+        times, scores = self.posteriors.push(mono_samples(audio))
         detections = []
         refractory = self.config.refractory_ms / 1000.0
         above = (scores[:, self.keyword_indices] >= self._thresholds).any(axis=0)
