@@ -327,6 +327,10 @@ def validate(model_path, source, data=None, examples: int = PARITY_EXAMPLES,
 def _validation_calibration(model, config, calibration) -> np.ndarray:
     """The calibration inputs validate quantises a float source with, drawn as convert draws them."""
     if calibration is None:
+        if not Path(config.dataset).is_dir():
+            raise EdgeasrError(f"{config.dataset}: the run's dataset, which convert calibrated with, is not found "
+                               f"from here (runs trained before paths were stored absolute keep them relative to "
+                               f"where they trained); give --calibration with that data")
         return calibration_features(config)
     return load_calibration(calibration, model, config, limit=CALIBRATION_EXAMPLES)[0]
 

@@ -20,14 +20,18 @@ def embed_metadata(model_bytes: bytes, values: dict, name: str = METADATA_NAME) 
                          sort_keys=True, separators=(",", ":")).encode()
     buffer = fb.schema().BufferT()
     buffer.data = np.frombuffer(payload, np.uint8).copy()
-    for old in (m for m in (model.metadata or []) if _name(m) == name):
-        model.buffers[old.buffer].data = None
-    model.metadata = [m for m in (model.metadata or []) if _name(m) != name]
+    entries = [m for m in (model.metadata or []) if _name(m) == name]
+    if entries:                 # rewritten in its own buffer: writing the same values again gives the same file
+        model.buffers[entries[0].buffer] = buffer
+        for duplicate in entries[1:]:
+            model.buffers[duplicate.buffer].data = None
+        model.metadata = [m for m in model.metadata if _name(m) != name or m is entries[0]]
+        return fb.dump(model)
     model.buffers.append(buffer)
     entry = fb.schema().MetadataT()
     entry.name = name
     entry.buffer = len(model.buffers) - 1
-    model.metadata.append(entry)
+    model.metadata = list(model.metadata or []) + [entry]
     return fb.dump(model)
 
 

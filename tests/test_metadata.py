@@ -34,6 +34,8 @@ def test_embed_read_replace(tiny):
     assert read_metadata(replaced)["labels"] == ["a"]
     assert len(replaced) < len(tiny.read_bytes()) + 64            # the old entry's buffer is emptied
     assert embed_metadata(tiny.read_bytes(), {"labels": ["a"]}) == replaced   # deterministic
+    assert embed_metadata(replaced, {"labels": ["a"]}) == replaced                # idempotent: no buffer added
+    assert len(embed_metadata(replaced, {"labels": ["b"]})) == len(replaced)
     assert read_metadata(_tiny_tflite()) is None
     from ai_edge_litert.interpreter import Interpreter
 
