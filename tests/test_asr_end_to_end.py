@@ -47,6 +47,15 @@ def test_synth_train_convert_transcribe(tmp_path):
     wavs = sorted((data / "audio").rglob("*.wav"))[:2]
     lines = _invoke("transcribe", model, *wavs, "--beam", 4).strip().splitlines()
     assert [line.split("\t")[0] for line in lines] == [str(w) for w in wavs]
+    import numpy as np
+    import soundfile
+
+    from edgeasr.runtime.asr import Transcriber
+
+    transcriber, pcm = Transcriber(model), soundfile.read(wavs[0], dtype="int16")[0]
+    np.testing.assert_allclose(transcriber.scores(pcm), transcriber.scores(pcm / 32768.0), atol=1e-5)
+    with pytest.raises(ValueError, match="one channel"):
+        transcriber.scores(np.stack([pcm, pcm], axis=1))
 
     report_path = tmp_path / "eval.json"
     _invoke("eval-asr", qat_run, model, "--manifest", data / "test.jsonl", "--json", report_path)

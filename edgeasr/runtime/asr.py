@@ -20,6 +20,7 @@ from edgeasr.data.tokenizer import decode_tokens
 from edgeasr.runtime.ctc import check_beam_width, decode
 from edgeasr.runtime.litert import LiteRTModel
 from edgeasr.runtime.metadata import read_metadata
+from edgeasr.runtime.streaming import mono_samples
 
 
 class TranscriberError(ValueError):
@@ -47,8 +48,9 @@ class Transcriber:
         return self.frontend.window_samples + (self.window_frames - 1) * self.frontend.hop_samples
 
     def scores(self, audio: np.ndarray) -> np.ndarray:
-        """Per-output-frame logits (T_out, V) of float audio in [-1, 1] at the frontend's rate."""
-        audio = np.asarray(audio, np.float32)
+        """Per-output-frame logits (T_out, V) of mono audio at the frontend's rate: floats in
+        [-1, 1] or int16 PCM (`streaming.mono_samples`: stereo is refused, not interleaved)."""
+        audio = mono_samples(audio)
         step = self.window_frames * self.frontend.hop_samples   # windows start every window_frames frames
         outputs = []
         for start in range(0, max(1, len(audio)), step):
