@@ -489,6 +489,9 @@ def run_ends(input_frames: int, hop_frames: int, start: int, stop: int) -> range
     return range(begin + (hop_frames - offset) % hop_frames, stop + 1, hop_frames)
 
 
+PIECE_SECONDS = 10.0        # PosteriorStream.push works through longer chunks this much at a time
+
+
 class PosteriorStream:
     """Frontend + model + smoothing: audio chunks -> (times, smoothed posteriors) of each model run."""
 
@@ -505,7 +508,16 @@ class PosteriorStream:
         self._recent = []                       # last `smoothing_runs` raw posteriors
 
     def push(self, audio: np.ndarray):
-        """-> (times in s, smoothed posteriors (runs, classes)) of the runs this chunk completes."""
+        """-> (times in s, smoothed posteriors (runs, classes)) of the runs this chunk completes.
+        A long chunk is taken PIECE_SECONDS at a time (the same runs: the stream is chunk-size
+        agnostic): the frontend's spectra of 30 min at once peaked at about 2 GB."""
+        piece = int(PIECE_SECONDS * self.frontend_config.sample_rate)
+        if len(audio) > piece:
+            parts = [self._push(audio[start:start + piece]) for start in range(0, len(audio), piece)]
+            return np.concatenate([times for times, _ in parts]), np.concatenate([scores for _, scores in parts])
+        return self._push(audio)
+
+    def _push(self, audio: np.ndarray):
         new = quantize(self.frontend.push(audio), self.model.input_detail)
         frames = np.concatenate([self._history, new]) if len(self._history) else new
         first = self._frames_seen - len(self._history)            # stream index of frames[0]

@@ -618,3 +618,19 @@ def test_spotter_takes_int16_and_refuses_stereo(model_path):
     assert [(d.time_s, d.keyword) for d in from_pcm] == [(d.time_s, d.keyword) for d in floats] != []
     with pytest.raises(ValueError, match="one channel"):
         KeywordSpotter(model_path).push(np.stack([audio, audio], axis=1))
+
+
+def test_a_long_chunk_is_scored_piece_by_piece_with_the_same_runs(model_path):
+    from edgeasr.runtime.streaming import PIECE_SECONDS
+
+    audio = np.tile(bursts_audio(), 3)[: int(2.5 * PIECE_SECONDS * RATE)]
+    whole = KeywordSpotter(model_path)
+    seen = []
+    push = whole.posteriors.frontend.push
+    whole.posteriors.frontend.push = lambda chunk: seen.append(len(chunk)) or push(chunk)
+    times, scores = whole.posteriors.push(audio)
+    assert max(seen) <= PIECE_SECONDS * RATE and len(seen) == 3
+    pieces = KeywordSpotter(model_path)
+    parts = [pieces.posteriors.push(chunk) for chunk in np.array_split(audio, 25)]
+    np.testing.assert_array_equal(times, np.concatenate([t for t, _ in parts]))
+    np.testing.assert_allclose(scores, np.concatenate([s for _, s in parts]), atol=1e-6)
