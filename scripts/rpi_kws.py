@@ -550,6 +550,9 @@ class KeywordSpotter:
         self.frontend = FrontendConfig(**metadata["frontend"])
         self.config = config or DetectorConfig.from_metadata(metadata)
         self.keyword_indices = [column for column, _ in keyword_columns(self.labels)]
+        unknown = sorted(set(self.config.thresholds) - {name for _, name in keyword_columns(self.labels)})
+        if unknown:                      # a misspelt keyword would silently keep the default threshold
+            raise ValueError(f"thresholds for words that are not keywords of {model_path}: {', '.join(unknown)}")
         model = LiteRTModel(model_path, num_threads=num_threads, kernels=kernels)
         frames = metadata.get("input_frames") or int(model.input_detail["shape"][1])
         self.posteriors = PosteriorStream(model, self.frontend, frames, self.config, outputs_logits(metadata))

@@ -634,3 +634,8 @@ def test_a_long_chunk_is_scored_piece_by_piece_with_the_same_runs(model_path):
     parts = [pieces.posteriors.push(chunk) for chunk in np.array_split(audio, 25)]
     np.testing.assert_array_equal(times, np.concatenate([t for t, _ in parts]))
     np.testing.assert_allclose(scores, np.concatenate([s for _, s in parts]), atol=1e-6)
+
+
+def test_a_threshold_for_a_word_the_model_lacks_is_refused(model_path):
+    with pytest.raises(ValueError, match="not keywords of .*: Yes"):
+        KeywordSpotter(model_path, DetectorConfig(thresholds={"yes": 0.7, "Yes": 0.9}))
