@@ -537,15 +537,30 @@ class PosteriorStream:
 
 
 
+def stream_metadata(model_path, metadata) -> dict:
+    """The model's edgeasr metadata, checked to name the labels and frontend a stream needs (a model
+    converted from a plain Keras file without --labels and --frontend has them null)."""
+    if not isinstance(metadata, dict) or not metadata.get("labels") or not isinstance(metadata.get("frontend"), dict):
+        raise ValueError(f"{model_path}: no edgeasr metadata with labels and frontend; convert it with "
+                         f"`edgeasr convert` from a run directory, or from a model file with --labels and "
+                         f"--frontend")
+    return metadata
+
+
+def input_frames(model, metadata: dict) -> int:
+    """Frames per model run: the metadata's, else the model's input shape (`model`: a path or LiteRTModel)."""
+    if metadata.get("input_frames"):
+        return int(metadata["input_frames"])
+    model = model if isinstance(model, LiteRTModel) else LiteRTModel(model)
+    return int(model.input_detail["shape"][1])
+
+
 class KeywordSpotter:
     """The whole detector for one converted model; settings from its metadata unless given."""
 
     def __init__(self, model_path, config: Optional[DetectorConfig] = None, num_threads: int = 1,
                  kernels: str = "xnnpack", metadata: Optional[dict] = None):
-        metadata = metadata if metadata is not None else read_metadata(model_path)
-        if not metadata or not metadata.get("labels") or not metadata.get("frontend"):
-            raise ValueError(f"{model_path}: no edgeasr metadata with labels and frontend (convert it with "
-                             f"`edgeasr convert`)")
+        metadata = stream_metadata(model_path, metadata if metadata is not None else read_metadata(model_path))
         self.labels = list(metadata["labels"])
         self.frontend = FrontendConfig(**metadata["frontend"])
         self.config = config or DetectorConfig.from_metadata(metadata)
@@ -554,7 +569,7 @@ class KeywordSpotter:
         if unknown:                      # a misspelt keyword would silently keep the default threshold
             raise ValueError(f"thresholds for words that are not keywords of {model_path}: {', '.join(unknown)}")
         model = LiteRTModel(model_path, num_threads=num_threads, kernels=kernels)
-        frames = metadata.get("input_frames") or int(model.input_detail["shape"][1])
+        frames = input_frames(model, metadata)
         self.posteriors = PosteriorStream(model, self.frontend, frames, self.config, outputs_logits(metadata))
         self._last_fire = {i: -np.inf for i in self.keyword_indices}
         self._thresholds = np.array([self.config.threshold(self.labels[i]) for i in self.keyword_indices],

@@ -42,7 +42,9 @@ from edgeasr.files import read_json, write_bytes_atomic, write_json_atomic
 from edgeasr.progress import progress_bar
 from edgeasr.runtime.litert import LiteRTModel
 from edgeasr.runtime.metadata import keyword_columns, keywords_of, read_metadata
-from edgeasr.runtime.streaming import DetectorConfig, PosteriorStream, fire_indices, outputs_logits
+from edgeasr.runtime.streaming import (DetectorConfig, PosteriorStream, fire_indices, input_frames,
+                                       outputs_logits)
+from edgeasr.runtime.streaming import stream_metadata as runtime_stream_metadata
 
 STREAM_FORMAT = 1
 STREAM_SPLITS = ("testing", "validation")
@@ -337,13 +339,11 @@ def stream_posteriors(model_path, audio: np.ndarray, config: DetectorConfig, met
 
 
 def stream_metadata(model_path, metadata) -> dict:
-    """The model's edgeasr metadata, checked to name the labels and frontend that scoring a stream needs
-    (a model converted from a plain Keras file has them null)."""
-    if not isinstance(metadata, dict) or not metadata.get("labels") or not isinstance(metadata.get("frontend"), dict):
-        raise StreamError(f"{model_path}: no edgeasr metadata with labels and frontend; convert it with "
-                          f"`edgeasr convert` from a run directory, or from a model file with --labels and "
-                          f"--frontend")
-    return metadata
+    """The runtime's `streaming.stream_metadata`, its refusal as a StreamError (a user error)."""
+    try:
+        return runtime_stream_metadata(model_path, metadata)
+    except ValueError as exc:
+        raise StreamError(str(exc)) from None
 
 
 def frontend_of(model_path, metadata: dict) -> FrontendConfig:
@@ -351,14 +351,6 @@ def frontend_of(model_path, metadata: dict) -> FrontendConfig:
         return FrontendConfig(**metadata["frontend"])
     except TypeError as exc:
         raise StreamError(f"{model_path}: the frontend in its metadata is not a FrontendConfig ({exc})") from None
-
-
-def input_frames(model, metadata: dict) -> int:
-    """Frames per model run: the metadata's, else the model's input shape (`model`: a path or LiteRTModel)."""
-    if metadata.get("input_frames"):
-        return int(metadata["input_frames"])
-    model = model if isinstance(model, LiteRTModel) else LiteRTModel(model)
-    return int(model.input_detail["shape"][1])
 
 
 # ---- scoring detections -------------------------------------------------------------------
