@@ -31,7 +31,8 @@ import tf_keras as keras
 from edgeasr.converters import flatbuffer as fb
 from edgeasr.converters.int4 import int4_metadata, int4_share, keras_layer_names, pack_int4_weights
 from edgeasr.converters.integer_check import INTEGER_TYPES, check_fully_integer, float_ops  # noqa: F401
-from edgeasr.converters.metadata import calibration_digest, embed_metadata, source_hash, tensor_io
+from edgeasr.converters.metadata import (calibration_digest, embed_metadata, legacy_source_hash, source_hash,
+                                         tensor_io)
 from edgeasr.converters.pointwise import pointwise_as_fully_connected
 from edgeasr.converters.pooling import global_pools_as_mean
 from edgeasr.converters.ptq import calibrate_activations, post_training_quantize  # noqa: F401
@@ -98,13 +99,21 @@ def _parity_data(calibration, model, config, examples):
     run or dataset folder, else the calibration array."""
     if calibration is not None and Path(calibration).is_dir():
         return load_calibration(calibration, model, config, "test", limit=examples)
-    test = run_test_features(config) if config is not None else None
+    test = _run_test_sample(config, examples)
     if test is not None:
-        rows = spread_rows(len(test[1]), examples)
-        return test[0][rows], test[1][rows]
+        return test
     if calibration is None:
         return calibration_features(config), None
     return load_calibration(calibration, model, config, limit=examples)
+
+
+def _run_test_sample(config, examples):
+    """At most `examples` (features, labels) spread over a run's test split; None without one."""
+    test = run_test_features(config) if config is not None else None
+    if test is None:
+        return None
+    rows = spread_rows(len(test[1]), examples)
+    return test[0][rows], test[1][rows]
 
 
 def model_to_convert(model, config, policy, features, source):
@@ -303,8 +312,8 @@ def validate(model_path, source, data=None, examples: int = PARITY_EXAMPLES,
     if data is not None:
         features, labels = load_calibration(data, model, config, "test" if Path(data).is_dir() else "train",
                                             limit=examples)
-    elif config is not None and run_test_features(config) is not None:
-        features, labels = _parity_data(None, model, config, examples)
+    elif (test := _run_test_sample(config, examples)) is not None:
+        features, labels = test
     else:
         raise EdgeasrError(f"{source}: give --data (a dataset folder or a .npy array of model inputs)")
     if not is_qat(model):
@@ -346,7 +355,7 @@ def _calibration_notes(metadata: dict, rows: np.ndarray) -> list:
 
 def _source_notes(metadata: dict, source) -> list:
     recorded = (metadata.get("source") or {}).get("sha256")
-    if recorded is None or recorded == source_hash(source):
+    if recorded is None or recorded in (source_hash(source), legacy_source_hash(source)):
         return []
     return [f"{source} is not what the model was converted from (its sha256 differs from the one in the "
             f"model's metadata, {recorded[:16]}...)"]

@@ -53,16 +53,39 @@ def calibration_digest(features) -> str:
     return hashlib.sha256(np.ascontiguousarray(features, np.float32).tobytes()).hexdigest()[:16]
 
 
+# The files of a run directory that define the model it converts to. Everything else there is a
+# by-product (history, test report, plots, checkpoints) or the user's own (a .tflite written next to it).
+RUN_MODEL_FILES = ("config.json", "model.keras", "tokenizer.json")
+
+
 def source_hash(path) -> str:
-    """sha256 of a file, or of a directory's files (relative path + bytes, in sorted order)."""
-    path = Path(path)
+    """sha256 of a file, or of a directory's files (relative path + bytes, in sorted order): for an
+    edgeasr run directory only its RUN_MODEL_FILES, so a report or model written into it later does not
+    make every model converted from it look stale."""
+    return _files_hash(Path(path), _model_files(Path(path)))
+
+
+def legacy_source_hash(path) -> str:
+    """The hash models converted before RUN_MODEL_FILES recorded: every file of a run but its checkpoints."""
+    return _files_hash(Path(path), _all_files(Path(path)))
+
+
+def _model_files(path: Path) -> list:
+    if path.is_dir() and (path / "config.json").is_file():
+        return [path / name for name in RUN_MODEL_FILES if (path / name).is_file()]
+    return _all_files(path)
+
+
+def _all_files(path: Path) -> list:
+    if path.is_file():
+        return [path]
+    return sorted(p for p in path.rglob("*") if p.is_file() and not p.relative_to(path).as_posix().startswith("checkpoints/"))
+
+
+def _files_hash(path: Path, files: list) -> str:
     digest = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     for file in files:
         if path.is_dir():
-            relative = file.relative_to(path).as_posix()
-            if relative.startswith("checkpoints/"):
-                continue                          # training state, not the model
-            digest.update(relative.encode() + b"\0")
+            digest.update(file.relative_to(path).as_posix().encode() + b"\0")
         digest.update(file.read_bytes())
     return digest.hexdigest()

@@ -89,6 +89,24 @@ def test_int8_model_runs_in_litert_and_matches_keras_accuracy(trained_run, tmp_p
     assert again.exit_code == 1 and "--force" in again.output
 
 
+def test_a_model_written_into_its_run_validates_on_the_runs_test_split(trained_run, tiny_dataset):
+    """The run's source hash covers its config and model only: the .tflite, its reports and a rerun's
+    rewritten test report do not make the model look converted from something else."""
+    out = trained_run / "model.tflite"
+    try:
+        assert CliRunner().invoke(main, ["convert", str(trained_run), "-o", str(out)]).exit_code == 0
+        rerun = CliRunner().invoke(main, [*ds_cnn_args(tiny_dataset, trained_run), "--epochs", "8"])
+        assert rerun.exit_code == 0, rerun.output
+        checked = CliRunner().invoke(main, ["validate", str(out), "--source", str(trained_run)])
+        assert checked.exit_code == 0, checked.output
+        assert "not what the model was converted from" not in checked.output
+        assert json.loads(out.with_suffix(".parity.json").read_text())["examples"] > 0
+    finally:
+        for made in trained_run.glob("model.*"):
+            if made.name != "model.keras":
+                made.unlink()
+
+
 def test_two_stage_w4_tanh_fine_tuning_converts_to_int4_and_keeps_accuracy(trained_run, tiny_dataset, tmp_path):
     from edgeasr.converters.flatbuffer import read_model
 

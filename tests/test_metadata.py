@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pytest
 
-from edgeasr.converters.metadata import embed_metadata
+from edgeasr.converters.metadata import embed_metadata, legacy_source_hash, source_hash
 from edgeasr.runtime.metadata import MetadataError, keyword_columns, keywords_of, read_metadata
 
 
@@ -102,3 +102,32 @@ def test_inspect_says_when_the_metadata_is_there_but_unreadable(tiny, tmp_path):
     text = format_inspection(inspect_model(broken))
     assert "metadata: present but unreadable" in text and "not valid JSON" in text
     assert "metadata: none (not written by edgeasr)" in format_inspection(inspect_model(plain))
+
+
+def test_a_run_directory_hashes_only_the_files_that_define_its_model(tmp_path):
+    """A report, plot or .tflite written into a run later leaves its hash; a retrained model changes it."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text('{"model": {}}')
+    (run / "model.keras").write_bytes(b"weights")
+    (run / "history.json").write_text("[]")
+    before = source_hash(run)
+    converted_with_old_kit = legacy_source_hash(run)
+
+    (run / "test_report.json").write_text("{}")
+    (run / "model.tflite").write_bytes(b"TFL3")
+    (run / "checkpoints" / "ckpt-1.index").write_bytes(b"state")
+    assert source_hash(run) == before
+    assert legacy_source_hash(run) != converted_with_old_kit
+
+    (run / "model.keras").write_bytes(b"retrained")
+    assert source_hash(run) != before
+
+
+def test_a_saved_model_directory_hashes_all_its_files(tmp_path):
+    (tmp_path / "variables").mkdir()
+    (tmp_path / "saved_model.pb").write_bytes(b"graph")
+    (tmp_path / "variables" / "variables.data").write_bytes(b"a")
+    before = source_hash(tmp_path)
+    (tmp_path / "variables" / "variables.data").write_bytes(b"b")
+    assert source_hash(tmp_path) != before
