@@ -478,6 +478,8 @@ def mono_samples(audio) -> np.ndarray:
         return audio.astype(np.float32) / 32768.0
     if not np.issubdtype(audio.dtype, np.floating):
         raise ValueError(f"audio must be float samples in [-1, 1] or int16 PCM, got {audio.dtype}")
+    if not np.isfinite(audio).all():
+        raise ValueError("audio holds NaN or infinite samples")
     return audio.astype(np.float32, copy=False)
 
 

@@ -83,6 +83,17 @@ def test_manifest_errors_name_the_line(tmp_path):
         read_manifest(path)
 
 
+def test_a_damaged_audio_body_is_named_with_its_manifest(tmp_path):
+    """The manifest reads headers only; loading the split decodes, and names both files."""
+    from edgeasr.data.asr_pipeline import load_asr_split
+
+    wav = tmp_path / "nan.wav"
+    soundfile.write(str(wav), np.full(1600, np.nan, np.float32), 16000, subtype="FLOAT")
+    path = write_manifest(tmp_path / "m.jsonl", [Utterance(wav, "yes", 0.1)])
+    with pytest.raises(EdgeasrError, match=r"m.jsonl: .*nan.wav: the file holds NaN .*remove its line"):
+        load_asr_split(path, char_tokenizer(), FrontendConfig())
+
+
 def test_librispeech_layout_gives_the_same_manifest(tmp_path):
     chapter = tmp_path / "LibriSpeech" / "19" / "198"
     chapter.mkdir(parents=True)

@@ -45,11 +45,12 @@ def test_load_split_gives_fixed_length_int16_clips_with_silence(tiny_dataset):
 
 @pytest.fixture
 def damaged_dataset(tiny_dataset, tmp_path):
-    """The tiny dataset plus one empty, one corrupt, one 8 kHz stereo and one short training file."""
+    """The tiny dataset plus one empty, one corrupt, one NaN, one 8 kHz stereo and one short training file."""
     root = tmp_path / "damaged"
     shutil.copytree(tiny_dataset, root)
     soundfile.write(root / "yes" / "empty_nohash_0.wav", np.zeros(0, np.int16), 16000, subtype="PCM_16")
     (root / "yes" / "corrupt_nohash_0.wav").write_bytes(b"RIFF\x00\x00not really a wav file")
+    soundfile.write(root / "yes" / "nan_nohash_0.wav", np.full(16000, np.nan, np.float32), 16000, subtype="FLOAT")
     t = np.arange(8000) / 8000
     stereo = np.stack([np.sin(2 * np.pi * 440 * t)] * 2, axis=1) * 0.5
     soundfile.write(root / "no" / "eightk_nohash_0.wav", stereo, 8000, subtype="PCM_16")
@@ -60,7 +61,7 @@ def damaged_dataset(tiny_dataset, tmp_path):
 def test_bad_files_are_skipped_counted_and_resampled(damaged_dataset, tiny_dataset):
     clean = load_split(tiny_dataset, CONFIG, "train", progress=False)
     split = load_split(damaged_dataset, CONFIG, "train", progress=False)
-    assert {reason: len(paths) for reason, paths in split.report.skipped.items()} == {"empty": 1, "unreadable": 1}
+    assert {reason: len(paths) for reason, paths in split.report.skipped.items()} == {"empty": 1, "unreadable": 2}
     assert split.report.resampled == 1
     assert "1 skipped (empty)" in split.report.summary()
     assert len(split.labels) - len(clean.labels) in (2, 3)  # two files added, silence share may round up

@@ -618,6 +618,10 @@ def test_spotter_takes_int16_and_refuses_stereo(model_path):
     assert [(d.time_s, d.keyword) for d in from_pcm] == [(d.time_s, d.keyword) for d in floats] != []
     with pytest.raises(ValueError, match="one channel"):
         KeywordSpotter(model_path).push(np.stack([audio, audio], axis=1))
+    broken = audio.copy()
+    broken[100] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        KeywordSpotter(model_path).push(broken)
 
 
 def test_a_long_chunk_is_scored_piece_by_piece_with_the_same_runs(model_path):

@@ -18,6 +18,8 @@ def load_audio(path: os.PathLike, sample_rate: int) -> np.ndarray:
     samples, file_rate = _with_soundfile(path, lambda name: soundfile.read(name, dtype="float32", always_2d=True))
     if samples.size == 0:
         raise AudioError(f"{path}: the file holds no samples")
+    if not np.isfinite(samples).all():
+        raise AudioError(f"{path}: the file holds NaN or infinite samples (a float WAV written from broken data)")
     mono = samples.mean(axis=1)
     if file_rate != sample_rate:
         mono = soxr.resample(mono, file_rate, sample_rate).astype(np.float32)
