@@ -10,9 +10,17 @@ import flatbuffers
 import numpy as np
 
 from edgeasr.errors import EdgeasrError
-from edgeasr.runtime.metadata import schema
 
 FILE_IDENTIFIER = b"TFL3"
+
+
+def schema():
+    """The TFLite flatbuffer schema module of the converter side (ai_edge_litert's, else TensorFlow's)."""
+    try:
+        from ai_edge_litert import schema_py_generated
+    except ImportError:
+        from tensorflow.lite.python import schema_py_generated
+    return schema_py_generated
 
 
 def _names(enum) -> dict:

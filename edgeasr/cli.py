@@ -375,6 +375,7 @@ def eval_stream(model, data, split, wav, labels, hours, seed, cache_dir, out, ho
       edgeasr eval-stream kws.tflite --data data/kws --model-thresholds   # the test voices
       edgeasr eval-stream kws.tflite --wav kitchen.wav --labels kitchen.labels.txt
     """
+    from edgeasr.audio.frontend import FrontendConfig
     from edgeasr.eval import stream
     from edgeasr.runtime.metadata import read_metadata
     from edgeasr.runtime.streaming import DetectorConfig
@@ -382,13 +383,15 @@ def eval_stream(model, data, split, wav, labels, hours, seed, cache_dir, out, ho
     metadata = read_metadata(model) or {}
     if (wav is None) == (data is None) or (wav is None) != (labels is None):
         raise EdgeasrError("give either --data DATASET or --wav WAV with --labels LABELS")
-    if data is not None:
-        wav, labels = stream.model_stream(data, metadata, cache_dir, hours=hours, seed=seed, split=split)
     try:
         config = DetectorConfig.from_metadata(metadata, hop_ms=hop_ms, smoothing_ms=smoothing_ms,
                                               refractory_ms=refractory_ms, sharpening=sharpening)
+        if isinstance(metadata.get("frontend"), dict):
+            config.hop_frames(FrontendConfig(**metadata["frontend"]))
     except ValueError as exc:
         raise EdgeasrError(f"detector settings of {model}: {exc}") from exc
+    if data is not None:
+        wav, labels = stream.model_stream(data, metadata, cache_dir, hours=hours, seed=seed, split=split)
     thresholds = None
     if model_thresholds:
         thresholds = (metadata.get("detector") or {}).get("thresholds")

@@ -126,6 +126,7 @@ def _analysis_constants(config: FrontendConfig):
 
 # -- from edgeasr/runtime/metadata.py
 import json
+import struct
 
 METADATA_NAME = "edgeasr"
 FORMAT = 1
@@ -135,16 +136,67 @@ class MetadataError(ValueError):
     """The file is not a TFLite model, or has no readable edgeasr metadata."""
 
 
-def schema():
-    """The TFLite flatbuffer schema module, in the runtime's import order (no TensorFlow needed)."""
-    try:
-        from ai_edge_litert import schema_py_generated
-    except ImportError:
-        try:
-            from tflite_runtime import schema_py_generated  # type: ignore
-        except ImportError:
-            from tensorflow.lite.python import schema_py_generated
-    return schema_py_generated
+# Field numbers of the schema's tables that read_metadata walks (tensorflow/lite/schema/schema.fbs).
+MODEL_BUFFERS, MODEL_METADATA = 4, 6
+METADATA_NAME_FIELD, METADATA_BUFFER = 0, 1
+BUFFER_DATA, BUFFER_OFFSET, BUFFER_SIZE = 0, 1, 2
+
+
+def _field(data: bytes, table: int, number: int):
+    """Position of field `number` of the flatbuffer table at `table`, or None when it is absent."""
+    vtable = table - struct.unpack_from("<i", data, table)[0]
+    vtable_size = struct.unpack_from("<H", data, vtable)[0]
+    entry = 4 + 2 * number
+    offset = struct.unpack_from("<H", data, vtable + entry)[0] if entry < vtable_size else 0
+    return table + offset if offset else None
+
+
+def _target(data: bytes, position: int) -> int:
+    """Where the uoffset stored at `position` points."""
+    return position + struct.unpack_from("<I", data, position)[0]
+
+
+def _vector(data: bytes, table: int, number: int) -> list:
+    """Positions of the elements of a vector-of-tables field (or bytes of a [ubyte] field's start)."""
+    at = _field(data, table, number)
+    if at is None:
+        return []
+    start = _target(data, at)
+    count = struct.unpack_from("<I", data, start)[0]
+    return [_target(data, start + 4 + 4 * i) for i in range(count)]
+
+
+def _bytes(data: bytes, table: int, number: int) -> bytes:
+    """A [ubyte] or string field's bytes (empty when absent)."""
+    at = _field(data, table, number)
+    if at is None:
+        return b""
+    start = _target(data, at)
+    count = struct.unpack_from("<I", data, start)[0]
+    if start + 4 + count > len(data):
+        raise ValueError("a vector runs past the end of the file")
+    return data[start + 4:start + 4 + count]
+
+
+def _scalar(data: bytes, table: int, number: int, form: str) -> int:
+    at = _field(data, table, number)
+    return struct.unpack_from(form, data, at)[0] if at is not None else 0
+
+
+def _metadata_bytes(data: bytes, name: str):
+    """The bytes of the buffer metadata entry `name` points to, or None when there is no such entry."""
+    model = _target(data, 0)
+    for entry in _vector(data, model, MODEL_METADATA):
+        if _bytes(data, entry, METADATA_NAME_FIELD).decode("utf-8", "replace") != name:
+            continue
+        buffers = _vector(data, model, MODEL_BUFFERS)
+        buffer = buffers[_scalar(data, entry, METADATA_BUFFER, "<I")]
+        raw = _bytes(data, buffer, BUFFER_DATA)
+        offset = _scalar(data, buffer, BUFFER_OFFSET, "<Q")
+        if not raw and offset:               # large models keep buffers after the flatbuffer
+            raw = data[offset:offset + _scalar(data, buffer, BUFFER_SIZE, "<Q")]
+        return raw
+    return None
 
 
 def keyword_columns(labels) -> list:
@@ -168,27 +220,25 @@ def read_metadata(model, name: str = METADATA_NAME):
     if len(data) < 8 or data[4:8] != b"TFL3":
         raise MetadataError(f"{source}: not a TFLite model")
     try:
-        root = schema().Model.GetRootAsModel(data, 0)
-        for i in range(root.MetadataLength()):
-            entry = root.Metadata(i)
-            entry_name = entry.Name()
-            if (entry_name.decode() if isinstance(entry_name, bytes) else entry_name) != name:
-                continue
-            buffer = root.Buffers(entry.Buffer())
-            raw = buffer.DataAsNumpy() if buffer.DataLength() else b""
-            if not len(raw) and buffer.Offset():     # large models keep buffers after the flatbuffer
-                raw = data[buffer.Offset():buffer.Offset() + buffer.Size()]
-            return json.loads(bytes(raw).decode("utf-8"))
+        raw = _metadata_bytes(data, name)
+        if raw is None:
+            return None
+        return json.loads(raw.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise MetadataError(f"{source}: the {name!r} metadata is not valid JSON ({exc})") from exc
     except Exception as exc:  # corrupt flatbuffer
         raise MetadataError(f"{source}: corrupt TFLite model ({type(exc).__name__}: {exc})") from exc
-    return None
 
 
 # -- from edgeasr/runtime/litert.py
+import warnings
+
 import numpy as np
 
+
+
+class NoRuntimeError(RuntimeError):
+    """No LiteRT interpreter package is installed."""
 
 
 def _interpreter_module():
@@ -198,7 +248,11 @@ def _interpreter_module():
         try:
             from tflite_runtime import interpreter
         except ImportError:
-            from tensorflow.lite.python import interpreter
+            try:
+                from tensorflow.lite.python import interpreter
+            except ImportError:
+                raise NoRuntimeError("no LiteRT interpreter is installed: pip install ai-edge-litert "
+                                     "(tflite-runtime runs 8-bit models only, and needs numpy<2)") from None
     return interpreter
 
 
@@ -235,6 +289,21 @@ def _interpreter(model, kernels: str, **options):
                                f"The interpreter said: {str(error).strip().splitlines()[0]}") from error
         raise
     return interpreter
+
+
+def _interpreter_or_builtin(model, kernels: str, **options):
+    """(interpreter, the kernel set it runs): XNNPACK, unless this runtime's XNNPACK fails to prepare
+    the model (ai-edge-litert 2.1, the last release for Python 3.9, fails on edgeasr's FULLY_CONNECTEDs),
+    then the builtin kernels, with a warning."""
+    try:
+        return _interpreter(model, kernels, **options), kernels
+    except (ValueError, RuntimeError) as error:
+        if kernels != "xnnpack" or "delegate" not in str(error).lower():
+            raise
+        warnings.warn(f"this LiteRT's XNNPACK cannot run the model ({str(error).strip().splitlines()[0]}); "
+                      f"running it on the builtin kernels (ai-edge-litert 2.3 or later runs it on XNNPACK)",
+                      RuntimeWarning, stacklevel=3)
+        return _interpreter(model, "builtin", **options), "builtin"
 
 
 def _packed_int4_layers(model) -> list:
@@ -294,8 +363,7 @@ class LiteRTModel:
     """One .tflite model with one input and one output, run one example at a time on one of KERNELS."""
 
     def __init__(self, model_path, num_threads: int = 1, kernels: str = "xnnpack"):
-        self.kernels = kernels
-        self.interpreter = _interpreter(model_path, kernels, num_threads=num_threads)
+        self.interpreter, self.kernels = _interpreter_or_builtin(model_path, kernels, num_threads=num_threads)
         self.input_detail = self.interpreter.get_input_details()[0]
         self.output_detail = self.interpreter.get_output_details()[0]
 
@@ -427,8 +495,13 @@ class DetectorConfig:
         return float(self.thresholds.get(keyword, self.default_threshold))
 
     def hop_frames(self, frontend: FrontendConfig) -> int:
-        """Frontend frames between two model runs (at least one)."""
-        return max(1, int(round(self.hop_ms / frontend.hop_ms)))
+        """Frontend frames between two model runs: the model can only run when a frame is complete,
+        so a hop that is not a whole number of frames is refused rather than rounded."""
+        frames = self.hop_ms / frontend.hop_ms
+        if frames < 1 - 1e-6 or abs(frames - round(frames)) > 1e-6:
+            raise ValueError(f"hop_ms {self.hop_ms:g} is not a multiple of the frontend's {frontend.hop_ms:g} ms "
+                             f"frame hop; the model runs when a frame is complete")
+        return int(round(frames))
 
     @classmethod
     def from_metadata(cls, metadata: dict, **overrides) -> "DetectorConfig":
@@ -542,6 +615,9 @@ class PosteriorStream:
 def stream_metadata(model_path, metadata) -> dict:
     """The model's edgeasr metadata, checked to name the labels and frontend a stream needs (a model
     converted from a plain Keras file without --labels and --frontend has them null)."""
+    if isinstance(metadata, dict) and "asr" in metadata:
+        raise ValueError(f"{model_path}: a speech-recognition model; the keyword spotter runs keyword models "
+                         f"(transcribe it with `edgeasr transcribe` or edgeasr.runtime.asr.Transcriber)")
     if not isinstance(metadata, dict) or not metadata.get("labels") or not isinstance(metadata.get("frontend"), dict):
         raise ValueError(f"{model_path}: no edgeasr metadata with labels and frontend; convert it with "
                          f"`edgeasr convert` from a run directory, or from a model file with --labels and "
@@ -601,30 +677,75 @@ import sys
 import time
 
 
-def read_wav(path: str, sample_rate: int) -> np.ndarray:
-    """16-bit PCM mono/stereo WAV at the model's rate, as float32 in [-1, 1] (no resampling here)."""
-    import wave
+WAVE_FORMAT_PCM, WAVE_FORMAT_EXTENSIBLE = 1, 0xFFFE
+WAV_BLOCK_FRAMES = 1 << 16       # frames read at a time: an hour-long WAV never sits in memory whole
 
-    try:
-        handle = wave.open(path, "rb")
-    except (EOFError, wave.Error) as exc:       # float or compressed WAVs, or not a WAV at all
-        raise SystemExit(f"{path}: not a 16-bit PCM WAV ({exc or 'empty file'})") from None
-    with handle:
-        if handle.getsampwidth() != 2 or handle.getframerate() != sample_rate:
-            raise SystemExit(f"{path}: need 16-bit PCM at {sample_rate} Hz, got {8 * handle.getsampwidth()}-bit "
-                             f"at {handle.getframerate()} Hz")
-        pcm = np.frombuffer(handle.readframes(handle.getnframes()), dtype="<i2").reshape(-1, handle.getnchannels())
-    if not len(pcm):
+
+def wav_layout(handle, path: str, sample_rate: int):
+    """(channels, bytes of audio) of a 16-bit PCM WAV, `handle` left at the first sample. A small RIFF
+    walk instead of the `wave` module: before Python 3.12 it refuses WAVE_FORMAT_EXTENSIBLE headers."""
+    import struct
+
+    def fail(why):
+        raise SystemExit(f"{path}: not a 16-bit PCM WAV ({why})")
+
+    header = handle.read(12)
+    if len(header) < 12 or header[:4] != b"RIFF" or header[8:12] != b"WAVE":
+        fail("no RIFF/WAVE header" if header else "empty file")
+    channels = None
+    while True:
+        chunk = handle.read(8)
+        if len(chunk) < 8:
+            fail("no data chunk" if channels else "no fmt chunk")
+        name, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+        if name == b"data":
+            if channels is None:
+                fail("the data chunk comes before the fmt chunk")
+            return channels, size        # 0xFFFFFFFF (a streamed header): read to the end
+        body = handle.read(size + size % 2)
+        if name == b"fmt ":
+            if len(body) < 16:
+                fail("truncated fmt chunk")
+            form, channels, rate, _, _, bits = struct.unpack("<HHIIHH", body[:16])
+            if form == WAVE_FORMAT_EXTENSIBLE and len(body) >= 26:
+                form = struct.unpack("<H", body[24:26])[0]     # the sub-format GUID starts with the format
+            if form != WAVE_FORMAT_PCM or bits != 16 or rate != sample_rate or not channels:
+                kind = {WAVE_FORMAT_PCM: "PCM", 3: "float"}.get(form, f"format {form}")
+                fail(f"{kind}, {bits}-bit at {rate} Hz; need 16-bit PCM at {sample_rate} Hz")
+
+
+def read_wav(path: str, sample_rate: int, block_frames: int = WAV_BLOCK_FRAMES):
+    """Blocks of a 16-bit PCM mono/stereo WAV at the model's rate, as float32 mono in [-1, 1] (no
+    resampling here); a truncated last frame is dropped."""
+    with open(path, "rb") as handle:
+        channels, remaining = wav_layout(handle, path, sample_rate)
+        frame_bytes = 2 * channels
+        any_audio = False
+        while remaining >= frame_bytes:
+            data = handle.read(min(remaining, block_frames * frame_bytes))
+            usable = len(data) // frame_bytes * frame_bytes
+            if not usable:
+                break
+            remaining -= len(data)
+            any_audio = True
+            pcm = np.frombuffer(data[:usable], dtype="<i2").reshape(-1, channels)
+            yield pcm.mean(axis=1).astype(np.float32) / 32768.0
+    if not any_audio:
         raise SystemExit(f"{path}: the WAV holds no audio")
-    return pcm.mean(axis=1).astype(np.float32) / 32768.0
 
 
 def chunks_of(args, sample_rate: int, chunk: int):
     """Float chunks of `chunk` samples from the chosen source."""
     if args.wav:
-        audio = read_wav(args.wav, sample_rate)
-        for start in range(0, len(audio), chunk):
-            yield audio[start:start + chunk]
+        pending = np.zeros(0, np.float32)
+        for block in read_wav(args.wav, sample_rate):
+            pending = np.concatenate([pending, block])
+            whole = len(pending) // chunk * chunk
+            for start in range(0, whole, chunk):
+                yield pending[start:start + chunk]
+            pending = pending[whole:]
+        if len(pending):
+            yield pending
     elif args.stdin:
         stream = sys.stdin.buffer
         while True:
@@ -633,8 +754,11 @@ def chunks_of(args, sample_rate: int, chunk: int):
                 return
             yield np.frombuffer(data[: len(data) // 2 * 2], dtype="<i2").astype(np.float32) / 32768.0
     else:
-        import sounddevice  # only the microphone needs it
-
+        try:
+            import sounddevice  # only the microphone needs it
+        except ImportError:
+            raise SystemExit("the microphone needs sounddevice (pip install sounddevice); or give --wav FILE "
+                             "or --stdin") from None
         with sounddevice.InputStream(samplerate=sample_rate, channels=1, dtype="int16", blocksize=chunk) as mic:
             while True:
                 block, _ = mic.read(chunk)
@@ -712,6 +836,14 @@ def positive(text: str) -> float:
     return value
 
 
+def threads(text: str) -> int:
+    """An argparse type: an interpreter thread count from 1 to 64."""
+    value = int(text)
+    if not 1 <= value <= 64:
+        raise argparse.ArgumentTypeError(f"must be from 1 to 64, not {text}")
+    return value
+
+
 def npy_path(text: str) -> str:
     if not text.endswith(".npy"):
         raise argparse.ArgumentTypeError(f"{text}: give a file name ending in .npy")
@@ -733,7 +865,7 @@ def parse_args(argv=None):
                         help="posterior exponent before smoothing (default: metadata, else 1); thresholds hold "
                              "only for the exponent they were chosen with")
     parser.add_argument("--threshold", type=float, help="one threshold for every keyword (overrides metadata)")
-    parser.add_argument("--threads", type=int, default=1, choices=range(1, 65), metavar="THREADS")
+    parser.add_argument("--threads", type=threads, default=1, help="interpreter threads, 1 to 64 (default 1)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--parity", nargs=2, metavar=("INPUTS.npy", "OUTPUTS.npy"), type=npy_path,
                         help="device check: raw model outputs of raw inputs, saved to OUTPUTS.npy")
@@ -758,7 +890,7 @@ def main(argv=None) -> int:
     config = DetectorConfig.from_metadata(metadata or {}, **overrides)
     if args.threshold is not None:
         config = DetectorConfig(**{**config.__dict__, "thresholds": {}, "default_threshold": args.threshold})
-    if args.parity and not args.wav and not args.stdin:
+    if (args.parity or args.op_parity) and not args.wav and not args.stdin:
         print(json.dumps({"summary": summary}))
         return 0
     spotter = KeywordSpotter(args.model, config, num_threads=args.threads, metadata=metadata)
@@ -777,8 +909,13 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         pass
     seconds = samples / sample_rate
+    window_s = spotter.frontend.frames_end_seconds(spotter.posteriors.input_frames)
+    if seconds < window_s:
+        print(f"rpi_kws.py: warning: {seconds:.2f} s of audio is shorter than the model's window "
+              f"({window_s:.2f} s): the model never ran", file=sys.stderr)
     summary.update({"audio_s": seconds, "cpu_s": cpu, "cpu_per_audio_s": cpu / seconds if seconds else None,
-                    "peak_rss_kib": peak_rss_kib(), "hop_ms": config.hop_ms, "chunk_ms": args.chunk_ms})
+                    "peak_rss_kib": peak_rss_kib(), "hop_ms": config.hop_ms, "chunk_ms": args.chunk_ms,
+                    "kernels": spotter.posteriors.model.kernels})
     if args.json:
         print(json.dumps({"summary": summary}))
     else:
@@ -793,7 +930,7 @@ def run(argv=None) -> int:
     metadata or with settings it refuses) as one line on stderr and exit status 1."""
     try:
         return main(argv)
-    except (OSError, MetadataError, ValueError) as exc:
+    except (OSError, MetadataError, ValueError, RuntimeError) as exc:
         print(f"rpi_kws.py: {exc}", file=sys.stderr)
         return 1
 

@@ -10,7 +10,6 @@ import tf_keras as keras
 from edgeasr.converters import flatbuffer as fb
 from edgeasr.converters.stock import int8_tflite
 from edgeasr.runtime.litert import LiteRTModel
-from edgeasr.runtime.metadata import schema
 
 ZERO_POINT_FIELD = 10   # vtable offset of QuantizationParameters.zero_point (its 4th field)
 
@@ -36,7 +35,7 @@ def _unshared(model_bytes: bytes) -> bytes:
 
 def _zero_point_positions(model_bytes: bytes) -> dict:
     """Where in the file each tensor's zero-point vector starts, by the vector's content."""
-    graph = schema().Model.GetRootAsModel(model_bytes, 0).Subgraphs(0)
+    graph = fb.schema().Model.GetRootAsModel(model_bytes, 0).Subgraphs(0)
     positions = {}
     for index in range(graph.TensorsLength()):
         quant = graph.Tensors(index).Quantization()

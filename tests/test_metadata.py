@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edgeasr.converters.metadata import embed_metadata, legacy_source_hash, source_hash
-from edgeasr.runtime.metadata import MetadataError, keyword_columns, keywords_of, read_metadata
+from edgeasr.runtime.metadata import MetadataError, _metadata_bytes, keyword_columns, keywords_of, read_metadata
 
 
 def _tiny_tflite() -> bytes:
@@ -45,13 +45,31 @@ def test_embed_read_replace(tiny):
     interpreter.invoke()
 
 
-def test_runtime_reads_metadata_without_tensorflow(tiny):
-    code = ("import sys; from edgeasr.runtime.metadata import read_metadata; "
+def test_runtime_reads_metadata_with_python_alone(tiny):
+    """No TensorFlow, no LiteRT package, no flatbuffers module: tflite_runtime ships no schema, and a
+    device may not have its runtime installed yet."""
+    code = ("import sys; sys.modules.update(dict.fromkeys(['ai_edge_litert', 'tflite_runtime', 'flatbuffers', "
+            "'tensorflow'])); from edgeasr.runtime.metadata import read_metadata; "
             f"m = read_metadata({str(tiny)!r}); assert m['labels'][1] == 'yes'; "
-            "bad = [n for n in sys.modules if n.split('.')[0] in ('tensorflow', 'tf_keras')]; "
+            "bad = [n for n in sys.modules if n.split('.')[0] in ('tensorflow', 'tf_keras') and sys.modules[n]]; "
             "assert not bad, bad; print('ok')")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr
+
+
+def test_the_reader_finds_the_entry_the_schema_finds_among_the_converters_own(tiny):
+    from edgeasr.converters import flatbuffer as fb
+
+    data = tiny.read_bytes()
+    root = fb.schema().Model.GetRootAsModel(data, 0)
+    names = [root.Metadata(i).Name().decode() for i in range(root.MetadataLength())]
+    assert "edgeasr" in names and len(names) > 1            # min_runtime_version, CONVERSION_METADATA too
+    for i, name in enumerate(names):
+        buffer = root.Buffers(root.Metadata(i).Buffer())
+        assert _metadata_bytes(data, name) == bytes(buffer.DataAsNumpy())
+    assert read_metadata(data, "no such entry") is None
+    with pytest.raises(MetadataError, match="corrupt TFLite model"):
+        read_metadata(data[: len(data) // 2])
 
 
 def test_keywords_of_leaves_out_the_underscore_classes():
@@ -87,6 +105,39 @@ def test_tflite_runtime_failing_on_int4_weights_says_which_runtime_to_install(ti
         litert.LiteRTModel(packed)
     with pytest.raises(RuntimeError, match=r"^tensorflow/lite/kernels"):     # no INT4 weights: the error as it was
         litert.LiteRTModel(tiny.read_bytes())
+
+
+def test_a_runtime_whose_xnnpack_fails_to_prepare_runs_the_builtin_kernels(tiny, monkeypatch):
+    """ai-edge-litert 2.1 (Python 3.9) fails to prepare edgeasr's FULLY_CONNECTEDs on XNNPACK; the
+    builtin kernels run them. Faked here: the failing release is not installable on this Python."""
+    import types
+
+    from ai_edge_litert import interpreter as real
+
+    from edgeasr.runtime import litert
+
+    def interpreter(**options):
+        if "experimental_op_resolver_type" not in options:
+            raise RuntimeError("failed to delegate FULLY_CONNECTED node #0\nNode number 1 (TfLiteXNNPackDelegate) "
+                               "failed to prepare.")
+        return real.Interpreter(**options)
+
+    fake = types.SimpleNamespace(__name__="ai_edge_litert.interpreter", Interpreter=interpreter,
+                                 OpResolverType=real.OpResolverType)
+    monkeypatch.setattr(litert, "_interpreter_module", lambda: fake)
+    with pytest.warns(RuntimeWarning, match="XNNPACK cannot run the model .*builtin kernels"):
+        model = litert.LiteRTModel(tiny)
+    assert model.kernels == "builtin" and model.run_raw(np.ones(4, np.float32)).shape == (2,)
+    assert litert.LiteRTModel(tiny, kernels="builtin").kernels == "builtin"
+
+
+def test_no_litert_package_says_which_to_install(monkeypatch):
+    from edgeasr.runtime import litert
+
+    for package in ("ai_edge_litert", "tflite_runtime", "tensorflow.lite.python", "tensorflow"):
+        monkeypatch.setitem(sys.modules, package, None)
+    with pytest.raises(litert.NoRuntimeError, match="pip install ai-edge-litert"):
+        litert._interpreter_module()
 
 
 def test_inspect_says_when_the_metadata_is_there_but_unreadable(tiny, tmp_path):

@@ -426,6 +426,10 @@ def test_model_without_labels_or_frontend_is_refused_before_audio_is_read(model_
             with pytest.raises(stream.StreamError, match="names no keywords to build a stream for"):
                 stream.model_stream(tmp_path, read_metadata(model), tmp_path / "cache")
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+    asr = tmp_path / "asr.tflite"
+    asr.write_bytes(embed_metadata(model_path.read_bytes(), {**metadata, "asr": {"tokens": ["_", "a"]}}))
+    with pytest.raises(ValueError, match="a speech-recognition model; .*edgeasr transcribe"):
+        KeywordSpotter(asr)
 
 
 def test_built_stream_needs_a_positive_length(tiny_dataset, tmp_path):
@@ -594,6 +598,22 @@ def test_detector_settings_that_cannot_work_are_refused():
                 {"thresholds": {"yes": float("nan")}}, {"sharpening": float("inf")}):
         with pytest.raises(ValueError, match="must be"):
             DetectorConfig(**bad)
+
+
+def test_a_hop_that_is_not_whole_frames_is_refused_not_rounded(model_path, tmp_path):
+    from click.testing import CliRunner
+
+    from edgeasr.cli import main
+
+    frontend = FrontendConfig()
+    assert DetectorConfig(hop_ms=40.0).hop_frames(frontend) == 4
+    for hop in (15.0, 5.0):
+        with pytest.raises(ValueError, match=f"hop_ms {hop:g} is not a multiple of the frontend's 10 ms"):
+            KeywordSpotter(model_path, DetectorConfig(hop_ms=hop))
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(main, ["eval-stream", str(model_path), "--data", str(tmp_path / "empty"),
+                                       "--hop-ms", "15"])
+    assert result.exit_code == 1 and "not a multiple" in result.output     # before any stream is built
 
 
 def test_refractory_zero_fires_on_every_run_above_threshold_and_ends():

@@ -74,7 +74,9 @@ class Transcriber:
         return text, time.perf_counter() - started
 
     def transcribe_file(self, path) -> str:
-        """The text of an audio file; an unreadable or empty file raises edgeasr.audio.io.AudioError."""
+        """The text of an audio file; an unreadable or empty file raises edgeasr.audio.io.AudioError.
+        Decoding files of any format and rate needs soundfile and soxr (installed with edgeasr); on a
+        device with NumPy and LiteRT alone, read the audio yourself and call `transcribe`."""
         from edgeasr.audio.io import load_audio
 
         return self.transcribe(load_audio(path, self.frontend.sample_rate))

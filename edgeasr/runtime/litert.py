@@ -3,9 +3,15 @@
 Runtime side: imports NumPy and a LiteRT interpreter only, never TensorFlow directly. The
 interpreter comes from ai_edge_litert, else tflite_runtime, else tensorflow.lite, in that order.
 """
+import warnings
+
 import numpy as np
 
 from edgeasr.runtime.metadata import read_metadata
+
+
+class NoRuntimeError(RuntimeError):
+    """No LiteRT interpreter package is installed."""
 
 
 def _interpreter_module():
@@ -15,7 +21,11 @@ def _interpreter_module():
         try:
             from tflite_runtime import interpreter
         except ImportError:
-            from tensorflow.lite.python import interpreter
+            try:
+                from tensorflow.lite.python import interpreter
+            except ImportError:
+                raise NoRuntimeError("no LiteRT interpreter is installed: pip install ai-edge-litert "
+                                     "(tflite-runtime runs 8-bit models only, and needs numpy<2)") from None
     return interpreter
 
 
@@ -52,6 +62,21 @@ def _interpreter(model, kernels: str, **options):
                                f"The interpreter said: {str(error).strip().splitlines()[0]}") from error
         raise
     return interpreter
+
+
+def _interpreter_or_builtin(model, kernels: str, **options):
+    """(interpreter, the kernel set it runs): XNNPACK, unless this runtime's XNNPACK fails to prepare
+    the model (ai-edge-litert 2.1, the last release for Python 3.9, fails on edgeasr's FULLY_CONNECTEDs),
+    then the builtin kernels, with a warning."""
+    try:
+        return _interpreter(model, kernels, **options), kernels
+    except (ValueError, RuntimeError) as error:
+        if kernels != "xnnpack" or "delegate" not in str(error).lower():
+            raise
+        warnings.warn(f"this LiteRT's XNNPACK cannot run the model ({str(error).strip().splitlines()[0]}); "
+                      f"running it on the builtin kernels (ai-edge-litert 2.3 or later runs it on XNNPACK)",
+                      RuntimeWarning, stacklevel=3)
+        return _interpreter(model, "builtin", **options), "builtin"
 
 
 def _packed_int4_layers(model) -> list:
@@ -111,8 +136,7 @@ class LiteRTModel:
     """One .tflite model with one input and one output, run one example at a time on one of KERNELS."""
 
     def __init__(self, model_path, num_threads: int = 1, kernels: str = "xnnpack"):
-        self.kernels = kernels
-        self.interpreter = _interpreter(model_path, kernels, num_threads=num_threads)
+        self.interpreter, self.kernels = _interpreter_or_builtin(model_path, kernels, num_threads=num_threads)
         self.input_detail = self.interpreter.get_input_details()[0]
         self.output_detail = self.interpreter.get_output_details()[0]
 

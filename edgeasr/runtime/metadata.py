@@ -1,7 +1,8 @@
 """The `edgeasr` metadata entry of a .tflite file: what a converted model says about itself.
 
-Runtime side: NumPy-free even, it needs only the `flatbuffers` package and the TFLite schema that
-ai_edge_litert ships (else tflite_runtime's or TensorFlow's copy), never TensorFlow itself.
+Runtime side: it reads the few flatbuffer tables it needs (Model.metadata, Model.buffers) with
+`struct` alone, so it runs wherever Python does: tflite_runtime ships no schema module, and a
+device may have no LiteRT package yet when a model is inspected.
 
 The entry is JSON (UTF-8) in a model buffer referenced by Model.metadata[i] with name "edgeasr":
     format            1
@@ -15,6 +16,7 @@ The entry is JSON (UTF-8) in a model buffer referenced by Model.metadata[i] with
     ...               anything else the converter adds (calibration, int4 report)
 """
 import json
+import struct
 
 METADATA_NAME = "edgeasr"
 FORMAT = 1
@@ -24,16 +26,67 @@ class MetadataError(ValueError):
     """The file is not a TFLite model, or has no readable edgeasr metadata."""
 
 
-def schema():
-    """The TFLite flatbuffer schema module, in the runtime's import order (no TensorFlow needed)."""
-    try:
-        from ai_edge_litert import schema_py_generated
-    except ImportError:
-        try:
-            from tflite_runtime import schema_py_generated  # type: ignore
-        except ImportError:
-            from tensorflow.lite.python import schema_py_generated
-    return schema_py_generated
+# Field numbers of the schema's tables that read_metadata walks (tensorflow/lite/schema/schema.fbs).
+MODEL_BUFFERS, MODEL_METADATA = 4, 6
+METADATA_NAME_FIELD, METADATA_BUFFER = 0, 1
+BUFFER_DATA, BUFFER_OFFSET, BUFFER_SIZE = 0, 1, 2
+
+
+def _field(data: bytes, table: int, number: int):
+    """Position of field `number` of the flatbuffer table at `table`, or None when it is absent."""
+    vtable = table - struct.unpack_from("<i", data, table)[0]
+    vtable_size = struct.unpack_from("<H", data, vtable)[0]
+    entry = 4 + 2 * number
+    offset = struct.unpack_from("<H", data, vtable + entry)[0] if entry < vtable_size else 0
+    return table + offset if offset else None
+
+
+def _target(data: bytes, position: int) -> int:
+    """Where the uoffset stored at `position` points."""
+    return position + struct.unpack_from("<I", data, position)[0]
+
+
+def _vector(data: bytes, table: int, number: int) -> list:
+    """Positions of the elements of a vector-of-tables field (or bytes of a [ubyte] field's start)."""
+    at = _field(data, table, number)
+    if at is None:
+        return []
+    start = _target(data, at)
+    count = struct.unpack_from("<I", data, start)[0]
+    return [_target(data, start + 4 + 4 * i) for i in range(count)]
+
+
+def _bytes(data: bytes, table: int, number: int) -> bytes:
+    """A [ubyte] or string field's bytes (empty when absent)."""
+    at = _field(data, table, number)
+    if at is None:
+        return b""
+    start = _target(data, at)
+    count = struct.unpack_from("<I", data, start)[0]
+    if start + 4 + count > len(data):
+        raise ValueError("a vector runs past the end of the file")
+    return data[start + 4:start + 4 + count]
+
+
+def _scalar(data: bytes, table: int, number: int, form: str) -> int:
+    at = _field(data, table, number)
+    return struct.unpack_from(form, data, at)[0] if at is not None else 0
+
+
+def _metadata_bytes(data: bytes, name: str):
+    """The bytes of the buffer metadata entry `name` points to, or None when there is no such entry."""
+    model = _target(data, 0)
+    for entry in _vector(data, model, MODEL_METADATA):
+        if _bytes(data, entry, METADATA_NAME_FIELD).decode("utf-8", "replace") != name:
+            continue
+        buffers = _vector(data, model, MODEL_BUFFERS)
+        buffer = buffers[_scalar(data, entry, METADATA_BUFFER, "<I")]
+        raw = _bytes(data, buffer, BUFFER_DATA)
+        offset = _scalar(data, buffer, BUFFER_OFFSET, "<Q")
+        if not raw and offset:               # large models keep buffers after the flatbuffer
+            raw = data[offset:offset + _scalar(data, buffer, BUFFER_SIZE, "<Q")]
+        return raw
+    return None
 
 
 def keyword_columns(labels) -> list:
@@ -57,19 +110,11 @@ def read_metadata(model, name: str = METADATA_NAME):
     if len(data) < 8 or data[4:8] != b"TFL3":
         raise MetadataError(f"{source}: not a TFLite model")
     try:
-        root = schema().Model.GetRootAsModel(data, 0)
-        for i in range(root.MetadataLength()):
-            entry = root.Metadata(i)
-            entry_name = entry.Name()
-            if (entry_name.decode() if isinstance(entry_name, bytes) else entry_name) != name:
-                continue
-            buffer = root.Buffers(entry.Buffer())
-            raw = buffer.DataAsNumpy() if buffer.DataLength() else b""
-            if not len(raw) and buffer.Offset():     # large models keep buffers after the flatbuffer
-                raw = data[buffer.Offset():buffer.Offset() + buffer.Size()]
-            return json.loads(bytes(raw).decode("utf-8"))
+        raw = _metadata_bytes(data, name)
+        if raw is None:
+            return None
+        return json.loads(raw.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise MetadataError(f"{source}: the {name!r} metadata is not valid JSON ({exc})") from exc
     except Exception as exc:  # corrupt flatbuffer
         raise MetadataError(f"{source}: corrupt TFLite model ({type(exc).__name__}: {exc})") from exc
-    return None

@@ -126,8 +126,13 @@ class DetectorConfig:
         return float(self.thresholds.get(keyword, self.default_threshold))
 
     def hop_frames(self, frontend: FrontendConfig) -> int:
-        """Frontend frames between two model runs (at least one)."""
-        return max(1, int(round(self.hop_ms / frontend.hop_ms)))
+        """Frontend frames between two model runs: the model can only run when a frame is complete,
+        so a hop that is not a whole number of frames is refused rather than rounded."""
+        frames = self.hop_ms / frontend.hop_ms
+        if frames < 1 - 1e-6 or abs(frames - round(frames)) > 1e-6:
+            raise ValueError(f"hop_ms {self.hop_ms:g} is not a multiple of the frontend's {frontend.hop_ms:g} ms "
+                             f"frame hop; the model runs when a frame is complete")
+        return int(round(frames))
 
     @classmethod
     def from_metadata(cls, metadata: dict, **overrides) -> "DetectorConfig":
@@ -241,6 +246,9 @@ class PosteriorStream:
 def stream_metadata(model_path, metadata) -> dict:
     """The model's edgeasr metadata, checked to name the labels and frontend a stream needs (a model
     converted from a plain Keras file without --labels and --frontend has them null)."""
+    if isinstance(metadata, dict) and "asr" in metadata:
+        raise ValueError(f"{model_path}: a speech-recognition model; the keyword spotter runs keyword models "
+                         f"(transcribe it with `edgeasr transcribe` or edgeasr.runtime.asr.Transcriber)")
     if not isinstance(metadata, dict) or not metadata.get("labels") or not isinstance(metadata.get("frontend"), dict):
         raise ValueError(f"{model_path}: no edgeasr metadata with labels and frontend; convert it with "
                          f"`edgeasr convert` from a run directory, or from a model file with --labels and "
