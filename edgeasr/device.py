@@ -79,14 +79,19 @@ def bundle_script(script_text: str, root: Path = REPO) -> str:
 
 # ---- transports --------------------------------------------------------------------------
 
+SSH_CONNECT_TIMEOUT_S = 15      # an unreachable host fails instead of hanging for minutes
+
+
 class SshTransport:
     """ssh/scp to USER@HOST; `options` are extra `-o Key=value` settings (e.g. UserKnownHostsFile)."""
 
     def __init__(self, target: str, port: int = 22, identity=None, python: str = "python3", options=()):
         self.target, self.port, self.python = target, int(port), python
-        self.options = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=accept-new"]
-        for option in options:
+        self.options = []
+        for option in options:              # first: ssh keeps the first value it is given for a key
             self.options += ["-o", option]
+        self.options += ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=accept-new",
+                         "-o", f"ConnectTimeout={SSH_CONNECT_TIMEOUT_S}"]
         if identity:
             self.options += ["-i", str(identity)]
 
@@ -175,6 +180,9 @@ def check_inputs(model_path, wav, folder: Path) -> None:
     model = LiteRTModel(model_path)
     frames = int(model.input_detail["shape"][1])
     features = numpy_log_mel(audio, frontend)
+    if len(features) < frames:
+        raise EdgeasrError(f"{wav}: {len(audio) / frontend.sample_rate:.2f} s of audio is shorter than the "
+                           f"model's window ({frontend.frames_end_seconds(frames):.2f} s)")
     starts = np.linspace(0, max(0, len(features) - frames), PARITY_WINDOWS).astype(int)
     windows = quantize(np.stack([features[s:s + frames] for s in starts]), model.input_detail)
     np.save(folder / "inputs.npy", windows)
@@ -228,14 +236,21 @@ def _spoken_keywords(metadata: dict, sample_rate: int) -> np.ndarray:
 
 
 def run_script(python_command: str, folder: str, run) -> dict:
-    """rpi_kws.py in `folder` on check.wav and inputs.npy; its detections and summary."""
-    command = (f"cd {shlex.quote(folder)} && {python_command} rpi_kws.py model.tflite --wav check.wav --json "
-               f"--parity inputs.npy outputs.npy --op-parity {OPS} {OP_OUTPUTS}")
+    """rpi_kws.py in `folder`: the parity runs on inputs.npy, then, in a process of its own so its
+    CPU time and peak memory are the detector's alone, the stream check.wav; its detections and summary."""
+    script = f"cd {shlex.quote(folder)} && {python_command} rpi_kws.py model.tflite --json"
+    parity, _ = _script_lines(run, f"{script} --parity inputs.npy outputs.npy --op-parity {OPS} {OP_OUTPUTS}")
+    summary, detections = _script_lines(run, f"{script} --wav check.wav")
+    return {"detections": detections, "summary": {**summary, **parity}}
+
+
+def _script_lines(run, command: str):
+    """(summary, detections) that one rpi_kws.py --json run printed."""
     lines = [json.loads(line) for line in run(command).splitlines() if line.startswith("{")]
     summary = next((line["summary"] for line in lines if "summary" in line), None)
     if summary is None:
         raise EdgeasrError(f"rpi_kws.py printed no summary (command: {command})")
-    return {"detections": [line for line in lines if "keyword" in line], "summary": summary}
+    return summary, [line for line in lines if "keyword" in line]
 
 
 def check_keyword_model(model_path) -> None:
@@ -258,14 +273,11 @@ def device_check(transport, model_path, wav=None) -> dict:
         shutil.copy(model_path, local / "model.tflite")
         shutil.copy(SCRIPT, local / "rpi_kws.py")
         remote = transport.workdir()
-        for name in ("model.tflite", "rpi_kws.py", "check.wav", "inputs.npy", OPS):
-            transport.put(local / name, f"{remote}/{name}")
-        on_device = run_script(transport.python, remote, transport.run)
-        on_reference = _reference_kernels_failure(on_device) is None
-        for name in (*OUTPUTS, LAYERS, OP_OUTPUTS) + ((REFERENCE_OUTPUTS,) if on_reference else ()):
-            transport.get(f"{remote}/{name}", local / f"device_{name}")
+        try:
+            on_device = _run_on_device(transport, local, remote)
+        finally:
+            _remove_quietly(transport, remote)
         here = run_script(shlex.quote(sys.executable), str(local), _local_run)
-        transport.run(f"rm -rf {shlex.quote(remote)}")
         report = compare({name: (np.load(local / f"device_{name}"), np.load(local / name)) for name in OUTPUTS},
                          on_device, here)
         report.update(reference_kernels(local, on_device, here))
@@ -273,6 +285,26 @@ def device_check(transport, model_path, wav=None) -> dict:
                              for name in (LAYERS, OP_OUTPUTS))
         return {**report, "layers": layers, "first_layer_off": next((r for r in layers if r["max_diff"] > 0), None),
                 "ops_alone": ops_alone, "ops_alone_max_diff": max((r["max_diff"] for r in ops_alone), default=0.0)}
+
+
+def _run_on_device(transport, local: Path, remote: str) -> dict:
+    """Copy the check's files to `remote`, run rpi_kws.py there and bring its outputs back."""
+    for name in ("model.tflite", "rpi_kws.py", "check.wav", "inputs.npy", OPS):
+        transport.put(local / name, f"{remote}/{name}")
+    on_device = run_script(transport.python, remote, transport.run)
+    on_reference = _reference_kernels_failure(on_device) is None
+    for name in (*OUTPUTS, LAYERS, OP_OUTPUTS) + ((REFERENCE_OUTPUTS,) if on_reference else ()):
+        transport.get(f"{remote}/{name}", local / f"device_{name}")
+    return on_device
+
+
+def _remove_quietly(transport, remote: str) -> None:
+    """The device's check folder removed, failed or not; a failure to remove it does not hide the
+    error that ended the check."""
+    try:
+        transport.run(f"rm -rf {shlex.quote(remote)}")
+    except EdgeasrError:
+        pass
 
 
 def _arrays(path: Path) -> dict:

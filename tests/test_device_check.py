@@ -87,6 +87,46 @@ def test_script_says_what_is_wrong_with_its_inputs_in_one_line(model_path, tmp_p
         assert "Traceback" not in result.stderr
 
 
+def test_script_reads_the_wavs_the_library_reads(model_path, tmp_path):
+    """An extensible header (Python < 3.12's wave refuses it), stereo, a streamed header's data size
+    and a truncated last frame: the same detections as the library's reader, block by block."""
+    import soundfile
+
+    audio = bursts_audio()
+    pcm = np.round(audio * 32767).astype(np.int16)
+    expected = [(d.keyword, round(d.time_s, 3)) for d in
+                KeywordSpotter(model_path, DetectorConfig(default_threshold=0.8)).push(pcm)]
+    extensible, stereo, streamed, truncated = (tmp_path / f"{n}.wav" for n in ("x", "s", "st", "t"))
+    soundfile.write(str(extensible), pcm, 16000, subtype="PCM_16", format="WAVEX")
+    soundfile.write(str(stereo), np.stack([pcm, pcm], axis=1), 16000, subtype="PCM_16")
+    write_wav(streamed, pcm, 16000)
+    data = bytearray(streamed.read_bytes())
+    data[40:44] = b"\xff\xff\xff\xff"
+    streamed.write_bytes(bytes(data))
+    truncated.write_bytes(bytes(data[:44]) + pcm.tobytes() + b"\x01")
+    assert extensible.read_bytes()[20:22] == b"\xfe\xff"
+    for wav in (extensible, stereo, streamed, truncated):
+        result = run_script([str(model_path), "--json", "--threshold", "0.8", "--wav", str(wav)])
+        assert result.returncode == 0, (wav.name, result.stderr)
+        lines = [json.loads(line) for line in result.stdout.splitlines()]
+        assert [(d["keyword"], round(d["time_s"], 3)) for d in lines if "keyword" in d] == expected, wav.name
+        assert lines[-1]["summary"]["audio_s"] == pytest.approx(10.0)
+
+
+def test_script_warns_when_the_model_never_ran_and_names_missing_packages(model_path, tmp_path):
+    short = tmp_path / "short.wav"
+    write_wav(short, np.zeros(8000, np.float32), 16000)
+    result = run_script([str(model_path), "--wav", str(short)])
+    assert result.returncode == 0 and "shorter than the model's window" in result.stderr
+    no_mic = run_script([str(model_path)], env={**os.environ, "PYTHONPATH": ""})
+    assert no_mic.returncode == 1 and "pip install sounddevice" in no_mic.stderr, no_mic.stderr
+    assert "Traceback" not in no_mic.stderr
+    slow = run_script([str(model_path), "--wav", str(short), "--hop-ms", "15"])
+    assert slow.returncode == 1 and "not a multiple of the frontend's 10 ms" in slow.stderr
+    threads = run_script([str(model_path), "--threads", "0"])
+    assert threads.returncode == 2 and "from 1 to 64" in threads.stderr
+
+
 def test_script_parity_mode(model_path, tmp_path):
     from edgeasr.runtime.litert import LiteRTModel
 
@@ -219,6 +259,17 @@ def test_device_check_over_ssh_loopback(loopback_sshd, model_path, tmp_path):
     assert report["device"]["parity"]["examples"] == 64 and report["device"]["parity"]["invoke_ms_median"] > 0
     assert 0 < report["device"]["cpu_per_audio_s"] < 0.5 and report["device"]["peak_rss_kib"] > 10_000
     assert "PASSED" in result.output
+
+    leftovers = set(Path("/tmp").glob("edgeasr_check.*"))
+    args = ["device-check", str(model_path), "--ssh", f"{user}@127.0.0.1", "--port", str(loopback_sshd["port"]),
+            "--identity", str(loopback_sshd["identity"]),
+            "--ssh-option", f"UserKnownHostsFile={loopback_sshd['known_hosts']}"]
+    no_python = CliRunner().invoke(main, [*args, "--python", "/no/such/python3", "--wav", str(tmp_path / "bursts.wav")])
+    assert no_python.exit_code == 1 and "/no/such/python3" in no_python.output
+    assert set(Path("/tmp").glob("edgeasr_check.*")) == leftovers          # the device's folder went too
+    write_wav(tmp_path / "short.wav", bursts_audio()[:8000], 16000)
+    short = CliRunner().invoke(main, [*args, "--python", sys.executable, "--wav", str(tmp_path / "short.wav")])
+    assert short.exit_code == 1 and "shorter than the model's window" in short.output, short.output
 
 
 def test_device_check_needs_one_transport(model_path):
