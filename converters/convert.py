@@ -207,11 +207,14 @@ def convert(source, output, policy=None, calibration=None, io: str = "int8", for
                                                                "sha256": calibration_digest(features)}})
     parity_features, parity_labels = _parity_data(calibration, model, config, parity_examples)
     keras_scores = qat_model.predict(parity_features, batch_size=64, verbose=0)
+    float_scores = (with_scores(model, scores).predict(parity_features, batch_size=64, verbose=0)
+                    if mode == "post-training" else None)
     with tempfile.TemporaryDirectory() as tmp:
         candidate = Path(tmp) / output.name
         candidate.write_bytes(model_bytes)
         report = parity_report(candidate, keras_scores, parity_features, parity_labels,
-                               min_agreement=min_agreement if min_agreement is not None else 0.0)
+                               min_agreement=min_agreement if min_agreement is not None else 0.0,
+                               float_scores=float_scores)
     report["model"] = str(output)
     # a rejected conversion's reports must not replace those of a model already at OUTPUT
     json_path, md_path = write_reports(report, output if report["passed"] else _rejected(output))
@@ -323,10 +326,15 @@ def validate(model_path, source, data=None, examples: int = PARITY_EXAMPLES,
         rows = _validation_calibration(model, config, calibration if calibration is not None else
                                        (None if config is not None else data))
         notes += _calibration_notes(metadata, rows)
+        float_scores = with_scores(model, metadata.get("scores", "probabilities")).predict(features, batch_size=64,
+                                                                                         verbose=0)
         model = post_training_quantize(model, PrecisionPolicy.from_dict(policy_dict), rows)
+    else:
+        float_scores = None
     model = with_scores(model, metadata.get("scores", "probabilities"))
     keras_scores = model.predict(features, batch_size=64, verbose=0)
-    report = parity_report(model_path, keras_scores, features, labels, min_agreement=min_agreement)
+    report = parity_report(model_path, keras_scores, features, labels, min_agreement=min_agreement,
+                           float_scores=float_scores)
     report["notes"] = notes
     json_path, md_path = write_reports(report, model_path if report["passed"] else _rejected(Path(model_path)))
     report["json"], report["markdown"] = str(json_path), str(md_path)

@@ -4,6 +4,9 @@ from edgeasr.converters import flatbuffer as fb
 from edgeasr.errors import EdgeasrError
 
 INTEGER_TYPES = ("INT8", "INT16", "INT32", "INT64", "INT4")   # INT64: 16x8 biases
+REQUANTIZING = ("requantizing integer tensors: the layer's output has a range of its own where the next op "
+                "needs another; the usual cause is a sigmoid or tanh fused into a layer "
+                "(Dense(..., activation='sigmoid')): give it its own Activation layer")
 
 
 def float_ops(model_bytes: bytes, layer_names=(), io: str = "int8") -> list:
@@ -27,8 +30,8 @@ def float_ops(model_bytes: bytes, layer_names=(), io: str = "int8") -> list:
                               or (name == "DEQUANTIZE" and op.outputs[0] in graph.outputs)):
             continue
         non_integer = sorted({types[t.type] for t in tensors if types[t.type] not in INTEGER_TYPES})
-        if non_integer or name in ("QUANTIZE", "DEQUANTIZE") and io != "float":
-            found.append((name, layer, f"{', '.join(non_integer) or 'requantizing'} tensors"))
+        if non_integer or name in ("QUANTIZE", "DEQUANTIZE"):   # inside the graph, whatever the io
+            found.append((name, layer, f"{', '.join(non_integer)} tensors" if non_integer else REQUANTIZING))
     return found
 
 

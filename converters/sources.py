@@ -48,18 +48,23 @@ def load_keras(path) -> keras.Model:
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise EdgeasrError(f"{path}: convert handles models with one input and one output, this one has "
                            f"{len(model.inputs)} and {len(model.outputs)}")
-    return model if is_qat(model) else with_softmax_layer(model)
+    return model if is_qat(model) else with_head_activation_layer(model)
 
 
-def with_softmax_layer(model: keras.Model) -> keras.Model:
-    """The model with a softmax fused into its last layer (Dense(..., activation="softmax"), the
-    usual Keras classifier head) split off into a Softmax layer, the head edgeasr's own models have:
-    `convert --scores` can then drop it, and the converter writes FULLY_CONNECTED + SOFTMAX."""
+def with_head_activation_layer(model: keras.Model) -> keras.Model:
+    """The model with a softmax, sigmoid or tanh fused into its last layer (Dense(...,
+    activation="softmax"), the usual Keras classifier head) split off into a layer of its own, the
+    head edgeasr's own models have: `convert --scores` can then drop a Softmax, and the converter
+    writes FULLY_CONNECTED + SOFTMAX / LOGISTIC / TANH. Fused, the activation's output gets a range of
+    its own where the int8 kernel has a fixed one, and the converter adds a requantizing op."""
     last = model.layers[-1]
-    if getattr(last, "activation", None) is not keras.activations.softmax:
+    activation = getattr(last, "activation", None)
+    if activation not in (keras.activations.softmax, keras.activations.sigmoid, keras.activations.tanh):
         return model
     linear = type(last).from_config({**last.get_config(), "activation": "linear"})
-    outputs = keras.layers.Softmax(name=f"{last.name}_softmax")(linear(last.input))
+    split = (keras.layers.Softmax(name=f"{last.name}_softmax") if activation is keras.activations.softmax
+             else keras.layers.Activation(activation.__name__, name=f"{last.name}_{activation.__name__}"))
+    outputs = split(linear(last.input))
     linear.set_weights(last.get_weights())
     return keras.Model(model.inputs, outputs, name=model.name)
 
@@ -132,6 +137,9 @@ def load_calibration(data, model: keras.Model, config=None, split: str = "train"
             features = np.load(path, allow_pickle=False)
         except Exception as exc:
             raise EdgeasrError(f"calibration data {path}: not a readable .npy array ({exc})") from exc
+        if not isinstance(features, np.ndarray):      # np.load opens an .npz whatever its name
+            features.close()
+            raise EdgeasrError(f"calibration data {path}: an .npz archive, not one .npy array of model inputs")
         if not np.issubdtype(features.dtype, np.floating):
             raise EdgeasrError(f"calibration data {path}: a {features.dtype} array; it must hold the float "
                                f"inputs the Keras model takes (e.g. log-mel features), not quantized or other values")
@@ -152,6 +160,14 @@ def load_calibration(data, model: keras.Model, config=None, split: str = "train"
     if features.ndim != len(expected) + 1 or tuple(features.shape[1:]) != expected or not len(features):
         raise EdgeasrError(f"calibration data {path}: shape {features.shape}, the model takes (N, "
                            f"{', '.join(map(str, expected))})")
+    broken = np.flatnonzero(~np.isfinite(features.reshape(len(features), -1)).all(axis=1))
+    if len(broken):
+        raise EdgeasrError(f"calibration data {path}: {len(broken)} of {len(features)} inputs hold NaN or infinite "
+                           f"values (rows {', '.join(map(str, broken[:8]))}{', ...' if len(broken) > 8 else ''}); "
+                           f"a range cannot be calibrated on them")
+    if features.min() == features.max():
+        raise EdgeasrError(f"calibration data {path}: every value is {features.flat[0]:g}; calibrate on real "
+                           f"model inputs (ranges come from them)")
     return features.astype(np.float32), labels
 
 

@@ -210,7 +210,7 @@ def convert(source, output, policy, calibration, io, min_agreement, conv_storage
           --labels _silence_,_unknown_,yes,no --frontend edgeasr     # streamable: eval-stream, rpi_kws.py
     """
     from edgeasr.converters.convert import convert as convert_source
-    from edgeasr.eval.parity import kernel_warnings
+    from edgeasr.eval.parity import kernel_warnings, quantization_warnings
     from edgeasr.train.asr_fit import is_asr_run
 
     if is_asr_run(source):
@@ -226,7 +226,7 @@ def convert(source, output, policy, calibration, io, min_agreement, conv_storage
     click.echo(f"wrote {output}: {sizes}; INT4 weight share {result['int4_share'] or 0:.0%}; "
                f"argmax agreement {parity['argmax_agreement']:.2%} on {parity['examples']} examples "
                f"(report: {result['parity_md']})")
-    for line in kernel_warnings(parity):
+    for line in kernel_warnings(parity) + quantization_warnings(parity):
         click.echo(line, err=True)
 
 
@@ -283,7 +283,7 @@ def validate(model, source, data, calibration, examples, min_agreement):
       edgeasr validate my_kws_w4.tflite --source my_kws.keras --data test_inputs.npy --calibration inputs.npy
     """
     from edgeasr.converters.convert import validate as validate_model
-    from edgeasr.eval.parity import kernel_warnings
+    from edgeasr.eval.parity import kernel_warnings, quantization_warnings
 
     report = validate_model(model, source, data, examples=examples, min_agreement=min_agreement,
                             calibration=calibration)
@@ -293,7 +293,7 @@ def validate(model, source, data, calibration, examples, min_agreement):
     click.echo(f"argmax agreement {report['argmax_agreement']:.2%} on {report['examples']} examples; XNNPACK vs "
                f"reference kernels {'not compared' if reference is None else f'{reference:.2%}'}; "
                f"report {report['markdown']}")
-    for line in kernel_warnings(report):
+    for line in kernel_warnings(report) + quantization_warnings(report):
         click.echo(line, err=True)
     if not report["passed"]:
         raise click.ClickException(f"parity below {min_agreement:.2%}")

@@ -59,6 +59,9 @@ def test_float_keras_file_converts_to_int4_fully_integer_with_metadata(foreign, 
     assert meta["int4_weights"] == {"conv0": "INT8", "dw1": "INT8", "pw1": "INT4", "logits": "INT4"}
     parity = json.loads((tmp_path / "kws_w4.parity.json").read_text())
     assert parity["argmax_agreement"] >= 0.99 and (tmp_path / "kws_w4.parity.md").is_file()
+    float_top = keras.models.load_model(foreign / "kws.keras").predict(np.load(foreign / "inputs.npy"), verbose=0)
+    assert 0 < parity["float_vs_litert_agreement"] <= 1              # PTQ: the float model is compared too
+    assert "float Keras vs LiteRT" in (tmp_path / "kws_w4.parity.md").read_text() and float_top.shape == (48, 4)
 
     again = _convert(foreign, out, "--policy", "w4a8-tanh")          # no overwrite without --force
     assert again.exit_code == 1 and "--force" in again.output
@@ -150,6 +153,18 @@ def test_plain_errors(foreign, tmp_path):
     np.save(wrong, np.zeros((4, 10, 40), np.float32))
     shaped = _convert(foreign, tmp_path / "x.tflite", "--calibration", str(wrong))
     assert shaped.exit_code == 1 and "shape (4, 10, 40)" in shaped.output
+    holes = np.load(foreign / "inputs.npy")
+    holes[[3, 7], 0, 0] = [np.nan, np.inf]          # the stock converter crashed or segfaulted on these
+    np.save(tmp_path / "holes.npy", holes)
+    broken = _convert(foreign, tmp_path / "x.tflite", "--calibration", str(tmp_path / "holes.npy"))
+    assert broken.exit_code == 1 and "2 of 48 inputs hold NaN or infinite values (rows 3, 7)" in broken.output
+    np.savez(tmp_path / "archive.npz", inputs=holes)
+    (tmp_path / "archive.npz").rename(tmp_path / "archive.npy")
+    archive = _convert(foreign, tmp_path / "x.tflite", "--calibration", str(tmp_path / "archive.npy"))
+    assert archive.exit_code == 1 and "an .npz archive" in archive.output
+    np.save(tmp_path / "zeros.npy", np.zeros((50, 98, 40), np.float32))
+    zeros = _convert(foreign, tmp_path / "x.tflite", "--calibration", str(tmp_path / "zeros.npy"))
+    assert zeros.exit_code == 1 and "every value is 0" in zeros.output
 
     inputs = keras.Input((98, 40))
     odd = keras.Model(inputs, keras.layers.Dense(4)(keras.layers.LayerNormalization(name="norm")(inputs)))
@@ -169,6 +184,14 @@ def test_plain_errors(foreign, tmp_path):
     text = tmp_path / "notes.tflite"
     text.write_text("hello")
     assert "not a TFLite model" in CliRunner().invoke(main, ["inspect", str(text)]).output
+
+
+def test_a_quantization_that_changes_the_float_models_decisions_is_warned_about():
+    from edgeasr.eval.parity import quantization_warnings
+
+    assert quantization_warnings({"float_vs_litert_agreement": 0.95}) == [] == quantization_warnings({})
+    [line] = quantization_warnings({"float_vs_litert_agreement": 0.64})
+    assert "decides 36.0% of the examples otherwise than the float model" in line and "calibration" in line
 
 
 def test_calibration_is_float_inputs_spread_over_the_whole_array(foreign, tmp_path):
@@ -230,6 +253,31 @@ def test_a_dense_softmax_head_converts_like_a_softmax_layer(foreign, tmp_path):
         ops, _ = fb.read_model(out.read_bytes())
         assert "QUANTIZE" not in ops and ops[-1] == ("FULLY_CONNECTED" if scores == "auto" else "SOFTMAX")
         assert read_metadata(out)["scores"] == ("logits" if scores == "auto" else "probabilities")
+
+
+@pytest.mark.parametrize("activation,op", [("sigmoid", "LOGISTIC"), ("tanh", "TANH")])
+def test_a_fused_sigmoid_or_tanh_head_converts_and_one_inside_the_graph_is_explained(foreign, tmp_path,
+                                                                                      activation, op):
+    """Fused, the activation's output gets a range of its own where LOGISTIC/TANH have a fixed one,
+    and the converter adds an int8-to-int8 QUANTIZE: refused with either --io, with the way out."""
+    inputs = keras.Input((98, 40))
+    hidden = keras.layers.Dense(8, name="hidden")(keras.layers.Flatten()(inputs))
+    head = keras.Model(inputs, keras.layers.Dense(4, activation=activation, name="head")(hidden))
+    head.save(tmp_path / "head.keras")
+    out = tmp_path / "head.tflite"
+    result = CliRunner().invoke(main, ["convert", str(tmp_path / "head.keras"), "-o", str(out), "--calibration",
+                                       str(foreign / "inputs.npy"), "--min-agreement", "0.9"])   # untrained: near ties
+    assert result.exit_code == 0, result.output
+    ops, _ = fb.read_model(out.read_bytes())
+    assert "QUANTIZE" not in ops and ops[-2:] == ["FULLY_CONNECTED", op]
+
+    gated = keras.layers.Dense(8, activation=activation, name="gate")(keras.layers.Flatten()(inputs))
+    keras.Model(inputs, keras.layers.Dense(4, name="logits")(gated)).save(tmp_path / "gated.keras")
+    for io in ("int8", "float"):
+        refused = CliRunner().invoke(main, ["convert", str(tmp_path / "gated.keras"), "-o", str(tmp_path / "g.tflite"),
+                                            "--calibration", str(foreign / "inputs.npy"), "--io", io])
+        assert refused.exit_code == 1 and "layer gate: requantizing" in refused.output, (io, refused.output)
+        assert "give it its own Activation layer" in refused.output
 
 
 def test_a_policy_whose_rules_name_no_layer_is_refused(foreign, tmp_path):
