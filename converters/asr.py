@@ -33,7 +33,7 @@ from edgeasr.converters.sources import is_qat
 from edgeasr.converters.stock import float_tflite
 from edgeasr.data.asr_pipeline import load_asr_split, padded_features
 from edgeasr.errors import EdgeasrError
-from edgeasr.files import write_bytes_atomic
+from edgeasr.files import write_bytes_atomic, write_json_atomic
 from edgeasr.models.conformer import SUBSAMPLING, build_conformer
 from edgeasr.quant.qat import adopt_weight_quantizers, quantize_model, transfer_weights
 from edgeasr.runtime.ctc import greedy_decode
@@ -80,9 +80,11 @@ def convert_asr_run(run_dir, output, policy=None, window_frames: int = WINDOW_FR
     model_bytes = embed_metadata(model_bytes, values)
     parity = _parity(quantized, model_bytes, config, tokenizer, window_frames)
     write_bytes_atomic(output, model_bytes, force=force)
+    parity_json = output.with_name(output.stem + ".parity.json")
+    write_json_atomic(parity_json, {"model": str(output), **parity})
     return {"path": str(output), "bytes": len(model_bytes), "float_bytes": len(float_tflite(float_model)),
             "parameters": int(float_model.count_params()), "int4_share": int4_share(model_bytes),
-            "policy": used_policy.name, "quantization": mode, "parity": parity}
+            "policy": used_policy.name, "quantization": mode, "parity": parity, "parity_json": str(parity_json)}
 
 
 def _metadata(config, tokenizer, policy, mode, source: Path, model_bytes: bytes, int4_report, window_frames: int,

@@ -310,6 +310,10 @@ def validate(model_path, source, data=None, examples: int = PARITY_EXAMPLES,
         metadata = read_metadata(model_path) or {}
     except MetadataError as exc:
         raise EdgeasrError(str(exc)) from exc
+    if "asr" in metadata or (Path(source) / "tokenizer.json").is_file():
+        raise EdgeasrError(f"{model_path}: validate compares keyword models; a speech-recognition model's parity "
+                           f"(frames and transcripts) is written by convert to its .parity.json, and `edgeasr "
+                           f"eval-asr RUN MODEL.tflite` compares their WER")
     model, config = load_source(source)
     notes = _source_notes(metadata, source)
     if data is not None:

@@ -206,7 +206,7 @@ def convert(source, output, policy, calibration, io, min_agreement, conv_storage
     Examples:
       edgeasr convert runs/ds_cnn_s -o ds_cnn_s_int8.tflite
       edgeasr convert my_kws.keras -o my_kws_w4.tflite --policy w4a8-tanh --calibration inputs.npy
-      edgeasr convert my_kws.keras -o my_kws_w4.tflite --policy w4a8-tanh --calibration inputs.npy \
+      edgeasr convert my_kws.keras -o my_kws_stream.tflite --policy w4a8-tanh --calibration inputs.npy \\
           --labels _silence_,_unknown_,yes,no --frontend edgeasr     # streamable: eval-stream, rpi_kws.py
     """
     from edgeasr.converters.convert import convert as convert_source
@@ -214,6 +214,7 @@ def convert(source, output, policy, calibration, io, min_agreement, conv_storage
     from edgeasr.train.asr_fit import is_asr_run
 
     if is_asr_run(source):
+        _refuse_keyword_options(click.get_current_context(), "a speech-recognition run (train-asr)")
         return _convert_asr(source, output, policy, force)
     result = convert_source(source, output, policy=policy, calibration=calibration, io=io, force=force,
                             min_agreement=min_agreement, conv_storage=conv_storage,
@@ -230,6 +231,20 @@ def convert(source, output, policy, calibration, io, min_agreement, conv_storage
         click.echo(line, err=True)
 
 
+KEYWORD_CONVERT_OPTIONS = ("calibration", "io", "min_agreement", "conv_storage", "fc_scales", "scores", "labels",
+                           "frontend")
+
+
+def _refuse_keyword_options(ctx, what: str) -> None:
+    """Options of a keyword-model conversion given for `what`, which takes none of them."""
+    given = [name for name in KEYWORD_CONVERT_OPTIONS
+             if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
+    if given:
+        raise EdgeasrError(f"{', '.join('--' + name.replace('_', '-') for name in given)}: not for {what}, "
+                           f"whose conversion calibrates on its own training utterances, takes int8 input and "
+                           f"output and writes its parity (frames and transcripts) to OUTPUT.parity.json")
+
+
 def _convert_asr(source, output, policy, force):
     """`edgeasr convert` of a train-asr run: fixed 4 s window, vocabulary in the metadata."""
     from edgeasr.converters.asr import convert_asr_run
@@ -239,7 +254,8 @@ def _convert_asr(source, output, policy, force):
     click.echo(f"wrote {output}: {result['bytes']:,} bytes (float LiteRT: {result['float_bytes']:,} bytes, "
                f"{result['float_bytes'] / result['bytes']:.1f}x); INT4 weight share {result['int4_share'] or 0:.0%}; "
                f"Keras-LiteRT frame agreement {parity['frame_argmax_agreement']:.2%}, same transcript "
-               f"{parity['transcript_agreement']:.0%} of {parity['utterances']} utterances")
+               f"{parity['transcript_agreement']:.0%} of {parity['utterances']} utterances "
+               f"(report: {result['parity_json']})")
 
 
 @main.command()

@@ -43,6 +43,13 @@ def test_synth_train_convert_transcribe(tmp_path):
     assert storage["INT4"]["tensors"] > 0, storage
     agreement = float(output.split("frame agreement ")[1].split("%")[0]) / 100
     assert agreement >= 0.9
+    report = json.loads((tmp_path / "tiny_w4.parity.json").read_text())
+    assert report["frame_argmax_agreement"] == pytest.approx(agreement, abs=5e-5) and report["utterances"] == 4
+    ignored = CliRunner().invoke(main, ["convert", str(qat_run), "-o", str(tmp_path / "x.tflite"), "--io", "float",
+                                        "--min-agreement", "1"])
+    assert ignored.exit_code == 1 and "--io, --min-agreement: not for a speech-recognition run" in ignored.output
+    checked = CliRunner().invoke(main, ["validate", str(model), "--source", str(qat_run)])
+    assert checked.exit_code == 1 and "eval-asr" in checked.output and "Traceback" not in checked.output
 
     wavs = sorted((data / "audio").rglob("*.wav"))[:2]
     lines = _invoke("transcribe", model, *wavs, "--beam", 4).strip().splitlines()

@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 from click.testing import CliRunner
@@ -14,6 +15,22 @@ def test_every_help_shows_an_example(command):
     result = CliRunner().invoke(main, [*command, "--help"])
     assert result.exit_code == 0, result.output
     assert "Example" in result.output and "edgeasr " in result.output
+
+
+def test_continued_example_lines_stay_on_lines_of_their_own():
+    """A docstring line ending in a single backslash is joined to the next by Python itself."""
+    import click
+
+    def commands(group, path=()):
+        for name, command in group.commands.items():
+            yield path + (name,), command
+            if isinstance(command, click.Group):
+                yield from commands(command, path + (name,))
+
+    for path, _ in commands(main):
+        text = CliRunner().invoke(main, [*path, "--help"]).output
+        examples = text.split("Example", 1)[-1].split("Options:", 1)[0]
+        assert not re.search(r"\S {4,}--", examples), (path, examples)      # "... inputs.npy     --labels"
 
 
 def test_synth_kws_writes_a_dataset_and_reports_counts(tmp_path):
