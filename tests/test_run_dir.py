@@ -32,8 +32,8 @@ def test_a_run_that_trained_nothing_takes_the_corrected_config(tmp_path):
     fixed = RunConfig(dataset=str(tmp_path), train=TrainConfig(epochs=3, batch_size=16))
     assert run.claim(fixed) is False and run.read_config().train.batch_size == 16
     run.append_history({"stage": "float", "epoch": 1})
-    with pytest.raises(EdgeasrError, match="different configuration"):
-        run.claim(replace(fixed, train=replace(fixed.train, batch_size=32)))
+    with pytest.raises(EdgeasrError, match=r"different configuration \(train.batch_size: 16 -> 32\)"):
+        run.claim(replace(fixed, train=replace(fixed.train, batch_size=32, epochs=9)))   # epochs may change
 
 
 def test_a_finished_run_asked_for_fewer_epochs_keeps_the_epochs_it_trained(tmp_path):
@@ -64,3 +64,15 @@ def test_init_from_a_run_with_other_classes_is_refused_before_anything_is_writte
     with pytest.raises(EdgeasrError, match="--epochs must be 0 or more"):
         train(tmp_path / "negative", replace(swapped, train=TrainConfig(epochs=-1)))
     assert not (tmp_path / "conformer").exists() and not (tmp_path / "negative").exists()
+
+
+def test_train_names_the_changed_setting_before_loading_any_data(tmp_path, monkeypatch):
+    from edgeasr.train import fit
+
+    config = RunConfig(dataset=str(tmp_path), train=TrainConfig(epochs=3)).with_model_shape()
+    run = RunDir(tmp_path / "run")
+    run.claim(config)
+    run.append_history({"stage": "float", "epoch": 1})
+    monkeypatch.setattr(fit, "load_training_data", lambda *a, **k: pytest.fail("the data was loaded"))
+    with pytest.raises(EdgeasrError, match=r"train.learning_rate: 0.003 -> 0.01"):
+        fit.train(run.path, replace(config, train=replace(config.train, learning_rate=0.01)), progress=False)

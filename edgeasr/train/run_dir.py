@@ -74,6 +74,20 @@ def with_absolute_paths(config):
     return replace(config, **paths, train=replace(config.train, init_from=absolute(config.train.init_from)))
 
 
+def differing_settings(before: dict, after: dict, ignore=(), prefix: str = "") -> list:
+    """"name: old -> new" for each setting (dotted path into nested dicts) that differs."""
+    changed = []
+    for key in sorted(set(before) | set(after)):
+        name, old, new = f"{prefix}{key}", before.get(key), after.get(key)
+        if name in ignore or old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            changed += differing_settings(old, new, ignore, f"{name}.")
+        else:
+            changed.append(f"{name}: {old!r} -> {new!r}")
+    return changed
+
+
 class RunDir:
     def __init__(self, path):
         self.path = Path(path)
@@ -120,16 +134,25 @@ class RunDir:
         if not self.config_path.is_file() or not self.holds_training():
             self.write_config(config)
             return False
-        existing = with_absolute_paths(self.read_config())
-        if replace(existing, train=replace(existing.train, epochs=config.train.epochs)) != config:
-            raise EdgeasrError(
-                f"{self.path} holds a run with a different configuration; choose a new --run-dir "
-                f"(only --epochs may change when resuming)"
-            )
+        self.refuse_another_configuration(config)
+        existing = self.read_config()
         if self.model_path.exists() and existing.train.epochs > config.train.epochs:
             config = replace(config, train=replace(config.train, epochs=existing.train.epochs))
         self.write_config(config)
         return True
+
+    def refuse_another_configuration(self, config: RunConfig) -> None:
+        """Raise, naming the settings, when this folder holds a trained run configured otherwise than
+        `config` (the epochs aside). train calls it before loading data, claim again when it writes."""
+        if not self.config_path.is_file() or not self.holds_training():
+            return
+        config, existing = with_absolute_paths(config), with_absolute_paths(self.read_config())
+        if replace(existing, train=replace(existing.train, epochs=config.train.epochs)) != config:
+            changed = differing_settings(to_dict(existing), to_dict(config), ignore={"train.epochs"})
+            raise EdgeasrError(
+                f"{self.path} holds a run with a different configuration ({'; '.join(changed[:6])}); choose a "
+                f"new --run-dir (only --epochs may change when resuming)"
+            )
 
     def holds_training(self) -> bool:
         """Whether any epoch was trained here: a checkpoint, a history entry or a model file."""
