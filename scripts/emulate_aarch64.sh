@@ -13,10 +13,15 @@
 # The comparison itself is `python -m edgeasr.device --chroot ROOTFS`, the code path of
 # `edgeasr device-check --ssh/--adb` with the chroot as transport.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-
 MODEL=${1:?usage: scripts/emulate_aarch64.sh MODEL.tflite [WAV]}
 WAV=${2:-}
+for given in "$MODEL" ${WAV:+"$WAV"}; do      # paths are the caller's: checked and made absolute before cd
+    [[ -f "$given" ]] || { echo "emulate_aarch64.sh: $given: no such file" >&2; exit 1; }
+done
+MODEL=$(realpath "$MODEL")
+WAV=${WAV:+$(realpath "$WAV")}
+cd "$(dirname "$0")/.."
+
 WORK=${EDGEASR_AARCH64_DIR:-build/aarch64}
 ROOTFS=$WORK/rootfs
 SUITE=${EDGEASR_AARCH64_SUITE:-trixie}

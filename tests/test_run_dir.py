@@ -76,3 +76,18 @@ def test_train_names_the_changed_setting_before_loading_any_data(tmp_path, monke
     monkeypatch.setattr(fit, "load_training_data", lambda *a, **k: pytest.fail("the data was loaded"))
     with pytest.raises(EdgeasrError, match=r"train.learning_rate: 0.003 -> 0.01"):
         fit.train(run.path, replace(config, train=replace(config.train, learning_rate=0.01)), progress=False)
+
+
+def test_a_run_being_trained_is_refused_to_a_second_process(tmp_path):
+    import subprocess
+    import sys
+
+    run = RunDir(tmp_path / "run")
+    code = ("import sys; from edgeasr.train.run_dir import RunDir\n"
+            "try:\n    RunDir(sys.argv[1]).locked().__enter__()\n"
+            "except Exception as exc:\n    print(exc); sys.exit(3)\n")
+    with run.locked():
+        second = subprocess.run([sys.executable, "-c", code, str(run.path)], capture_output=True, text=True, timeout=120)
+        assert second.returncode == 3 and "another process is training this run" in second.stdout, second.stderr
+    after = subprocess.run([sys.executable, "-c", code, str(run.path)], capture_output=True, text=True, timeout=120)
+    assert after.returncode == 0, after.stdout + after.stderr

@@ -155,7 +155,11 @@ def compile_ctc(model: keras.Model, config: AsrRunConfig, total_steps: int, lear
 def train_asr(run_dir, config: AsrRunConfig, progress: bool = True, data: Optional[AsrData] = None) -> dict:
     """Train (or resume) the ASR run in `run_dir`, stage by stage; returns the test report."""
     stages = plan_stages(config)
-    run = AsrRunDir(run_dir)
+    with AsrRunDir(run_dir).locked() as run:
+        return _train_asr_run(run, config, stages, progress, data)
+
+
+def _train_asr_run(run: "AsrRunDir", config: AsrRunConfig, stages, progress: bool, data: Optional[AsrData]) -> dict:
     resuming = run.claim(config)
     tokenizer = _tokenizer_for(run, config, resuming)
     run.write_tokenizer(tokenizer)

@@ -120,16 +120,16 @@ def train(run_dir, config: RunConfig, progress: bool = True, data: TrainingData 
     train_ds, val_ds = with_teacher(config, start, train_ds, val_ds)
     if not config.policy.is_float:
         check_rules_name_layers(float_model, config.policy)
-    run = RunDir(run_dir)
-    run.claim(config)
-    model, trained = float_model, False
-    for stage in stages:
-        previous, model = model, _stage_model(float_model, config, stage)
-        if previous is not model:
-            transfer_weights(previous, model)
-        trained |= _fit_stage(run, model, stage, config, train_ds, val_ds, progress)
-    model = saved_model(run, model, trained)
-    return evaluate_run(run, model, config, data.test)
+    with RunDir(run_dir).locked() as run:
+        run.claim(config)
+        model, trained = float_model, False
+        for stage in stages:
+            previous, model = model, _stage_model(float_model, config, stage)
+            if previous is not model:
+                transfer_weights(previous, model)
+            trained |= _fit_stage(run, model, stage, config, train_ds, val_ds, progress)
+        model = saved_model(run, model, trained)
+        return evaluate_run(run, model, config, data.test)
 
 
 def starting_model(config: RunConfig):

@@ -7,6 +7,8 @@
     RUN/test_report.json    accuracy and confusion matrix on the test split
     RUN/confusion.png       the same matrix as a picture
 """
+import fcntl
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -88,6 +90,9 @@ def differing_settings(before: dict, after: dict, ignore=(), prefix: str = "") -
     return changed
 
 
+LOCK_NAME = ".lock"
+
+
 class RunDir:
     def __init__(self, path):
         self.path = Path(path)
@@ -153,6 +158,19 @@ class RunDir:
                 f"{self.path} holds a run with a different configuration ({'; '.join(changed[:6])}); choose a "
                 f"new --run-dir (only --epochs may change when resuming)"
             )
+
+    @contextmanager
+    def locked(self):
+        """Hold the run's lock while training: a second process training the same folder is refused
+        (two at once interleaved their epochs in one history and checkpoint folder)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / LOCK_NAME, "w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise EdgeasrError(f"{self.path}: another process is training this run; wait for it to finish "
+                                   f"or choose another --run-dir") from None
+            yield self
 
     def holds_training(self) -> bool:
         """Whether any epoch was trained here: a checkpoint, a history entry or a model file."""
