@@ -113,7 +113,7 @@ def format_inspection(report: dict) -> str:
     lines.append(f"XNNPACK takes {report['xnnpack_nodes']} of {len(report['ops'])} ops"
                  + (f" (could not load: {report['xnnpack_error']})" if report["xnnpack_error"] else ""))
     for kernels, failure in (report.get("loading_failures") or {}).items():
-        lines.append(f"{kernels} kernels: " + ("load it" if failure is None else f"cannot load it ({failure})"))
+        lines.append(f"{kernels} kernels: " + ("can run it" if failure is None else f"cannot load it ({failure})"))
     lines.append("")
     lines.append(f"{'#':>3}  {'op':<22} {'v':>2}  {'input types':<28} xnnpack")
     for op in report["ops"]:

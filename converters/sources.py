@@ -48,23 +48,18 @@ def load_keras(path) -> keras.Model:
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise EdgeasrError(f"{path}: convert handles models with one input and one output, this one has "
                            f"{len(model.inputs)} and {len(model.outputs)}")
-    return model if is_qat(model) else with_head_activation_layer(model)
+    return model if is_qat(model) else with_softmax_layer(model)
 
 
-def with_head_activation_layer(model: keras.Model) -> keras.Model:
-    """The model with a softmax, sigmoid or tanh fused into its last layer (Dense(...,
-    activation="softmax"), the usual Keras classifier head) split off into a layer of its own, the
-    head edgeasr's own models have: `convert --scores` can then drop a Softmax, and the converter
-    writes FULLY_CONNECTED + SOFTMAX / LOGISTIC / TANH. Fused, the activation's output gets a range of
-    its own where the int8 kernel has a fixed one, and the converter adds a requantizing op."""
+def with_softmax_layer(model: keras.Model) -> keras.Model:
+    """The model with a softmax fused into its last layer (Dense(..., activation="softmax"), the
+    usual Keras classifier head) split off into a Softmax layer, the head edgeasr's own models have:
+    `convert --scores` can then drop it, and the converter writes FULLY_CONNECTED + SOFTMAX."""
     last = model.layers[-1]
-    activation = getattr(last, "activation", None)
-    if activation not in (keras.activations.softmax, keras.activations.sigmoid, keras.activations.tanh):
+    if getattr(last, "activation", None) is not keras.activations.softmax:
         return model
     linear = type(last).from_config({**last.get_config(), "activation": "linear"})
-    split = (keras.layers.Softmax(name=f"{last.name}_softmax") if activation is keras.activations.softmax
-             else keras.layers.Activation(activation.__name__, name=f"{last.name}_{activation.__name__}"))
-    outputs = split(linear(last.input))
+    outputs = keras.layers.Softmax(name=f"{last.name}_softmax")(linear(last.input))
     linear.set_weights(last.get_weights())
     return keras.Model(model.inputs, outputs, name=model.name)
 

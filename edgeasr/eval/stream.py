@@ -657,7 +657,7 @@ def format_report(report: dict) -> str:
                  f"{at['fa_per_hour']:.2f} FA/h, latency after keyword end median "
                  f"{_seconds(latency['median'])}, p90 {_seconds(latency['p90'])}")
     lines.append("  thresholds: " + ", ".join(f"{k}={threshold_text(v)}" for k, v in report["thresholds"].items()))
-    lines.append("  there, misses / occurrences and false accepts: " + ", ".join(
+    lines.append("  at those thresholds, per keyword (misses/occurrences, false accepts): " + ", ".join(
         f"{k} {e['misses']}/{e['occurrences']} {e['false_accepts']}" for k, e in at.get("keywords", {}).items()))
     for point, counts in report.get("false_accepts_by_kind", {}).items():
         by_keyword = report.get("false_accepts_by_keyword", {}).get(point, {})

@@ -18,7 +18,9 @@ layers with `register_quantize_config(LayerClass, factory)`.
 
 What the built-in factories do (the converter needs a fake-quant on each op's input for the
 QAT weight ranges to be used, and computes the rest from the representative dataset):
-    Conv2D, DepthwiseConv2D, Dense      weights (policy bits and transform), output
+    Conv2D, DepthwiseConv2D, Dense      weights (policy bits and transform), output (not after a
+                                        fused sigmoid/tanh/softmax: a range of its own there made
+                                        the converter add a requantizing QUANTIZE op)
     FoldedConvBN (qat.py)               output (the folded layer quantizes its own weight)
     ReLU, LeakyReLU, Activation         output (not for linear/softmax/sigmoid/tanh: TFLite
                                         fixes those output scales itself)
@@ -206,12 +208,23 @@ def weighted_factory(weight_attr: str, depthwise: bool = False) -> Factory:
 
     def factory(layer, request):
         weights = weight_quantizer_for(request.precision, depthwise) if request.quantize_weights else None
-        output = output_quantizer_for(request.precision) if request.quantize_output else None
+        fixed_scale = _activation_name(layer) in _FIXED_SCALE_ACTIVATIONS[1:]    # a fused sigmoid, tanh, softmax
+        output = output_quantizer_for(request.precision) if request.quantize_output and not fixed_scale else None
         if weights is None and output is None:
             return None
         return LayerQuantizeConfig([weight_attr], weights, output)
 
     return factory
+
+
+def conv1d_factory(layer, request):
+    """Conv1D: the converter lowers it to a CONV_2D on a reshaped kernel, and fails on a per-channel
+    fake-quant's 3-D scale axis (a 'tfl.reshape' type error naming no layer)."""
+    if request.quantize_weights and request.precision.granularity == "per-channel":
+        raise EdgeasrError(f"layer {layer.name!r} (Conv1D): TFLite's converter cannot quantize a Conv1D kernel per "
+                           f"channel; give it a per-tensor rule in a policy JSON (\"granularity\": \"per-tensor\"), "
+                           f"or build the model with Conv2D and a (k, 1) kernel")
+    return weighted_factory("kernel")(layer, request)
 
 
 def output_factory(layer, request):
@@ -239,7 +252,7 @@ def activation_layer_factory(layer, request):
     name = _activation_name(layer)
     if name in _FIXED_SCALE_ACTIVATIONS:
         return None
-    if name not in ("relu", "relu6", "swish", "silu", "gelu", "elu", "hard_sigmoid", "hard_swish", "leaky_relu"):
+    if name not in ("relu", "relu6", "swish", "silu", "gelu", "hard_sigmoid", "hard_swish", "leaky_relu"):
         raise EdgeasrError(f"layer {layer.name!r} (Activation): activation {name!r} has no int8 TFLite kernel here")
     return output_factory(layer, request)
 
@@ -258,7 +271,7 @@ def is_fused_activation(layer) -> bool:
 
 def _register_builtins():
     register_quantize_config(layers.Conv2D, weighted_factory("kernel"))
-    register_quantize_config(layers.Conv1D, weighted_factory("kernel"))
+    register_quantize_config(layers.Conv1D, conv1d_factory)
     register_quantize_config(layers.DepthwiseConv2D, weighted_factory("depthwise_kernel", depthwise=True))
     register_quantize_config(layers.Dense, weighted_factory("kernel"))
     for cls in (layers.ReLU, layers.LeakyReLU, layers.Add, layers.Subtract, layers.Multiply, layers.Average,
