@@ -41,6 +41,9 @@ def load_keras(path) -> keras.Model:
     try:
         model = load_model(path, compile=False)
     except Exception as exc:
+        if "Lambda" in str(exc) and "safe_mode" in str(exc):
+            raise EdgeasrError(f"{path}: the model has a Lambda layer, which a .keras file loads only as unsafe "
+                               f"code and convert cannot quantize; replace it with a built-in layer") from exc
         raise EdgeasrError(f"{path}: not a readable tf_keras model ({type(exc).__name__}: "
                            f"{str(exc).splitlines()[0][:300] if str(exc) else ''})") from exc
     if not isinstance(model, keras.Model) or not getattr(model, "_is_graph_network", False):

@@ -178,6 +178,10 @@ def test_plain_errors(foreign, tmp_path):
         refused = CliRunner().invoke(main, ["convert", str(tmp_path / "odd.keras"), "-o", str(tmp_path / "o.tflite"),
                                             "--calibration", str(foreign / "inputs.npy")])
         assert refused.exit_code == 1 and message in refused.output, refused.output
+    keras.Model(inputs, keras.layers.Dense(4)(keras.layers.Lambda(lambda t: 2 * t)(inputs))).save(tmp_path / "l.keras")
+    lam = CliRunner().invoke(main, ["convert", str(tmp_path / "l.keras"), "-o", str(tmp_path / "o.tflite"),
+                                    "--calibration", str(foreign / "inputs.npy")])
+    assert lam.exit_code == 1 and "has a Lambda layer" in lam.output and "safe_mode" not in lam.output
     no_softmax = CliRunner().invoke(main, ["convert", str(tmp_path / "odd.keras"), "-o", str(tmp_path / "o.tflite"),
                                            "--calibration", str(foreign / "inputs.npy"), "--scores", "logits"])
     assert no_softmax.exit_code == 1 and "ending in a Softmax layer" in no_softmax.output
