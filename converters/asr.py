@@ -18,6 +18,7 @@ spread over the training voices, the conversion's share of the 4-bit CER gap fel
 """
 import edgeasr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 
+import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -69,6 +70,7 @@ def convert_asr_run(run_dir, output, policy=None, window_frames: int = WINDOW_FR
     run = AsrRunDir(run_dir)
     config, tokenizer = run.read_config(), run.read_tokenizer()
     float_model, quantized = fixed_window_model(run, window_frames, chunk_frames)
+    _say(f"calibrating on {CALIBRATION_UTTERANCES} training utterances, then converting (a minute or two)")
     train = load_asr_split(config.train_manifest, tokenizer, config.frontend, CALIBRATION_UTTERANCES,
                            spread=True)
     calibration = padded_features(train, range(len(train)), config.frontend, window_frames)
@@ -78,6 +80,7 @@ def convert_asr_run(run_dir, output, policy=None, window_frames: int = WINDOW_FR
     values = _metadata(config, tokenizer, used_policy, mode, run.path, model_bytes, int4_report, window_frames,
                        chunk_frames if chunk_frames is not None else config.model.chunk_frames)
     model_bytes = embed_metadata(model_bytes, values)
+    _say(f"checking parity with Keras on {PARITY_UTTERANCES} test utterances")
     parity = _parity(quantized, model_bytes, config, tokenizer, window_frames)
     write_bytes_atomic(output, model_bytes, force=force)
     parity_json = output.with_name(output.stem + ".parity.json")
@@ -85,6 +88,10 @@ def convert_asr_run(run_dir, output, policy=None, window_frames: int = WINDOW_FR
     return {"path": str(output), "bytes": len(model_bytes), "float_bytes": len(float_tflite(float_model)),
             "parameters": int(float_model.count_params()), "int4_share": int4_share(model_bytes),
             "policy": used_policy.name, "quantization": mode, "parity": parity, "parity_json": str(parity_json)}
+
+
+def _say(step: str) -> None:
+    print(f"convert: {step}", file=sys.stderr, flush=True)
 
 
 def _metadata(config, tokenizer, policy, mode, source: Path, model_bytes: bytes, int4_report, window_frames: int,

@@ -91,3 +91,16 @@ def test_a_run_being_trained_is_refused_to_a_second_process(tmp_path):
         assert second.returncode == 3 and "another process is training this run" in second.stdout, second.stderr
     after = subprocess.run([sys.executable, "-c", code, str(run.path)], capture_output=True, text=True, timeout=120)
     assert after.returncode == 0, after.stdout + after.stderr
+
+
+def test_training_writes_one_line_per_epoch_to_a_log_and_a_bar_to_a_terminal(monkeypatch):
+    import io
+    import sys
+
+    from edgeasr.train.fit import keras_verbosity
+
+    log = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", log)
+    assert keras_verbosity(1) == 2 and keras_verbosity(0) == 0
+    monkeypatch.setattr(log, "isatty", lambda: True)
+    assert keras_verbosity(1) == 1

@@ -214,12 +214,18 @@ def fit_checkpointed(run: RunDir, model, stage: Stage, train_ds, val_ds, verbose
             if frozen:
                 freeze_batch_norm(model)
             model.fit(train_ds, validation_data=val_ds, epochs=end, initial_epoch=int(epoch.numpy()),
-                      callbacks=[EpochCheckpoint(run, manager, epoch, stage.name)], verbose=verbose)
+                      callbacks=[EpochCheckpoint(run, manager, epoch, stage.name)], verbose=keras_verbosity(verbose))
     except KeyboardInterrupt:
         print(f"\ninterrupted in {stage.name} after epoch {int(epoch.numpy())}; run the same command to resume",
               file=sys.stderr)
         raise
     return True
+
+
+def keras_verbosity(verbose: int) -> int:
+    """Keras's per-step bar on a terminal; one line per epoch in a log or pipe, where the bar's
+    carriage returns wrote a line per step."""
+    return 1 if verbose and sys.stdout.isatty() else (2 if verbose else 0)
 
 
 def frozen_bn_segments(epochs: int, frozen_bn_epochs: int) -> list:
