@@ -356,8 +356,9 @@ def demo(out, model_name, epochs, qat_epochs, qat_stages, speakers, seed):
               help="Length of the built stream. FRR at N FA/h rests on the (N x hours + 1)-th best-scoring "
                    "false accept, so one hour can swing by a few points on a single event; 4 is steadier.")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--cache-dir", default=Path("build/stream_cache"), show_default=True,
-              type=click.Path(file_okay=False, path_type=Path), help="Where built streams are kept.")
+@click.option("--cache-dir", default=None, type=click.Path(file_okay=False, path_type=Path),
+              help="Where built streams are kept (about 115 MB per hour; default: $XDG_CACHE_HOME/edgeasr/"
+                   "streams, else ~/.cache/edgeasr/streams).")
 @click.option("--out", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="Report and DET PNG folder (default: the model's folder).")
 @click.option("--hop-ms", type=float, default=None, help="Model run interval (default: metadata, else 20).")
@@ -407,7 +408,8 @@ def eval_stream(model, data, split, wav, labels, hours, seed, cache_dir, out, ho
     except ValueError as exc:
         raise EdgeasrError(f"detector settings of {model}: {exc}") from exc
     if data is not None:
-        wav, labels = stream.model_stream(data, metadata, cache_dir, hours=hours, seed=seed, split=split)
+        wav, labels = stream.model_stream(data, metadata, cache_dir or stream.default_cache_dir(), hours=hours,
+                                          seed=seed, split=split)
     thresholds = None
     if model_thresholds:
         thresholds = (metadata.get("detector") or {}).get("thresholds")

@@ -663,3 +663,13 @@ def test_a_long_chunk_is_scored_piece_by_piece_with_the_same_runs(model_path):
 def test_a_threshold_for_a_word_the_model_lacks_is_refused(model_path):
     with pytest.raises(ValueError, match="not keywords of .*: Yes"):
         KeywordSpotter(model_path, DetectorConfig(thresholds={"yes": 0.7, "Yes": 0.9}))
+
+
+def test_built_streams_go_to_the_users_cache_not_the_current_folder(monkeypatch, tmp_path):
+    from edgeasr.eval.stream import default_cache_dir
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "edgeasr" / "streams"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert default_cache_dir() == tmp_path / ".cache" / "edgeasr" / "streams"

@@ -26,6 +26,7 @@ accepts at each FA/h point's threshold by the kind of piece that was playing.
 import hashlib
 import json
 import math
+import os
 import numbers
 import re
 import sys
@@ -315,6 +316,12 @@ def _noises(dataset: Path, sample_rate: int) -> list:
     if not paths:
         raise StreamError(f"{dataset}/_background_noise_: no *_noise.wav files")
     return [load_audio(p, sample_rate) for p in paths]
+
+
+def default_cache_dir() -> Path:
+    """Built streams are keyed by what they are built from, so one per-user cache serves every folder."""
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "edgeasr" / "streams"
 
 
 # ---- running a model over a stream --------------------------------------------------------
