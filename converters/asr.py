@@ -80,7 +80,7 @@ def convert_asr_run(run_dir, output, policy=None, window_frames: int = WINDOW_FR
     values = _metadata(config, tokenizer, used_policy, mode, run.path, model_bytes, int4_report, window_frames,
                        chunk_frames if chunk_frames is not None else config.model.chunk_frames)
     model_bytes = embed_metadata(model_bytes, values)
-    _say(f"checking parity with Keras on {PARITY_UTTERANCES} test utterances")
+    _say(f"checking parity with Keras on up to {PARITY_UTTERANCES} test utterances")
     parity = _parity(quantized, model_bytes, config, tokenizer, window_frames)
     write_bytes_atomic(output, model_bytes, force=force)
     parity_json = output.with_name(output.stem + ".parity.json")

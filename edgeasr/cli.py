@@ -392,10 +392,9 @@ def eval_stream(model, data, split, wav, labels, hours, seed, cache_dir, out, ho
       edgeasr eval-stream kws.tflite --data data/kws --model-thresholds   # the test voices
       edgeasr eval-stream kws.tflite --wav kitchen.wav --labels kitchen.labels.txt
     """
-    from edgeasr.audio.frontend import FrontendConfig
     from edgeasr.eval import stream
     from edgeasr.runtime.metadata import read_metadata
-    from edgeasr.runtime.streaming import DetectorConfig
+    from edgeasr.runtime.streaming import DetectorConfig, frontend_config
 
     metadata = read_metadata(model) or {}
     if (wav is None) == (data is None) or (wav is None) != (labels is None):
@@ -404,7 +403,7 @@ def eval_stream(model, data, split, wav, labels, hours, seed, cache_dir, out, ho
         config = DetectorConfig.from_metadata(metadata, hop_ms=hop_ms, smoothing_ms=smoothing_ms,
                                               refractory_ms=refractory_ms, sharpening=sharpening)
         if isinstance(metadata.get("frontend"), dict):
-            config.hop_frames(FrontendConfig(**metadata["frontend"]))
+            config.hop_frames(frontend_config(model, metadata))
     except ValueError as exc:
         raise EdgeasrError(f"detector settings of {model}: {exc}") from exc
     if data is not None:

@@ -625,6 +625,22 @@ def stream_metadata(model_path, metadata) -> dict:
     return metadata
 
 
+def frontend_config(model_path, metadata: dict) -> FrontendConfig:
+    """The metadata's frontend; fields this runtime does not know (a model converted by a newer
+    edgeasr, run by an older rpi_kws.py) or of the wrong type are a ValueError naming them."""
+    try:
+        return FrontendConfig(**metadata["frontend"])
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{model_path}: the frontend in its metadata is not one this runtime reads ({exc}); "
+                         f"a model from a newer edgeasr needs that version's runtime or rpi_kws.py") from None
+
+
+def check_labels_match_outputs(model_path, labels: list, model: LiteRTModel) -> None:
+    classes = int(model.output_detail["shape"][-1])
+    if len(labels) != classes:
+        raise ValueError(f"{model_path}: its metadata names {len(labels)} labels for {classes} outputs")
+
+
 def input_frames(model, metadata: dict) -> int:
     """Frames per model run: the metadata's, else the model's input shape (`model`: a path or LiteRTModel)."""
     if metadata.get("input_frames"):
@@ -640,13 +656,14 @@ class KeywordSpotter:
                  kernels: str = "xnnpack", metadata: Optional[dict] = None):
         metadata = stream_metadata(model_path, metadata if metadata is not None else read_metadata(model_path))
         self.labels = list(metadata["labels"])
-        self.frontend = FrontendConfig(**metadata["frontend"])
+        self.frontend = frontend_config(model_path, metadata)
         self.config = config or DetectorConfig.from_metadata(metadata)
         self.keyword_indices = [column for column, _ in keyword_columns(self.labels)]
         unknown = sorted(set(self.config.thresholds) - {name for _, name in keyword_columns(self.labels)})
         if unknown:                      # a misspelt keyword would silently keep the default threshold
             raise ValueError(f"thresholds for words that are not keywords of {model_path}: {', '.join(unknown)}")
         model = LiteRTModel(model_path, num_threads=num_threads, kernels=kernels)
+        check_labels_match_outputs(model_path, self.labels, model)
         frames = input_frames(model, metadata)
         self.posteriors = PosteriorStream(model, self.frontend, frames, self.config, outputs_logits(metadata))
         self._last_fire = {i: -np.inf for i in self.keyword_indices}
@@ -709,7 +726,9 @@ def wav_layout(handle, path: str, sample_rate: int):
             form, channels, rate, _, _, bits = struct.unpack("<HHIIHH", body[:16])
             if form == WAVE_FORMAT_EXTENSIBLE and len(body) >= 26:
                 form = struct.unpack("<H", body[24:26])[0]     # the sub-format GUID starts with the format
-            if form != WAVE_FORMAT_PCM or bits != 16 or rate != sample_rate or not channels:
+            if not channels:
+                fail("the fmt chunk says 0 channels")
+            if form != WAVE_FORMAT_PCM or bits != 16 or rate != sample_rate:
                 kind = {WAVE_FORMAT_PCM: "PCM", 3: "float"}.get(form, f"format {form}")
                 fail(f"{kind}, {bits}-bit at {rate} Hz; need 16-bit PCM at {sample_rate} Hz")
 
@@ -879,6 +898,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    import warnings
+
+    warnings.formatwarning = lambda message, *_, **__: f"rpi_kws.py: warning: {message}\n"
     summary = {}
     if args.parity:
         summary["parity"] = run_parity(args.model, *args.parity, args.threads)
@@ -919,7 +941,7 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps({"summary": summary}))
     else:
-        share = "n/a" if not seconds else f"{100 * cpu / seconds:.2f}% of one core"
+        share = "n/a" if seconds < window_s else f"{100 * cpu / seconds:.2f}% of one core"
         print(f"{seconds:.1f} s of audio, CPU {cpu:.3f} s ({share}), peak RSS {summary['peak_rss_kib']} KiB",
               file=sys.stderr)
     return 0

@@ -118,6 +118,7 @@ def test_script_warns_when_the_model_never_ran_and_names_missing_packages(model_
     write_wav(short, np.zeros(8000, np.float32), 16000)
     result = run_script([str(model_path), "--wav", str(short)])
     assert result.returncode == 0 and "shorter than the model's window" in result.stderr
+    assert "CPU 0" in result.stderr and "(n/a)" in result.stderr          # no share of a core for no model run
     no_mic = run_script([str(model_path)], env={**os.environ, "PYTHONPATH": ""})
     assert no_mic.returncode == 1 and "pip install sounddevice" in no_mic.stderr, no_mic.stderr
     assert "Traceback" not in no_mic.stderr
@@ -303,3 +304,10 @@ def test_device_check_refuses_a_speech_recognition_model(tmp_path):
     result = CliRunner().invoke(main, ["device-check", str(asr_model), "--ssh", "nobody@127.0.0.1", "--port", "1"])
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
     assert "asr.tflite: a speech-recognition model; device-check runs keyword models" in result.output
+
+
+def test_a_device_that_fell_back_to_the_builtin_kernels_says_so():
+    from edgeasr.device import _default_kernels
+
+    assert _default_kernels({"kernels": "xnnpack"}) == "XNNPACK" == _default_kernels({})
+    assert "on the builtin kernels: its LiteRT's XNNPACK cannot run the model" in _default_kernels({"kernels": "builtin"})

@@ -89,6 +89,9 @@ def test_a_run_being_trained_is_refused_to_a_second_process(tmp_path):
     with run.locked():
         second = subprocess.run([sys.executable, "-c", code, str(run.path)], capture_output=True, text=True, timeout=120)
         assert second.returncode == 3 and "another process is training this run" in second.stdout, second.stderr
+        early = subprocess.run([sys.executable, "-c", code.replace(".locked().__enter__()", ".refuse_if_training_elsewhere()"),
+                                str(run.path)], capture_output=True, text=True, timeout=120)
+        assert early.returncode == 3 and "another process is training this run" in early.stdout, early.stderr
     after = subprocess.run([sys.executable, "-c", code, str(run.path)], capture_output=True, text=True, timeout=120)
     assert after.returncode == 0, after.stdout + after.stderr
 

@@ -430,6 +430,15 @@ def test_model_without_labels_or_frontend_is_refused_before_audio_is_read(model_
     asr.write_bytes(embed_metadata(model_path.read_bytes(), {**metadata, "asr": {"tokens": ["_", "a"]}}))
     with pytest.raises(ValueError, match="a speech-recognition model; .*edgeasr transcribe"):
         KeywordSpotter(asr)
+    newer = tmp_path / "newer.tflite"          # a field of a future FrontendConfig, a wrong label count
+    newer.write_bytes(embed_metadata(model_path.read_bytes(),
+                                     {**metadata, "frontend": {**metadata["frontend"], "pre_emphasis": 0.97}}))
+    with pytest.raises(ValueError, match="not one this runtime reads .*pre_emphasis"):
+        KeywordSpotter(newer)
+    short = tmp_path / "short_labels.tflite"
+    short.write_bytes(embed_metadata(model_path.read_bytes(), {**metadata, "labels": metadata["labels"][:-1]}))
+    with pytest.raises(ValueError, match=f"names {len(metadata['labels']) - 1} labels for"):
+        KeywordSpotter(short)
 
 
 def test_built_stream_needs_a_positive_length(tiny_dataset, tmp_path):

@@ -43,8 +43,8 @@ from edgeasr.files import read_json, write_bytes_atomic, write_json_atomic
 from edgeasr.progress import progress_bar
 from edgeasr.runtime.litert import LiteRTModel
 from edgeasr.runtime.metadata import keyword_columns, keywords_of, read_metadata
-from edgeasr.runtime.streaming import (DetectorConfig, PosteriorStream, fire_indices, input_frames,
-                                       outputs_logits)
+from edgeasr.runtime.streaming import (DetectorConfig, PosteriorStream, check_labels_match_outputs, fire_indices,
+                                       frontend_config, input_frames, outputs_logits)
 from edgeasr.runtime.streaming import stream_metadata as runtime_stream_metadata
 
 STREAM_FORMAT = 1
@@ -332,6 +332,10 @@ def stream_posteriors(model_path, audio: np.ndarray, config: DetectorConfig, met
     metadata = stream_metadata(model_path, metadata or read_metadata(model_path))
     frontend = frontend_of(model_path, metadata)
     model = LiteRTModel(model_path, num_threads=num_threads)
+    try:
+        check_labels_match_outputs(model_path, metadata["labels"], model)
+    except ValueError as exc:
+        raise StreamError(str(exc)) from None
     frames = input_frames(model, metadata)
     check_window(len(audio) / frontend.sample_rate, frontend.frames_end_seconds(frames), "the stream")
     stream = PosteriorStream(model, frontend, frames, config, outputs_logits(metadata))
@@ -355,9 +359,9 @@ def stream_metadata(model_path, metadata) -> dict:
 
 def frontend_of(model_path, metadata: dict) -> FrontendConfig:
     try:
-        return FrontendConfig(**metadata["frontend"])
-    except TypeError as exc:
-        raise StreamError(f"{model_path}: the frontend in its metadata is not a FrontendConfig ({exc})") from None
+        return frontend_config(model_path, metadata)
+    except ValueError as exc:
+        raise StreamError(str(exc)) from None
 
 
 # ---- scoring detections -------------------------------------------------------------------

@@ -256,6 +256,22 @@ def stream_metadata(model_path, metadata) -> dict:
     return metadata
 
 
+def frontend_config(model_path, metadata: dict) -> FrontendConfig:
+    """The metadata's frontend; fields this runtime does not know (a model converted by a newer
+    edgeasr, run by an older rpi_kws.py) or of the wrong type are a ValueError naming them."""
+    try:
+        return FrontendConfig(**metadata["frontend"])
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{model_path}: the frontend in its metadata is not one this runtime reads ({exc}); "
+                         f"a model from a newer edgeasr needs that version's runtime or rpi_kws.py") from None
+
+
+def check_labels_match_outputs(model_path, labels: list, model: LiteRTModel) -> None:
+    classes = int(model.output_detail["shape"][-1])
+    if len(labels) != classes:
+        raise ValueError(f"{model_path}: its metadata names {len(labels)} labels for {classes} outputs")
+
+
 def input_frames(model, metadata: dict) -> int:
     """Frames per model run: the metadata's, else the model's input shape (`model`: a path or LiteRTModel)."""
     if metadata.get("input_frames"):
@@ -271,13 +287,14 @@ class KeywordSpotter:
                  kernels: str = "xnnpack", metadata: Optional[dict] = None):
         metadata = stream_metadata(model_path, metadata if metadata is not None else read_metadata(model_path))
         self.labels = list(metadata["labels"])
-        self.frontend = FrontendConfig(**metadata["frontend"])
+        self.frontend = frontend_config(model_path, metadata)
         self.config = config or DetectorConfig.from_metadata(metadata)
         self.keyword_indices = [column for column, _ in keyword_columns(self.labels)]
         unknown = sorted(set(self.config.thresholds) - {name for _, name in keyword_columns(self.labels)})
         if unknown:                      # a misspelt keyword would silently keep the default threshold
             raise ValueError(f"thresholds for words that are not keywords of {model_path}: {', '.join(unknown)}")
         model = LiteRTModel(model_path, num_threads=num_threads, kernels=kernels)
+        check_labels_match_outputs(model_path, self.labels, model)
         frames = input_frames(model, metadata)
         self.posteriors = PosteriorStream(model, self.frontend, frames, self.config, outputs_logits(metadata))
         self._last_fire = {i: -np.inf for i in self.keyword_indices}

@@ -106,7 +106,8 @@ def train(run_dir, config: RunConfig, progress: bool = True, data: TrainingData 
         raise EdgeasrError(f"train trains keyword models: {', '.join(KEYWORD_MODELS)}, not {config.model.name!r} "
                            f"(the Conformer: `edgeasr train-asr`)")
     stages = plan_stages(config)
-    RunDir(run_dir).refuse_another_configuration(config)     # before minutes of loading data
+    RunDir(run_dir).refuse_if_training_elsewhere()           # both before minutes of loading data
+    RunDir(run_dir).refuse_another_configuration(config)
     data = data or load_training_data(config, progress)
     keras.utils.set_random_seed(config.train.seed)
     train_ds = feature_dataset(data.train.waves, data.train.labels, config.frontend, config.train.batch_size,

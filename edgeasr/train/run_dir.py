@@ -172,6 +172,13 @@ class RunDir:
                                    f"or choose another --run-dir") from None
             yield self
 
+    def refuse_if_training_elsewhere(self) -> None:
+        """The lock tried and let go at once: train checks it before minutes of loading data, then
+        takes it for real (`locked`) when it claims the folder."""
+        if (self.path / LOCK_NAME).exists():
+            with self.locked():
+                pass
+
     def holds_training(self) -> bool:
         """Whether any epoch was trained here: a checkpoint, a history entry or a model file."""
         return (self.model_path.exists() or bool(self.read_history())
