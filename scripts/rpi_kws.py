@@ -137,7 +137,7 @@ class MetadataError(ValueError):
 
 
 # Field numbers of the schema's tables that read_metadata walks (tensorflow/lite/schema/schema.fbs).
-MODEL_BUFFERS, MODEL_METADATA = 4, 6
+MODEL_SUBGRAPHS, MODEL_BUFFERS, MODEL_METADATA = 2, 4, 6
 METADATA_NAME_FIELD, METADATA_BUFFER = 0, 1
 BUFFER_DATA, BUFFER_OFFSET, BUFFER_SIZE = 0, 1, 2
 
@@ -186,6 +186,8 @@ def _scalar(data: bytes, table: int, number: int, form: str) -> int:
 def _metadata_bytes(data: bytes, name: str):
     """The bytes of the buffer metadata entry `name` points to, or None when there is no such entry."""
     model = _target(data, 0)
+    if not _vector(data, model, MODEL_SUBGRAPHS):        # every model has one: the root offset is damaged
+        raise ValueError("the root table has no subgraphs")
     for entry in _vector(data, model, MODEL_METADATA):
         if _bytes(data, entry, METADATA_NAME_FIELD).decode("utf-8", "replace") != name:
             continue

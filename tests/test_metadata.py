@@ -70,6 +70,9 @@ def test_the_reader_finds_the_entry_the_schema_finds_among_the_converters_own(ti
     assert read_metadata(data, "no such entry") is None
     with pytest.raises(MetadataError, match="corrupt TFLite model"):
         read_metadata(data[: len(data) // 2])
+    moved_root = (int.from_bytes(data[:4], "little") + 8).to_bytes(4, "little") + data[4:]
+    with pytest.raises(MetadataError, match="corrupt TFLite model"):     # not "no metadata"
+        read_metadata(moved_root)
 
 
 def test_keywords_of_leaves_out_the_underscore_classes():
