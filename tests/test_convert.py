@@ -301,6 +301,14 @@ def test_a_policy_whose_rules_name_no_layer_is_refused(foreign, tmp_path):
     assert result.exit_code == 1 and "none of its layer rules (conv0, dense1, logits)" in result.output
     assert "classifier" in result.output and not (tmp_path / "m.tflite").exists()
 
+    policy = tmp_path / "bn.json"                      # the foreign DS-CNN's pointwise BNs: folded into pw1
+    policy.write_text(json.dumps({"name": "bn4", "default": {"weight_bits": 8},
+                                  "rules": [{"pattern": "bn_pw*", "precision": {"weight_bits": 4}}]}))
+    folded = CliRunner().invoke(main, ["convert", str(foreign / "kws.keras"), "-o", str(tmp_path / "m.tflite"),
+                                       "--calibration", str(foreign / "inputs.npy"), "--policy", str(policy)])
+    assert folded.exit_code == 1 and "rule 'bn_pw*' matches only BatchNormalization layers (bn_pw1)" in folded.output
+    assert "name pw1 instead" in folded.output
+
 
 def test_a_model_file_with_labels_and_frontend_runs_in_the_streaming_runtime(foreign, tmp_path):
     from edgeasr.runtime.streaming import KeywordSpotter

@@ -287,14 +287,32 @@ def quantize_model(model: keras.Model, policy, stage: str = "full") -> keras.Mod
 
 def check_rules_name_layers(model: keras.Model, policy) -> None:
     """Refuse a policy whose layer rules match no layer of the model: it would silently be its
-    default everywhere (the `mixed` presets name the layers of edgeasr's own models)."""
-    names = [layer.name for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
-    if not policy.rules or any(policy.matching_rule(name) for name in names):
-        return
-    shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
-    raise EdgeasrError(f"policy {policy.name!r}: none of its layer rules ({', '.join(r.pattern for r in policy.rules)}) "
-                       f"matches a layer of model {model.name!r} ({shown}), so every layer would get the policy's "
-                       f"default; give a policy JSON file whose rule patterns name this model's layers")
+    default everywhere (the `mixed` presets name the layers of edgeasr's own models). Refuse a rule
+    that matches only BatchNormalization layers folded into the convolution before them: the folded
+    layer takes the convolution's rule, so the rule would do nothing."""
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    names = [layer.name for layer in layers]
+    if policy.rules and not any(policy.matching_rule(name) for name in names):
+        shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+        raise EdgeasrError(f"policy {policy.name!r}: none of its layer rules ({', '.join(r.pattern for r in policy.rules)}) "
+                           f"matches a layer of model {model.name!r} ({shown}), so every layer would get the policy's "
+                           f"default; give a policy JSON file whose rule patterns name this model's layers")
+    for rule in policy.rules:
+        matched = [layer for layer in layers if policy.matching_rule(layer.name) is rule]
+        convs = [_folding_conv(layer) for layer in matched]
+        if matched and all(convs):
+            raise EdgeasrError(f"policy {policy.name!r}: rule {rule.pattern!r} matches only BatchNormalization layers "
+                               f"({', '.join(layer.name for layer in matched[:6])}), which are folded into the "
+                               f"convolution before them and take its rule; name {', '.join(convs[:6])} instead")
+
+
+def _folding_conv(layer):
+    """The name of the convolution a BatchNormalization is folded into (see _Rebuilder), else None."""
+    if type(layer) is not keras.layers.BatchNormalization or len(layer._inbound_nodes) != 1:
+        return None
+    conv = layer._inbound_nodes[0].inbound_layers
+    foldable = isinstance(conv, (keras.layers.Conv2D, keras.layers.Conv1D))       # DepthwiseConv2D included
+    return conv.name if foldable and getattr(conv.activation, "__name__", "") == "linear" else None
 
 
 class _Rebuilder:
