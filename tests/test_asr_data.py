@@ -83,6 +83,20 @@ def test_manifest_errors_name_the_line(tmp_path):
         read_manifest(path)
 
 
+def test_texts_whose_spoken_words_normalisation_drops_are_counted(tmp_path, capsys):
+    from edgeasr.data.asr_pipeline import load_asr_split
+    from edgeasr.data.tokenizer import drops_spoken_text
+
+    assert drops_spoken_text("room 101 at 5pm") and drops_spoken_text("café")
+    assert not drops_spoken_text("Don't STOP, now!")
+    wav = tmp_path / "x.wav"
+    soundfile.write(str(wav), np.zeros(1600, np.int16), 16000)
+    path = write_manifest(tmp_path / "m.jsonl", [Utterance(wav, "room 101 at 5pm", 0.1), Utterance(wav, "yes", 0.1)])
+    load_asr_split(path, char_tokenizer(), FrontendConfig())
+    err = capsys.readouterr().err
+    assert "1 of 2 texts lose digits or letters outside a-z" in err and "'room 101 at 5pm' -> 'room at pm'" in err
+
+
 def test_a_damaged_audio_body_is_named_with_its_manifest(tmp_path):
     """The manifest reads headers only; loading the split decodes, and names both files."""
     from edgeasr.data.asr_pipeline import load_asr_split
@@ -215,6 +229,9 @@ def test_librispeech_errors_are_plain(tmp_path):
     with pytest.raises(EdgeasrError, match=r"no usable utterance \(skipped: 1 too long\)"):
         librispeech_manifest(root, tmp_path / "ok.jsonl", max_seconds=0.1)
     assert not (tmp_path / "ok.jsonl").exists()
+    marked = _libri_chapter(tmp_path / "bom", b"\xef\xbb\xbf19-198-0000 HELLO\n", {0: half})   # Windows editors
+    librispeech_manifest(marked, tmp_path / "bom.jsonl")
+    assert [u.text for u in read_manifest(tmp_path / "bom.jsonl")] == ["hello"]
 
 
 def test_manifest_command_checks_max_seconds(tmp_path):

@@ -63,6 +63,21 @@ def test_synth_train_convert_transcribe(tmp_path):
     np.testing.assert_allclose(transcriber.scores(pcm), transcriber.scores(pcm / 32768.0), atol=1e-5)
     with pytest.raises(ValueError, match="one channel"):
         transcriber.scores(np.stack([pcm, pcm], axis=1))
+    with pytest.raises(ValueError, match="no samples"):
+        transcriber.scores(np.zeros(0, np.float32))
+    with pytest.raises(ValueError, match="peaks at .*pass the int16 array"):
+        transcriber.scores(pcm.astype(np.float32))                      # int16 values as floats
+    from edgeasr.data.asr_pipeline import load_asr_split
+    from edgeasr.data.manifest import Utterance, write_manifest
+
+    one = write_manifest(tmp_path / "one.jsonl", [Utterance(wavs[0], "x", 1.0)])
+    loaded = load_asr_split(one, None, transcriber.frontend).waves[0]      # what eval-asr transcribes
+    assert transcriber.transcribe_file(wavs[0]) == transcriber.transcribe(loaded.astype(np.float32) / 32768.0)
+
+    other = CliRunner().invoke(main, ["train-asr", str(data), "--run-dir", str(tmp_path / "xs"), "--init-from",
+                                      str(qat_run), "--epochs", "1"])
+    assert other.exit_code == 1 and "--size tiny (this run: xs)" in other.output, other.output
+    assert not (tmp_path / "xs").exists()
 
     report_path = tmp_path / "eval.json"
     _invoke("eval-asr", qat_run, model, "--manifest", data / "test.jsonl", "--json", report_path)

@@ -651,6 +651,8 @@ def test_spotter_takes_int16_and_refuses_stereo(model_path):
     broken[100] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         KeywordSpotter(model_path).push(broken)
+    with pytest.raises(ValueError, match="float audio must be in \\[-1, 1\\]"):
+        KeywordSpotter(model_path).push(pcm.astype(np.float32))
 
 
 def test_a_long_chunk_is_scored_piece_by_piece_with_the_same_runs(model_path):

@@ -9,6 +9,7 @@ Targets are packed into one int32 tensor so that Keras `fit` and any loss(y_true
 can carry them:  y_true[:, 0] = valid output frames (after subsampling), y_true[:, 1:] = label
 ids padded with 0 (the blank, which is never a label). See `ctc_loss`.
 """
+import sys
 from dataclasses import dataclass
 from typing import Callable, List, Optional
 
@@ -19,7 +20,7 @@ from edgeasr.audio.augment import AugmentConfig, add_noise, random_gain
 from edgeasr.audio.frontend import FrontendConfig, tf_log_mel
 from edgeasr.audio.io import AudioError, load_audio, to_int16
 from edgeasr.data.manifest import read_manifest
-from edgeasr.data.tokenizer import Tokenizer, normalize_text
+from edgeasr.data.tokenizer import Tokenizer, drops_spoken_text, normalize_text
 from edgeasr.errors import EdgeasrError
 
 
@@ -68,7 +69,17 @@ def load_asr_split(manifest, tokenizer: Optional[Tokenizer], frontend: FrontendC
             raise EdgeasrError(f"{manifest}: {exc}; fix the file or remove its line") from exc
         texts.append(text)
         labels.append(np.asarray(tokenizer.encode(text) if tokenizer else [], np.int32))
+    _warn_dropped_text(manifest, utterances)
     return AsrSplit(waves, texts, labels)
+
+
+def _warn_dropped_text(manifest, utterances) -> None:
+    """Say when normalised references lose spoken words: WER is then scored on other text than the audio's."""
+    dropped = [u.text for u in utterances if drops_spoken_text(u.text)]
+    if dropped:
+        print(f"warning: {manifest}: {len(dropped)} of {len(utterances)} texts lose digits or letters outside a-z "
+              f"when normalised (e.g. {dropped[0]!r} -> {normalize_text(dropped[0])!r}); spell numbers out and "
+              f"transliterate to score them", file=sys.stderr)
 
 
 def ctc_feasible(labels: np.ndarray, logit_frames: int) -> bool:

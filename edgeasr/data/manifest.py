@@ -106,7 +106,7 @@ def _transcript_lines(transcript: Path) -> List[tuple]:
     """(utterance id, text) of each non-blank line; the id ends at the first space or tab, and the
     text's runs of whitespace (CR included) become one space."""
     try:
-        content = transcript.read_bytes().decode("utf-8")
+        content = transcript.read_bytes().decode("utf-8-sig").replace("\ufeff", "")   # byte-order marks
     except UnicodeDecodeError as exc:
         line = exc.object[:exc.start].count(b"\n") + 1
         raise EdgeasrError(f"{transcript}:{line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x}); "

@@ -25,6 +25,12 @@ def normalize_text(text: str) -> str:
     return re.sub(r" +", " ", text).strip()
 
 
+def drops_spoken_text(text: str) -> bool:
+    """Whether normalize_text drops something that is spoken: digits ("room 101") or letters outside
+    a-z ("café" -> "caf"); punctuation and case are not spoken."""
+    return bool(re.search(r"[0-9]", text)) or any(ch.isalpha() and not ("a" <= ch.lower() <= "z") for ch in text)
+
+
 class Tokenizer:
     """ids <-> text; `tokens[i]` is the text of id i, tokens[0] the blank."""
 

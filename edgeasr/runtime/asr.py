@@ -51,6 +51,8 @@ class Transcriber:
         """Per-output-frame logits (T_out, V) of mono audio at the frontend's rate: floats in
         [-1, 1] or int16 PCM (`streaming.mono_samples`: stereo is refused, not interleaved)."""
         audio = mono_samples(audio)
+        if not len(audio):
+            raise ValueError("the audio holds no samples")
         step = self.window_frames * self.frontend.hop_samples   # windows start every window_frames frames
         outputs = []
         for start in range(0, max(1, len(audio)), step):
@@ -77,9 +79,10 @@ class Transcriber:
         """The text of an audio file; an unreadable or empty file raises edgeasr.audio.io.AudioError.
         Decoding files of any format and rate needs soundfile and soxr (installed with edgeasr); on a
         device with NumPy and LiteRT alone, read the audio yourself and call `transcribe`."""
-        from edgeasr.audio.io import load_audio
+        from edgeasr.audio.io import load_audio, to_int16
 
-        return self.transcribe(load_audio(path, self.frontend.sample_rate))
+        # int16 as the training and eval-asr loaders hold clips, so a file transcribes as eval-asr scores it
+        return self.transcribe(to_int16(load_audio(path, self.frontend.sample_rate)))
 
     def transcribe_files(self, paths) -> List[str]:
         return [self.transcribe_file(p) for p in paths]

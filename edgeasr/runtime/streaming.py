@@ -171,6 +171,9 @@ def fire_indices(times: np.ndarray, scores: np.ndarray, threshold: float, refrac
     return np.asarray(fired, dtype=np.int64)
 
 
+FLOAT_PEAK_LIMIT = 2.0    # float audio above it is in another scale, not a clipped [-1, 1] signal
+
+
 def mono_samples(audio) -> np.ndarray:
     """float32 samples of a 1-D float or int16 array; a 2-D (stereo) array is refused: flattened it
     would play interleaved channels as a stream twice as long."""
@@ -184,6 +187,9 @@ def mono_samples(audio) -> np.ndarray:
         raise ValueError(f"audio must be float samples in [-1, 1] or int16 PCM, got {audio.dtype}")
     if not np.isfinite(audio).all():
         raise ValueError("audio holds NaN or infinite samples")
+    if len(audio) and np.abs(audio).max() > FLOAT_PEAK_LIMIT:
+        raise ValueError(f"float audio must be in [-1, 1]; this peaks at {np.abs(audio).max():.4g} (int16 values "
+                         f"as floats? pass the int16 array, or divide by 32768)")
     return audio.astype(np.float32, copy=False)
 
 

@@ -108,6 +108,20 @@ class AsrData:
     test: Optional[AsrSplit]
 
 
+def check_init_from(config: AsrRunConfig) -> None:
+    """The --init-from run must have this run's size and tokenizer: its weights are transferred by
+    shape and its tokens are the output layer's (taken silently, config.json recorded the other)."""
+    if not config.train.init_from:
+        return
+    start = AsrRunDir(config.train.init_from).read_config()
+    mismatched = [f"--{option} {theirs} (this run: {ours})" for option, theirs, ours in (
+        ("size", start.model_size, config.model_size),
+        ("tokenizer", start.asr.tokenizer, config.asr.tokenizer)) if theirs != ours]
+    if mismatched:
+        raise EdgeasrError(f"--init-from {config.train.init_from}: that run has {', '.join(mismatched)}; give the "
+                           f"same options to fine-tune it")
+
+
 def _tokenizer_for(run: AsrRunDir, config: AsrRunConfig, resuming: bool) -> Tokenizer:
     """The run's tokenizer: read back when resuming (not from a run that failed before training:
     its command may have been corrected), else taken from init_from, else built."""
@@ -155,6 +169,7 @@ def compile_ctc(model: keras.Model, config: AsrRunConfig, total_steps: int, lear
 def train_asr(run_dir, config: AsrRunConfig, progress: bool = True, data: Optional[AsrData] = None) -> dict:
     """Train (or resume) the ASR run in `run_dir`, stage by stage; returns the test report."""
     stages = plan_stages(config)
+    check_init_from(config)
     with AsrRunDir(run_dir).locked() as run:
         return _train_asr_run(run, config, stages, progress, data)
 
