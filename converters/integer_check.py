@@ -4,9 +4,9 @@ from edgeasr.converters import flatbuffer as fb
 from edgeasr.errors import EdgeasrError
 
 INTEGER_TYPES = ("INT8", "INT16", "INT32", "INT64", "INT4")   # INT64: 16x8 biases
-REQUANTIZING = ("requantizing integer tensors: the layer's output has a range of its own where the next op "
-                "needs another; the usual cause is a sigmoid or tanh fused into a layer "
-                "(Dense(..., activation='sigmoid')): give it its own Activation layer")
+REQUANTIZING = ("requantizing integer tensors: an op's output got a range of its own where the next op keeps or "
+                "fixes its scale (AVERAGE_POOL_2D, CONCATENATION, LOGISTIC, TANH, SOFTMAX); see "
+                "edgeasr/quant/registry.py for the layers that must not quantize their output")
 
 
 def float_ops(model_bytes: bytes, layer_names=(), io: str = "int8") -> list:

@@ -79,7 +79,8 @@ def _model_files(path: Path) -> list:
 def _all_files(path: Path) -> list:
     if path.is_file():
         return [path]
-    return sorted(p for p in path.rglob("*") if p.is_file() and not p.relative_to(path).as_posix().startswith("checkpoints/"))
+    return sorted(p for p in path.rglob("*")
+                  if p.is_file() and not p.relative_to(path).as_posix().startswith("checkpoints/"))  # training state
 
 
 def _files_hash(path: Path, files: list) -> str:

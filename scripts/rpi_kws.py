@@ -157,25 +157,28 @@ def _target(data: bytes, position: int) -> int:
 
 
 def _vector(data: bytes, table: int, number: int) -> list:
-    """Positions of the elements of a vector-of-tables field (or bytes of a [ubyte] field's start)."""
-    at = _field(data, table, number)
-    if at is None:
-        return []
-    start = _target(data, at)
-    count = struct.unpack_from("<I", data, start)[0]
-    return [_target(data, start + 4 + 4 * i) for i in range(count)]
+    """Positions of the tables a vector-of-tables field points to (none when it is absent)."""
+    start, count = _vector_start(data, table, number, element_size=4)
+    return [_target(data, start + 4 * i) for i in range(count)]
 
 
 def _bytes(data: bytes, table: int, number: int) -> bytes:
     """A [ubyte] or string field's bytes (empty when absent)."""
+    start, count = _vector_start(data, table, number, element_size=1)
+    return data[start:start + count]
+
+
+def _vector_start(data: bytes, table: int, number: int, element_size: int) -> tuple:
+    """(position of the first element, element count) of a vector field; a count that runs past the
+    end of the file (a damaged one could ask for billions of elements) is refused."""
     at = _field(data, table, number)
     if at is None:
-        return b""
+        return 0, 0
     start = _target(data, at)
     count = struct.unpack_from("<I", data, start)[0]
-    if start + 4 + count > len(data):
+    if start + 4 + element_size * count > len(data):
         raise ValueError("a vector runs past the end of the file")
-    return data[start + 4:start + 4 + count]
+    return start + 4, count
 
 
 def _scalar(data: bytes, table: int, number: int, form: str) -> int:

@@ -310,4 +310,5 @@ def test_a_device_that_fell_back_to_the_builtin_kernels_says_so():
     from edgeasr.device import _default_kernels
 
     assert _default_kernels({"kernels": "xnnpack"}) == "XNNPACK" == _default_kernels({})
-    assert "on the builtin kernels: its LiteRT's XNNPACK cannot run the model" in _default_kernels({"kernels": "builtin"})
+    fell_back = _default_kernels({"kernels": "builtin"})
+    assert "on the builtin kernels: its LiteRT's XNNPACK cannot run the model" in fell_back

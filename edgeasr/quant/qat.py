@@ -294,7 +294,8 @@ def check_rules_name_layers(model: keras.Model, policy) -> None:
     names = [layer.name for layer in layers]
     if policy.rules and not any(policy.matching_rule(name) for name in names):
         shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
-        raise EdgeasrError(f"policy {policy.name!r}: none of its layer rules ({', '.join(r.pattern for r in policy.rules)}) "
+        patterns = ", ".join(rule.pattern for rule in policy.rules)
+        raise EdgeasrError(f"policy {policy.name!r}: none of its layer rules ({patterns}) "
                            f"matches a layer of model {model.name!r} ({shown}), so every layer would get the policy's "
                            f"default; give a policy JSON file whose rule patterns name this model's layers")
     for rule in policy.rules:
