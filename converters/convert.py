@@ -310,7 +310,9 @@ def validate(model_path, source, data=None, examples: int = PARITY_EXAMPLES,
         metadata = read_metadata(model_path) or {}
     except MetadataError as exc:
         raise EdgeasrError(str(exc)) from exc
-    if "asr" in metadata or (Path(source) / "tokenizer.json").is_file():
+    from edgeasr.train.asr_fit import is_asr_run
+
+    if "asr" in metadata or is_asr_run(source):
         raise EdgeasrError(f"{model_path}: validate compares keyword models; a speech-recognition model's parity "
                            f"(frames and transcripts) is written by convert to its .parity.json, and `edgeasr "
                            f"eval-asr RUN MODEL.tflite` compares their WER")
