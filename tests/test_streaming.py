@@ -546,6 +546,30 @@ def test_stream_leaves_out_the_connected_speech_windows(tiny_dataset, tmp_path):
     assert streams[0][1].read_text() == streams[1][1].read_text()
 
 
+def test_stream_cache_rebuilds_for_an_edited_copy_of_the_dataset(tiny_dataset, tmp_path):
+    """The cache key covers the synthesis settings only; a copy with other clips shares the key."""
+    import shutil
+
+    from edgeasr.eval.stream import build_test_stream
+
+    edited = tmp_path / "edited"
+    shutil.copytree(tiny_dataset, edited)
+    keyword_clips = [p for p in (edited / "testing_list.txt").read_text().split() if p.startswith("yes/")]
+    other_word = next((edited / "no").glob("*.wav"))
+    for relative in keyword_clips:                     # every 'yes' of the copy is now another word's clip
+        shutil.copy(other_word, edited / relative)
+    build = lambda root, cache: build_test_stream(root, ["yes", "no", "stop"], cache, hours=0.01, seed=2,
+                                                  progress=False)
+    original, _ = build(tiny_dataset, tmp_path / "cache")
+    original_bytes = original.read_bytes()
+    shared, _ = build(edited, tmp_path / "cache")
+    fresh, _ = build(edited, tmp_path / "fresh")
+    assert shared == original                             # the same key ...
+    assert shared.read_bytes() == fresh.read_bytes() != original_bytes        # ... but the copy's stream
+    mtime = shared.stat().st_mtime_ns
+    assert build(edited, tmp_path / "cache")[0].stat().st_mtime_ns == mtime    # unchanged sources: cached
+
+
 def test_validation_stream_plays_only_validation_voices(tiny_dataset, tmp_path, monkeypatch):
     from edgeasr.eval import stream
     from edgeasr.files import read_json

@@ -205,13 +205,29 @@ def build_test_stream(dataset, keywords, out_dir, hours: float = 1.0, seed: int 
     inputs = [STREAM_FORMAT, synth, sorted(keywords), hours, seed, sample_rate] + ([split] if split != "testing" else [])
     key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:12]
     wav, label_path = Path(out_dir) / f"stream_{key}.wav", Path(out_dir) / f"stream_{key}.labels.txt"
+    sources, fingerprint = wav.with_suffix(".sources"), _sources_fingerprint(dataset, split)
     if wav.is_file() and label_path.is_file() and pieces_path(label_path).is_file():
-        return wav, label_path
+        if not sources.is_file():          # cached before fingerprints were kept: trust it from now on
+            sources.write_text(fingerprint)
+        if sources.read_text() == fingerprint:
+            return wav, label_path
     audio, labels, pieces = _compose(dataset, synth, split, tuple(keywords), hours, seed, sample_rate, progress)
     write_wav(wav, audio, sample_rate)
     write_labels(label_path, labels)
     write_labels(pieces_path(label_path), pieces, column="kind")
+    sources.write_text(fingerprint)
     return wav, label_path
+
+
+def _sources_fingerprint(dataset: Path, split: str) -> str:
+    """A hash of the clips and noises a stream is made of. The cache key covers the synthesis
+    settings only, so an edited copy of a dataset would otherwise get the original's stream."""
+    keyword_and_other = [dataset / relative for relative in _listed(dataset, split)]
+    digest = hashlib.sha256()
+    for path in keyword_and_other + _noise_paths(dataset):
+        digest.update(path.relative_to(dataset).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() if path.is_file() else b"missing")
+    return digest.hexdigest()
 
 
 def _compose(dataset: Path, synth: dict, split: str, keywords, hours, seed, sample_rate, progress):
@@ -261,18 +277,21 @@ def _compose(dataset: Path, synth: dict, split: str, keywords, hours, seed, samp
 def _split_clips(dataset: Path, split: str, keywords):
     """(keyword, path) and other-word paths of the split; the synthesiser's connected-speech
     windows are left out: the stream has whole sentences of its own (kind `sentence`)."""
+    keyword_clips, other_clips = [], []
+    for relative in _listed(dataset, split):
+        word = relative.split("/", 1)[0]
+        (keyword_clips.append((word, dataset / relative)) if word in keywords
+         else other_clips.append(dataset / relative))
+    return keyword_clips, other_clips
+
+
+def _listed(dataset: Path, split: str) -> list:
+    """The split's clips (relative paths, sorted), without the synthesiser's sentence windows."""
     from edgeasr.data.synth import SENTENCES_FOLDER
 
     listing = dataset / f"{split}_list.txt"
     listed = listing.read_text().split() if listing.is_file() else []
-    keyword_clips, other_clips = [], []
-    for relative in sorted(listed):
-        word = relative.split("/", 1)[0]
-        if word == SENTENCES_FOLDER:
-            continue
-        (keyword_clips.append((word, dataset / relative)) if word in keywords
-         else other_clips.append(dataset / relative))
-    return keyword_clips, other_clips
+    return [relative for relative in sorted(listed) if relative.split("/", 1)[0] != SENTENCES_FOLDER]
 
 
 def _speech(clip: np.ndarray, rng) -> np.ndarray:
@@ -312,10 +331,14 @@ def _sentences():
 
 def _noises(dataset: Path, sample_rate: int) -> list:
     """The dataset's coloured noises (babble is left out: it is spoken by training voices)."""
-    paths = sorted(p for p in (dataset / "_background_noise_").glob("*_noise.wav"))
+    paths = _noise_paths(dataset)
     if not paths:
         raise StreamError(f"{dataset}/_background_noise_: no *_noise.wav files")
     return [load_audio(p, sample_rate) for p in paths]
+
+
+def _noise_paths(dataset: Path) -> list:
+    return sorted((dataset / "_background_noise_").glob("*_noise.wav"))
 
 
 def default_cache_dir() -> Path:
