@@ -293,8 +293,9 @@ def convert_run(run_dir, output, force: bool = False, policy=None, min_agreement
 
 
 def validate(model_path, source, data=None, examples: int = PARITY_EXAMPLES,
-             min_agreement: float = 0.99, calibration=None) -> dict:
-    """Parity of a .tflite with the Keras model it came from; writes the JSON and Markdown reports.
+             min_agreement: float = 0.99, calibration=None, report_path=None) -> dict:
+    """Parity of a .tflite with the Keras model it came from; writes the JSON and Markdown reports
+    beside `report_path` (default: the model, where convert wrote its own).
 
     A float SOURCE is compared through the same post-training quantisation `convert` applies: the
     policy recorded in the model's metadata, calibrated on `calibration` (default: what convert
@@ -342,7 +343,11 @@ def validate(model_path, source, data=None, examples: int = PARITY_EXAMPLES,
     report = parity_report(model_path, keras_scores, features, labels, min_agreement=min_agreement,
                            float_scores=float_scores)
     report["notes"] = notes
-    json_path, md_path = write_reports(report, model_path if report["passed"] else _rejected(Path(model_path)))
+    if report_path is not None:
+        stem = Path(f"{report_path}.tflite")         # write_reports names the reports after a model's stem
+    else:
+        stem = Path(model_path) if report["passed"] else _rejected(Path(model_path))
+    json_path, md_path = write_reports(report, stem)
     report["json"], report["markdown"] = str(json_path), str(md_path)
     return report
 

@@ -293,22 +293,26 @@ def inspect(model, as_json):
 @click.option("--examples", default=500, show_default=True, type=click.IntRange(1),
               help="At most this many inputs of --data, spread over all of them.")
 @click.option("--min-agreement", default=0.99, show_default=True, type=click.FloatRange(0, 1))
+@click.option("--report", "report_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Write REPORT.parity.json / .parity.md, passed or not, instead of MODEL's (which convert wrote).")
 @user_errors
-def validate(model, source, data, calibration, examples, min_agreement):
+def validate(model, source, data, calibration, examples, min_agreement, report_path):
     """Parity of MODEL with its Keras SOURCE: agreement, LSB difference, XNNPACK vs reference, accuracy.
 
-    Writes MODEL.parity.json and MODEL.parity.md; exits 1 when agreement is below the threshold.
+    Writes MODEL.parity.json and MODEL.parity.md, replacing convert's (--report keeps both); a
+    check below the threshold writes MODEL.rejected.parity.* instead and exits 1.
 
     \b
     Example:
       edgeasr validate ds_cnn_s_w4.tflite --source runs/ds_w4 --data data/kws
+      edgeasr validate ds_cnn_s_w4.tflite --source runs/ds_w4 --data my_recordings --report checks/recordings
       edgeasr validate my_kws_w4.tflite --source my_kws.keras --data test_inputs.npy --calibration inputs.npy
     """
     from edgeasr.converters.convert import validate as validate_model
     from edgeasr.eval.parity import kernel_warnings, quantization_warnings
 
     report = validate_model(model, source, data, examples=examples, min_agreement=min_agreement,
-                            calibration=calibration)
+                            calibration=calibration, report_path=report_path)
     for note in report["notes"]:
         click.echo(f"Warning: {note}", err=True)
     reference = report.get("xnnpack_vs_reference_agreement")

@@ -101,6 +101,13 @@ def test_a_model_written_into_its_run_validates_on_the_runs_test_split(trained_r
         assert checked.exit_code == 0, checked.output
         assert "not what the model was converted from" not in checked.output
         assert json.loads(out.with_suffix(".parity.json").read_text())["examples"] > 0
+        converted = out.with_suffix(".parity.json").read_bytes()
+        elsewhere = trained_run / "model.check"
+        kept = CliRunner().invoke(main, ["validate", str(out), "--source", str(trained_run), "--examples", "7",
+                                         "--report", str(elsewhere)])
+        assert kept.exit_code == 0 and "model.check.parity.md" in kept.output, kept.output
+        assert json.loads((trained_run / "model.check.parity.json").read_text())["examples"] == 7
+        assert out.with_suffix(".parity.json").read_bytes() == converted           # the model's own stays
     finally:
         for made in trained_run.glob("model.*"):
             if made.name != "model.keras":
