@@ -3,7 +3,9 @@ import edgeasr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imp
 
 import functools
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -43,6 +45,18 @@ def main():
       edgeasr convert runs/ds_cnn_s -o ds_cnn_s_int8.tflite
     or all of it at once:  edgeasr demo --out demo_run
     """
+    stop_on_terminate()
+
+
+def stop_on_terminate() -> None:
+    """SIGTERM (kill, a job scheduler, a closed session) stops a command as Ctrl-C does, so its
+    clean-ups run: train says how to resume, device-check removes its folder on the device."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 @main.group()

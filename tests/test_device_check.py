@@ -312,3 +312,30 @@ def test_a_device_that_fell_back_to_the_builtin_kernels_says_so():
     assert _default_kernels({"kernels": "xnnpack"}) == "XNNPACK" == _default_kernels({})
     fell_back = _default_kernels({"kernels": "builtin"})
     assert "on the builtin kernels: its LiteRT's XNNPACK cannot run the model" in fell_back
+
+
+@pytest.mark.slow
+def test_a_terminated_device_check_removes_its_folder_on_the_device(loopback_sshd, model_path, tmp_path):
+    """SIGTERM stops device-check as Ctrl-C does: the clean-up that removes the device's folder runs."""
+    user = os.environ.get("USER") or __import__("getpass").getuser()
+    slow_python = tmp_path / "slow_python"
+    slow_python.write_text("#!/bin/sh\nsleep 20\n")              # the device's python, stuck in the check
+    slow_python.chmod(0o755)
+    write_wav(tmp_path / "bursts.wav", bursts_audio(), 16000)
+    before = set(Path("/tmp").glob("edgeasr_check.*"))
+    check = subprocess.Popen(
+        [sys.executable, "-m", "edgeasr.cli", "device-check", str(model_path), "--ssh", f"{user}@127.0.0.1",
+         "--port", str(loopback_sshd["port"]), "--identity", str(loopback_sshd["identity"]),
+         "--ssh-option", f"UserKnownHostsFile={loopback_sshd['known_hosts']}", "--python", str(slow_python),
+         "--wav", str(tmp_path / "bursts.wav")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for _ in range(600):                                      # until the device's folder holds the model
+        made = set(Path("/tmp").glob("edgeasr_check.*/rpi_kws.py")) - {p / "rpi_kws.py" for p in before}
+        if made or check.poll() is not None:
+            break
+        time.sleep(0.1)
+    assert made, check.communicate()[0]
+    time.sleep(1.0)                                          # the device's python is running
+    check.terminate()
+    output = check.communicate(timeout=60)[0]
+    assert check.returncode != 0, output
+    assert set(Path("/tmp").glob("edgeasr_check.*")) == before, output
