@@ -66,6 +66,7 @@ def run_demo(out_dir, model: str = "ds_cnn_s", epochs: int = 15, qat_epochs: int
             "keras_test_accuracy": keras_report["accuracy"],
             "litert_test_accuracy": sizes["parity"]["litert_accuracy"],
             "tflite_bytes": sizes["int8_bytes"],
+            "int4_weight_share": sizes["int4_share"] or 0.0,             # of weight bytes, as convert says
             "int4_weight_tensors": storage.get("INT4", {}).get("tensors", 0),
             "weight_tensors": sum(entry["tensors"] for entry in storage.values()),
         }
@@ -89,12 +90,13 @@ def _check_same_data(data_dir: Path, synth: SynthConfig) -> None:
 
 
 def format_summary(summary: dict) -> str:
-    header = ("LiteRT model", "Keras acc.", "LiteRT acc.", "bytes", "vs float", "INT4 weights")
+    header = ("LiteRT model", "Keras acc.", "LiteRT acc.", "bytes", "vs float", "INT4 weight bytes")
     rows = [("float (reference)", "", "", f"{summary['float_tflite_bytes']:,}", "1.0x", "")]
     for name, row in summary["models"].items():
         rows.append((name, f"{row['keras_test_accuracy']:.2%}", f"{row['litert_test_accuracy']:.2%}",
                      f"{row['tflite_bytes']:,}", f"{summary['float_tflite_bytes'] / row['tflite_bytes']:.1f}x",
-                     f"{row['int4_weight_tensors']}/{row['weight_tensors']}"))
+                     f"{row['int4_weight_share']:.0%} ({row['int4_weight_tensors']}/{row['weight_tensors']} "
+                     f"tensors)"))
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     lines = [f"{summary['model']}: {summary['parameters']:,} parameters, {summary['test_clips']} test clips "
              f"(held-out voices), {summary['seconds']:.0f} s"]

@@ -129,3 +129,14 @@ def test_a_path_the_system_refuses_is_a_plain_error(tmp_path):
     (tmp_path / "afile").write_text("x")
     result = CliRunner().invoke(main, ["data", "synth-kws", str(tmp_path / "afile" / "sub"), "--speakers", "3"])
     assert result.exit_code == 1 and result.output.startswith("Error:") and "afile" in result.output
+
+
+def test_demo_table_gives_the_int4_share_of_weight_bytes_and_tensors():
+    from edgeasr.demo import format_summary
+
+    row = {"keras_test_accuracy": 0.97, "litert_test_accuracy": 0.965, "tflite_bytes": 25952,
+           "int4_weight_share": 8576 / 13440, "int4_weight_tensors": 5, "weight_tensors": 10}
+    table = format_summary({"model": "ds_cnn_s", "parameters": 24332, "float_tflite_bytes": 92856,
+                            "test_clips": 581, "seconds": 493.0, "models": {"w4a8-tanh": row}})
+    w4 = next(line for line in table.splitlines() if line.startswith("w4a8-tanh"))
+    assert w4.split()[1:] == ["97.00%", "96.50%", "25,952", "3.6x", "64%", "(5/10", "tensors)"]
