@@ -36,8 +36,9 @@ from edgeasr.converters.metadata import (calibration_digest, embed_metadata, leg
 from edgeasr.converters.pointwise import pointwise_as_fully_connected
 from edgeasr.converters.pooling import global_pools_as_mean
 from edgeasr.converters.ptq import calibrate_activations, post_training_quantize  # noqa: F401
-from edgeasr.converters.sources import (calibration_features, described_inputs, is_qat,  # noqa: F401
-                                        load_calibration, load_keras, load_source, qat_weight_bits, run_test_features, spread_rows)
+from edgeasr.converters.sources import (calibration_features, described_inputs, input_notes, is_qat,  # noqa: F401
+                                        load_calibration, load_keras, load_source, qat_weight_bits, run_test_features,
+                                        spread_rows)
 from edgeasr.converters.stock import CALIBRATION_EXAMPLES, float_tflite, int8_tflite  # noqa: F401
 from edgeasr.converters.trim import trim_model
 from edgeasr.errors import EdgeasrError
@@ -187,8 +188,10 @@ def convert(source, output, policy=None, calibration=None, io: str = "int8", for
                            f"--labels and --frontend are for model files")
     labels, frontend = ((list(config.data.labels), config.frontend) if config is not None
                         else described_inputs(model, labels, frontend))
+    notes = []
     if calibration is not None:
         features = load_calibration(calibration, model, config, limit=CALIBRATION_EXAMPLES)[0]
+        notes = input_notes(model, features, f"calibration data {calibration}", calibrating=not is_qat(model))
     elif config is not None:
         features = calibration_features(config)
     else:
@@ -215,7 +218,7 @@ def convert(source, output, policy=None, calibration=None, io: str = "int8", for
         report = parity_report(candidate, keras_scores, parity_features, parity_labels,
                                min_agreement=min_agreement if min_agreement is not None else 0.0,
                                float_scores=float_scores)
-    report["model"] = str(output)
+    report["model"], report["notes"] = str(output), notes
     # a rejected conversion's reports must not replace those of a model already at OUTPUT
     json_path, md_path = write_reports(report, output if report["passed"] else _rejected(output))
     if not report["passed"]:
@@ -322,6 +325,7 @@ def validate(model_path, source, data=None, examples: int = PARITY_EXAMPLES,
     if data is not None:
         features, labels = load_calibration(data, model, config, "test" if Path(data).is_dir() else "train",
                                             limit=examples)
+        notes += input_notes(model, features, f"--data {data}", calibrating=False)
     elif (test := _run_test_sample(config, examples)) is not None:
         features, labels = test
     else:

@@ -189,3 +189,45 @@ def run_test_features(config):
         return None
     test = load_split(Path(config.dataset), config.data, "test", progress=False)
     return (features_of(test.waves, config.frontend), np.asarray(test.labels)) if len(test.labels) else None
+
+
+FEW_CALIBRATION_INPUTS = 32     # below it, ranges are calibrated on too few inputs to cover others
+SCALE_WARNING_FACTOR = 8.0      # inputs this many times larger or smaller than training's are in other units
+
+
+def input_notes(model: keras.Model, features: np.ndarray, what: str, calibrating: bool) -> list:
+    """Warnings about a model file's user-given inputs that parity cannot reveal, because the
+    float, fake-quant and LiteRT models all see the same inputs: too few calibration rows, and
+    inputs in other units than the model was trained on (features x 1e4 calibrate and pass
+    parity, then fail on the device's real features)."""
+    notes = []
+    if calibrating and len(features) < FEW_CALIBRATION_INPUTS:
+        notes.append(f"{what}: {len(features)} input{'s' if len(features) != 1 else ''} to calibrate on; ranges "
+                     f"taken from so few clip other inputs' activations (convert samples up to "
+                     f"{CALIBRATION_EXAMPLES}; give a few hundred)")
+    scale = training_scale_ratio(model, features)
+    if scale is not None and not 1 / SCALE_WARNING_FACTOR <= scale[1] <= SCALE_WARNING_FACTOR:
+        size = f"{scale[1]:,.0f} times" if scale[1] > 1 else f"1/{1 / scale[1]:,.0f} of"
+        notes.append(f"{what}: the inputs are about {size} the scale the model was trained on (measured "
+                     f"at its first BatchNormalization, '{scale[0]}', against its moving statistics); give "
+                     f"the features the model takes, in its units, or the model will be calibrated for others")
+    return notes
+
+
+def training_scale_ratio(model: keras.Model, features: np.ndarray, examples: int = 64):
+    """(layer name, ratio): the RMS of what the model's first BatchNormalization receives from
+    `features` over the RMS its moving statistics recorded in training (median over channels);
+    None for a model without one (or one wrapped for QAT)."""
+    import tensorflow as tf
+
+    norm = next((layer for layer in model.layers if type(layer) is keras.layers.BatchNormalization), None)
+    if norm is None:
+        return None
+    axis = norm.axis[0] if isinstance(norm.axis, (list, tuple)) else norm.axis
+    received = keras.Model(model.inputs, norm.input)(tf.constant(features[:examples]), training=False).numpy()
+    received = np.moveaxis(received, axis, -1).reshape(-1, received.shape[axis]).astype(np.float64)
+    trained = norm.moving_variance.numpy().astype(np.float64) + norm.moving_mean.numpy().astype(np.float64) ** 2
+    usable = trained > 0
+    if not usable.any():
+        return None
+    return norm.name, float(np.sqrt(np.median(np.mean(received ** 2, axis=0)[usable] / trained[usable])))

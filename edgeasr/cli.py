@@ -235,6 +235,8 @@ def convert(source, output, policy, calibration, io, min_agreement, conv_storage
                             fc_per_channel=fc_scales == "per-channel", scores=scores, labels=labels,
                             frontend=frontend)
     parity = result["parity"]
+    for note in parity["notes"]:
+        click.echo(f"Warning: {note}", err=True)
     sizes = f"{result['bytes']:,} bytes"
     if result.get("float_bytes"):
         sizes += f" (float LiteRT: {result['float_bytes']:,} bytes, {result['float_bytes'] / result['bytes']:.1f}x)"

@@ -399,3 +399,30 @@ def test_16bit_activation_policy_converts_to_a_16x8_model_with_parity(tmp_path):
     # 16-bit activations: LiteRT within 0.005 of the float model (measured 0.0015; int8: 0.04).
     against_float = parity_report(path, model.predict(features, verbose=0), features, min_agreement=0.95)
     assert against_float["passed"] and against_float["output_max_abs_difference"] < 0.005
+
+
+def test_convert_warns_about_calibration_inputs_parity_cannot_judge(foreign, tmp_path):
+    """Float, fake-quant and LiteRT models all see the same calibration inputs, so parity passes on
+    inputs in other units or on a handful of rows; convert says so from the model's BatchNorm
+    statistics and the row count."""
+    from edgeasr.converters.sources import SCALE_WARNING_FACTOR, training_scale_ratio
+
+    inputs = np.load(foreign / "inputs.npy")
+    model = keras.models.load_model(foreign / "kws.keras")
+    own = training_scale_ratio(model, inputs)[1]        # 0.4: four training steps barely moved its statistics
+    assert 1 / SCALE_WARNING_FACTOR < own < SCALE_WARNING_FACTOR
+    assert training_scale_ratio(model, inputs * 1e4)[1] == pytest.approx(
+        1e4 * training_scale_ratio(model, inputs)[1], rel=0.01)
+    np.save(tmp_path / "scaled.npy", inputs * 1e4)
+    np.save(tmp_path / "few.npy", inputs[:5])
+    plain = _convert(foreign, tmp_path / "plain.tflite")
+    assert plain.exit_code == 0 and "Warning" not in plain.output, plain.output
+    times = f"{own * 1e4:,.0f}"[:-2]                     # 4,0..: the ratio's leading digits
+    for name, expected in (("scaled", (f"the inputs are about {times}", "times the scale the model was trained on")),
+                           ("few", ("5 inputs to calibrate on", "give a few hundred"))):
+        out = tmp_path / f"{name}.tflite"
+        result = CliRunner().invoke(main, ["convert", str(foreign / "kws.keras"), "-o", str(out), "--calibration",
+                                           str(tmp_path / f"{name}.npy")])
+        assert result.exit_code == 0 and all(e in result.output for e in expected), result.output
+        assert any(expected[0] in note for note in json.loads(out.with_suffix(".parity.json").read_text())["notes"])
+        assert "Warnings:" in out.with_suffix(".parity.md").read_text()

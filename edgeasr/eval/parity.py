@@ -158,6 +158,8 @@ def markdown(report: dict) -> str:
     rows.append(("verdict", f"{verdict} (threshold {report['min_agreement']:.2%} agreement)"))
     lines = [f"# Parity: {Path(report['model']).name}", "", "| check | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in rows]
+    if report.get("notes"):
+        lines += ["", "Warnings:", ""] + [f"- {note}" for note in report["notes"]]
     return "\n".join(lines) + "\n"
 
 
