@@ -5,7 +5,7 @@ from edgeasr.errors import EdgeasrError
 
 INTEGER_TYPES = ("INT8", "INT16", "INT32", "INT64", "INT4")   # INT64: 16x8 biases
 REQUANTIZING = ("requantizing integer tensors: an op's output got a range of its own where the next op keeps or "
-                "fixes its scale (AVERAGE_POOL_2D, CONCATENATION, LOGISTIC, TANH, SOFTMAX); see "
+                "fixes its scale (RESHAPE, AVERAGE_POOL_2D, CONCATENATION, LOGISTIC, TANH, SOFTMAX); see "
                 "edgeasr/quant/registry.py for the layers that must not quantize their output")
 
 

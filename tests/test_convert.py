@@ -365,6 +365,32 @@ def test_float_ops_are_named_with_their_layers(foreign):
         check_fully_integer(float_tflite(model), names)
 
 
+def test_a_requantize_between_integer_ops_is_refused_with_either_io():
+    """A range of its own before an op that keeps its input's scale (RESHAPE): the stock converter
+    adds an int8 -> int8 QUANTIZE, which XNNPACK runs as an extra op and edgeasr refuses."""
+    import tensorflow as tf
+
+    from edgeasr.converters.integer_check import REQUANTIZING, float_ops
+
+    def ranged(low, name):
+        return keras.layers.Lambda(lambda t: tf.quantization.fake_quant_with_min_max_args(t, low, -low), name=name)
+
+    inputs = keras.Input((8,))
+    x = keras.layers.Dense(8, name="first")(ranged(-1.0, "in_range")(inputs))
+    x = keras.layers.Reshape((2, 4), name="pairs")(ranged(-2.0, "first_range")(x))
+    x = keras.layers.Dense(4, name="second")(keras.layers.Flatten()(ranged(-8.0, "pairs_range")(x)))
+    converter = tf.lite.TFLiteConverter.from_keras_model(keras.Model(inputs, ranged(-4.0, "out_range")(x)))
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.inference_input_type = converter.inference_output_type = tf.int8
+    model_bytes = converter.convert()
+    assert [op for op, _, _ in float_ops(model_bytes)] == ["QUANTIZE"]
+    for io in ("int8", "float"):
+        found = float_ops(model_bytes, ["first", "pairs", "second"], io=io)
+        assert [(op, layer, reason) for op, layer, reason in found] == [("QUANTIZE", "first", REQUANTIZING)]
+        with pytest.raises(EdgeasrError, match=r"QUANTIZE \(layer first: requantizing integer tensors"):
+            check_fully_integer(model_bytes, ["first", "pairs", "second"], io=io)
+
+
 def test_16bit_activation_policy_converts_to_a_16x8_model_with_parity(tmp_path):
     """Policy with 16-bit activations: int16 activations and I/O, int8 weights, int64 biases."""
     from edgeasr.converters.convert import convert_keras, uses_int16_activations
