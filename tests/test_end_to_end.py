@@ -59,6 +59,11 @@ def test_rerunning_a_finished_run_leaves_its_model_file_alone(trained_run, tiny_
     assert result.exit_code == 0, result.output
     assert (model_file.stat().st_mtime_ns, model_file.read_bytes()) == before
     assert len(RunDir(trained_run).read_history()) == 8
+    assert "float: finished (8 epochs)" in result.output
+    fewer = CliRunner().invoke(main, [*ds_cnn_args(tiny_dataset, trained_run), "--epochs", "3"])
+    assert fewer.exit_code == 0, fewer.output
+    assert "finished with 8 epochs, more than the 3 asked; a trained run is not shortened" in fewer.output
+    assert (model_file.stat().st_mtime_ns, model_file.read_bytes()) == before
 
 
 def test_resuming_with_another_configuration_is_refused(trained_run, tiny_dataset):

@@ -202,7 +202,10 @@ def fit_checkpointed(run: RunDir, model, stage: Stage, train_ds, val_ds, verbose
         checkpoint.restore(manager.latest_checkpoint).expect_partial()
     done = int(epoch.numpy())
     if done >= stage.epochs:
-        if done:
+        if done > stage.epochs:
+            print(f"{stage.name}: finished with {done} epochs, more than the {stage.epochs} asked; a trained "
+                  f"run is not shortened (train another --run-dir for fewer)", file=sys.stderr)
+        elif done:
             print(f"{stage.name}: finished ({done} epochs)", file=sys.stderr)
         return False
     if done:
