@@ -160,6 +160,7 @@ def test_frozen_bn_fine_tuning_keeps_the_float_runs_moving_statistics(trained_ru
             "--init-from", str(trained_run), "--frozen-bn-epochs", "1"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
+    assert "1 epochs, BatchNorm statistics frozen for the last 1," in result.output
     start = RunDir(trained_run).load_model()
     trained = keras.models.clone_model(start)
     transfer_weights(RunDir(tmp_path / "w4bn").load_model(), trained)
