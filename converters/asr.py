@@ -27,7 +27,7 @@ from typing import Optional
 import numpy as np
 
 from edgeasr.configs import to_dict
-from edgeasr.converters.convert import convert_keras, model_to_convert
+from edgeasr.converters.convert import convert_keras, model_to_convert, refuse_policy_for_qat
 from edgeasr.converters.int4 import int4_metadata, int4_share
 from edgeasr.converters.metadata import embed_metadata, source_hash, tensor_io
 from edgeasr.converters.sources import is_qat
@@ -70,6 +70,7 @@ def convert_asr_run(run_dir, output, policy=None, window_frames: int = WINDOW_FR
     run = AsrRunDir(run_dir)
     config, tokenizer = run.read_config(), run.read_tokenizer()
     float_model, quantized = fixed_window_model(run, window_frames, chunk_frames)
+    refuse_policy_for_qat(float_model if quantized is None else quantized, config, policy, run.path)
     _say(f"calibrating on {CALIBRATION_UTTERANCES} training utterances, then converting (a minute or two)")
     train = load_asr_split(config.train_manifest, tokenizer, config.frontend, CALIBRATION_UTTERANCES,
                            spread=True)

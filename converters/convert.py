@@ -121,19 +121,29 @@ def model_to_convert(model, config, policy, features, source):
     """(Keras model the converter sees, policy or None, "qat" | "post-training")."""
     from edgeasr.quant.policy import as_policy, load_policy
 
-    trained_policy = config.policy if config is not None else None
+    refuse_policy_for_qat(model, config, policy, source)
     if is_qat(model):
-        if policy is not None and (trained_policy is None or as_policy(
-                load_policy(policy) if isinstance(policy, str) else policy).to_dict() != trained_policy.to_dict()):
-            trained = f"policy {trained_policy.name!r}" if trained_policy is not None else "its own precision"
-            raise EdgeasrError(f"{source} was trained with {trained}; a QAT model keeps its learned ranges, "
-                               f"convert it without --policy")
-        return model, trained_policy, "qat"
+        return model, config.policy if config is not None else None, "qat"
     used_policy = as_policy(load_policy(policy) if isinstance(policy, str) else (policy or "w8a8"))
     if used_policy.is_float:
         raise EdgeasrError("convert writes fully-integer models; choose a quantized policy "
                            "(w8a8, w4a8, w4a8-tanh, mixed or a policy JSON file)")
     return post_training_quantize(model, used_policy, features), used_policy, "post-training"
+
+
+def refuse_policy_for_qat(model, config, policy, source) -> None:
+    """A QAT model converts with the policy it was trained with: another --policy is refused
+    (checked before calibration data is read, so the refusal comes first)."""
+    from edgeasr.quant.policy import as_policy, load_policy
+
+    if not is_qat(model) or policy is None:
+        return
+    trained_policy = config.policy if config is not None else None
+    asked = as_policy(load_policy(policy) if isinstance(policy, str) else policy)
+    if trained_policy is None or asked.to_dict() != trained_policy.to_dict():
+        trained = f"policy {trained_policy.name!r}" if trained_policy is not None else "its own precision"
+        raise EdgeasrError(f"{source} was trained with {trained}; a QAT model keeps its learned ranges, "
+                           f"convert it without --policy")
 
 
 def resolved_scores(model: keras.Model, scores: str) -> str:
@@ -188,6 +198,7 @@ def convert(source, output, policy=None, calibration=None, io: str = "int8", for
                            f"--labels and --frontend are for model files")
     labels, frontend = ((list(config.data.labels), config.frontend) if config is not None
                         else described_inputs(model, labels, frontend))
+    refuse_policy_for_qat(model, config, policy, source)
     notes = []
     if calibration is not None:
         features = load_calibration(calibration, model, config, limit=CALIBRATION_EXAMPLES)[0]

@@ -2,8 +2,6 @@
 share of weight bytes packed as INT4, size against the float model, and the edgeasr metadata."""
 from pathlib import Path
 
-import numpy as np
-
 from edgeasr.converters import flatbuffer as fb
 from edgeasr.errors import EdgeasrError
 

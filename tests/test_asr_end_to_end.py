@@ -48,6 +48,9 @@ def test_synth_train_convert_transcribe(tmp_path):
     ignored = CliRunner().invoke(main, ["convert", str(qat_run), "-o", str(tmp_path / "x.tflite"), "--io", "float",
                                         "--min-agreement", "1"])
     assert ignored.exit_code == 1 and "--io, --min-agreement: not for a speech-recognition run" in ignored.output
+    other = CliRunner().invoke(main, ["convert", str(qat_run), "-o", str(tmp_path / "x.tflite"), "--policy", "w8a8"])
+    assert other.exit_code == 1 and "convert it without --policy" in other.output
+    assert "calibrating" not in other.output                        # refused before any work
     checked = CliRunner().invoke(main, ["validate", str(model), "--source", str(qat_run)])
     assert checked.exit_code == 1 and "eval-asr" in checked.output and "Traceback" not in checked.output
 
