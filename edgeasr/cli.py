@@ -459,6 +459,11 @@ def eval_stream(model, data, split, wav, labels, hours, seed, cache_dir, out, ho
                    f"{target_fa_per_hour} FA/h: one common threshold was chosen instead of --per-keyword ones",
                    err=True)
     if write_thresholds:
+        if not report["target_reached"]:
+            raise EdgeasrError(f"thresholds not written: no threshold reaches {target_fa_per_hour} FA/h on this "
+                               f"stream ({report['at_thresholds']['fa_per_hour']:.2f} FA/h at "
+                               f"{max(report['thresholds'].values()):g}); the model fires on what the stream plays "
+                               f"whatever the threshold: check the labels, or choose a higher --target-fa-per-hour")
         stream.write_thresholds(model, report)
         click.echo(f"thresholds for {target_fa_per_hour} FA/h written into {model}")
 

@@ -268,6 +268,40 @@ def test_count_errors_and_evaluate():
         evaluate(times, scores, LABELS, occurrences, hours=0.5, config=DetectorConfig(), thresholds={"no": 0.7})
 
 
+def test_an_unreachable_false_accept_target_is_reported_and_not_written(tmp_path, model_path):
+    """A false accept scoring 1.0 passes every threshold: the 1.0 put in for 'none' must not read
+    as a threshold that meets the target, nor be written into a model."""
+    from edgeasr.audio.io import write_wav
+    from edgeasr.cli import main
+    from edgeasr.eval.stream import evaluate, format_report
+
+    times = np.round(np.arange(0, 60, 0.02), 2)
+    scores = np.zeros((len(times), 3), np.float32)
+    scores[:, 0] = 1.0
+    scores[(times >= 10.3) & (times < 10.8), 2] = 0.9                     # "yes" at 10.0-10.5
+    scores[(times >= 40.0) & (times < 40.2), 2] = 1.0                     # a false accept no threshold rejects
+    report = evaluate(times, scores, LABELS, [(10.0, 10.5, "yes")], hours=0.5, config=DetectorConfig(),
+                      target_fa_per_hour=1.0)
+    assert report["frr_at_fa_per_hour"]["1.0"]["threshold"] is None and report["thresholds"] == {"yes": 1.0}
+    assert not report["target_reached"] and report["at_thresholds"]["fa_per_hour"] == 2.0
+    assert report["detector"]["thresholds"] == {"yes": 1.0}            # the detector the figures are of
+    report.update(model="m.tflite", det_png="det.png")
+    assert "NOT REACHED: 1.0 FA/h; these thresholds give 2.00 FA/h" in format_report(report)
+    reachable = evaluate(times, scores, LABELS, [(10.0, 10.5, "yes")], hours=0.5, config=DetectorConfig(),
+                         target_fa_per_hour=2.0)
+    assert reachable["target_reached"]
+
+    write_wav(tmp_path / "loud.wav", bursts_audio(), RATE)     # sharpened, every burst scores 1.0 in float32
+    (tmp_path / "few.labels.txt").write_text(f"{BURSTS_S[0]} {BURSTS_S[0] + 0.4} yes\n")
+    model = tmp_path / "energy.tflite"
+    model.write_bytes(model_path.read_bytes())
+    result = CliRunner().invoke(main, ["eval-stream", str(model), "--wav", str(tmp_path / "loud.wav"), "--labels",
+                                       str(tmp_path / "few.labels.txt"), "--out", str(tmp_path / "out"),
+                                       "--sharpening", "50", "--write-thresholds"])
+    assert result.exit_code == 1 and "thresholds not written: no threshold reaches 1.0 FA/h" in result.output
+    assert "NOT REACHED" in result.output and model.read_bytes() == model_path.read_bytes()
+
+
 def test_per_keyword_thresholds_need_one_allowed_false_accept_each():
     from edgeasr.eval.stream import threshold_rule
 

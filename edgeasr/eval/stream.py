@@ -520,11 +520,13 @@ def evaluate(times, scores, labels_list, occurrences, hours: float, config: Dete
             raise StreamError(f"no threshold given for keywords {missing}")
         chosen = {name: float(thresholds[name]) for _, name in keywords}
     operating = _at_thresholds(times, scores, keywords, by_keyword, chosen, refractory, max_latency_s)
-    return {"hours": hours, "keyword_occurrences": total, "detector": asdict(config),
+    fa_per_hour = operating["false_accepts"] / hours
+    return {"hours": hours, "keyword_occurrences": total,
+            "detector": {**asdict(config), "thresholds": chosen},        # the detector these figures are of
             "max_latency_s": max_latency_s, "det": det, "frr_at_fa_per_hour": at_points,
             "target_fa_per_hour": target_fa_per_hour, "thresholds": chosen, "thresholds_rule": rule,
-            "at_thresholds": {**operating, "frr": operating["misses"] / total,
-                              "fa_per_hour": operating["false_accepts"] / hours}}
+            "target_reached": fa_per_hour <= target_fa_per_hour,
+            "at_thresholds": {**operating, "frr": operating["misses"] / total, "fa_per_hour": fa_per_hour}}
 
 
 def errors_at(times, scores, labels_list, occurrences, hours: float, config: DetectorConfig, threshold: float,
@@ -710,6 +712,9 @@ def format_report(report: dict) -> str:
                  f"{at['fa_per_hour']:.2f} FA/h, latency after keyword end median "
                  f"{_seconds(latency['median'])}, p90 {_seconds(latency['p90'])}")
     lines.append("  thresholds: " + ", ".join(f"{k}={threshold_text(v)}" for k, v in report["thresholds"].items()))
+    if not report.get("target_reached", True):
+        lines.append(f"  NOT REACHED: {report['target_fa_per_hour']} FA/h; these thresholds give "
+                     f"{at['fa_per_hour']:.2f} FA/h on this stream")
     lines.append("  at those thresholds, per keyword (misses/occurrences, false accepts): " + ", ".join(
         f"{k} {e['misses']}/{e['occurrences']} {e['false_accepts']}" for k, e in at.get("keywords", {}).items()))
     for point, counts in report.get("false_accepts_by_kind", {}).items():
