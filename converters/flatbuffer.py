@@ -54,13 +54,32 @@ def load(model_bytes: bytes, source: str = "model"):
         model = s.ModelT.InitFromObj(s.Model.GetRootAsModel(data, 0))
         if not model.subgraphs or model.buffers is None or model.operatorCodes is None:
             raise ValueError("no subgraph, buffers or operator codes")
-        for graph in model.subgraphs:
-            for tensor in graph.tensors or []:
-                if not 0 <= tensor.buffer < len(model.buffers):
-                    raise ValueError(f"tensor buffer index {tensor.buffer} out of range")
+        _check_references(model)
     except Exception as exc:  # a truncated or corrupt flatbuffer raises anything from struct to IndexError
         raise EdgeasrError(f"{source}: corrupt TFLite model ({type(exc).__name__}: {exc})") from exc
     return model
+
+
+def _check_references(model) -> None:
+    """The indices and enums that readers of the tree follow, in range: a flipped byte there
+    otherwise surfaces later as an IndexError, KeyError or UnicodeDecodeError far from the file."""
+    types = type_names()
+    for graph in model.subgraphs:
+        tensors = graph.tensors or []
+        for tensor in tensors:
+            if not 0 <= tensor.buffer < len(model.buffers):
+                raise ValueError(f"tensor buffer index {tensor.buffer} out of range")
+            if tensor.type not in types:
+                raise ValueError(f"unknown tensor type {tensor.type}")
+            if isinstance(tensor.name, bytes):
+                tensor.name.decode()
+        for op in graph.operators or []:
+            if not 0 <= op.opcodeIndex < len(model.operatorCodes):
+                raise ValueError(f"operator code index {op.opcodeIndex} out of range")
+            for index in list(op.inputs if op.inputs is not None else []) + list(
+                    op.outputs if op.outputs is not None else []):
+                if not -1 <= index < len(tensors):
+                    raise ValueError(f"tensor index {index} out of range")
 
 
 def dump(model) -> bytes:

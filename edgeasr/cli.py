@@ -33,6 +33,23 @@ def user_errors(command):
     return wrapper
 
 
+def readable_models(ctx, param, value):
+    """A MODEL argument's .tflite files must hold a flatbuffer whose indices and types are in range:
+    a damaged file is refused by name here, not with a traceback from deep inside LiteRT."""
+    from edgeasr.converters.flatbuffer import load
+
+    for path in value if isinstance(value, tuple) else (value,):
+        if path.is_file() and (param.name == "model" or path.suffix == ".tflite"):
+            try:
+                load(path.read_bytes(), str(path))
+            except EdgeasrError as exc:
+                raise click.ClickException(str(exc)) from exc
+    return value
+
+
+MODEL_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(edgeasr.__version__, prog_name="edgeasr")
 def main():
@@ -281,7 +298,7 @@ def _convert_asr(source, output, policy, force):
 
 
 @main.command()
-@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("model", type=MODEL_FILE, callback=readable_models)
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
 @user_errors
 def inspect(model, as_json):
@@ -298,7 +315,7 @@ def inspect(model, as_json):
 
 
 @main.command()
-@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("model", type=MODEL_FILE, callback=readable_models)
 @click.option("--source", required=True, type=click.Path(exists=True, path_type=Path),
               help="The run directory or Keras model file it was converted from.")
 @click.option("--data", default=None, type=click.Path(exists=True, path_type=Path),
@@ -369,7 +386,7 @@ def demo(out, model_name, epochs, qat_epochs, qat_stages, speakers, seed):
 
 
 @main.command("eval-stream")
-@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("model", type=MODEL_FILE, callback=readable_models)
 @click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Synthetic dataset (edgeasr data synth-kws) whose --split builds the stream.")
 @click.option("--split", type=click.Choice(["testing", "validation"]), default="testing", show_default=True,
@@ -574,7 +591,7 @@ def train_asr(data_dir, run_dir, size, epochs, batch_size, learning_rate, policy
 
 
 @main.command()
-@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("model", type=MODEL_FILE, callback=readable_models)
 @click.argument("audio", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--beam", default=0, show_default=True, type=click.IntRange(0),
               help="Prefix beam search width (0 or 1: greedy).")
@@ -610,7 +627,8 @@ def transcribe(model, audio, beam, threads):
 
 
 @main.command("eval-asr")
-@click.argument("models", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.argument("models", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path),
+                callback=readable_models)
 @click.option("--manifest", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Test manifest (JSONL), e.g. data/asr/test.jsonl.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Only the first N utterances (N >= 1).")
@@ -637,7 +655,7 @@ def eval_asr(models, manifest, limit, beam, json_path):
 
 
 @main.command("device-check")
-@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("model", type=MODEL_FILE, callback=readable_models)
 @click.option("--ssh", "ssh_target", default=None, help="USER@HOST of a Raspberry Pi (or any Linux device).")
 @click.option("--port", default=22, show_default=True, help="ssh port.")
 @click.option("--identity", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),

@@ -196,6 +196,30 @@ def test_plain_errors(foreign, tmp_path):
     assert "not a TFLite model" in CliRunner().invoke(main, ["inspect", str(text)]).output
 
 
+def test_a_damaged_model_is_refused_by_name_by_every_command_that_reads_one(foreign, tmp_path):
+    """One flipped byte in an index, a type or a name read as a traceback from LiteRT or the reader."""
+    model = tmp_path / "good.tflite"
+    assert _convert(foreign, model).exit_code == 0
+    damages = {"type": lambda m: setattr(m.subgraphs[0].tensors[0], "type", 99),
+               "opcode": lambda m: setattr(m.subgraphs[0].operators[0], "opcodeIndex", 1000),
+               "tensor": lambda m: setattr(m.subgraphs[0].operators[0], "inputs", [5000]),
+               "name": lambda m: setattr(m.subgraphs[0].tensors[0], "name", b"\xf2\x28")}
+    for damage, apply in damages.items():
+        tree = fb.load(model.read_bytes())
+        apply(tree)
+        damaged = tmp_path / f"{damage}.tflite"
+        damaged.write_bytes(fb.dump(tree))
+        for command in (["inspect", str(damaged)],
+                        ["validate", str(damaged), "--source", str(foreign / "kws.keras")],
+                        ["eval-stream", str(damaged), "--wav", str(model), "--labels", str(model)],
+                        ["transcribe", str(damaged), str(foreign / "inputs.npy")],
+                        ["eval-asr", str(damaged), "--manifest", str(foreign / "inputs.npy")],
+                        ["device-check", str(damaged), "--ssh", "nobody@127.0.0.1"]):
+            result = CliRunner().invoke(main, command)
+            assert result.exit_code == 1 and "corrupt TFLite model" in result.output, (damage, command, result.output)
+            assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
 def test_a_quantization_that_changes_the_float_models_decisions_is_warned_about():
     from edgeasr.eval.parity import quantization_warnings
 
