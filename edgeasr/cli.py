@@ -437,7 +437,7 @@ def eval_stream(model, data, split, wav, labels, hours, seed, cache_dir, out, ho
     """
     from edgeasr.eval import stream
     from edgeasr.runtime.metadata import read_metadata
-    from edgeasr.runtime.streaming import DetectorConfig, frontend_config
+    from edgeasr.runtime.streaming import DetectorConfig, changed_detector_settings, frontend_config
 
     metadata = read_metadata(model) or {}
     if (wav is None) == (data is None) or (wav is None) != (labels is None):
@@ -460,11 +460,8 @@ def eval_stream(model, data, split, wav, labels, hours, seed, cache_dir, out, ho
                                f"`edgeasr eval-stream {model} --split validation --write-thresholds`")
         if write_thresholds or per_keyword:
             raise EdgeasrError("--model-thresholds scores the thresholds MODEL has; it cannot also choose new ones")
-        stored = DetectorConfig.from_metadata(metadata)
-        changed = [f"--{name.replace('_', '-')} {given:g} (chosen with {getattr(stored, name):g})"
-                   for name, given in (("hop_ms", hop_ms), ("smoothing_ms", smoothing_ms),
-                                       ("refractory_ms", refractory_ms), ("sharpening", sharpening))
-                   if given is not None and given != getattr(stored, name)]
+        changed = changed_detector_settings(metadata, hop_ms=hop_ms, smoothing_ms=smoothing_ms,
+                                            refractory_ms=refractory_ms, sharpening=sharpening)
         if changed:
             raise EdgeasrError(f"{model}: its thresholds hold only for the detector settings they were chosen "
                                f"with: {', '.join(changed)}; choose new ones with --write-thresholds")

@@ -521,6 +521,17 @@ class DetectorConfig:
         return cls(**known)
 
 
+def changed_detector_settings(metadata: dict, **given) -> list:
+    """"--hop-ms 20 (chosen with 40)" for each given setting (hop_ms, smoothing_ms, refractory_ms,
+    sharpening; None: not given) that differs from those the model's thresholds were chosen with;
+    none when the model holds no thresholds. Thresholds hold only for their own settings."""
+    if not (metadata.get("detector") or {}).get("thresholds"):
+        return []
+    stored = DetectorConfig.from_metadata(metadata)
+    return [f"--{name.replace('_', '-')} {value:g} (chosen with {getattr(stored, name):g})"
+            for name, value in given.items() if value is not None and value != getattr(stored, name)]
+
+
 class Detection(NamedTuple):
     time_s: float      # stream time at the end of the window that fired
     keyword: str
@@ -920,6 +931,11 @@ def main(argv=None) -> int:
     metadata = read_metadata(args.model)
     overrides = {"hop_ms": args.hop_ms, "smoothing_ms": args.smoothing_ms, "refractory_ms": args.refractory_ms,
                  "sharpening": args.sharpening}
+    changed = changed_detector_settings(metadata or {}, **overrides)
+    if changed and args.threshold is None:
+        raise ValueError(f"{args.model}: its thresholds hold only for the detector settings they were chosen with: "
+                         f"{', '.join(changed)}; give --threshold too, or choose thresholds for these settings "
+                         f"with `edgeasr eval-stream --write-thresholds`")
     config = DetectorConfig.from_metadata(metadata or {}, **overrides)
     if args.threshold is not None:
         config = DetectorConfig(**{**config.__dict__, "thresholds": {}, "default_threshold": args.threshold})

@@ -87,6 +87,27 @@ def test_script_says_what_is_wrong_with_its_inputs_in_one_line(model_path, tmp_p
         assert "Traceback" not in result.stderr
 
 
+def test_script_refuses_the_models_thresholds_under_other_detector_settings(model_path, tmp_path):
+    """eval-stream --model-thresholds refuses thresholds under settings they were not chosen with;
+    rpi_kws.py ran them and fired where the chosen settings did not."""
+    from edgeasr.converters.metadata import embed_metadata
+    from edgeasr.runtime.metadata import read_metadata
+
+    model = tmp_path / "chosen.tflite"
+    metadata = {k: v for k, v in read_metadata(model_path).items() if k not in ("format", "edgeasr_version")}
+    metadata["detector"] = {"hop_ms": 40.0, "smoothing_ms": 200.0, "refractory_ms": 1000.0, "sharpening": 2.0,
+                            "default_threshold": 0.5, "thresholds": {"yes": 0.8}}
+    model.write_bytes(embed_metadata(model_path.read_bytes(), metadata))
+    write_wav(tmp_path / "a.wav", bursts_audio(), 16000)
+    base = [str(model), "--wav", str(tmp_path / "a.wav"), "--json"]
+    assert run_script(base).returncode == 0                                   # its own settings
+    assert run_script(base + ["--hop-ms", "40", "--sharpening", "2"]).returncode == 0      # the same, given
+    other = run_script(base + ["--hop-ms", "20", "--sharpening", "1"])
+    assert other.returncode == 1 and "Traceback" not in other.stderr
+    assert "--hop-ms 20 (chosen with 40), --sharpening 1 (chosen with 2)" in other.stderr
+    assert run_script(base + ["--hop-ms", "20", "--threshold", "0.8"]).returncode == 0   # the user's own threshold
+
+
 def test_script_reads_the_wavs_the_library_reads(model_path, tmp_path):
     """An extensible header (Python < 3.12's wave refuses it), stereo, a streamed header's data size
     and a truncated last frame: the same detections as the library's reader, block by block."""

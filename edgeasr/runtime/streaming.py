@@ -147,6 +147,17 @@ class DetectorConfig:
         return cls(**known)
 
 
+def changed_detector_settings(metadata: dict, **given) -> list:
+    """"--hop-ms 20 (chosen with 40)" for each given setting (hop_ms, smoothing_ms, refractory_ms,
+    sharpening; None: not given) that differs from those the model's thresholds were chosen with;
+    none when the model holds no thresholds. Thresholds hold only for their own settings."""
+    if not (metadata.get("detector") or {}).get("thresholds"):
+        return []
+    stored = DetectorConfig.from_metadata(metadata)
+    return [f"--{name.replace('_', '-')} {value:g} (chosen with {getattr(stored, name):g})"
+            for name, value in given.items() if value is not None and value != getattr(stored, name)]
+
+
 class Detection(NamedTuple):
     time_s: float      # stream time at the end of the window that fired
     keyword: str
