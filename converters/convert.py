@@ -333,9 +333,12 @@ def validate(model_path, source, data=None, examples: int = PARITY_EXAMPLES,
                            f"eval-asr RUN MODEL.tflite` compares their WER")
     model, config = load_source(source)
     notes = _source_notes(metadata, source)
+    if calibration is not None and is_qat(model):
+        raise EdgeasrError(f"--calibration: {source} is a QAT model, which converts with its learned ranges and "
+                           f"takes no calibration; the option is for a float source")
     if data is not None:
         features, labels = load_calibration(data, model, config, "test" if Path(data).is_dir() else "train",
-                                            limit=examples)
+                                            limit=examples, what="--data")
         notes += input_notes(model, features, f"--data {data}", calibrating=False)
     elif (test := _run_test_sample(config, examples)) is not None:
         features, labels = test

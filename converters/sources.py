@@ -122,24 +122,26 @@ def spread_rows(count: int, limit=None, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(count, size=limit, replace=False))
 
 
-def load_calibration(data, model: keras.Model, config=None, split: str = "train", limit=None):
+def load_calibration(data, model: keras.Model, config=None, split: str = "train", limit=None,
+                     what: str = "calibration data"):
     """(features, labels or None) from a .npy array of model inputs or a dataset folder; at most
-    `limit` examples, spread over the whole array or split (`spread_rows`)."""
+    `limit` examples, spread over the whole array or split (`spread_rows`). `what` names the data
+    in errors (validate's test inputs are not calibration data)."""
     path = Path(data)
     if not path.exists():
-        raise EdgeasrError(f"calibration data {path}: no such file or directory")
+        raise EdgeasrError(f"{what} {path}: no such file or directory")
     if path.is_file():
         if path.suffix != ".npy":
-            raise EdgeasrError(f"calibration data {path}: expected a .npy array of model inputs or a dataset folder")
+            raise EdgeasrError(f"{what} {path}: expected a .npy array of model inputs or a dataset folder")
         try:
             features = np.load(path, allow_pickle=False)
         except Exception as exc:
-            raise EdgeasrError(f"calibration data {path}: not a readable .npy array ({exc})") from exc
+            raise EdgeasrError(f"{what} {path}: not a readable .npy array ({exc})") from exc
         if not isinstance(features, np.ndarray):      # np.load opens an .npz whatever its name
             features.close()
-            raise EdgeasrError(f"calibration data {path}: an .npz archive, not one .npy array of model inputs")
+            raise EdgeasrError(f"{what} {path}: an .npz archive, not one .npy array of model inputs")
         if not np.issubdtype(features.dtype, np.floating):
-            raise EdgeasrError(f"calibration data {path}: a {features.dtype} array; it must hold the float "
+            raise EdgeasrError(f"{what} {path}: a {features.dtype} array; it must hold the float "
                                f"inputs the Keras model takes (e.g. log-mel features), not quantized or other values")
         features, labels = features[spread_rows(len(features), limit)] if features.ndim else features, None
     else:
@@ -151,21 +153,21 @@ def load_calibration(data, model: keras.Model, config=None, split: str = "train"
         data_config = config.data if config is not None else DataConfig()
         clips = load_split(path, data_config, split, progress=False)
         if not len(clips.labels):
-            raise EdgeasrError(f"calibration data {path}: no {split} clips")
+            raise EdgeasrError(f"{what} {path}: no {split} clips")
         rows = spread_rows(len(clips.labels), limit)
         features, labels = features_of(clips.waves[rows], frontend), np.asarray(clips.labels)[rows]
     expected = tuple(model.input_shape[1:])
     if features.ndim != len(expected) + 1 or tuple(features.shape[1:]) != expected or not len(features):
-        raise EdgeasrError(f"calibration data {path}: shape {features.shape}, the model takes (N, "
+        raise EdgeasrError(f"{what} {path}: shape {features.shape}, the model takes (N, "
                            f"{', '.join(map(str, expected))})")
     broken = np.flatnonzero(~np.isfinite(features.reshape(len(features), -1)).all(axis=1))
     if len(broken):
-        raise EdgeasrError(f"calibration data {path}: {len(broken)} of {len(features)} inputs hold NaN or infinite "
+        raise EdgeasrError(f"{what} {path}: {len(broken)} of {len(features)} inputs hold NaN or infinite "
                            f"values (rows {', '.join(map(str, broken[:8]))}{', ...' if len(broken) > 8 else ''}); "
-                           f"a range cannot be calibrated on them")
+                           f"give finite model inputs")
     if features.min() == features.max():
-        raise EdgeasrError(f"calibration data {path}: every value is {features.flat[0]:g}; calibrate on real "
-                           f"model inputs (ranges come from them)")
+        raise EdgeasrError(f"{what} {path}: every value is {features.flat[0]:g}; give real model inputs "
+                           f"(calibrated ranges come from them, and parity on a constant shows nothing)")
     return features.astype(np.float32), labels
 
 

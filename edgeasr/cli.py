@@ -48,6 +48,7 @@ def readable_models(ctx, param, value):
 
 
 MODEL_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+MIN_STREAM_HOURS = 0.01        # 36 s: a few keywords; shorter built streams fail in ways that name no option
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -270,12 +271,20 @@ KEYWORD_CONVERT_OPTIONS = ("calibration", "io", "min_agreement", "conv_storage",
                            "frontend")
 
 
+def given_options(ctx, names) -> list:
+    """The options of `names` the user gave (not left at their defaults)."""
+    return [name for name in names if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
+
+
+def option_list(names) -> str:
+    return ", ".join("--" + name.replace("_", "-") for name in names)
+
+
 def _refuse_keyword_options(ctx, what: str) -> None:
     """Options of a keyword-model conversion given for `what`, which takes none of them."""
-    given = [name for name in KEYWORD_CONVERT_OPTIONS
-             if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
+    given = given_options(ctx, KEYWORD_CONVERT_OPTIONS)
     if given:
-        raise EdgeasrError(f"{', '.join('--' + name.replace('_', '-') for name in given)}: not for {what}, "
+        raise EdgeasrError(f"{option_list(given)}: not for {what}, "
                            f"whose conversion calibrates on its own training utterances, takes int8 input and "
                            f"output and writes its parity (frames and transcripts) to OUTPUT.parity.json")
 
@@ -395,19 +404,24 @@ def demo(out, model_name, epochs, qat_epochs, qat_stages, speakers, seed):
               help="Your own stream instead of --data (needs --labels).")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Label file of --wav: one 'start_s end_s keyword' line per keyword occurrence.")
-@click.option("--hours", default=1.0, show_default=True, type=click.FloatRange(0, min_open=True),
-              help="Length of the built stream. FRR at N FA/h rests on the (N x hours + 1)-th best-scoring "
-                   "false accept, so one hour can swing by a few points on a single event; 4 is steadier.")
+@click.option("--hours", default=1.0, show_default=True, type=click.FloatRange(MIN_STREAM_HOURS),
+              help="Length of the built stream (at least 0.01, 36 s). FRR at N FA/h rests on the "
+                   "(N x hours + 1)-th best-scoring false accept, so one hour can swing by a few points on a "
+                   "single event; 4 is steadier.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--cache-dir", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="Where built streams are kept (about 115 MB per hour; default: $XDG_CACHE_HOME/edgeasr/"
                    "streams, else ~/.cache/edgeasr/streams).")
 @click.option("--out", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="Report and DET PNG folder (default: the model's folder).")
-@click.option("--hop-ms", type=float, default=None, help="Model run interval (default: metadata, else 20).")
-@click.option("--smoothing-ms", type=float, default=None, help="Posterior averaging (default: metadata, else 400).")
-@click.option("--refractory-ms", type=float, default=None, help="Silence after a detection (default: 1000).")
-@click.option("--sharpening", type=float, default=None,
+@click.option("--hop-ms", type=click.FloatRange(0, min_open=True), default=None,
+              help="Model run interval, whole frontend frames (default: metadata, else 20).")
+@click.option("--smoothing-ms", type=click.FloatRange(0, min_open=True), default=None,
+              help="Posterior averaging (default: metadata, else 400).")
+@click.option("--refractory-ms", type=click.FloatRange(0), default=None,
+              help="How long a keyword that fired stays silent; other keywords still fire (default: metadata, "
+                   "else 1000).")
+@click.option("--sharpening", type=click.FloatRange(0, min_open=True), default=None,
               help="Raise each posterior to this power and renormalise before smoothing (default: metadata, "
                    "else 1, off). 2 lowered FRR at 1 FA/h for every DS-CNN-S run measured "
                    "(docs/posterior_sharpening.md); choose it with the thresholds on validation voices.")
@@ -442,13 +456,16 @@ def eval_stream(model, data, split, wav, labels, hours, seed, cache_dir, out, ho
     metadata = read_metadata(model) or {}
     if (wav is None) == (data is None) or (wav is None) != (labels is None):
         raise EdgeasrError("give either --data DATASET or --wav WAV with --labels LABELS")
+    built_only = given_options(click.get_current_context(), ("split", "hours", "seed", "cache_dir"))
+    if wav is not None and built_only:
+        raise EdgeasrError(f"{option_list(built_only)}: for a stream built from --data, not for --wav")
     try:
         config = DetectorConfig.from_metadata(metadata, hop_ms=hop_ms, smoothing_ms=smoothing_ms,
                                               refractory_ms=refractory_ms, sharpening=sharpening)
         if isinstance(metadata.get("frontend"), dict):
             config.hop_frames(frontend_config(model, metadata))
     except ValueError as exc:
-        raise EdgeasrError(f"detector settings of {model}: {exc}") from exc
+        raise EdgeasrError(f"detector settings (the options, else {model}'s metadata): {exc}") from exc
     if data is not None:
         wav, labels = stream.model_stream(data, metadata, cache_dir or stream.default_cache_dir(), hours=hours,
                                           seed=seed, split=split)
@@ -457,7 +474,7 @@ def eval_stream(model, data, split, wav, labels, hours, seed, cache_dir, out, ho
         thresholds = (metadata.get("detector") or {}).get("thresholds")
         if not thresholds:
             raise EdgeasrError(f"{model}: no thresholds in its metadata; write them first with "
-                               f"`edgeasr eval-stream {model} --split validation --write-thresholds`")
+                               f"`edgeasr eval-stream {model} --data DATASET --split validation --write-thresholds`")
         if write_thresholds or per_keyword:
             raise EdgeasrError("--model-thresholds scores the thresholds MODEL has; it cannot also choose new ones")
         changed = changed_detector_settings(metadata, hop_ms=hop_ms, smoothing_ms=smoothing_ms,
@@ -469,7 +486,7 @@ def eval_stream(model, data, split, wav, labels, hours, seed, cache_dir, out, ho
                                     thresholds=thresholds, per_keyword=per_keyword)
     click.echo(stream.format_report(report))
     if per_keyword and report["thresholds_rule"] != "per keyword":
-        click.echo(f"Warning: {report['hours']:.2f} h do not allow each keyword one false accept at "
+        click.echo(f"Warning: {stream.duration_text(report['hours'])} do not allow each keyword one false accept at "
                    f"{target_fa_per_hour} FA/h: one common threshold was chosen instead of --per-keyword ones",
                    err=True)
     if write_thresholds:

@@ -750,45 +750,61 @@ def wav_layout(handle, path: str, sample_rate: int):
                 form = struct.unpack("<H", body[24:26])[0]     # the sub-format GUID starts with the format
             if not channels:
                 fail("the fmt chunk says 0 channels")
-            if form != WAVE_FORMAT_PCM or bits != 16 or rate != sample_rate:
+            if form != WAVE_FORMAT_PCM or bits != 16:
                 kind = {WAVE_FORMAT_PCM: "PCM", 3: "float"}.get(form, f"format {form}")
                 fail(f"{kind}, {bits}-bit at {rate} Hz; need 16-bit PCM at {sample_rate} Hz")
+            if rate != sample_rate:
+                raise SystemExit(f"{path}: 16-bit PCM at {rate} Hz; the model takes {sample_rate} Hz (resample "
+                                 f"it first, e.g. sox IN.wav -r {sample_rate} OUT.wav)")
 
 
 def read_wav(path: str, sample_rate: int, block_frames: int = WAV_BLOCK_FRAMES):
     """Blocks of a 16-bit PCM mono/stereo WAV at the model's rate, as float32 mono in [-1, 1] (no
     resampling here); a truncated last frame is dropped."""
     with open(path, "rb") as handle:
-        channels, remaining = wav_layout(handle, path, sample_rate)
-        frame_bytes = 2 * channels
-        any_audio = False
-        while remaining >= frame_bytes:
-            data = handle.read(min(remaining, block_frames * frame_bytes))
-            usable = len(data) // frame_bytes * frame_bytes
-            if not usable:
-                break
-            remaining -= len(data)
-            any_audio = True
-            pcm = np.frombuffer(data[:usable], dtype="<i2").reshape(-1, channels)
-            yield pcm.mean(axis=1).astype(np.float32) / 32768.0
+        yield from wav_blocks(handle, path, sample_rate, block_frames)
+
+
+def wav_blocks(handle, path: str, sample_rate: int, block_frames: int = WAV_BLOCK_FRAMES):
+    """read_wav's blocks from an open binary stream (a file, or stdin holding a WAV)."""
+    channels, remaining = wav_layout(handle, path, sample_rate)
+    frame_bytes = 2 * channels
+    any_audio = False
+    while remaining >= frame_bytes:
+        data = handle.read(min(remaining, block_frames * frame_bytes))
+        usable = len(data) // frame_bytes * frame_bytes
+        if not usable:
+            break
+        remaining -= len(data)
+        any_audio = True
+        pcm = np.frombuffer(data[:usable], dtype="<i2").reshape(-1, channels)
+        yield pcm.mean(axis=1).astype(np.float32) / 32768.0
     if not any_audio:
         raise SystemExit(f"{path}: the WAV holds no audio")
+
+
+def in_chunks(blocks, chunk: int):
+    """The float blocks re-cut into chunks of `chunk` samples (the last one shorter)."""
+    pending = np.zeros(0, np.float32)
+    for block in blocks:
+        pending = np.concatenate([pending, block])
+        whole = len(pending) // chunk * chunk
+        for start in range(0, whole, chunk):
+            yield pending[start:start + chunk]
+        pending = pending[whole:]
+    if len(pending):
+        yield pending
 
 
 def chunks_of(args, sample_rate: int, chunk: int):
     """Float chunks of `chunk` samples from the chosen source."""
     if args.wav:
-        pending = np.zeros(0, np.float32)
-        for block in read_wav(args.wav, sample_rate):
-            pending = np.concatenate([pending, block])
-            whole = len(pending) // chunk * chunk
-            for start in range(0, whole, chunk):
-                yield pending[start:start + chunk]
-            pending = pending[whole:]
-        if len(pending):
-            yield pending
+        yield from in_chunks(read_wav(args.wav, sample_rate), chunk)
     elif args.stdin:
         stream = sys.stdin.buffer
+        if stream.peek(4)[:4] == b"RIFF":        # a WAV piped in: its header is not audio
+            yield from in_chunks(wav_blocks(stream, "stdin", sample_rate), chunk)
+            return
         while True:
             data = stream.read(2 * chunk)
             if len(data) < 2:
@@ -885,6 +901,14 @@ def threads(text: str) -> int:
     return value
 
 
+def unit_interval(text: str) -> float:
+    """An argparse type: a threshold, a number from 0 to 1 (a posterior)."""
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 1, not {text}")
+    return value
+
+
 def npy_path(text: str) -> str:
     if not text.endswith(".npy"):
         raise argparse.ArgumentTypeError(f"{text}: give a file name ending in .npy")
@@ -896,16 +920,20 @@ def parse_args(argv=None):
     parser.add_argument("model", help=".tflite written by `edgeasr convert` (labels, frontend, thresholds inside)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--wav", help="16-bit PCM WAV at the model's sample rate")
-    source.add_argument("--stdin", action="store_true", help="raw 16-bit little-endian mono PCM on stdin")
+    source.add_argument("--stdin", action="store_true",
+                        help="raw 16-bit little-endian mono PCM on stdin (or a WAV: its header is read, not played)")
     parser.add_argument("--chunk-ms", type=positive, default=10.0,
                         help="audio block size (default 10 ms, at most 60000)")
     parser.add_argument("--hop-ms", type=float, help="model run interval (default: metadata, else 20 ms)")
     parser.add_argument("--smoothing-ms", type=float, help="posterior averaging (default: metadata, else 400 ms)")
-    parser.add_argument("--refractory-ms", type=float, help="silence after a detection (default: metadata)")
+    parser.add_argument("--refractory-ms", type=float,
+                        help="how long a keyword that fired stays silent; other keywords still fire "
+                             "(default: metadata, else 1000 ms)")
     parser.add_argument("--sharpening", type=float,
                         help="posterior exponent before smoothing (default: metadata, else 1); thresholds hold "
                              "only for the exponent they were chosen with")
-    parser.add_argument("--threshold", type=float, help="one threshold for every keyword (overrides metadata)")
+    parser.add_argument("--threshold", type=unit_interval,
+                        help="one threshold from 0 to 1 for every keyword (overrides metadata)")
     parser.add_argument("--threads", type=threads, default=1, help="interpreter threads, 1 to 64 (default 1)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--parity", nargs=2, metavar=("INPUTS.npy", "OUTPUTS.npy"), type=npy_path,
@@ -980,7 +1008,8 @@ def run(argv=None) -> int:
     try:
         return main(argv)
     except (OSError, MetadataError, ValueError, RuntimeError) as exc:
-        print(f"rpi_kws.py: {exc}", file=sys.stderr)
+        named = isinstance(exc, OSError) and exc.filename and exc.strerror
+        print(f"rpi_kws.py: {f'{exc.filename}: {exc.strerror}' if named else exc}", file=sys.stderr)
         return 1
 
 

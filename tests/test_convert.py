@@ -365,6 +365,17 @@ def test_a_qat_model_file_refuses_another_policy_like_a_qat_run(foreign, tmp_pat
                                        "--calibration", str(foreign / "inputs.npy"), "--policy", "w8a8"])
     assert result.exit_code == 1 and "its own precision" in result.output and "without --policy" in result.output
 
+    converted = tmp_path / "qat.tflite"
+    assert CliRunner().invoke(main, ["convert", str(tmp_path / "qat.keras"), "-o", str(converted), "--calibration",
+                                     str(foreign / "inputs.npy")]).exit_code == 0
+    validate = ["validate", str(converted), "--source", str(tmp_path / "qat.keras")]
+    ignored = CliRunner().invoke(main, [*validate, "--data", str(foreign / "inputs.npy"),
+                                        "--calibration", str(foreign / "inputs.npy")])
+    assert ignored.exit_code == 1 and "--calibration: " in ignored.output and "takes no calibration" in ignored.output
+    np.save(tmp_path / "transposed.npy", np.load(foreign / "inputs.npy").transpose(0, 2, 1))
+    shape = CliRunner().invoke(main, [*validate, "--data", str(tmp_path / "transposed.npy")])
+    assert shape.exit_code == 1 and "--data " in shape.output and "calibration" not in shape.output, shape.output
+
 
 def test_a_rejected_conversion_leaves_the_model_and_reports_already_there(foreign, tmp_path):
     out = tmp_path / "kws.tflite"

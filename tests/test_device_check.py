@@ -56,7 +56,8 @@ def test_script_wav_and_stdin_without_tensorflow(model_path, tmp_path):
 
     expected = KeywordSpotter(model_path, DetectorConfig(default_threshold=0.8)).push(load_audio(wav, 16000))
     assert len(expected) == len(BURSTS_S)
-    for args, stdin in ((["--wav", str(wav)], None), (["--stdin", "--chunk-ms", "7"], wav.read_bytes()[44:])):
+    for args, stdin in ((["--wav", str(wav)], None), (["--stdin", "--chunk-ms", "7"], wav.read_bytes()[44:]),
+                        (["--stdin"], wav.read_bytes())):          # a WAV on stdin: its header is not audio
         result = run_script([str(model_path), "--json", "--threshold", "0.8"] + args,
                             input=stdin.decode("latin-1") if stdin else None, encoding="latin-1")
         assert result.returncode == 0, result.stderr
@@ -72,6 +73,8 @@ def test_script_says_what_is_wrong_with_its_inputs_in_one_line(model_path, tmp_p
     import wave
 
     floats, empty, junk = tmp_path / "float.wav", tmp_path / "empty.wav", tmp_path / "junk.tflite"
+    slow = tmp_path / "8k.wav"
+    write_wav(slow, bursts_audio(seconds=2.0), 8000)
     with wave.open(str(empty), "wb") as handle:
         handle.setnchannels(1), handle.setsampwidth(2), handle.setframerate(16000)
     floats.write_bytes(b"RIFF\x24\0\0\0WAVEfmt \x10\0\0\0\x03\0\x01\0\x80\x3e\0\0\0\xfa\0\0\x04\0\x20\0"
@@ -80,11 +83,15 @@ def test_script_says_what_is_wrong_with_its_inputs_in_one_line(model_path, tmp_p
     cases = [([str(model_path), "--wav", str(tmp_path / "missing.wav")], "No such file"),
              ([str(model_path), "--wav", str(floats)], "not a 16-bit PCM WAV"),
              ([str(model_path), "--wav", str(empty)], "holds no audio"),
-             ([str(junk), "--wav", str(empty)], "not a TFLite model")]
+             ([str(junk), "--wav", str(empty)], "not a TFLite model"),
+             ([str(model_path), "--wav", str(slow)], f"{slow}: 16-bit PCM at 8000 Hz; the model takes 16000 Hz"),
+             ([str(tmp_path), "--wav", str(empty)], f"rpi_kws.py: {tmp_path}: Is a directory")]
     for args, message in cases:
         result = run_script(args)
         assert result.returncode == 1 and message in result.stderr, (args, result.stderr)
         assert "Traceback" not in result.stderr
+    above = run_script([str(model_path), "--wav", str(slow), "--threshold", "1.5"])
+    assert above.returncode == 2 and "--threshold: must be from 0 to 1, not 1.5" in above.stderr
 
 
 def test_script_refuses_the_models_thresholds_under_other_detector_settings(model_path, tmp_path):

@@ -546,7 +546,15 @@ def test_built_stream_and_cli(tiny_dataset, tmp_path, model_path):
     assert read_metadata(sharp)["detector"]["sharpening"] == 2.0            # the device runs what was measured
     zero = CliRunner().invoke(main, ["eval-stream", str(sharp), "--wav", str(wav), "--labels", str(labels),
                                      "--sharpening", "0"])
-    assert zero.exit_code == 1 and "sharpening must be positive, not 0" in zero.output
+    assert zero.exit_code == 2 and "Invalid value for '--sharpening'" in zero.output
+    for option, value in (("--hop-ms", "0"), ("--smoothing-ms", "-5"), ("--refractory-ms", "-1"), ("--hours", "0.001")):
+        bad_value = CliRunner().invoke(main, ["eval-stream", str(sharp), "--wav", str(wav), "--labels", str(labels),
+                                              option, value])
+        assert bad_value.exit_code == 2 and f"Invalid value for '{option}'" in bad_value.output, bad_value.output
+    built_only = CliRunner().invoke(main, ["eval-stream", str(sharp), "--wav", str(wav), "--labels", str(labels),
+                                           "--split", "validation", "--seed", "7"])
+    assert built_only.exit_code == 1 and "--split, --seed: for a stream built from --data, not for --wav" in \
+        built_only.output
     other = CliRunner().invoke(main, ["eval-stream", str(sharp), "--wav", str(wav), "--labels", str(labels),
                                       "--model-thresholds", "--sharpening", "1"])
     assert other.exit_code == 1 and "--sharpening 1 (chosen with 2)" in other.output
@@ -558,6 +566,7 @@ def test_built_stream_and_cli(tiny_dataset, tmp_path, model_path):
     none = CliRunner().invoke(main, ["eval-stream", str(fresh), "--wav", str(wav), "--labels", str(labels),
                                      "--model-thresholds"])
     assert none.exit_code == 1 and "no thresholds in its metadata" in none.output
+    assert "--data DATASET --split validation --write-thresholds" in none.output
 
 
 def test_stream_leaves_out_the_connected_speech_windows(tiny_dataset, tmp_path):

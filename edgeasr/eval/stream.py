@@ -678,7 +678,7 @@ def evaluate_stream(model_path, wav, label_path, config: DetectorConfig, out_dir
     stem = Path(model_path).stem
     report["det_png"] = str(out_dir / f"{stem}.det.png")
     out_dir.mkdir(parents=True, exist_ok=True)
-    plot_det({stem: report["det"]}, report["det_png"], f"{stem}: {hours:.2f} h stream")
+    plot_det({stem: report["det"]}, report["det_png"], f"{stem}: {duration_text(hours)} stream")
     write_json_atomic(out_dir / f"{stem}.stream.json", report)
     return report
 
@@ -696,7 +696,7 @@ def write_thresholds(model_path, report: dict) -> None:
 
 
 def format_report(report: dict) -> str:
-    lines = [f"{report['model']}: {report['hours']:.2f} h, {report['keyword_occurrences']} keywords"]
+    lines = [f"{report['model']}: {duration_text(report['hours'])}, {report['keyword_occurrences']} keywords"]
     if report.get("labels_not_keywords"):
         lines.append(f"  not scored: {_lines(sum(report['labels_not_keywords'].values()))} of words that are "
                      f"not keywords ({counts_text(report['labels_not_keywords'])})")
@@ -724,6 +724,11 @@ def format_report(report: dict) -> str:
                      + ("; by keyword: " + counts_text(by_keyword) if by_keyword else ""))
     lines.append(f"  DET curve: {report['det_png']}")
     return "\n".join(lines)
+
+
+def duration_text(hours: float) -> str:
+    """4.00 h; a stream under a tenth of an hour in minutes (0.00 h said nothing)."""
+    return f"{hours:.2f} h" if hours >= 0.1 else f"{hours * 60:.1f} min"
 
 
 def threshold_text(threshold: float) -> str:
