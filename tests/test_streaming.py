@@ -365,6 +365,14 @@ def test_labels_file(tmp_path):
     path.write_text("1.0 1.5 yes  # fine\n12.3 12.8 turn on\n")
     with pytest.raises(StreamError, match=r"l.txt:2: expected 'start_s end_s keyword' \(one word\)"):
         read_labels(path)
+    path.write_text("1.0 1.5 yes\n3.0 3.5 no\n1.0 1.5 yes\n")
+    with pytest.raises(StreamError, match=r"l.txt: lines 1 and 3 repeat each other \(1-1.5 yes, 1-1.5 yes\)"):
+        read_labels(path)
+    path.write_text("3.0 3.5 no\n1.0 1.5 yes\n1.4 1.9 no\n")
+    with pytest.raises(StreamError, match=r"l.txt: lines 2 and 3 overlap \(1-1.5 yes, 1.4-1.9 no\)"):
+        read_labels(path)
+    path.write_text("1.0 1.5 yes\n1.5 2.0 no\n")                  # touching is not overlapping
+    assert read_labels(path) == [(1.0, 1.5, "yes"), (1.5, 2.0, "no")]
 
 
 def labelled_stream(folder, label_lines, seconds=10.0):

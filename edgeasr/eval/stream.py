@@ -100,8 +100,15 @@ def read_labels(path) -> list:
             raise StreamError(f"{path}:{number}: times must be seconds from the start of the audio, got {line!r}")
         if end < start:
             raise StreamError(f"{path}:{number}: end {end} is before start {start}")
-        labels.append((start, end, keyword))
-    return sorted(labels)
+        labels.append((start, end, keyword, number))
+    labels.sort()
+    for first, second in zip(labels, labels[1:]):
+        if second[0] < first[1] or first[:3] == second[:3]:
+            what = "repeat each other" if first[:3] == second[:3] else "overlap"
+            raise StreamError(f"{path}: lines {first[3]} and {second[3]} {what} ({first[0]:g}-{first[1]:g} "
+                              f"{first[2]}, {second[0]:g}-{second[1]:g} {second[2]}); each occurrence is one "
+                              f"line, one at a time (it would be scored as a second one)")
+    return [label[:3] for label in labels]
 
 
 def label_words_not_keywords(occurrences, labels_list, label_path, model_path) -> dict:
