@@ -767,3 +767,18 @@ def test_built_streams_go_to_the_users_cache_not_the_current_folder(monkeypatch,
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path))
     assert default_cache_dir() == tmp_path / ".cache" / "edgeasr" / "streams"
+
+
+def test_labels_without_any_keyword_are_refused_before_the_model_runs(model_path, tmp_path, monkeypatch):
+    from edgeasr.cli import main
+    from edgeasr.eval import stream
+
+    monkeypatch.setattr(stream, "stream_posteriors", lambda *a, **k: pytest.fail("the model ran"))
+    for name, lines in (("empty", []), ("others", ["2.0 2.4 dog"])):
+        folder = tmp_path / name
+        folder.mkdir()
+        wav, labels = labelled_stream(folder, lines)
+        result = CliRunner().invoke(main, ["eval-stream", str(model_path), "--wav", str(wav), "--labels", str(labels),
+                                           "--out", str(folder)])
+        assert result.exit_code == 1 and f"{labels}: no occurrence of the model's keywords (yes)" in result.output
+        assert f"rpi_kws.py MODEL --wav {wav}" in result.output

@@ -162,6 +162,16 @@ def check_stream_length(audio_s: float, window_s: float, occurrences, wav, label
                           f"this WAV's labels?")
 
 
+def check_some_keyword(occurrences, labels_list, label_path, wav) -> None:
+    """StreamError, before the model runs, when the labels name no keyword of the model: there is
+    no false-reject rate to measure (and every threshold choice rests on one)."""
+    keywords = [name for _, name in keyword_columns(labels_list)]
+    if not any(word in keywords for _, _, word in occurrences):
+        raise StreamError(f"{label_path}: no occurrence of the model's keywords ({', '.join(keywords)}); eval-stream "
+                          f"measures false rejects against false accepts. To count false accepts alone on audio "
+                          f"without keywords: python scripts/rpi_kws.py MODEL --wav {wav} (each detection is one)")
+
+
 def write_labels(path, labels, column: str = "keyword") -> None:
     text = f"# start_s  end_s  {column}\n" + "".join(f"{s:.3f} {e:.3f} {k}\n" for s, e, k in labels)
     write_bytes_atomic(path, text.encode())
@@ -668,6 +678,7 @@ def evaluate_stream(model_path, wav, label_path, config: DetectorConfig, out_dir
     check_stream_length(len(audio) / frontend.sample_rate,
                         frontend.frames_end_seconds(input_frames(model_path, metadata)), occurrences, wav, label_path)
     warn_not_keywords(not_keywords, label_path, model_path)
+    check_some_keyword(occurrences, metadata["labels"], label_path, wav)
     times, scores, labels_list = stream_posteriors(model_path, audio, config, metadata, progress=progress)
     hours = len(audio) / frontend.sample_rate / 3600
     report = {"model": str(model_path), "stream": str(wav), "labels": str(label_path),
