@@ -325,13 +325,17 @@ def compare(outputs: dict, on_device: dict, here: dict) -> dict:
     x86 INT4 FULLY_CONNECTEDs round twice where aarch64's equal the reference kernels."""
     lsb = {name: np.abs(device.astype(np.int64) - host.astype(np.int64)) for name, (device, host) in outputs.items()}
     xnnpack, builtin = lsb["outputs.npy"], lsb["outputs.builtin.npy"]
+    device_keys, host_keys = ({(d["keyword"], round(d["time_s"], 3)) for d in run["detections"]}
+                              for run in (on_device, here))
     same_detections = [(d["keyword"], round(d["time_s"], 3)) for d in on_device["detections"]] == \
                       [(d["keyword"], round(d["time_s"], 3)) for d in here["detections"]]
+    only = {"device": [d for d in on_device["detections"] if (d["keyword"], round(d["time_s"], 3)) not in host_keys],
+            "here": [d for d in here["detections"] if (d["keyword"], round(d["time_s"], 3)) not in device_keys]}
     return {"device": on_device["summary"], "host": here["summary"],
             "outputs": int(xnnpack.size), "outputs_equal": int((xnnpack == 0).sum()), "max_lsb": int(xnnpack.max()),
             "builtin_max_lsb": int(builtin.max()),
             "detections_device": on_device["detections"], "detections_host": here["detections"],
-            "same_detections": same_detections,
+            "same_detections": same_detections, "detections_only_on": only,
             "passed": bool(max(builtin.max(), xnnpack.max()) <= MAX_LSB and same_detections)}
 
 
@@ -398,6 +402,18 @@ def _default_kernels(device: dict) -> str:
     return f"device on the {device['kernels']} kernels: its LiteRT's XNNPACK cannot run the model"
 
 
+def format_differing_detections(report: dict) -> list:
+    """Detections found on one side only, with their scores: a score at the keyword's threshold
+    tells a 1-LSB rounding difference from a real one."""
+    lines = []
+    for side, name in (("device", "only on the device"), ("here", "only here")):
+        found = report.get("detections_only_on", {}).get(side) or []
+        if found:
+            lines.append(f"    {name}: " + ", ".join(f"{d['time_s']:.2f} s {d['keyword']} (score {d['score']:.4f})"
+                                                     for d in found[:8]) + (" ..." if len(found) > 8 else ""))
+    return lines
+
+
 def format_check(report: dict, label: str) -> str:
     device, host = report["device"], report["host"]
     return "\n".join([
@@ -409,6 +425,7 @@ def format_check(report: dict, label: str) -> str:
         *format_ops_alone(report),
         f"  detections: {len(report['detections_device'])} on device, {len(report['detections_host'])} here, "
         f"{'identical' if report['same_detections'] else 'DIFFERENT'}",
+        *format_differing_detections(report),
         f"  invoke median {device['parity']['invoke_ms_median']:.3f} ms (here "
         f"{host['parity']['invoke_ms_median']:.3f} ms)",
         f"  CPU per second of audio {100 * device['cpu_per_audio_s']:.2f}% of one core (here "

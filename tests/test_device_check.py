@@ -367,3 +367,20 @@ def test_a_terminated_device_check_removes_its_folder_on_the_device(loopback_ssh
     output = check.communicate(timeout=60)[0]
     assert check.returncode != 0, output
     assert set(Path("/tmp").glob("edgeasr_check.*")) == before, output
+
+
+def test_detections_found_on_one_side_only_are_listed_with_their_scores():
+    """A 1-LSB difference can move a score across a threshold: the check names the detections that
+    differ and their scores, so a borderline one is told from a real difference."""
+    from edgeasr.device import compare, format_differing_detections
+
+    outputs = {name: (np.array([[3, 4]], np.int8), np.array([[3, 5]], np.int8))
+               for name in ("outputs.npy", "outputs.builtin.npy")}
+    shared = {"time_s": 2.4, "keyword": "yes", "score": 0.93}
+    on_device = {"summary": {}, "detections": [shared, {"time_s": 5.42, "keyword": "no", "score": 0.8004}]}
+    here = {"summary": {}, "detections": [shared]}
+    report = compare(outputs, on_device, here)
+    assert not report["same_detections"] and not report["passed"] and report["max_lsb"] == 1
+    assert report["detections_only_on"] == {"device": [on_device["detections"][1]], "here": []}
+    assert format_differing_detections(report) == ["    only on the device: 5.42 s no (score 0.8004)"]
+    assert format_differing_detections(compare(outputs, here, here)) == []
