@@ -3,6 +3,7 @@ import edgeasr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imp
 
 import functools
 import json
+import math
 import signal
 import sys
 import threading
@@ -47,6 +48,17 @@ def readable_models(ctx, param, value):
     return value
 
 
+class FiniteRange(click.FloatRange):
+    """click.FloatRange that refuses nan and inf, which pass its comparisons (a learning rate of nan
+    trained to a nan loss and wrote NaN into config.json)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value} is not a finite number", param, ctx)
+        return number
+
+
 MODEL_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 MIN_STREAM_HOURS = 0.01        # 36 s: a few keywords; shorter built streams fail in ways that name no option
 
@@ -89,10 +101,11 @@ def data():
 
 @data.command("synth-kws")
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--speakers", default=120, show_default=True, help="Voice+variant pairs, split 80/10/10, disjoint.")
-@click.option("--repeats", default=2, show_default=True, help="Takes of each keyword per speaker.")
+@click.option("--speakers", default=120, show_default=True, type=click.IntRange(3),
+              help="Voice+variant pairs, split 80/10/10, disjoint.")
+@click.option("--repeats", default=2, show_default=True, type=click.IntRange(1), help="Takes of each keyword per speaker.")
 @click.option("--words", default=None, help="Comma-separated keywords (default: the 10 Speech Commands words).")
-@click.option("--sentence-windows", default=0, show_default=True,
+@click.option("--sentence-windows", default=0, show_default=True, type=click.IntRange(0),
               help="Per speaker: 1 s windows of keyword-free sentences, labelled unknown (connected-speech negatives).")
 @click.option("--near-words", is_flag=True,
               help="Add words that sound like the Speech Commands keywords (top, cup, light, ...) to the unknown "
@@ -128,20 +141,21 @@ def synth_kws(out, speakers, repeats, words, sentence_windows, near_words, seed,
 @click.option("--epochs", "--epochs-per-stage", "epochs", default=20, show_default=True, type=click.IntRange(0),
               help="Epochs of each stage.")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
-@click.option("--learning-rate", default=3e-3, show_default=True, type=click.FloatRange(0, min_open=True))
+@click.option("--learning-rate", default=3e-3, show_default=True, type=FiniteRange(0, min_open=True))
 @click.option("--policy", default="float", show_default=True,
               help="Precision policy: float, w8a8, w4a8, w4a8-tanh, mixed, w4a8-tanh-dw8 (the last two name "
                    "edgeasr's layers), or a policy JSON file.")
 @click.option("--stages", default=1, show_default=True, type=click.IntRange(1, 2),
               help="2: tanh-quantised weights first, then inputs and activations too.")
-@click.option("--stage2-lr-scale", default=1.0, show_default=True, type=click.FloatRange(0.0, 1.0, min_open=True),
+@click.option("--stage2-lr-scale", default=1.0, show_default=True, type=FiniteRange(0.0, 1.0, min_open=True),
               help="Stage 2's peak learning rate as a share of --learning-rate. Stage 2 starts from a "
                    "converged stage 1; on the FFN 0.1 kept 0.8 more validation points than 1.0.")
 @click.option("--init-from", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Start from the weights of this trained run (QAT fine-tuning of a float model); it must "
                    "have the same classes, in the same order.")
-@click.option("--mracos-weight", default=0.0, show_default=True, help="Pull weights toward the grid (0: off).")
-@click.option("--distill-weight", default=0.0, show_default=True, type=click.FloatRange(0.0, 1.0),
+@click.option("--mracos-weight", default=0.0, show_default=True, type=FiniteRange(0),
+              help="Pull weights toward the grid (0: off; quantized policies only).")
+@click.option("--distill-weight", default=0.0, show_default=True, type=FiniteRange(0.0, 1.0),
               help="Share of the loss that follows the --init-from model's softened posteriors "
                    "(knowledge distillation from the float model; 0: off). On DS-CNN-S at 0.5 it raised "
                    "the FRR on long streams (docs/recipe_pilots.md).")
@@ -149,7 +163,7 @@ def synth_kws(out, speakers, repeats, words, sentence_windows, near_words, seed,
               help="Last epochs of each quantized stage trained on the BatchNorm moving statistics, "
                    "the folded graph the converted model runs (0: batch statistics throughout).")
 @click.option("--keywords", default=None, help="Comma-separated keywords (default: the 10 Speech Commands words).")
-@click.option("--unknown-percentage", default=10.0, show_default=True, type=click.FloatRange(0.0),
+@click.option("--unknown-percentage", default=10.0, show_default=True, type=FiniteRange(0.0),
               help="Non-keyword clips kept, as a percentage of the keyword clips (per split).")
 @click.option("--seed", default=0, show_default=True)
 @user_errors
@@ -205,7 +219,7 @@ def train(dataset, run_dir, model_name, epochs, batch_size, learning_rate, polic
                    "training clips). Required for model files.")
 @click.option("--io", type=click.Choice(["int8", "float"]), default="int8", show_default=True,
               help="Input and output tensor type.")
-@click.option("--min-agreement", default=0.99, show_default=True, type=click.FloatRange(0, 1),
+@click.option("--min-agreement", default=0.99, show_default=True, type=FiniteRange(0, 1),
               help="Fail when Keras-LiteRT argmax agreement (a share, 0-1) is below this: OUTPUT is not written, "
                    "the parity report goes to OUTPUT's name + .rejected.parity.md.")
 @click.option("--conv-storage", type=click.Choice(["int8", "int4"]), default="int8", show_default=True,
@@ -334,7 +348,7 @@ def inspect(model, as_json):
                    "for a model file the --data inputs).")
 @click.option("--examples", default=500, show_default=True, type=click.IntRange(1),
               help="At most this many inputs of --data, spread over all of them.")
-@click.option("--min-agreement", default=0.99, show_default=True, type=click.FloatRange(0, 1))
+@click.option("--min-agreement", default=0.99, show_default=True, type=FiniteRange(0, 1))
 @click.option("--report", "report_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="Write REPORT.parity.json / .parity.md, passed or not, instead of MODEL's (which convert wrote).")
 @user_errors
@@ -404,7 +418,7 @@ def demo(out, model_name, epochs, qat_epochs, qat_stages, speakers, seed):
               help="Your own stream instead of --data (needs --labels).")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Label file of --wav: one 'start_s end_s keyword' line per keyword occurrence.")
-@click.option("--hours", default=1.0, show_default=True, type=click.FloatRange(MIN_STREAM_HOURS),
+@click.option("--hours", default=1.0, show_default=True, type=FiniteRange(MIN_STREAM_HOURS),
               help="Length of the built stream (at least 0.01, 36 s). FRR at N FA/h rests on the "
                    "(N x hours + 1)-th best-scoring false accept, so one hour can swing by a few points on a "
                    "single event; 4 is steadier.")
@@ -414,18 +428,18 @@ def demo(out, model_name, epochs, qat_epochs, qat_stages, speakers, seed):
                    "streams, else ~/.cache/edgeasr/streams).")
 @click.option("--out", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="Report and DET PNG folder (default: the model's folder).")
-@click.option("--hop-ms", type=click.FloatRange(0, min_open=True), default=None,
+@click.option("--hop-ms", type=FiniteRange(0, min_open=True), default=None,
               help="Model run interval, whole frontend frames (default: metadata, else 20).")
-@click.option("--smoothing-ms", type=click.FloatRange(0, min_open=True), default=None,
+@click.option("--smoothing-ms", type=FiniteRange(0, min_open=True), default=None,
               help="Posterior averaging (default: metadata, else 400).")
-@click.option("--refractory-ms", type=click.FloatRange(0), default=None,
+@click.option("--refractory-ms", type=FiniteRange(0), default=None,
               help="How long a keyword that fired stays silent; other keywords still fire (default: metadata, "
                    "else 1000).")
-@click.option("--sharpening", type=click.FloatRange(0, min_open=True), default=None,
+@click.option("--sharpening", type=FiniteRange(0, min_open=True), default=None,
               help="Raise each posterior to this power and renormalise before smoothing (default: metadata, "
                    "else 1, off). 2 lowered FRR at 1 FA/h for every DS-CNN-S run measured "
                    "(docs/posterior_sharpening.md); choose it with the thresholds on validation voices.")
-@click.option("--target-fa-per-hour", default=1.0, show_default=True, type=click.FloatRange(0, min_open=True),
+@click.option("--target-fa-per-hour", default=1.0, show_default=True, type=FiniteRange(0, min_open=True),
               help="False accepts per hour the thresholds are chosen for.")
 @click.option("--per-keyword", is_flag=True,
               help="Choose one threshold per keyword (each keyword's share of the target) instead of one for all; "
@@ -501,8 +515,9 @@ def eval_stream(model, data, split, wav, labels, hours, seed, cache_dir, out, ho
 
 @data.command("synth-asr")
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--speakers", default=300, show_default=True, help="Voice+variant pairs, split 80/10/10, disjoint.")
-@click.option("--utterances", default=40, show_default=True, help="Utterances per speaker.")
+@click.option("--speakers", default=300, show_default=True, type=click.IntRange(3),
+              help="Voice+variant pairs, split 80/10/10, disjoint.")
+@click.option("--utterances", default=40, show_default=True, type=click.IntRange(1), help="Utterances per speaker.")
 @click.option("--max-seconds", default=4.0, show_default=True,
               help="Clip length limit, at least 2 (shorter clips fit too few of the texts); longer texts are "
                    "redrawn, never cropped.")
@@ -529,7 +544,8 @@ def synth_asr(out, speakers, utterances, max_seconds, seed, overwrite):
               type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="A LibriSpeech-layout folder (SPEAKER/CHAPTER/*.trans.txt and audio).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--max-seconds", type=float, default=None, help="Leave out longer utterances (seconds, above 0).")
+@click.option("--max-seconds", type=FiniteRange(0, min_open=True), default=None,
+              help="Leave out longer utterances (seconds, above 0).")
 @user_errors
 def manifest(librispeech, output, max_seconds):
     """Write the JSONL manifest (audio, text, duration) of a LibriSpeech-layout folder.
@@ -543,13 +559,8 @@ def manifest(librispeech, output, max_seconds):
     Example:
       edgeasr data manifest --librispeech LibriSpeech/dev-clean -o dev-clean.jsonl
     """
-    import math
-
     from edgeasr.data.manifest import librispeech_manifest
 
-    if max_seconds is not None and not (math.isfinite(max_seconds) and max_seconds > 0):
-        raise click.BadParameter(f"{max_seconds}: need a finite number of seconds above 0",
-                                 param_hint="'--max-seconds'")
     click.echo(json.dumps(librispeech_manifest(librispeech, output, max_seconds), indent=2))
 
 

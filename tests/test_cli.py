@@ -140,3 +140,20 @@ def test_demo_table_gives_the_int4_share_of_weight_bytes_and_tensors():
                             "test_clips": 581, "seconds": 493.0, "models": {"w4a8-tanh": row}})
     w4 = next(line for line in table.splitlines() if line.startswith("w4a8-tanh"))
     assert w4.split()[1:] == ["97.00%", "96.50%", "25,952", "3.6x", "64%", "(5/10", "tensors)"]
+
+
+def test_number_options_refuse_nan_inf_and_out_of_range_values_as_usage_errors(tmp_path):
+    """click.FloatRange lets nan and inf through its comparisons: --learning-rate nan trained to a nan
+    loss and wrote NaN into config.json."""
+    for command in (["train", str(tmp_path), "--run-dir", str(tmp_path / "r"), "--learning-rate", "nan"],
+                    ["train", str(tmp_path), "--run-dir", str(tmp_path / "r"), "--learning-rate", "inf"],
+                    ["train", str(tmp_path), "--run-dir", str(tmp_path / "r"), "--mracos-weight", "-1"],
+                    ["data", "synth-kws", str(tmp_path / "d"), "--speakers", "0"],
+                    ["data", "synth-kws", str(tmp_path / "d"), "--repeats", "0"],
+                    ["data", "synth-kws", str(tmp_path / "d"), "--sentence-windows", "-1"],
+                    ["data", "synth-asr", str(tmp_path / "d"), "--utterances", "0"],
+                    ["data", "manifest", "--librispeech", str(tmp_path), "-o", str(tmp_path / "m"),
+                     "--max-seconds", "nan"]):
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == 2 and "Invalid value for" in result.output, (command, result.output)
+    assert not (tmp_path / "r").exists() and not (tmp_path / "d").exists()

@@ -141,14 +141,20 @@ def test_refuses_to_overwrite_a_non_empty_folder(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["taken"]  # no staging folder left behind
 
 
-def test_overwrite_replaces_the_folder_whole(tmp_path):
+def test_overwrite_replaces_a_dataset_whole_and_nothing_else(tmp_path):
     target = tmp_path / "taken"
     target.mkdir()
-    (target / "keep.txt").write_text("old")
+    (target / "keep.txt").write_text("mine")
     config = SynthConfig(words=("no",), unknown_words=(), speakers=3, repeats=1, noise_seconds=1.0)
+    with pytest.raises(EdgeasrError, match="not a dataset this command wrote .no synth_config.json."):
+        synthesize_kws_dataset(target, config, progress=False, overwrite=True)     # a user's folder stays
+    assert [p.name for p in target.iterdir()] == ["keep.txt"]
+    (target / "keep.txt").unlink()
+    synthesize_kws_dataset(target, config, progress=False)
+    (target / "no" / "stale.wav").write_bytes(b"old")
     summary = synthesize_kws_dataset(target, config, progress=False, overwrite=True)
     assert summary["clips"] == {"training": 1, "validation": 1, "testing": 1}
-    assert not (target / "keep.txt").exists()
+    assert not (target / "no" / "stale.wav").exists()
     assert len(list((target / "no").glob("*.wav"))) == 3
     assert [p.name for p in tmp_path.iterdir()] == ["taken"]
 

@@ -162,7 +162,7 @@ def synthesize_asr_corpus(out_dir, config: Optional[AsrSynthConfig] = None, prog
     config = config or AsrSynthConfig()
     _check_config(config)
     out_dir = Path(out_dir)
-    _check_destination(out_dir, overwrite)
+    _check_destination(out_dir, overwrite, marker="synth_asr_config.json")
     espeak = Espeak()
     splits = choose_speakers(espeak, config.speaker_config())
     out_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -181,11 +181,18 @@ def _check_config(config: SynthConfig) -> None:
         raise EdgeasrError("SynthConfig: sample_rate >= 8000, clip_seconds > 0, noise_seconds > 0")
 
 
-def _check_destination(out_dir: Path, overwrite: bool) -> None:
+def _check_destination(out_dir: Path, overwrite: bool, marker: str = "synth_config.json") -> None:
+    """OUT must be new, empty, or (with overwrite) a dataset this synthesiser wrote, which holds
+    `marker`: --overwrite on any other folder (a run, '.', a home) would delete it."""
     if out_dir.exists() and not out_dir.is_dir():
         raise EdgeasrError(f"{out_dir}: exists and is not a folder")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
+    if not overwrite:
         raise EdgeasrError(f"{out_dir}: folder exists and is not empty (--overwrite, or overwrite=True, replaces it)")
+    if not (out_dir / marker).is_file():
+        raise EdgeasrError(f"{out_dir}: not a dataset this command wrote (no {marker}); --overwrite replaces only "
+                           f"those, choose another folder")
 
 
 def _move_into_place(staging: Path, out_dir: Path) -> None:
