@@ -732,6 +732,9 @@ def _split_words(text: str) -> tuple:
     words = tuple(w.strip() for w in text.split(",") if w.strip())
     if not words:
         raise EdgeasrError("no words given")
+    twice = sorted({word for word in words if words.count(word) > 1})
+    if twice:
+        raise EdgeasrError(f"{', '.join(twice)}: given more than once in {text!r}")
     return words
 
 

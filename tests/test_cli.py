@@ -157,3 +157,30 @@ def test_number_options_refuse_nan_inf_and_out_of_range_values_as_usage_errors(t
         result = CliRunner().invoke(main, command)
         assert result.exit_code == 2 and "Invalid value for" in result.output, (command, result.output)
     assert not (tmp_path / "r").exists() and not (tmp_path / "d").exists()
+
+
+def test_train_refuses_a_dataset_without_held_out_clips_and_repeated_keywords(tiny_dataset, tmp_path):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_dataset, root)
+    for name in ("testing_list.txt", "validation_list.txt"):
+        (root / name).unlink()
+    args = ["train", str(root), "--run-dir", str(tmp_path / "run"), "--keywords", ",".join(TINY_KEYWORDS)]
+    unlisted = CliRunner().invoke(main, args)
+    assert unlisted.exit_code == 1 and "no validation or test clips" in unlisted.output, unlisted.output
+    assert "Traceback" not in unlisted.output
+    twice = CliRunner().invoke(main, [*args[:-1], "yes,no,yes"])
+    assert twice.exit_code == 1 and "yes: given more than once in 'yes,no,yes'" in twice.output
+
+
+def test_train_warns_when_the_dataset_has_no_background_noise(tiny_dataset, tmp_path):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_dataset, root)
+    shutil.rmtree(root / "_background_noise_")
+    result = CliRunner().invoke(main, ["train", str(root), "--run-dir", str(tmp_path / "run"), "--keywords",
+                                       ",".join(TINY_KEYWORDS), "--epochs", "0", "--model", "ffn_stateless"])
+    assert result.exit_code == 0, result.output
+    assert "no _background_noise_ recordings: the _silence_ clips are digital silence" in result.output

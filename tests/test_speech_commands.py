@@ -87,3 +87,42 @@ def test_missing_or_wrong_folder_is_a_clear_error(tmp_path):
         load_split(tmp_path, CONFIG, "train")
     with pytest.raises(EdgeasrError, match="unknown split"):
         load_split(tmp_path, CONFIG, "training")
+
+
+def test_split_lists_are_read_by_line_and_every_entry_must_be_there(tiny_dataset, tmp_path):
+    """A list entry that named no file was ignored, and the clip it meant trained instead of being
+    held out (a folder renamed to 'turn on': the lists were split at the space)."""
+    root = tmp_path / "data"
+    shutil.copytree(tiny_dataset, root)
+    (root / "yes").rename(root / "turn on")
+    for name in ("testing_list.txt", "validation_list.txt"):
+        lines = (root / name).read_text().splitlines()
+        (root / name).write_text("".join(f"./{line.replace('yes/', 'turn on/')}\n".replace("/", "\\", 1)
+                                         if i % 2 else f"{line.replace('yes/', 'turn on/')}\n"
+                                         for i, line in enumerate(lines)))
+    config = DataConfig(keywords=("turn on", "no", "stop"))
+    index = index_files(root, config)
+    listed_test = {line.replace("yes/", "turn on/") for line in (tiny_dataset / "testing_list.txt").read_text().split()}
+    assert {path for path, _ in index["test"]} <= listed_test
+    assert any(path.startswith("turn on/") for path, _ in index["test"])
+    assert not {path for path, _ in index["train"]} & listed_test
+    held_out = sorted(listed_test)[0]
+    (root / held_out).unlink()                                          # a listed clip that is not there
+    with pytest.raises(EdgeasrError, match=rf"testing_list.txt: 1 of its {len(listed_test)} entries name no audio "
+                                           rf"file under .*\(e.g. {held_out}\).*would otherwise be trained on"):
+        index_files(root, config)
+
+
+def test_clips_with_upper_case_or_flac_suffixes_are_read(tiny_dataset, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(tiny_dataset, root)
+    training = sorted(set(p.name for p in (root / "stop").iterdir())
+                      - {line.split("/", 1)[1] for line in (root / "testing_list.txt").read_text().split()
+                         + (root / "validation_list.txt").read_text().split() if line.startswith("stop/")})
+    upper, flac = root / "stop" / training[0], root / "stop" / training[1]
+    upper.rename(upper.with_suffix(".WAV"))
+    samples, rate = soundfile.read(flac, dtype="int16")
+    soundfile.write(flac.with_suffix(".flac"), samples, rate)
+    flac.unlink()
+    names = {path for path, _ in index_files(root, CONFIG)["train"]}
+    assert {f"stop/{upper.stem}.WAV", f"stop/{flac.stem}.flac"} <= names

@@ -27,6 +27,7 @@ UNKNOWN = "_unknown_"
 BACKGROUND_DIR = "_background_noise_"
 SPLITS = ("train", "validation", "test")
 SPLIT_LISTS = {"validation": "validation_list.txt", "test": "testing_list.txt"}
+AUDIO_SUFFIXES = (".wav", ".flac")      # of clips, in any case (.WAV)
 SPEECH_COMMANDS_KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 
 
@@ -87,9 +88,11 @@ def index_files(root: Path, config: DataConfig) -> dict:
     """{split: [(relative path, label index)]} with `_unknown_` sampled down, before loading."""
     root = check_layout(root)
     listed = {split: _read_list(root / name) for split, name in SPLIT_LISTS.items()}
+    audio = sorted(path for path in root.glob("*/*") if path.suffix.lower() in AUDIO_SUFFIXES and path.is_file())
+    _check_listed_files_exist(root, listed, {f"{path.parent.name}/{path.name}" for path in audio})
     keyword_index = {word: i for i, word in enumerate(config.labels)}
     files = {split: {"keyword": [], "unknown": []} for split in SPLITS}
-    for path in sorted(root.glob("*/*.wav")):
+    for path in audio:
         word = path.parent.name
         if word.startswith("_"):
             continue
@@ -102,7 +105,23 @@ def index_files(root: Path, config: DataConfig) -> dict:
 
 
 def _read_list(path: Path) -> set:
-    return set(path.read_text().split()) if path.is_file() else set()
+    """The relative paths a split list names, one per line (a word folder may hold spaces); './'
+    prefixes and Windows separators are read as the same paths."""
+    if not path.is_file():
+        return set()
+    entries = (line.strip().replace("\\", "/") for line in path.read_text().splitlines())
+    return {entry[2:] if entry.startswith("./") else entry for entry in entries if entry}
+
+
+def _check_listed_files_exist(root: Path, listed: dict, present: set) -> None:
+    """A listed clip that is not there is an error: the clip the list meant would otherwise train
+    instead of being held out (a renamed folder moved its test clips into training)."""
+    for split, names in listed.items():
+        missing = sorted(names - present)
+        if missing:
+            raise EdgeasrError(f"{root / SPLIT_LISTS[split]}: {len(missing)} of its {len(names)} entries name no "
+                               f"audio file under {root} (e.g. {', '.join(missing[:3])}); fix the list or the "
+                               f"folders: its clips would otherwise be trained on")
 
 
 def _with_sampled_unknown(parts: dict, config: DataConfig, rng) -> list:

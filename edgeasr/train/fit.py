@@ -66,10 +66,19 @@ def load_training_data(config: RunConfig, progress: bool = True) -> TrainingData
     splits = {name: load_split(root, config.data, name, progress) for name in ("train", "validation", "test")}
     for name, split in splits.items():
         print(f"{name}: {split.report.summary()}", file=sys.stderr)
+    empty = [name for name, split in splits.items() if not len(split.labels)]
+    if empty:
+        raise EdgeasrError(f"{root}: no {' or '.join(empty)} clips; a dataset names its held-out clips in "
+                           f"validation_list.txt and testing_list.txt (the Speech Commands layout) and trains on "
+                           f"the rest")
     missing = [word for i, word in enumerate(config.data.labels) if i >= 2 and i not in splits["train"].labels]
     if missing:
         raise EdgeasrError(f"{root}: no training clips of keyword(s) {', '.join(missing)}")
-    return TrainingData(**splits, noise=load_background_noise(root, config.data.sample_rate))
+    noise = load_background_noise(root, config.data.sample_rate)
+    if not noise:
+        print(f"warning: {root}: no _background_noise_ recordings: the _silence_ clips are digital silence and "
+              f"training adds no noise", file=sys.stderr)
+    return TrainingData(**splits, noise=noise)
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
