@@ -146,7 +146,8 @@ def synth_kws(out, speakers, repeats, words, sentence_windows, near_words, seed,
               help="Precision policy: float, w8a8, w4a8, w4a8-tanh, mixed, w4a8-tanh-dw8 (the last two name "
                    "edgeasr's layers), or a policy JSON file.")
 @click.option("--stages", default=1, show_default=True, type=click.IntRange(1, 2),
-              help="2: tanh-quantised weights first, then inputs and activations too.")
+              help="2: quantised weights first (the policy's quantizer: tanh for w4a8-tanh), then inputs and "
+                   "activations too.")
 @click.option("--stage2-lr-scale", default=1.0, show_default=True, type=FiniteRange(0.0, 1.0, min_open=True),
               help="Stage 2's peak learning rate as a share of --learning-rate. Stage 2 starts from a "
                    "converged stage 1; on the FFN 0.1 kept 0.8 more validation points than 1.0.")

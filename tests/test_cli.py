@@ -184,3 +184,11 @@ def test_train_warns_when_the_dataset_has_no_background_noise(tiny_dataset, tmp_
                                        ",".join(TINY_KEYWORDS), "--epochs", "0", "--model", "ffn_stateless"])
     assert result.exit_code == 0, result.output
     assert "no _background_noise_ recordings: the _silence_ clips are digital silence" in result.output
+
+
+def test_frozen_bn_epochs_are_refused_for_a_model_without_batch_norm(tiny_dataset, tmp_path):
+    result = CliRunner().invoke(main, ["train", str(tiny_dataset), "--run-dir", str(tmp_path / "run"), "--keywords",
+                                       ",".join(TINY_KEYWORDS), "--model", "ffn_stateless", "--policy", "w4a8-tanh",
+                                       "--epochs", "2", "--frozen-bn-epochs", "1"])
+    assert result.exit_code == 1 and "ffn_stateless has no BatchNormalization layers to freeze" in result.output
+    assert not (tmp_path / "run" / "config.json").exists()

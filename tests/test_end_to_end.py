@@ -1,5 +1,6 @@
 """Tiny end to end: synthesise -> train a few seconds -> resume -> int8 LiteRT -> run it."""
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -132,6 +133,10 @@ def test_two_stage_w4_tanh_fine_tuning_converts_to_int4_and_keeps_accuracy(train
     assert [(e["stage"], e["epoch"]) for e in run.read_history()] == [
         ("stage1", 1), ("stage1", 2), ("stage2", 1), ("stage2", 2)]
     assert run.read_config().policy.name == "w4a8-tanh"
+    longer = CliRunner().invoke(main, [*args[:-4], "--epochs-per-stage", "3", *args[-2:]])
+    assert longer.exit_code == 1 and "stage2 already trained from the end of stage1 (2 epochs)" in longer.output, \
+        longer.output
+    assert [(e["stage"], e["epoch"]) for e in run.read_history()][-1] == ("stage2", 2)     # nothing trained
 
     out = tmp_path / "w4.tflite"
     assert CliRunner().invoke(main, ["convert", str(qat_dir), "-o", str(out)]).exit_code == 0
@@ -194,3 +199,27 @@ def test_distilled_w4_fine_tuning_learns_from_the_float_run(trained_run, tiny_da
     no_teacher = CliRunner().invoke(main, [*ds_cnn_args(tiny_dataset, tmp_path / "kd_alone"), "--policy", "w4a8-tanh",
                                            "--epochs", "1", "--distill-weight", "0.5"])
     assert no_teacher.exit_code != 0 and "--init-from" in no_teacher.output
+
+
+@pytest.mark.slow
+def test_a_terminated_training_says_where_it_stopped_and_resumes(tiny_dataset, tmp_path):
+    """SIGTERM (a scheduler, kill) stops train as Ctrl-C does: it names the last epoch and the
+    same command resumes from it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "edgeasr.cli", *ds_cnn_args(tiny_dataset, run_dir), "--epochs", "40"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while not RunDir(run_dir).read_history() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=120)[0]
+    trained = len(RunDir(run_dir).read_history())
+    assert process.returncode != 0 and 1 <= trained < 40, output
+    assert re.search(r"interrupted after float epoch \d+; run the same command to resume", output), output
+    resumed = CliRunner().invoke(main, [*ds_cnn_args(tiny_dataset, run_dir), "--epochs", str(trained + 1)])
+    assert resumed.exit_code == 0 and re.search(r"float: resuming after epoch \d+ of", resumed.output), resumed.output

@@ -3,6 +3,7 @@ MRACos, and one int8 LiteRT conversion with 4-bit weights."""
 import edgeasr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -319,9 +320,9 @@ def test_stage_two_peak_learning_rate_is_a_share_of_stage_one():
     stages = plan_stages(RunConfig(train=training, policy=preset("w4a8-tanh")))
     assert [stage.name for stage in stages] == ["stage1", "stage2"]
     assert [stage_learning_rate(training, stage) for stage in stages] == pytest.approx([1e-3, 1e-4])
-    one_stage = TrainConfig(learning_rate=1e-3, stages=1, stage2_lr_scale=0.1)
+    one_stage = TrainConfig(learning_rate=1e-3, stages=1)
     (only,) = plan_stages(RunConfig(train=one_stage, policy=preset("w4a8-tanh")))
-    assert stage_learning_rate(one_stage, only) == pytest.approx(1e-3)
+    assert stage_learning_rate(replace(one_stage, stage2_lr_scale=0.1), only) == pytest.approx(1e-3)
 
 
 def test_frozen_bn_epochs_are_the_last_epochs_of_quantized_stages_only():
@@ -333,11 +334,15 @@ def test_frozen_bn_epochs_are_the_last_epochs_of_quantized_stages_only():
     assert frozen_bn_segments(6, 6) == [(6, True)]
     training = TrainConfig(epochs=6, stages=2, frozen_bn_epochs=2)
     stages = plan_stages(RunConfig(train=training, policy=preset("w4a8-tanh")))
-    assert [stage.frozen_bn_epochs for stage in stages] == [2, 2]
+    assert [stage.frozen_bn_epochs for stage in stages] == [0, 2]          # stage 1 folds no BatchNorm
     with pytest.raises(EdgeasrError, match="need 0 to the 6 epochs"):
         plan_stages(RunConfig(train=TrainConfig(epochs=6, frozen_bn_epochs=7), policy=preset("w4a8-tanh")))
     with pytest.raises(EdgeasrError, match="quantized --policy"):
         plan_stages(RunConfig(train=TrainConfig(epochs=6, frozen_bn_epochs=1), policy=preset("float")))
+    with pytest.raises(EdgeasrError, match="--mracos-weight pulls .* needs a quantized --policy"):
+        plan_stages(RunConfig(train=TrainConfig(epochs=6, mracos_weight=0.5), policy=preset("float")))
+    with pytest.raises(EdgeasrError, match="--stage2-lr-scale 0.1: scales stage 2 of --stages 2"):
+        plan_stages(RunConfig(train=TrainConfig(epochs=6, stage2_lr_scale=0.1), policy=preset("w4a8-tanh")))
 
 
 def test_float_policy_returns_the_model_and_bad_input_fails_clearly():

@@ -48,6 +48,19 @@ def test_a_finished_run_asked_for_fewer_epochs_keeps_the_epochs_it_trained(tmp_p
     assert run.read_config().train.epochs == 6                # extending a run is still allowed
 
 
+def test_an_interrupted_run_asked_for_fewer_epochs_records_the_epochs_it_trained(tmp_path):
+    """No model file yet (interrupted), 5 epochs in its history: resumed with --epochs 3, the run
+    finishes with its 5-epoch checkpoint, and config.json must say 5."""
+    run = RunDir(tmp_path / "run")
+    config = RunConfig(dataset=str(tmp_path), train=TrainConfig(epochs=12))
+    run.claim(config)
+    for epoch in range(1, 6):
+        run.append_history({"stage": "float", "epoch": epoch})
+    assert run.trained_epochs() == {"float": 5}
+    assert run.claim(replace(config, train=replace(config.train, epochs=3))) is True
+    assert run.read_config().train.epochs == 5
+
+
 def test_init_from_a_run_with_other_classes_is_refused_before_anything_is_written(tmp_path):
     from edgeasr.data.speech_commands import DataConfig
     from edgeasr.train.fit import starting_model, train

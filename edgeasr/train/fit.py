@@ -7,6 +7,7 @@ its own folder, so an interrupted run continues where it stopped when the same c
 again, and a finished stage is not trained twice.
 """
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,14 +51,22 @@ def plan_stages(config: RunConfig) -> list:
         raise EdgeasrError(f"--stages must be 1 or 2, got {stages}")
     if not 0 <= frozen <= epochs:
         raise EdgeasrError(f"--frozen-bn-epochs {frozen}: need 0 to the {epochs} epochs of a stage")
+    if stages == 1 and config.train.stage2_lr_scale != 1.0:
+        raise EdgeasrError(f"--stage2-lr-scale {config.train.stage2_lr_scale:g}: scales stage 2 of --stages 2; "
+                           f"this run has one stage")
     if config.policy.is_float:
         if stages != 1:
             raise EdgeasrError("two-stage training needs a quantized --policy, not 'float'")
         if frozen:
             raise EdgeasrError("--frozen-bn-epochs freezes folded BatchNorm layers: it needs a quantized --policy")
+        if config.train.mracos_weight:
+            raise EdgeasrError("--mracos-weight pulls weights toward their quantization grid: it needs a quantized "
+                               "--policy")
         return [Stage("float", "none", epochs)]
+    # BatchNorm is folded into the convolutions only where activations are quantized too (stage
+    # "full"): that is where its statistics can be frozen.
     if stages == 2:
-        return [Stage("stage1", "weights", epochs, frozen), Stage("stage2", "full", epochs, frozen)]
+        return [Stage("stage1", "weights", epochs), Stage("stage2", "full", epochs, frozen)]
     return [Stage("qat", "full", epochs, frozen)]
 
 
@@ -115,8 +124,9 @@ def train(run_dir, config: RunConfig, progress: bool = True, data: TrainingData 
         raise EdgeasrError(f"train trains keyword models: {', '.join(KEYWORD_MODELS)}, not {config.model.name!r} "
                            f"(the Conformer: `edgeasr train-asr`)")
     stages = plan_stages(config)
-    RunDir(run_dir).refuse_if_training_elsewhere()           # both before minutes of loading data
+    RunDir(run_dir).refuse_if_training_elsewhere()           # all before minutes of loading data
     RunDir(run_dir).refuse_another_configuration(config)
+    refuse_a_longer_earlier_stage(RunDir(run_dir), stages)
     data = data or load_training_data(config, progress)
     keras.utils.set_random_seed(config.train.seed)
     train_ds = feature_dataset(data.train.waves, data.train.labels, config.frontend, config.train.batch_size,
@@ -130,7 +140,10 @@ def train(run_dir, config: RunConfig, progress: bool = True, data: TrainingData 
     train_ds, val_ds = with_teacher(config, start, train_ds, val_ds)
     if not config.policy.is_float:
         check_rules_name_layers(float_model, config.policy)
-    with RunDir(run_dir).locked() as run:
+    if config.train.frozen_bn_epochs and not any(isinstance(layer, keras.layers.BatchNormalization)
+                                                 for layer in float_model.layers):
+        raise EdgeasrError(f"--frozen-bn-epochs: {config.model.name} has no BatchNormalization layers to freeze")
+    with RunDir(run_dir).locked() as run, resume_hint_on_interrupt(run):
         run.claim(config)
         model, trained = float_model, False
         for stage in stages:
@@ -140,6 +153,19 @@ def train(run_dir, config: RunConfig, progress: bool = True, data: TrainingData 
             trained |= _fit_stage(run, model, stage, config, train_ds, val_ds, progress)
         model = saved_model(run, model, trained)
         return evaluate_run(run, model, config, data.test)
+
+
+def refuse_a_longer_earlier_stage(run: RunDir, stages: list) -> None:
+    """More epochs for a stage whose successor already trained from its end would be trained and
+    then lost: the later stage resumes from its own checkpoint, which never saw them."""
+    trained = run.trained_epochs()
+    for index, stage in enumerate(stages):
+        later = next((s.name for s in stages[index + 1:] if trained.get(s.name)), None)
+        done = trained.get(stage.name, 0)
+        if later and done < stage.epochs:
+            raise EdgeasrError(f"{run.path}: {later} already trained from the end of {stage.name} ({done} epochs); "
+                               f"{stage.epochs} epochs of {stage.name} would not reach the model. Keep --epochs "
+                               f"{done} to resume, or train a new --run-dir")
 
 
 def starting_model(config: RunConfig):
@@ -222,19 +248,27 @@ def fit_checkpointed(run: RunDir, model, stage: Stage, train_ds, val_ds, verbose
     frozen_note = (f", BatchNorm statistics frozen for the last {stage.frozen_bn_epochs}"
                    if stage.frozen_bn_epochs else "")
     print(f"== {stage.name}: {stage.epochs} epochs{frozen_note}, {about}", file=sys.stderr)
-    try:
-        for end, frozen in frozen_bn_segments(stage.epochs, stage.frozen_bn_epochs):
-            if int(epoch.numpy()) >= end:
-                continue
-            if frozen:
-                freeze_batch_norm(model)
-            model.fit(train_ds, validation_data=val_ds, epochs=end, initial_epoch=int(epoch.numpy()),
-                      callbacks=[EpochCheckpoint(run, manager, epoch, stage.name)], verbose=keras_verbosity(verbose))
-    except KeyboardInterrupt:
-        print(f"\ninterrupted in {stage.name} after epoch {int(epoch.numpy())}; run the same command to resume",
-              file=sys.stderr)
-        raise
+    for end, frozen in frozen_bn_segments(stage.epochs, stage.frozen_bn_epochs):
+        if int(epoch.numpy()) >= end:
+            continue
+        if frozen:
+            freeze_batch_norm(model)
+        model.fit(train_ds, validation_data=val_ds, epochs=end, initial_epoch=int(epoch.numpy()),
+                  callbacks=[EpochCheckpoint(run, manager, epoch, stage.name)], verbose=keras_verbosity(verbose))
     return True
+
+
+@contextmanager
+def resume_hint_on_interrupt(run: RunDir):
+    """Ctrl-C (or SIGTERM) anywhere in a run, inside an epoch or between stages, says where the
+    run stopped and how to go on."""
+    try:
+        yield run
+    except KeyboardInterrupt:
+        history = run.read_history()
+        where = f"after {history[-1]['stage']} epoch {history[-1]['epoch']}" if history else "before its first epoch"
+        print(f"\ninterrupted {where}; run the same command to resume", file=sys.stderr)
+        raise
 
 
 def keras_verbosity(verbose: int) -> int:

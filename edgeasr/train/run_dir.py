@@ -131,7 +131,7 @@ class RunDir:
         """Write `config`, or check it matches the one already here; True when resuming.
 
         Only the number of epochs may differ, so an interrupted run can be resumed or extended; a
-        finished run asked for fewer epochs keeps recording the epochs its model was trained for.
+        run asked for fewer epochs than it trained keeps recording the epochs it trained.
         A folder that holds a config but nothing trained (a run that failed before its first
         epoch) takes the new config.
         """
@@ -141,10 +141,17 @@ class RunDir:
             return False
         self.refuse_another_configuration(config)
         existing = self.read_config()
-        if self.model_path.exists() and existing.train.epochs > config.train.epochs:
-            config = replace(config, train=replace(config.train, epochs=existing.train.epochs))
-        self.write_config(config)
+        recorded = max(config.train.epochs, max(self.trained_epochs().values(), default=0),
+                       existing.train.epochs if self.model_path.exists() else 0)
+        self.write_config(replace(config, train=replace(config.train, epochs=recorded)))
         return True
+
+    def trained_epochs(self) -> dict:
+        """{stage: the last epoch its history records}."""
+        trained = {}
+        for entry in self.read_history():
+            trained[entry["stage"]] = max(trained.get(entry["stage"], 0), int(entry["epoch"]))
+        return trained
 
     def refuse_another_configuration(self, config: RunConfig) -> None:
         """Raise, naming the settings, when this folder holds a trained run configured otherwise than
