@@ -105,6 +105,22 @@ def test_tanh_keeps_the_output_scale_and_is_linear_for_small_weights():
                                LinearWeightQuantizer(4).quantize(small).numpy(), atol=1e-4)
 
 
+def test_an_all_zero_channel_still_learns_and_a_vector_is_one_channel():
+    """A zero-initialised layer under the tanh quantizer had a gradient of exactly 0 (0 / 0 became
+    0), so it never left zero; and a 1-D weight 'per channel' gave every value its own grid."""
+    w = tf.Variable(np.concatenate([np.zeros((6, 1)), np.linspace(-1, 1, 6)[:, None]], axis=1).astype(np.float32))
+    with tf.GradientTape() as tape:
+        out = tf.reduce_sum(TanhWeightQuantizer(4).quantize(w))
+    grad = tape.gradient(out, w).numpy()
+    np.testing.assert_allclose(grad[:, 0], 1.0)                          # tanh(w) ~ w near zero
+    assert np.all(grad[1:-1, 1] > 0)                                     # (the STE stops at the ends)
+    vector = tf.constant(np.linspace(-1, 1, 11).astype(np.float32))
+    for cls in (LinearWeightQuantizer, TanhWeightQuantizer):
+        quantized = cls(2, per_channel=True).quantize(vector).numpy()
+        np.testing.assert_array_equal(quantized, cls(2, per_channel=False).quantize(vector).numpy())
+        assert len(np.unique(quantized)) == 3                             # 2 bits: -m, 0, m
+
+
 def test_ste_passes_gradients_through_the_quantizers():
     rng = np.random.default_rng(2)
     w = tf.Variable(rng.normal(size=(5, 5, 4, 8)).astype(np.float32))

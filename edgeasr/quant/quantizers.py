@@ -113,7 +113,7 @@ class WeightQuantizer(Quantizer):
     def lock(self, x):
         """The one fake-quant op: symmetric range from max|x|, n bits, narrow range."""
         m = tf.stop_gradient(tf.maximum(self._reduce(tf.abs(x), tf.reduce_max), _MIN_RANGE))
-        if self.per_channel:
+        if self._by_channel(x):
             return tf.quantization.fake_quant_with_min_max_vars_per_channel(
                 x, -m, m, num_bits=self.bits, narrow_range=True)
         return tf.quantization.fake_quant_with_min_max_vars(x, -m, m, num_bits=self.bits, narrow_range=True)
@@ -126,9 +126,14 @@ class WeightQuantizer(Quantizer):
 
     def _reduce(self, x, reduce_fn):
         """Reduce over everything but the output channel (per channel) or over everything."""
-        if self.per_channel:
+        if self._by_channel(x):
             return reduce_fn(x, axis=list(range(len(x.shape) - 1)))
         return reduce_fn(x)
+
+    def _by_channel(self, x) -> bool:
+        """Per channel needs a channel axis besides the values: a 1-D weight is one channel (per
+        element, every value would be the top of its own grid and pass unquantized)."""
+        return self.per_channel and len(x.shape) >= 2
 
     def __eq__(self, other):
         return type(self) is type(other) and self.get_config() == other.get_config()
@@ -164,7 +169,9 @@ class TanhWeightQuantizer(WeightQuantizer):
         rms_w = tf.sqrt(self._reduce(tf.square(weight), tf.reduce_mean))
         rms_u = tf.sqrt(self._reduce(tf.square(u), tf.reduce_mean))
         scale = tf.stop_gradient(tf.math.divide_no_nan(rms_w, rms_u))
-        return u * scale
+        # An all-zero channel (a zero-initialised layer) takes the small-weight limit, tanh(w) ~ w,
+        # so its gradient is 1, not the 0 that divide_no_nan gives: it could never leave zero.
+        return tf.where(tf.equal(peak, 0.0), t, u * scale)
 
 
 WEIGHT_TRANSFORMS = {"linear": LinearWeightQuantizer, "tanh": TanhWeightQuantizer}
