@@ -159,6 +159,20 @@ def test_policy_patterns_first_match_wins_and_json_round_trip():
     assert restored == policy and isinstance(restored.rules[0], PrecisionRule)
 
 
+def test_a_policy_file_is_read_whatever_its_extension(tmp_path):
+    from edgeasr.quant.policy import load_policy
+
+    policy = PrecisionPolicy("mine", LayerPrecision(4, "tanh"), [PrecisionRule("conv0", LayerPrecision(8))])
+    for name in ("policy.JSON", "policy"):
+        (tmp_path / name).write_text(json.dumps(to_dict(policy)))
+        assert load_policy(str(tmp_path / name)) == policy
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(EdgeasrError, match="list.json: a policy file holds one JSON object .* not a list"):
+        load_policy(str(tmp_path / "list.json"))
+    with pytest.raises(EdgeasrError, match="unknown precision preset"):
+        load_policy(str(tmp_path / "missing"))                           # no such file: a preset name
+
+
 def test_presets():
     assert known_presets() == ["float", "w8a8", "w4a8", "w4a8-tanh", "mixed", "w4a8-tanh-dw8", "conformer-mixed"]
     assert preset("float").is_float

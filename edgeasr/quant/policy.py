@@ -15,6 +15,7 @@ constant (converters/stock.py says why).
 Policies are dataclasses: `to_dict` / `from_dict` of edgeasr.configs give plain JSON.
 """
 import fnmatch
+import os
 from dataclasses import dataclass, field, replace
 from typing import List, Optional
 
@@ -151,9 +152,14 @@ def as_policy(policy) -> PrecisionPolicy:
 
 
 def load_policy(name_or_path: str) -> PrecisionPolicy:
-    """A preset by name, or a policy JSON file (as written into every run's config.json)."""
-    if name_or_path.endswith(".json"):
+    """A preset by name, or a policy JSON file (as written into every run's config.json): any
+    existing file, whatever its extension (policy.JSON, a file without one)."""
+    if name_or_path.lower().endswith(".json") or os.path.isfile(name_or_path):
         from edgeasr.files import read_json
 
-        return PrecisionPolicy.from_dict(read_json(name_or_path))
+        values = read_json(name_or_path)
+        if not isinstance(values, dict):
+            raise EdgeasrError(f"{name_or_path}: a policy file holds one JSON object ({{\"default\": {{...}}, "
+                               f"\"rules\": [...]}}), not a {type(values).__name__}")
+        return PrecisionPolicy.from_dict(values)
     return preset(name_or_path)
