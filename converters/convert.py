@@ -119,15 +119,18 @@ def _run_test_sample(config, examples):
 
 def model_to_convert(model, config, policy, features, source):
     """(Keras model the converter sees, policy or None, "qat" | "post-training")."""
-    from edgeasr.quant.policy import as_policy, load_policy
+    from edgeasr.quant.policy import as_policy, check_16bit_activations, load_policy
 
     refuse_policy_for_qat(model, config, policy, source)
     if is_qat(model):
+        if config is not None:
+            check_16bit_activations(config.policy, post_training=False)
         return model, config.policy if config is not None else None, "qat"
     used_policy = as_policy(load_policy(policy) if isinstance(policy, str) else (policy or "w8a8"))
     if used_policy.is_float:
         raise EdgeasrError("convert writes fully-integer models; choose a quantized policy "
                            "(w8a8, w4a8, w4a8-tanh, mixed or a policy JSON file)")
+    check_16bit_activations(used_policy, post_training=True)
     return post_training_quantize(model, used_policy, features), used_policy, "post-training"
 
 

@@ -159,6 +159,21 @@ def test_policy_patterns_first_match_wins_and_json_round_trip():
     assert restored == policy and isinstance(restored.rules[0], PrecisionRule)
 
 
+def test_16bit_activations_are_refused_where_the_converter_cannot_give_them():
+    from edgeasr.quant.policy import check_16bit_activations
+
+    everywhere = PrecisionPolicy("a16", LayerPrecision(8, activation_bits=16))
+    check_16bit_activations(everywhere, post_training=True)                  # the 16x8 mode
+    with pytest.raises(EdgeasrError, match="convert only post-training"):
+        check_16bit_activations(everywhere, post_training=False)
+    some = PrecisionPolicy("some", LayerPrecision(8), [PrecisionRule("pw1", LayerPrecision(8, activation_bits=16))])
+    for post_training in (True, False):
+        with pytest.raises(EdgeasrError, match="16-bit activations for rules pw1 but not every layer"):
+            check_16bit_activations(some, post_training)
+    for name in ("w8a8", "w4a8-tanh", "mixed"):
+        check_16bit_activations(preset(name), post_training=False)
+
+
 def test_a_policy_file_is_read_whatever_its_extension(tmp_path):
     from edgeasr.quant.policy import load_policy
 

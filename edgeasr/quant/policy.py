@@ -96,6 +96,27 @@ class PrecisionPolicy:
         return from_dict(cls, values)
 
 
+def check_16bit_activations(policy: PrecisionPolicy, post_training: bool) -> None:
+    """Refuse a policy whose 16-bit activations the stock converter cannot give (TF 2.21, measured,
+    docs/toolchain_facts.md): 16 bits on some layers only came out int8 (no INT16 tensor in the
+    file, DS-CNN-S and the FFN, QAT and post-training) or failed (on `logits`); a QAT graph with
+    16-bit fake-quant nodes does not convert in the 16x8 mode, which calibrates a float model itself."""
+    precisions = [policy.default] + [rule.precision for rule in policy.rules]
+    bits = {p.activation_bits for p in precisions if p.activation_bits is not None}
+    if 16 not in bits:
+        return
+    if bits != {16}:
+        layers = [rule.pattern for rule in policy.rules if rule.precision.activation_bits == 16]
+        where = f"rules {', '.join(layers)}" if policy.default.activation_bits != 16 else "the default"
+        raise EdgeasrError(f"policy {policy.name!r}: 16-bit activations for {where} but not every layer; the "
+                           f"stock converter gives those layers int8 activations (or fails): ask 16 for every "
+                           f"layer (the 16x8 mode) or 8")
+    if not post_training:
+        raise EdgeasrError(f"policy {policy.name!r}: 16-bit activations convert only post-training (the 16x8 mode "
+                           f"calibrates a float model itself; a QAT graph with 16-bit fake-quant nodes does not "
+                           f"convert): train float, then `edgeasr convert RUN --policy` this policy")
+
+
 _W8 = LayerPrecision(weight_bits=8, weight_transform="linear", granularity="per-channel", activation_bits=8)
 _W4_TANH = LayerPrecision(weight_bits=4, weight_transform="tanh", granularity="per-channel", activation_bits=8)
 

@@ -190,10 +190,12 @@ class ActivationQuantizer(Quantizer):
     bits=16: symmetric, narrow range (TFLite int16 activations have zero point 0).
     The first training batch sets the range; later batches move it by `1 - decay`.
 
-    Converter behaviour measured with TF 2.21: one 16-bit activation inside an int8 model
-    converts (that tensor becomes INT16, the consuming FULLY_CONNECTED takes it) and runs in
-    LiteRT; an all-16-bit QAT model does not convert in the 16x8 mode
-    ("Quantization to 16x8-bit not yet supported for op: 'DEQUANTIZE'").
+    Converter behaviour measured with TF 2.21: 16-bit activations on some layers of an int8 model
+    come out int8 (no INT16 tensor in the file, DS-CNN-S and the FFN) or fail (on `logits`); an
+    all-16-bit QAT model does not convert in the 16x8 mode ("Quantization to 16x8-bit not yet
+    supported for op: 'DEQUANTIZE'", or a DEPTHWISE_CONV_2D with an int32 bias). Only a float model
+    converted post-training with 16 bits everywhere gives int16 activations, so edgeasr refuses the
+    rest (`policy.check_16bit_activations`); this quantizer serves that post-training path.
     """
 
     def __init__(self, bits=8, decay=0.99):

@@ -22,6 +22,7 @@ from edgeasr.eval.metrics import classification_report, plot_confusion
 from edgeasr.files import write_json_atomic
 from edgeasr.models.registry import KEYWORD_MODELS, build_model
 from edgeasr.quant.mracos import add_mracos
+from edgeasr.quant.policy import check_16bit_activations
 from edgeasr.quant.qat import check_rules_name_layers, freeze_batch_norm, quantize_model, transfer_weights
 from edgeasr.train.distill import DistillationLoss, label_accuracy, with_teacher_targets
 from edgeasr.train.run_dir import RunConfig, RunDir
@@ -63,6 +64,7 @@ def plan_stages(config: RunConfig) -> list:
             raise EdgeasrError("--mracos-weight pulls weights toward their quantization grid: it needs a quantized "
                                "--policy")
         return [Stage("float", "none", epochs)]
+    check_16bit_activations(config.policy, post_training=False)
     # BatchNorm is folded into the convolutions only where activations are quantized too (stage
     # "full"): that is where its statistics can be frozen.
     if stages == 2:
