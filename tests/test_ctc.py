@@ -119,10 +119,13 @@ def test_transcribe_goes_on_past_a_bad_file_and_exits_1(tmp_path, monkeypatch):
     import edgeasr.runtime.asr
     from edgeasr.cli import main
 
+    from tests.test_streaming import energy_model
+
     monkeypatch.setattr(edgeasr.runtime.asr, "Transcriber", _FakeTranscriber)
     files = [tmp_path / name for name in ("model.tflite", "a.wav", "bad.wav", "c.wav")]
-    for path in files:
+    for path in files[1:]:
         path.write_bytes(b"x")
+    energy_model(files[0])                         # a readable .tflite: the command checks its MODEL first
     result = CliRunner().invoke(main, ["transcribe", *map(str, files)])
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output    # no traceback
     assert f"{files[1]}\ttext of a.wav" in result.output and f"{files[3]}\ttext of c.wav" in result.output
