@@ -379,7 +379,10 @@ def validate(model, source, data, calibration, examples, min_agreement, report_p
     for line in kernel_warnings(report) + quantization_warnings(report):
         click.echo(line, err=True)
     if not report["passed"]:
-        raise click.ClickException(f"parity below {min_agreement:.2%}")
+        earlier = Path(model).with_name(Path(model).stem + ".parity.md")
+        raise click.ClickException(f"parity below {min_agreement:.2%} (report {report['markdown']}"
+                                   + (f"; {earlier} is an earlier check's" if earlier.is_file() and report_path is None
+                                      else "") + ")")
 
 
 @main.command()

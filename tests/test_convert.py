@@ -391,6 +391,12 @@ def test_a_rejected_conversion_leaves_the_model_and_reports_already_there(foreig
         convert(tmp_path / "flipped.keras", out, calibration=foreign / "inputs.npy", force=True, min_agreement=1.01)
     assert out.read_bytes() == model_bytes and (tmp_path / "kws.parity.md").read_text() == report
     assert (tmp_path / "kws.rejected.parity.md").is_file()
+    checked = CliRunner().invoke(main, ["validate", str(out), "--source", str(tmp_path / "flipped.keras"),
+                                        "--data", str(foreign / "inputs.npy"), "--calibration",
+                                        str(foreign / "inputs.npy")])
+    assert checked.exit_code == 1 and f"{tmp_path / 'kws.parity.md'} is an earlier check's" in checked.output, \
+        checked.output
+    assert (tmp_path / "kws.parity.md").read_text() == report                # a failed check replaces nothing
 
 
 def test_float_ops_are_named_with_their_layers(foreign):
