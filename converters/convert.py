@@ -130,7 +130,7 @@ def model_to_convert(model, config, policy, features, source):
     if used_policy.is_float:
         raise EdgeasrError("convert writes fully-integer models; choose a quantized policy "
                            "(w8a8, w4a8, w4a8-tanh, mixed or a policy JSON file)")
-    check_16bit_activations(used_policy, post_training=True)
+    check_16bit_activations(used_policy, post_training=True, layer_names=[layer.name for layer in model.layers])
     return post_training_quantize(model, used_policy, features), used_policy, "post-training"
 
 

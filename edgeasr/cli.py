@@ -60,6 +60,7 @@ class FiniteRange(click.FloatRange):
 
 
 MODEL_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+SEED = click.IntRange(0, 2**32 - 1)            # what numpy's generators take
 MIN_STREAM_HOURS = 0.01        # 36 s: a few keywords; shorter built streams fail in ways that name no option
 
 
@@ -110,7 +111,7 @@ def data():
 @click.option("--near-words", is_flag=True,
               help="Add words that sound like the Speech Commands keywords (top, cup, light, ...) to the unknown "
                    "words: hard negatives.")
-@click.option("--seed", default=0, show_default=True, help="Same seed, same bytes.")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Same seed, same bytes.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @user_errors
 def synth_kws(out, speakers, repeats, words, sentence_windows, near_words, seed, overwrite):
@@ -161,12 +162,13 @@ def synth_kws(out, speakers, repeats, words, sentence_windows, near_words, seed,
                    "(knowledge distillation from the float model; 0: off). On DS-CNN-S at 0.5 it raised "
                    "the FRR on long streams (docs/recipe_pilots.md).")
 @click.option("--frozen-bn-epochs", default=0, show_default=True, type=click.IntRange(0),
-              help="Last epochs of each quantized stage trained on the BatchNorm moving statistics, "
-                   "the folded graph the converted model runs (0: batch statistics throughout).")
+              help="Last epochs of the fully quantized stage (stage 2 of --stages 2) trained on the BatchNorm "
+                   "moving statistics, the folded graph the converted model runs (0: batch statistics "
+                   "throughout). At most --epochs.")
 @click.option("--keywords", default=None, help="Comma-separated keywords (default: the 10 Speech Commands words).")
 @click.option("--unknown-percentage", default=10.0, show_default=True, type=FiniteRange(0.0),
               help="Non-keyword clips kept, as a percentage of the keyword clips (per split).")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, type=SEED)
 @user_errors
 def train(dataset, run_dir, model_name, epochs, batch_size, learning_rate, policy, stages, stage2_lr_scale,
           init_from, mracos_weight, distill_weight, frozen_bn_epochs, keywords, unknown_percentage, seed):
@@ -393,7 +395,7 @@ def validate(model, source, data, calibration, examples, min_agreement, report_p
 @click.option("--qat-stages", type=click.IntRange(1, 2), default=1, show_default=True,
               help="1: everything quantized from the start; 2: tanh weights first, then activations too.")
 @click.option("--speakers", default=240, show_default=True, help="Synthetic voices; a tenth are held out for test.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, type=SEED)
 @user_errors
 def demo(out, model_name, epochs, qat_epochs, qat_stages, speakers, seed):
     """Synthesise data, train float, then 4-bit tanh QAT, convert both to LiteRT, compare.
@@ -426,7 +428,7 @@ def demo(out, model_name, epochs, qat_epochs, qat_stages, speakers, seed):
               help="Length of the built stream (at least 0.01, 36 s). FRR at N FA/h rests on the "
                    "(N x hours + 1)-th best-scoring false accept, so one hour can swing by a few points on a "
                    "single event; 4 is steadier.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--cache-dir", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="Where built streams are kept (about 115 MB per hour; default: $XDG_CACHE_HOME/edgeasr/"
                    "streams, else ~/.cache/edgeasr/streams).")
@@ -522,10 +524,10 @@ def eval_stream(model, data, split, wav, labels, hours, seed, cache_dir, out, ho
 @click.option("--speakers", default=300, show_default=True, type=click.IntRange(3),
               help="Voice+variant pairs, split 80/10/10, disjoint.")
 @click.option("--utterances", default=40, show_default=True, type=click.IntRange(1), help="Utterances per speaker.")
-@click.option("--max-seconds", default=4.0, show_default=True,
+@click.option("--max-seconds", default=4.0, show_default=True, type=FiniteRange(2),
               help="Clip length limit, at least 2 (shorter clips fit too few of the texts); longer texts are "
                    "redrawn, never cropped.")
-@click.option("--seed", default=0, show_default=True, help="Same seed, same bytes.")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Same seed, same bytes.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @user_errors
 def synth_asr(out, speakers, utterances, max_seconds, seed, overwrite):
@@ -573,9 +575,10 @@ def manifest(librispeech, output, max_seconds):
 @click.option("--run-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Where config, tokenizer, checkpoints and reports go; rerun to resume.")
 @click.option("--size", default="xs", show_default=True, help="Conformer size: tiny, xs or s.")
-@click.option("--epochs", "--epochs-per-stage", "epochs", default=10, show_default=True)
-@click.option("--batch-size", default=24, show_default=True)
-@click.option("--learning-rate", default=2e-3, show_default=True, help="Peak, after warm-up.")
+@click.option("--epochs", "--epochs-per-stage", "epochs", default=10, show_default=True, type=click.IntRange(0))
+@click.option("--batch-size", default=24, show_default=True, type=click.IntRange(1))
+@click.option("--learning-rate", default=2e-3, show_default=True, type=FiniteRange(0, min_open=True),
+              help="Peak, after warm-up.")
 @click.option("--policy", default="float", show_default=True,
               help="A precision preset (" + ", ".join(known_presets()) + ") or a policy JSON file. conformer-mixed keeps the Conformer's subsampling, depthwise "
                      "convolutions and CTC head at 8 bits (mixed only its CTC head); w4a8-tanh-dw8 names only "
@@ -584,11 +587,12 @@ def manifest(librispeech, output, max_seconds):
 @click.option("--init-from", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Start from this trained ASR run (QAT fine-tuning of a float model).")
 @click.option("--frozen-bn-epochs", default=0, show_default=True, type=click.IntRange(0),
-              help="Last epochs of each quantized stage trained on the convolution modules' BatchNorm moving "
-                   "statistics, the folded graph the converted model runs (0: batch statistics throughout).")
+              help="Last epochs of the fully quantized stage (stage 2 of --stages 2) trained on the convolution "
+                   "modules' BatchNorm moving statistics, the folded graph the converted model runs (0: batch "
+                   "statistics throughout). At most --epochs.")
 @click.option("--tokenizer", type=click.Choice(["char", "sentencepiece"]), default="char", show_default=True)
 @click.option("--noise/--no-noise", default=False, show_default=True, help="Mix coloured noise into training audio.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, type=SEED)
 @user_errors
 def train_asr(data_dir, run_dir, size, epochs, batch_size, learning_rate, policy, stages, init_from,
               frozen_bn_epochs, tokenizer, noise, seed):
@@ -739,6 +743,10 @@ def _split_words(text: str) -> tuple:
     twice = sorted({word for word in words if words.count(word) > 1})
     if twice:
         raise EdgeasrError(f"{', '.join(twice)}: given more than once in {text!r}")
+    reserved = [word for word in words if word.startswith("_")]
+    if reserved:
+        raise EdgeasrError(f"{', '.join(reserved)}: names starting with '_' are the kit's own classes "
+                           f"(_silence_, _unknown_) or folders (_background_noise_), not keywords")
     return words
 
 

@@ -153,7 +153,13 @@ def test_number_options_refuse_nan_inf_and_out_of_range_values_as_usage_errors(t
                     ["data", "synth-kws", str(tmp_path / "d"), "--sentence-windows", "-1"],
                     ["data", "synth-asr", str(tmp_path / "d"), "--utterances", "0"],
                     ["data", "manifest", "--librispeech", str(tmp_path), "-o", str(tmp_path / "m"),
-                     "--max-seconds", "nan"]):
+                     "--max-seconds", "nan"],
+                    ["train-asr", str(tmp_path), "--run-dir", str(tmp_path / "r"), "--learning-rate", "nan"],
+                    ["train-asr", str(tmp_path), "--run-dir", str(tmp_path / "r"), "--batch-size", "0"],
+                    ["train-asr", str(tmp_path), "--run-dir", str(tmp_path / "r"), "--epochs", "-1"],
+                    ["data", "synth-asr", str(tmp_path / "d"), "--max-seconds", "1"],
+                    ["train", str(tmp_path), "--run-dir", str(tmp_path / "r"), "--seed", "-1"],
+                    ["data", "synth-kws", str(tmp_path / "d"), "--seed", str(2**32)]):
         result = CliRunner().invoke(main, command)
         assert result.exit_code == 2 and "Invalid value for" in result.output, (command, result.output)
     assert not (tmp_path / "r").exists() and not (tmp_path / "d").exists()
@@ -172,6 +178,8 @@ def test_train_refuses_a_dataset_without_held_out_clips_and_repeated_keywords(ti
     assert "Traceback" not in unlisted.output
     twice = CliRunner().invoke(main, [*args[:-1], "yes,no,yes"])
     assert twice.exit_code == 1 and "yes: given more than once in 'yes,no,yes'" in twice.output
+    reserved = CliRunner().invoke(main, [*args[:-1], "yes,_unknown_"])
+    assert reserved.exit_code == 1 and "_unknown_: names starting with '_' are the kit's own" in reserved.output
 
 
 def test_train_warns_when_the_dataset_has_no_background_noise(tiny_dataset, tmp_path):

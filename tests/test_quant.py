@@ -168,14 +168,26 @@ def test_16bit_activations_are_refused_where_the_converter_cannot_give_them():
         check_16bit_activations(everywhere, post_training=False)
     some = PrecisionPolicy("some", LayerPrecision(8), [PrecisionRule("pw1", LayerPrecision(8, activation_bits=16))])
     for post_training in (True, False):
-        with pytest.raises(EdgeasrError, match="16-bit activations for rules pw1 but not every layer"):
+        with pytest.raises(EdgeasrError, match="16-bit activations, but not for default;"):
             check_16bit_activations(some, post_training)
+    with pytest.raises(EdgeasrError, match="but not for conv0, relu0;"):
+        check_16bit_activations(some, True, layer_names=["conv0", "relu0", "pw1"])
+    every = PrecisionPolicy("every", LayerPrecision(8), [PrecisionRule("*", LayerPrecision(8, activation_bits=16))])
+    check_16bit_activations(every, True, layer_names=["conv0", "relu0", "pw1"])       # the rule covers them all
+    unquantized = PrecisionPolicy("none", LayerPrecision(8, activation_bits=16),
+                                  [PrecisionRule("logits", LayerPrecision(8, activation_bits=None))])
+    with pytest.raises(EdgeasrError, match="but not for logits"):
+        check_16bit_activations(unquantized, True, layer_names=["conv0", "logits"])
     for name in ("w8a8", "w4a8-tanh", "mixed"):
         check_16bit_activations(preset(name), post_training=False)
 
 
-def test_a_policy_file_is_read_whatever_its_extension(tmp_path):
+def test_a_policy_file_is_read_whatever_its_extension(tmp_path, monkeypatch):
     from edgeasr.quant.policy import load_policy
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "float").write_text(json.dumps(to_dict(preset("w4a8-tanh"))))     # a file named like a preset
+    assert load_policy("float") == preset("float")
 
     policy = PrecisionPolicy("mine", LayerPrecision(4, "tanh"), [PrecisionRule("conv0", LayerPrecision(8))])
     for name in ("policy.JSON", "policy"):

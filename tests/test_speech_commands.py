@@ -126,3 +126,22 @@ def test_clips_with_upper_case_or_flac_suffixes_are_read(tiny_dataset, tmp_path)
     flac.unlink()
     names = {path for path, _ in index_files(root, CONFIG)["train"]}
     assert {f"stop/{upper.stem}.WAV", f"stop/{flac.stem}.flac"} <= names
+
+
+def test_a_copy_without_unused_words_and_lists_in_other_encodings(tiny_dataset, tmp_path):
+    from edgeasr.data.speech_commands import load_background_noise
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_dataset, root)
+    shutil.rmtree(root / "tree")                       # a word this run does not use: its entries are moot
+    assert not any(path.startswith("tree/") for split in index_files(root, CONFIG).values() for path, _ in split)
+    listing = root / "testing_list.txt"
+    listing.write_bytes(b"\xef\xbb\xbf" + listing.read_bytes())                   # a BOM (Notepad)
+    assert {p for p, _ in index_files(root, CONFIG)["test"]} <= set(listing.read_text("utf-8-sig").split())
+    listing.write_text(listing.read_text("utf-8-sig"), encoding="utf-16")          # PowerShell 5's '>'
+    with pytest.raises(EdgeasrError, match="testing_list.txt: not UTF-8 text"):
+        index_files(root, CONFIG)
+    noise = sorted((root / "_background_noise_").iterdir())
+    before = len(load_background_noise(root, 16000))
+    noise[0].rename(noise[0].with_suffix(".WAV"))
+    assert len(load_background_noise(root, 16000)) == before

@@ -89,7 +89,7 @@ def index_files(root: Path, config: DataConfig) -> dict:
     root = check_layout(root)
     listed = {split: _read_list(root / name) for split, name in SPLIT_LISTS.items()}
     audio = sorted(path for path in root.glob("*/*") if path.suffix.lower() in AUDIO_SUFFIXES and path.is_file())
-    _check_listed_files_exist(root, listed, {f"{path.parent.name}/{path.name}" for path in audio})
+    _check_listed_files_exist(root, listed, {f"{path.parent.name}/{path.name}" for path in audio}, config.keywords)
     keyword_index = {word: i for i, word in enumerate(config.labels)}
     files = {split: {"keyword": [], "unknown": []} for split in SPLITS}
     for path in audio:
@@ -109,15 +109,22 @@ def _read_list(path: Path) -> set:
     prefixes and Windows separators are read as the same paths."""
     if not path.is_file():
         return set()
-    entries = (line.strip().replace("\\", "/") for line in path.read_text().splitlines())
+    try:
+        text = path.read_text(encoding="utf-8-sig")          # a BOM is not part of the first entry
+    except UnicodeDecodeError:
+        raise EdgeasrError(f"{path}: not UTF-8 text (PowerShell's '>' writes UTF-16); save it as UTF-8") from None
+    entries = (line.strip().replace("\\", "/") for line in text.splitlines())
     return {entry[2:] if entry.startswith("./") else entry for entry in entries if entry}
 
 
-def _check_listed_files_exist(root: Path, listed: dict, present: set) -> None:
+def _check_listed_files_exist(root: Path, listed: dict, present: set, keywords) -> None:
     """A listed clip that is not there is an error: the clip the list meant would otherwise train
-    instead of being held out (a renamed folder moved its test clips into training)."""
+    instead of being held out (a renamed folder moved its test clips into training). Entries of a
+    word whose folder is gone altogether are left out (a copy without the words it does not use),
+    unless the word is a keyword."""
     for split, names in listed.items():
-        missing = sorted(names - present)
+        missing = sorted(name for name in names - present
+                         if (root / name).parent.is_dir() or name.split("/", 1)[0] in keywords)
         if missing:
             raise EdgeasrError(f"{root / SPLIT_LISTS[split]}: {len(missing)} of its {len(names)} entries name no "
                                f"audio file under {root} (e.g. {', '.join(missing[:3])}); fix the list or the "
@@ -134,7 +141,7 @@ def _with_sampled_unknown(parts: dict, config: DataConfig, rng) -> list:
 def load_background_noise(root: Path, sample_rate: int) -> list:
     """Each usable noise recording as float32; unreadable ones are left out."""
     noise = []
-    for path in sorted((Path(root) / BACKGROUND_DIR).glob("*.wav")):
+    for path in sorted(p for p in (Path(root) / BACKGROUND_DIR).glob("*") if p.suffix.lower() in AUDIO_SUFFIXES):
         try:
             noise.append(load_audio(path, sample_rate))
         except AudioError:

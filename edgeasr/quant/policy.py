@@ -96,21 +96,22 @@ class PrecisionPolicy:
         return from_dict(cls, values)
 
 
-def check_16bit_activations(policy: PrecisionPolicy, post_training: bool) -> None:
+def check_16bit_activations(policy: PrecisionPolicy, post_training: bool, layer_names=None) -> None:
     """Refuse a policy whose 16-bit activations the stock converter cannot give (TF 2.21, measured,
     docs/toolchain_facts.md): 16 bits on some layers only came out int8 (no INT16 tensor in the
     file, DS-CNN-S and the FFN, QAT and post-training) or failed (on `logits`); a QAT graph with
-    16-bit fake-quant nodes does not convert in the 16x8 mode, which calibrates a float model itself."""
-    precisions = [policy.default] + [rule.precision for rule in policy.rules]
-    bits = {p.activation_bits for p in precisions if p.activation_bits is not None}
-    if 16 not in bits:
+    16-bit fake-quant nodes does not convert in the 16x8 mode, which calibrates a float model itself.
+    With `layer_names` the precisions the model's layers resolve to are judged (a "*" rule may cover
+    them all), else the policy's default and rules."""
+    named = [(name, policy.resolve(name)) for name in layer_names] if layer_names else (
+        [("default", policy.default)] + [(rule.pattern, rule.precision) for rule in policy.rules])
+    if not any(precision.activation_bits == 16 for _, precision in named):
         return
-    if bits != {16}:
-        layers = [rule.pattern for rule in policy.rules if rule.precision.activation_bits == 16]
-        where = f"rules {', '.join(layers)}" if policy.default.activation_bits != 16 else "the default"
-        raise EdgeasrError(f"policy {policy.name!r}: 16-bit activations for {where} but not every layer; the "
-                           f"stock converter gives those layers int8 activations (or fails): ask 16 for every "
-                           f"layer (the 16x8 mode) or 8")
+    others = [name for name, precision in named if precision.activation_bits != 16]
+    if others:
+        raise EdgeasrError(f"policy {policy.name!r}: 16-bit activations, but not for {', '.join(others[:6])}"
+                           f"{', ...' if len(others) > 6 else ''}; the stock converter gives a 16-bit rule on some "
+                           f"layers int8 activations (or fails): ask 16 for every layer (the 16x8 mode) or 8")
     if not post_training:
         raise EdgeasrError(f"policy {policy.name!r}: 16-bit activations convert only post-training (the 16x8 mode "
                            f"calibrates a float model itself; a QAT graph with 16-bit fake-quant nodes does not "
@@ -174,8 +175,9 @@ def as_policy(policy) -> PrecisionPolicy:
 
 def load_policy(name_or_path: str) -> PrecisionPolicy:
     """A preset by name, or a policy JSON file (as written into every run's config.json): any
-    existing file, whatever its extension (policy.JSON, a file without one)."""
-    if name_or_path.lower().endswith(".json") or os.path.isfile(name_or_path):
+    existing file, whatever its extension (policy.JSON, a file without one). A preset's name is
+    the preset, whatever files the working folder holds."""
+    if name_or_path not in _PRESETS and (name_or_path.lower().endswith(".json") or os.path.isfile(name_or_path)):
         from edgeasr.files import read_json
 
         values = read_json(name_or_path)

@@ -64,7 +64,7 @@ def plan_stages(config: RunConfig) -> list:
             raise EdgeasrError("--mracos-weight pulls weights toward their quantization grid: it needs a quantized "
                                "--policy")
         return [Stage("float", "none", epochs)]
-    check_16bit_activations(config.policy, post_training=False)
+    check_16bit_activations(config.policy, post_training=False)       # no QAT with 16 bits converts
     # BatchNorm is folded into the convolutions only where activations are quantized too (stage
     # "full"): that is where its statistics can be frozen.
     if stages == 2:
@@ -129,6 +129,9 @@ def train(run_dir, config: RunConfig, progress: bool = True, data: TrainingData 
     RunDir(run_dir).refuse_if_training_elsewhere()           # all before minutes of loading data
     RunDir(run_dir).refuse_another_configuration(config)
     refuse_a_longer_earlier_stage(RunDir(run_dir), stages)
+    if config.train.frozen_bn_epochs and not any(isinstance(layer, keras.layers.BatchNormalization)
+                                                 for layer in build_model(config.model).layers):
+        raise EdgeasrError(f"--frozen-bn-epochs: {config.model.name} has no BatchNormalization layers to freeze")
     data = data or load_training_data(config, progress)
     keras.utils.set_random_seed(config.train.seed)
     train_ds = feature_dataset(data.train.waves, data.train.labels, config.frontend, config.train.batch_size,
@@ -142,9 +145,6 @@ def train(run_dir, config: RunConfig, progress: bool = True, data: TrainingData 
     train_ds, val_ds = with_teacher(config, start, train_ds, val_ds)
     if not config.policy.is_float:
         check_rules_name_layers(float_model, config.policy)
-    if config.train.frozen_bn_epochs and not any(isinstance(layer, keras.layers.BatchNormalization)
-                                                 for layer in float_model.layers):
-        raise EdgeasrError(f"--frozen-bn-epochs: {config.model.name} has no BatchNormalization layers to freeze")
     with RunDir(run_dir).locked() as run, resume_hint_on_interrupt(run):
         run.claim(config)
         model, trained = float_model, False
@@ -159,8 +159,15 @@ def train(run_dir, config: RunConfig, progress: bool = True, data: TrainingData 
 
 def refuse_a_longer_earlier_stage(run: RunDir, stages: list) -> None:
     """More epochs for a stage whose successor already trained from its end would be trained and
-    then lost: the later stage resumes from its own checkpoint, which never saw them."""
+    then lost: the later stage resumes from its own checkpoint, which never saw them. And an
+    unfinished multi-stage run asked for fewer epochs than a stage already trained would give its
+    stages different lengths (stage 1 kept at 3, stage 2 stopped at 2)."""
     trained = run.trained_epochs()
+    most = max(trained.values(), default=0)
+    if len(stages) > 1 and not run.model_path.exists() and stages[0].epochs < most:
+        raise EdgeasrError(f"{run.path}: a stage of this unfinished run already trained {most} epochs; "
+                           f"--epochs {stages[0].epochs} would give its stages different lengths. Keep --epochs "
+                           f"{most} to resume, or train a new --run-dir")
     for index, stage in enumerate(stages):
         later = next((s.name for s in stages[index + 1:] if trained.get(s.name)), None)
         done = trained.get(stage.name, 0)
