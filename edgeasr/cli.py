@@ -13,6 +13,7 @@ import click
 
 from edgeasr.errors import EdgeasrError
 from edgeasr.quant.policy import known_presets      # no TensorFlow: the CLI stays quick to start
+from edgeasr.runtime.litert import ModelLoadError
 from edgeasr.runtime.metadata import MetadataError
 
 
@@ -28,6 +29,9 @@ def user_errors(command):
             return command(*args, **kwargs)
         except (EdgeasrError, MetadataError) as exc:
             raise click.ClickException(str(exc)) from exc
+        except ModelLoadError as exc:
+            raise click.ClickException(f"LiteRT cannot load the model ({str(exc).splitlines()[0]}): a damaged "
+                                       f"file, or an op this LiteRT lacks (pip install -U ai-edge-litert)") from exc
         except OSError as exc:                 # a path under a file, no permission, a full disk
             raise click.ClickException(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)) from exc
 
@@ -288,6 +292,16 @@ KEYWORD_CONVERT_OPTIONS = ("calibration", "io", "min_agreement", "conv_storage",
                            "frontend")
 
 
+def report_stem(value):
+    """validate's --report: a file stem, not empty and not a folder (REPORT.parity.json goes beside it)."""
+    if value is None:
+        return None
+    if not value.strip() or value.endswith(("/", "\\")) or Path(value).is_dir():
+        raise click.BadParameter(f"{value!r}: give a file stem such as checks/recordings (the reports are "
+                                 f"STEM.parity.json and STEM.parity.md)", param_hint="'--report'")
+    return Path(value)
+
+
 def given_options(ctx, names) -> list:
     """The options of `names` the user gave (not left at their defaults)."""
     return [name for name in names if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
@@ -352,7 +366,7 @@ def inspect(model, as_json):
 @click.option("--examples", default=500, show_default=True, type=click.IntRange(1),
               help="At most this many inputs of --data, spread over all of them.")
 @click.option("--min-agreement", default=0.99, show_default=True, type=FiniteRange(0, 1))
-@click.option("--report", "report_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--report", "report_path", default=None, callback=lambda ctx, param, value: report_stem(value),
               help="Write REPORT.parity.json / .parity.md, passed or not, instead of MODEL's (which convert wrote).")
 @user_errors
 def validate(model, source, data, calibration, examples, min_agreement, report_path):
@@ -475,10 +489,11 @@ def eval_stream(model, data, split, wav, labels, hours, seed, cache_dir, out, ho
 
     metadata = read_metadata(model) or {}
     if (wav is None) == (data is None) or (wav is None) != (labels is None):
-        raise EdgeasrError("give either --data DATASET or --wav WAV with --labels LABELS")
-    built_only = given_options(click.get_current_context(), ("split", "hours", "seed", "cache_dir"))
+        raise click.UsageError("give either --data DATASET or --wav WAV with --labels LABELS")
+    context = click.get_current_context()
+    built_only = given_options(context, ("split", "hours", "seed", "cache_dir"))
     if wav is not None and built_only:
-        raise EdgeasrError(f"{option_list(built_only)}: for a stream built from --data, not for --wav")
+        raise click.UsageError(f"{option_list(built_only)}: for a stream built from --data, not for --wav")
     try:
         config = DetectorConfig.from_metadata(metadata, hop_ms=hop_ms, smoothing_ms=smoothing_ms,
                                               refractory_ms=refractory_ms, sharpening=sharpening)
@@ -502,6 +517,8 @@ def eval_stream(model, data, split, wav, labels, hours, seed, cache_dir, out, ho
         if changed:
             raise EdgeasrError(f"{model}: its thresholds hold only for the detector settings they were chosen "
                                f"with: {', '.join(changed)}; choose new ones with --write-thresholds")
+        if not given_options(context, ("target_fa_per_hour",)):       # judged against what they were chosen for
+            target_fa_per_hour = metadata["detector"].get("target_fa_per_hour", target_fa_per_hour)
     report = stream.evaluate_stream(model, wav, labels, config, out or model.parent, target_fa_per_hour,
                                     thresholds=thresholds, per_keyword=per_keyword)
     click.echo(stream.format_report(report))
@@ -517,6 +534,9 @@ def eval_stream(model, data, split, wav, labels, hours, seed, cache_dir, out, ho
                                f"whatever the threshold: check the labels, or choose a higher --target-fa-per-hour")
         stream.write_thresholds(model, report)
         click.echo(f"thresholds for {target_fa_per_hour} FA/h written into {model}")
+        if report["at_thresholds"]["frr"] == 1.0:
+            click.echo("Warning: at these thresholds every keyword of the stream is missed (FRR 100%): check that "
+                       "the labels' times are this WAV's, and the model", err=True)
 
 
 @data.command("synth-asr")

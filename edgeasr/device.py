@@ -254,12 +254,19 @@ def _script_lines(run, command: str):
 
 
 def check_keyword_model(model_path) -> None:
-    """rpi_kws.py runs keyword models; refuse a speech-recognition model before anything is copied."""
+    """rpi_kws.py runs keyword models with labels and a frontend in their metadata; refuse others
+    before anything is copied."""
     from edgeasr.runtime.metadata import read_metadata
+    from edgeasr.runtime.streaming import stream_metadata
 
-    if "asr" in (read_metadata(model_path) or {}):
+    metadata = read_metadata(model_path) or {}
+    if "asr" in metadata:
         raise EdgeasrError(f"{model_path}: a speech-recognition model; device-check runs keyword models "
                            f"(scripts/rpi_kws.py), use `edgeasr transcribe` or `eval-asr` for this one")
+    try:
+        stream_metadata(model_path, metadata)          # labels and frontend, which rpi_kws.py reads
+    except ValueError as exc:
+        raise EdgeasrError(str(exc)) from None
 
 
 def device_check(transport, model_path, wav=None) -> dict:

@@ -246,6 +246,11 @@ class NoRuntimeError(RuntimeError):
     """No LiteRT interpreter package is installed."""
 
 
+class ModelLoadError(ValueError):
+    """LiteRT cannot load or prepare the model: a damaged file, or an op or op version this runtime
+    lacks. The message is the interpreter's own (no path: it lands in reports)."""
+
+
 def _interpreter_module():
     try:
         from ai_edge_litert import interpreter
@@ -292,7 +297,7 @@ def _interpreter(model, kernels: str, **options):
                                f"{', '.join(packed)} as INT4, which tflite_runtime (2.14, its "
                                f"last release) does not run; install ai-edge-litert (pip install ai-edge-litert). "
                                f"The interpreter said: {str(error).strip().splitlines()[0]}") from error
-        raise
+        raise ModelLoadError(str(error).strip()) from error
     return interpreter
 
 
@@ -528,7 +533,7 @@ def changed_detector_settings(metadata: dict, **given) -> list:
     if not (metadata.get("detector") or {}).get("thresholds"):
         return []
     stored = DetectorConfig.from_metadata(metadata)
-    return [f"--{name.replace('_', '-')} {value:g} (chosen with {getattr(stored, name):g})"
+    return [f"--{name.replace('_', '-')} {value:.10g} (chosen with {getattr(stored, name):.10g})"
             for name, value in given.items() if value is not None and value != getattr(stored, name)]
 
 
@@ -598,6 +603,10 @@ class PosteriorStream:
         self.logits = logits                    # the model outputs logits: softmax them here
         self.sharpening = float(config.sharpening)
         self.hop_frames = config.hop_frames(frontend)
+        if self.hop_frames > self.input_frames:
+            raise ValueError(f"hop_ms {config.hop_ms:g} is longer than the model's window of {self.input_frames} "
+                             f"frames ({self.input_frames * frontend.hop_ms:g} ms): audio between two windows "
+                             f"would never be scored")
         self.smoothing_runs = max(1, int(round(config.smoothing_ms / (self.hop_frames * frontend.hop_ms))))
         self.frontend = StreamingFrontend(frontend)
         self._history = np.zeros((0, frontend.n_mels), dtype=model.input_detail["dtype"])
@@ -901,6 +910,14 @@ def threads(text: str) -> int:
     return value
 
 
+def not_negative(text: str) -> float:
+    """An argparse type: a finite number, 0 or more."""
+    value = float(text)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+    return value
+
+
 def unit_interval(text: str) -> float:
     """An argparse type: a threshold, a number from 0 to 1 (a posterior)."""
     value = float(text)
@@ -924,12 +941,12 @@ def parse_args(argv=None):
                         help="raw 16-bit little-endian mono PCM on stdin (or a WAV: its header is read, not played)")
     parser.add_argument("--chunk-ms", type=positive, default=10.0,
                         help="audio block size (default 10 ms, at most 60000)")
-    parser.add_argument("--hop-ms", type=float, help="model run interval (default: metadata, else 20 ms)")
-    parser.add_argument("--smoothing-ms", type=float, help="posterior averaging (default: metadata, else 400 ms)")
-    parser.add_argument("--refractory-ms", type=float,
+    parser.add_argument("--hop-ms", type=positive, help="model run interval (default: metadata, else 20 ms)")
+    parser.add_argument("--smoothing-ms", type=positive, help="posterior averaging (default: metadata, else 400 ms)")
+    parser.add_argument("--refractory-ms", type=not_negative,
                         help="how long a keyword that fired stays silent; other keywords still fire "
                              "(default: metadata, else 1000 ms)")
-    parser.add_argument("--sharpening", type=float,
+    parser.add_argument("--sharpening", type=positive,
                         help="posterior exponent before smoothing (default: metadata, else 1); thresholds hold "
                              "only for the exponent they were chosen with")
     parser.add_argument("--threshold", type=unit_interval,

@@ -200,3 +200,13 @@ def test_frozen_bn_epochs_are_refused_for_a_model_without_batch_norm(tiny_datase
                                        "--epochs", "2", "--frozen-bn-epochs", "1"])
     assert result.exit_code == 1 and "ffn_stateless has no BatchNormalization layers to freeze" in result.output
     assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_validate_report_must_be_a_file_stem(tmp_path):
+    from tests.test_streaming import energy_model
+
+    model = energy_model(tmp_path / "m.tflite")
+    (tmp_path / "folder").mkdir()
+    for value in ("", "checks/", str(tmp_path / "folder")):
+        result = CliRunner().invoke(main, ["validate", str(model), "--source", str(tmp_path), "--report", value])
+        assert result.exit_code == 2 and "give a file stem such as checks/recordings" in result.output, result.output

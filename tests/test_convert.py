@@ -220,6 +220,27 @@ def test_a_damaged_model_is_refused_by_name_by_every_command_that_reads_one(fore
             assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
+def test_a_model_litert_cannot_load_is_one_line_not_a_traceback(foreign, tmp_path):
+    """An op version this LiteRT lacks passes the flatbuffer reader; the interpreter refuses it."""
+    model = tmp_path / "good.tflite"
+    assert _convert(foreign, model, "--labels", "_silence_,_unknown_,yes,no", "--frontend", "edgeasr").exit_code == 0
+    tree = fb.load(model.read_bytes())
+    tree.operatorCodes[0].version = 99
+    newer = tmp_path / "newer.tflite"
+    newer.write_bytes(fb.dump(tree))
+    plain = tmp_path / "plain.tflite"
+    assert _convert(foreign, plain).exit_code == 0
+    unlabelled = CliRunner().invoke(main, ["device-check", str(plain), "--ssh", "nobody@127.0.0.1"])
+    assert unlabelled.exit_code == 1 and "no edgeasr metadata with labels and frontend" in unlabelled.output
+    for command in (["validate", str(newer), "--source", str(foreign / "kws.keras"), "--data",
+                     str(foreign / "inputs.npy"), "--calibration", str(foreign / "inputs.npy")],
+                    ["device-check", str(newer), "--ssh", "nobody@127.0.0.1"]):       # checked here first
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == 1 and "LiteRT cannot load the model (Didn't find op" in result.output, \
+            (command, result.output)
+        assert "version '99'" in result.output
+
+
 def test_a_quantization_that_changes_the_float_models_decisions_is_warned_about():
     from edgeasr.eval.parity import quantization_warnings
 

@@ -92,6 +92,10 @@ def test_script_says_what_is_wrong_with_its_inputs_in_one_line(model_path, tmp_p
         assert "Traceback" not in result.stderr
     above = run_script([str(model_path), "--wav", str(slow), "--threshold", "1.5"])
     assert above.returncode == 2 and "--threshold: must be from 0 to 1, not 1.5" in above.stderr
+    for option, value in (("--hop-ms", "0"), ("--smoothing-ms", "-5"), ("--sharpening", "inf"),
+                          ("--refractory-ms", "-1")):
+        bad = run_script([str(model_path), "--wav", str(slow), option, value])
+        assert bad.returncode == 2 and f"{option}: must be" in bad.stderr, (option, bad.stderr)
 
 
 def test_script_refuses_the_models_thresholds_under_other_detector_settings(model_path, tmp_path):

@@ -106,7 +106,7 @@ def test_tflite_runtime_failing_on_int4_weights_says_which_runtime_to_install(ti
     packed = embed_metadata(tiny.read_bytes(), {"int4_weights": {"dense1": "INT4", "dw1": "INT8", "logits": "INT4"}})
     with pytest.raises(RuntimeError, match=r"dense1, logits as INT4.*pip install ai-edge-litert.*kTfLiteInt8"):
         litert.LiteRTModel(packed)
-    with pytest.raises(RuntimeError, match=r"^tensorflow/lite/kernels"):     # no INT4 weights: the error as it was
+    with pytest.raises(litert.ModelLoadError, match=r"^tensorflow/lite/kernels"):   # no INT4 weights: its words
         litert.LiteRTModel(tiny.read_bytes())
 
 

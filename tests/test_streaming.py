@@ -541,7 +541,7 @@ def test_built_stream_and_cli(tiny_dataset, tmp_path, model_path):
     assert scored["at_thresholds"] == report["at_thresholds"]           # the same thresholds, the same errors
     assert "given (not chosen on this stream)" in again.output
     bad = CliRunner().invoke(main, ["eval-stream", str(model), "--wav", str(wav)])
-    assert bad.exit_code == 1 and "--labels" in bad.output
+    assert bad.exit_code == 2 and "--labels" in bad.output
     both = CliRunner().invoke(main, ["eval-stream", str(model), "--wav", str(wav), "--labels", str(labels),
                                      "--model-thresholds", "--per-keyword"])
     assert both.exit_code == 1 and "cannot also choose new ones" in both.output
@@ -561,7 +561,7 @@ def test_built_stream_and_cli(tiny_dataset, tmp_path, model_path):
         assert bad_value.exit_code == 2 and f"Invalid value for '{option}'" in bad_value.output, bad_value.output
     built_only = CliRunner().invoke(main, ["eval-stream", str(sharp), "--wav", str(wav), "--labels", str(labels),
                                            "--split", "validation", "--seed", "7"])
-    assert built_only.exit_code == 1 and "--split, --seed: for a stream built from --data, not for --wav" in \
+    assert built_only.exit_code == 2 and "--split, --seed: for a stream built from --data, not for --wav" in \
         built_only.output
     other = CliRunner().invoke(main, ["eval-stream", str(sharp), "--wav", str(wav), "--labels", str(labels),
                                       "--model-thresholds", "--sharpening", "1"])
@@ -782,3 +782,41 @@ def test_labels_without_any_keyword_are_refused_before_the_model_runs(model_path
                                            "--out", str(folder)])
         assert result.exit_code == 1 and f"{labels}: no occurrence of the model's keywords (yes)" in result.output
         assert f"rpi_kws.py MODEL --wav {wav}" in result.output
+
+
+def test_model_thresholds_are_judged_against_the_target_they_were_written_for(model_path, tmp_path):
+    from edgeasr.cli import main
+
+    model = tmp_path / "energy.tflite"
+    model.write_bytes(model_path.read_bytes())
+    wav, labels = labelled_stream(tmp_path, keyword_lines()[:2])         # the third burst is a false accept
+    common = ["eval-stream", str(model), "--wav", str(wav), "--labels", str(labels), "--out", str(tmp_path / "o")]
+    written = CliRunner().invoke(main, [*common, "--target-fa-per-hour", "400", "--write-thresholds"])
+    assert written.exit_code == 0, written.output
+    scored = CliRunner().invoke(main, [*common, "--model-thresholds"])
+    assert scored.exit_code == 0 and "NOT REACHED" not in scored.output, scored.output
+    assert json.loads((tmp_path / "o" / "energy.stream.json").read_text())["target_fa_per_hour"] == 400
+    assert "too short to resolve" not in scored.output                # 10 s resolve 400 FA/h (one is 360)
+
+
+def test_a_hop_longer_than_the_window_is_refused(model_path):
+    with pytest.raises(ValueError, match="hop_ms 5000 is longer than the model's window of 98 frames"):
+        KeywordSpotter(model_path, DetectorConfig(hop_ms=5000.0))
+
+
+def test_the_stream_reads_split_lists_as_training_does(tiny_dataset, tmp_path):
+    """'./'-prefixed entries were read as other paths: their keyword clips played unlabelled."""
+    import shutil
+
+    from edgeasr.eval.stream import build_test_stream
+
+    edited = tmp_path / "edited"
+    shutil.copytree(tiny_dataset, edited)
+    listing = edited / "testing_list.txt"
+    listing.write_text("".join(f"./{line}\n" if i % 2 else f"{line}\r\n"
+                               for i, line in enumerate(listing.read_text().split())))
+    build = lambda root, cache: build_test_stream(root, ["yes", "no", "stop"], cache, hours=0.01, seed=2,
+                                                  progress=False)
+    original, edited_stream = build(tiny_dataset, tmp_path / "a"), build(edited, tmp_path / "b")
+    assert original[0].read_bytes() == edited_stream[0].read_bytes()
+    assert original[1].read_text() == edited_stream[1].read_text()

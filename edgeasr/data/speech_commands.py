@@ -87,7 +87,7 @@ def check_layout(root: Path) -> Path:
 def index_files(root: Path, config: DataConfig) -> dict:
     """{split: [(relative path, label index)]} with `_unknown_` sampled down, before loading."""
     root = check_layout(root)
-    listed = {split: _read_list(root / name) for split, name in SPLIT_LISTS.items()}
+    listed = {split: read_list(root / name) for split, name in SPLIT_LISTS.items()}
     audio = sorted(path for path in root.glob("*/*") if path.suffix.lower() in AUDIO_SUFFIXES and path.is_file())
     _check_listed_files_exist(root, listed, {f"{path.parent.name}/{path.name}" for path in audio}, config.keywords)
     keyword_index = {word: i for i, word in enumerate(config.labels)}
@@ -104,7 +104,7 @@ def index_files(root: Path, config: DataConfig) -> dict:
     return {split: _with_sampled_unknown(parts, config, rng) for split, parts in files.items()}
 
 
-def _read_list(path: Path) -> set:
+def read_list(path: Path) -> set:
     """The relative paths a split list names, one per line (a word folder may hold spaces); './'
     prefixes and Windows separators are read as the same paths."""
     if not path.is_file():

@@ -106,8 +106,8 @@ def read_labels(path) -> list:
         if second[0] < first[1] or first[:3] == second[:3]:
             what = "repeat each other" if first[:3] == second[:3] else "overlap"
             raise StreamError(f"{path}: lines {first[3]} and {second[3]} {what} ({first[0]:g}-{first[1]:g} "
-                              f"{first[2]}, {second[0]:g}-{second[1]:g} {second[2]}); each occurrence is one "
-                              f"line, one at a time (it would be scored as a second one)")
+                              f"{first[2]}, {second[0]:g}-{second[1]:g} {second[2]}); a label file holds one "
+                              f"line per spoken word, one word at a time")
     return [label[:3] for label in labels]
 
 
@@ -323,10 +323,10 @@ def _split_clips(dataset: Path, split: str, keywords):
 
 def _listed(dataset: Path, split: str) -> list:
     """The split's clips (relative paths, sorted), without the synthesiser's sentence windows."""
+    from edgeasr.data.speech_commands import read_list
     from edgeasr.data.synth import SENTENCES_FOLDER
 
-    listing = dataset / f"{split}_list.txt"
-    listed = listing.read_text().split() if listing.is_file() else []
+    listed = read_list(dataset / f"{split}_list.txt")        # as training reads it ('./', '\\', spaces)
     return [relative for relative in sorted(listed) if relative.split("/", 1)[0] != SENTENCES_FOLDER]
 
 
@@ -730,6 +730,9 @@ def format_report(report: dict) -> str:
                  f"{at['fa_per_hour']:.2f} FA/h, latency after keyword end median "
                  f"{_seconds(latency['median'])}, p90 {_seconds(latency['p90'])}")
     lines.append("  thresholds: " + ", ".join(f"{k}={threshold_text(v)}" for k, v in report["thresholds"].items()))
+    if report["hours"] * report["target_fa_per_hour"] < 1:
+        lines.append(f"  note: one false accept on this {duration_text(report['hours'])} is {1 / report['hours']:.1f} "
+                     f"FA/h: the stream is too short to resolve {report['target_fa_per_hour']} FA/h")
     if not report.get("target_reached", True):
         lines.append(f"  NOT REACHED: {report['target_fa_per_hour']} FA/h; these thresholds give "
                      f"{at['fa_per_hour']:.2f} FA/h on this stream")

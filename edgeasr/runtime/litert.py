@@ -14,6 +14,11 @@ class NoRuntimeError(RuntimeError):
     """No LiteRT interpreter package is installed."""
 
 
+class ModelLoadError(ValueError):
+    """LiteRT cannot load or prepare the model: a damaged file, or an op or op version this runtime
+    lacks. The message is the interpreter's own (no path: it lands in reports)."""
+
+
 def _interpreter_module():
     try:
         from ai_edge_litert import interpreter
@@ -60,7 +65,7 @@ def _interpreter(model, kernels: str, **options):
                                f"{', '.join(packed)} as INT4, which tflite_runtime (2.14, its "
                                f"last release) does not run; install ai-edge-litert (pip install ai-edge-litert). "
                                f"The interpreter said: {str(error).strip().splitlines()[0]}") from error
-        raise
+        raise ModelLoadError(str(error).strip()) from error
     return interpreter
 
 

@@ -154,7 +154,7 @@ def changed_detector_settings(metadata: dict, **given) -> list:
     if not (metadata.get("detector") or {}).get("thresholds"):
         return []
     stored = DetectorConfig.from_metadata(metadata)
-    return [f"--{name.replace('_', '-')} {value:g} (chosen with {getattr(stored, name):g})"
+    return [f"--{name.replace('_', '-')} {value:.10g} (chosen with {getattr(stored, name):.10g})"
             for name, value in given.items() if value is not None and value != getattr(stored, name)]
 
 
@@ -224,6 +224,10 @@ class PosteriorStream:
         self.logits = logits                    # the model outputs logits: softmax them here
         self.sharpening = float(config.sharpening)
         self.hop_frames = config.hop_frames(frontend)
+        if self.hop_frames > self.input_frames:
+            raise ValueError(f"hop_ms {config.hop_ms:g} is longer than the model's window of {self.input_frames} "
+                             f"frames ({self.input_frames * frontend.hop_ms:g} ms): audio between two windows "
+                             f"would never be scored")
         self.smoothing_runs = max(1, int(round(config.smoothing_ms / (self.hop_frames * frontend.hop_ms))))
         self.frontend = StreamingFrontend(frontend)
         self._history = np.zeros((0, frontend.n_mels), dtype=model.input_detail["dtype"])
