@@ -485,7 +485,8 @@ def eval_stream(model, data, split, wav, labels, hours, seed, cache_dir, out, ho
     """
     from edgeasr.eval import stream
     from edgeasr.runtime.metadata import read_metadata
-    from edgeasr.runtime.streaming import DetectorConfig, changed_detector_settings, frontend_config
+    from edgeasr.runtime.streaming import (DetectorConfig, changed_detector_settings, frontend_config,
+                                           hop_within_window, input_frames)
 
     metadata = read_metadata(model) or {}
     if (wav is None) == (data is None) or (wav is None) != (labels is None):
@@ -498,7 +499,7 @@ def eval_stream(model, data, split, wav, labels, hours, seed, cache_dir, out, ho
         config = DetectorConfig.from_metadata(metadata, hop_ms=hop_ms, smoothing_ms=smoothing_ms,
                                               refractory_ms=refractory_ms, sharpening=sharpening)
         if isinstance(metadata.get("frontend"), dict):
-            config.hop_frames(frontend_config(model, metadata))
+            hop_within_window(config, frontend_config(model, metadata), input_frames(model, metadata))
     except ValueError as exc:
         raise EdgeasrError(f"detector settings (the options, else {model}'s metadata): {exc}") from exc
     if data is not None:

@@ -602,11 +602,7 @@ class PosteriorStream:
         self.model, self.frontend_config, self.input_frames = model, frontend, int(input_frames)
         self.logits = logits                    # the model outputs logits: softmax them here
         self.sharpening = float(config.sharpening)
-        self.hop_frames = config.hop_frames(frontend)
-        if self.hop_frames > self.input_frames:
-            raise ValueError(f"hop_ms {config.hop_ms:g} is longer than the model's window of {self.input_frames} "
-                             f"frames ({self.input_frames * frontend.hop_ms:g} ms): audio between two windows "
-                             f"would never be scored")
+        self.hop_frames = hop_within_window(config, frontend, self.input_frames)
         self.smoothing_runs = max(1, int(round(config.smoothing_ms / (self.hop_frames * frontend.hop_ms))))
         self.frontend = StreamingFrontend(frontend)
         self._history = np.zeros((0, frontend.n_mels), dtype=model.input_detail["dtype"])
@@ -670,6 +666,16 @@ def check_labels_match_outputs(model_path, labels: list, model: LiteRTModel) -> 
     classes = int(model.output_detail["shape"][-1])
     if len(labels) != classes:
         raise ValueError(f"{model_path}: its metadata names {len(labels)} labels for {classes} outputs")
+
+
+def hop_within_window(config: DetectorConfig, frontend: FrontendConfig, window_frames: int) -> int:
+    """The hop in frames; a ValueError when it is longer than the model's window, which would leave
+    the audio between two windows unscored."""
+    hop = config.hop_frames(frontend)
+    if hop > window_frames:
+        raise ValueError(f"hop_ms {config.hop_ms:g} is longer than the model's window of {window_frames} frames "
+                         f"({window_frames * frontend.hop_ms:g} ms): audio between two windows would never be scored")
+    return hop
 
 
 def input_frames(model, metadata: dict) -> int:

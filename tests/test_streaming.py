@@ -799,9 +799,16 @@ def test_model_thresholds_are_judged_against_the_target_they_were_written_for(mo
     assert "too short to resolve" not in scored.output                # 10 s resolve 400 FA/h (one is 360)
 
 
-def test_a_hop_longer_than_the_window_is_refused(model_path):
+def test_a_hop_longer_than_the_window_is_refused(model_path, tmp_path):
+    from edgeasr.cli import main
+
     with pytest.raises(ValueError, match="hop_ms 5000 is longer than the model's window of 98 frames"):
         KeywordSpotter(model_path, DetectorConfig(hop_ms=5000.0))
+    wav, labels = labelled_stream(tmp_path, keyword_lines())
+    result = CliRunner().invoke(main, ["eval-stream", str(model_path), "--wav", str(wav), "--labels", str(labels),
+                                       "--hop-ms", "5000", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "longer than the model's window" in result.output and result.exception is not None
+    assert isinstance(result.exception, SystemExit)                                        # no traceback
 
 
 def test_the_stream_reads_split_lists_as_training_does(tiny_dataset, tmp_path):

@@ -397,7 +397,10 @@ def stream_posteriors(model_path, audio: np.ndarray, config: DetectorConfig, met
         raise StreamError(str(exc)) from None
     frames = input_frames(model, metadata)
     check_window(len(audio) / frontend.sample_rate, frontend.frames_end_seconds(frames), "the stream")
-    stream = PosteriorStream(model, frontend, frames, config, outputs_logits(metadata))
+    try:
+        stream = PosteriorStream(model, frontend, frames, config, outputs_logits(metadata))
+    except ValueError as exc:                         # detector settings that do not fit the model
+        raise StreamError(str(exc)) from None
     chunk = int(chunk_seconds * frontend.sample_rate)
     times, scores = [], []
     for start in progress_bar(range(0, len(audio), chunk), desc=f"scoring {Path(model_path).name}", unit="chunk",
