@@ -226,7 +226,10 @@ def training_scale_ratio(model: keras.Model, features: np.ndarray, examples: int
     if norm is None:
         return None
     axis = norm.axis[0] if isinstance(norm.axis, (list, tuple)) else norm.axis
-    received = keras.Model(model.inputs, norm.input)(tf.constant(features[:examples]), training=False).numpy()
+    try:
+        received = keras.Model(model.inputs, norm.input)(tf.constant(features[:examples]), training=False).numpy()
+    except (AttributeError, ValueError, TypeError):   # a layer used twice, a nested model: no warning, no failure
+        return None
     received = np.moveaxis(received, axis, -1).reshape(-1, received.shape[axis]).astype(np.float64)
     trained = norm.moving_variance.numpy().astype(np.float64) + norm.moving_mean.numpy().astype(np.float64) ** 2
     usable = trained > 0
