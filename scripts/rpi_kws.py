@@ -900,36 +900,23 @@ def peak_rss_kib() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
-def positive(text: str) -> float:
-    """An argparse type: a finite number above 0."""
-    value = float(text)
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
-    return value
+def ranged(kind, accepts, wanted: str, name: str):
+    """An argparse type: kind(text) for which accepts(value) holds, else 'must be <wanted>'."""
+    def parse(text: str):
+        value = kind(text)
+        if not accepts(value):
+            raise argparse.ArgumentTypeError(f"must be {wanted}, not {text}")
+        return value
+
+    parse.__name__ = name                      # argparse names the type in "invalid ... value"
+    return parse
 
 
-def threads(text: str) -> int:
-    """An argparse type: an interpreter thread count from 1 to 64."""
-    value = int(text)
-    if not 1 <= value <= 64:
-        raise argparse.ArgumentTypeError(f"must be from 1 to 64, not {text}")
-    return value
-
-
-def not_negative(text: str) -> float:
-    """An argparse type: a finite number, 0 or more."""
-    value = float(text)
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
-    return value
-
-
-def unit_interval(text: str) -> float:
-    """An argparse type: a threshold, a number from 0 to 1 (a posterior)."""
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be from 0 to 1, not {text}")
-    return value
+INFINITY = float("inf")
+positive = ranged(float, lambda value: 0 < value < INFINITY, "a positive number", "positive")
+not_negative = ranged(float, lambda value: 0 <= value < INFINITY, "0 or more", "not_negative")
+unit_interval = ranged(float, lambda value: 0 <= value <= 1, "from 0 to 1", "unit_interval")
+threads = ranged(int, lambda value: 1 <= value <= 64, "from 1 to 64", "threads")
 
 
 def npy_path(text: str) -> str:
