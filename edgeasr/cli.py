@@ -274,8 +274,7 @@ def convert(source, output, policy, calibration, io, min_agreement, conv_storage
                             fc_per_channel=fc_scales == "per-channel", scores=scores, labels=labels,
                             frontend=frontend)
     parity = result["parity"]
-    for note in parity["notes"]:
-        click.echo(f"Warning: {note}", err=True)
+    echo_warnings(parity["notes"])
     sizes = f"{result['bytes']:,} bytes"
     if result.get("float_bytes"):
         sizes += f" (float LiteRT: {result['float_bytes']:,} bytes, {result['float_bytes'] / result['bytes']:.1f}x)"
@@ -300,6 +299,12 @@ def report_stem(value):
         raise click.BadParameter(f"{value!r}: give a file stem such as checks/recordings (the reports are "
                                  f"STEM.parity.json and STEM.parity.md)", param_hint="'--report'")
     return Path(value)
+
+
+def echo_warnings(notes) -> None:
+    """A report's notes on stderr, one 'Warning:' line each (convert and validate)."""
+    for note in notes:
+        click.echo(f"Warning: {note}", err=True)
 
 
 def given_options(ctx, names) -> list:
@@ -386,8 +391,7 @@ def validate(model, source, data, calibration, examples, min_agreement, report_p
 
     report = validate_model(model, source, data, examples=examples, min_agreement=min_agreement,
                             calibration=calibration, report_path=report_path)
-    for note in report["notes"]:
-        click.echo(f"Warning: {note}", err=True)
+    echo_warnings(report["notes"])
     reference = report.get("xnnpack_vs_reference_agreement")
     click.echo(f"argmax agreement {report['argmax_agreement']:.2%} on {report['examples']} examples; XNNPACK vs "
                f"reference kernels {'not compared' if reference is None else f'{reference:.2%}'}; "

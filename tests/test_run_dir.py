@@ -124,7 +124,7 @@ def test_training_writes_one_line_per_epoch_to_a_log_and_a_bar_to_a_terminal(mon
 
 def test_stage_epochs_that_would_be_lost_or_uneven_are_refused(tmp_path):
     from edgeasr.quant.policy import preset
-    from edgeasr.train.fit import plan_stages, refuse_a_longer_earlier_stage
+    from edgeasr.train.fit import plan_stages, refuse_inconsistent_stage_epochs
 
     run = RunDir(tmp_path / "run")
     config = RunConfig(dataset=str(tmp_path), train=TrainConfig(epochs=4, stages=2), policy=preset("w4a8-tanh"))
@@ -132,10 +132,10 @@ def test_stage_epochs_that_would_be_lost_or_uneven_are_refused(tmp_path):
     for epoch in (1, 2, 3):                                   # interrupted in stage 1
         run.append_history({"stage": "stage1", "epoch": epoch})
     stages = lambda epochs: plan_stages(replace(config, train=replace(config.train, epochs=epochs)))
-    refuse_a_longer_earlier_stage(run, stages(4))                               # resuming: fine
-    refuse_a_longer_earlier_stage(run, stages(3))                               # stage 1 done at 3, stage 2 gets 3
+    refuse_inconsistent_stage_epochs(run, stages(4))                               # resuming: fine
+    refuse_inconsistent_stage_epochs(run, stages(3))                               # stage 1 done at 3, stage 2 gets 3
     with pytest.raises(EdgeasrError, match="already trained 3 epochs; --epochs 2 would give its stages different"):
-        refuse_a_longer_earlier_stage(run, stages(2))
+        refuse_inconsistent_stage_epochs(run, stages(2))
     run.append_history({"stage": "stage2", "epoch": 1})
     with pytest.raises(EdgeasrError, match=r"stage2 already trained from the end of stage1 \(3 epochs\)"):
-        refuse_a_longer_earlier_stage(run, stages(4))
+        refuse_inconsistent_stage_epochs(run, stages(4))

@@ -27,7 +27,7 @@ from edgeasr.files import read_json, write_json_atomic
 from edgeasr.models.conformer import ConformerConfig, build_conformer, conformer_config, output_frames
 from edgeasr.quant.policy import PrecisionPolicy, preset
 from edgeasr.quant.qat import quantize_model, transfer_weights
-from edgeasr.train.fit import (fit_checkpointed, plan_stages, refuse_a_longer_earlier_stage,
+from edgeasr.train.fit import (fit_checkpointed, plan_stages, refuse_inconsistent_stage_epochs,
                                 resume_hint_on_interrupt, saved_model, stage_learning_rate)
 from edgeasr.train.run_dir import RunDir, TrainConfig
 
@@ -171,7 +171,7 @@ def train_asr(run_dir, config: AsrRunConfig, progress: bool = True, data: Option
     """Train (or resume) the ASR run in `run_dir`, stage by stage; returns the test report."""
     stages = plan_stages(config)
     check_init_from(config)
-    refuse_a_longer_earlier_stage(AsrRunDir(run_dir), stages)
+    refuse_inconsistent_stage_epochs(AsrRunDir(run_dir), stages)
     with AsrRunDir(run_dir).locked() as run, resume_hint_on_interrupt(run):
         return _train_asr_run(run, config, stages, progress, data)
 

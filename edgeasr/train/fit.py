@@ -128,7 +128,7 @@ def train(run_dir, config: RunConfig, progress: bool = True, data: TrainingData 
     stages = plan_stages(config)
     RunDir(run_dir).refuse_if_training_elsewhere()           # all before minutes of loading data
     RunDir(run_dir).refuse_another_configuration(config)
-    refuse_a_longer_earlier_stage(RunDir(run_dir), stages)
+    refuse_inconsistent_stage_epochs(RunDir(run_dir), stages)
     if config.train.frozen_bn_epochs and not any(isinstance(layer, keras.layers.BatchNormalization)
                                                  for layer in build_model(config.model).layers):
         raise EdgeasrError(f"--frozen-bn-epochs: {config.model.name} has no BatchNormalization layers to freeze")
@@ -157,7 +157,7 @@ def train(run_dir, config: RunConfig, progress: bool = True, data: TrainingData 
         return evaluate_run(run, model, config, data.test)
 
 
-def refuse_a_longer_earlier_stage(run: RunDir, stages: list) -> None:
+def refuse_inconsistent_stage_epochs(run: RunDir, stages: list) -> None:
     """More epochs for a stage whose successor already trained from its end would be trained and
     then lost: the later stage resumes from its own checkpoint, which never saw them. And an
     unfinished multi-stage run asked for fewer epochs than a stage already trained would give its
