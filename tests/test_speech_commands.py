@@ -124,8 +124,14 @@ def test_clips_with_upper_case_or_flac_suffixes_are_read(tiny_dataset, tmp_path)
     samples, rate = soundfile.read(flac, dtype="int16")
     soundfile.write(flac.with_suffix(".flac"), samples, rate)
     flac.unlink()
+    ogg = root / "stop" / training[2]
+    soundfile.write(ogg.with_suffix(".ogg"), *soundfile.read(ogg, dtype="int16"))
+    ogg.unlink()
+    (root / "stop" / "notes.m4a").write_bytes(b"not read")
     names = {path for path, _ in index_files(root, CONFIG)["train"]}
-    assert {f"stop/{upper.stem}.WAV", f"stop/{flac.stem}.flac"} <= names
+    assert {f"stop/{upper.stem}.WAV", f"stop/{flac.stem}.flac", f"stop/{ogg.stem}.ogg"} <= names
+    report = load_split(root, CONFIG, "train", progress=False).report
+    assert report.skipped == {"not wav/flac/ogg/mp3": [str(root / "stop" / "notes.m4a")]}
 
 
 def test_a_copy_without_unused_words_and_lists_in_other_encodings(tiny_dataset, tmp_path):

@@ -27,7 +27,7 @@ UNKNOWN = "_unknown_"
 BACKGROUND_DIR = "_background_noise_"
 SPLITS = ("train", "validation", "test")
 SPLIT_LISTS = {"validation": "validation_list.txt", "test": "testing_list.txt"}
-AUDIO_SUFFIXES = (".wav", ".flac")      # of clips, in any case (.WAV)
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")      # of clips, in any case (.WAV); libsndfile reads them
 SPEECH_COMMANDS_KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 
 
@@ -156,6 +156,9 @@ def load_split(root: Path, config: DataConfig, split: str, progress: bool = True
     root = Path(root)
     entries = index_files(root, config)[split]
     report = LoadReport()
+    if split == "train":                    # files no list names train, so other formats are counted there
+        for path in other_files(root):
+            report.skip(path, f"not {'/'.join(s[1:] for s in AUDIO_SUFFIXES)}")
     waves, labels = [], []
     for relative, label in progress_bar(entries, desc=f"loading {split}", unit="clip", enabled=progress):
         clip = _load_clip(root / relative, config, report)
@@ -168,6 +171,13 @@ def load_split(root: Path, config: DataConfig, split: str, progress: bool = True
     report.used = len(waves)
     return Split(np.stack(waves) if waves else np.zeros((0, config.clip_samples), np.int16),
                  np.asarray(labels, dtype=np.int32), report)
+
+
+def other_files(root: Path) -> list:
+    """Files in word folders that are not clips edgeasr reads (.m4a, .opus, notes); hidden ones aside."""
+    return sorted(path for path in Path(root).glob("*/*") if not path.parent.name.startswith("_")
+                  and not path.name.startswith(".") and path.is_file()
+                  and path.suffix.lower() not in AUDIO_SUFFIXES)
 
 
 def _load_clip(path: Path, config: DataConfig, report: LoadReport):
