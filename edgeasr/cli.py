@@ -60,9 +60,13 @@ class FiniteRange(click.FloatRange):
         number = super().convert(value, param, ctx)
         if not math.isfinite(number):
             self.fail(f"{value} is not a finite number", param, ctx)
+        if self.min == 0 and self.min_open and number < FLOAT32_TINY:      # 1e-320 would train as 0
+            self.fail(f"{value} is below float32's smallest normal number ({FLOAT32_TINY:.2g}), the precision "
+                      f"edgeasr trains and runs in", param, ctx)
         return number
 
 
+FLOAT32_TINY = 2.0 ** -126
 MODEL_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 SEED = click.IntRange(0, 2**32 - 1)            # what numpy's generators take
 MIN_STREAM_HOURS = 0.01        # 36 s: a few keywords; shorter built streams fail in ways that name no option

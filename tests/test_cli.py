@@ -155,6 +155,7 @@ def test_number_options_refuse_nan_inf_and_out_of_range_values_as_usage_errors(t
                     ["data", "manifest", "--librispeech", str(tmp_path), "-o", str(tmp_path / "m"),
                      "--max-seconds", "nan"],
                     ["train-asr", str(tmp_path), "--run-dir", str(tmp_path / "r"), "--learning-rate", "nan"],
+                    ["train-asr", str(tmp_path), "--run-dir", str(tmp_path / "r"), "--learning-rate", "1e-320"],
                     ["train-asr", str(tmp_path), "--run-dir", str(tmp_path / "r"), "--batch-size", "0"],
                     ["train-asr", str(tmp_path), "--run-dir", str(tmp_path / "r"), "--epochs", "-1"],
                     ["data", "synth-asr", str(tmp_path / "d"), "--max-seconds", "1"],

@@ -222,4 +222,5 @@ def test_a_terminated_training_says_where_it_stopped_and_resumes(tiny_dataset, t
     assert process.returncode != 0 and 1 <= trained < 40, output
     assert re.search(r"interrupted after float epoch \d+; run the same command to resume", output), output
     resumed = CliRunner().invoke(main, [*ds_cnn_args(tiny_dataset, run_dir), "--epochs", str(trained + 1)])
-    assert resumed.exit_code == 0 and re.search(r"float: resuming after epoch \d+ of", resumed.output), resumed.output
+    assert resumed.exit_code == 0 and re.search(r"== float: .*\nfloat: resuming after epoch \d+ of",
+                                                resumed.output), resumed.output

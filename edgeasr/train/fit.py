@@ -252,11 +252,11 @@ def fit_checkpointed(run: RunDir, model, stage: Stage, train_ds, val_ds, verbose
         elif done:
             print(f"{stage.name}: finished ({done} epochs)", file=sys.stderr)
         return False
-    if done:
-        print(f"{stage.name}: resuming after epoch {done} of {stage.epochs}", file=sys.stderr)
     frozen_note = (f", BatchNorm statistics frozen for the last {stage.frozen_bn_epochs}"
                    if stage.frozen_bn_epochs else "")
     print(f"== {stage.name}: {stage.epochs} epochs{frozen_note}, {about}", file=sys.stderr)
+    if done:
+        print(f"{stage.name}: resuming after epoch {done} of {stage.epochs}", file=sys.stderr)
     for end, frozen in frozen_bn_segments(stage.epochs, stage.frozen_bn_epochs):
         if int(epoch.numpy()) >= end:
             continue
