@@ -125,6 +125,7 @@ def model_to_convert(model, config, policy, features, source):
     if is_qat(model):
         if config is not None:
             check_16bit_activations(config.policy, post_training=False)
+        refuse_16bit_qat(model, source)
         return model, config.policy if config is not None else None, "qat"
     used_policy = as_policy(load_policy(policy) if isinstance(policy, str) else (policy or "w8a8"))
     if used_policy.is_float:
@@ -132,6 +133,20 @@ def model_to_convert(model, config, policy, features, source):
                            "(w8a8, w4a8, w4a8-tanh, mixed or a policy JSON file)")
     check_16bit_activations(used_policy, post_training=True, layer_names=[layer.name for layer in model.layers])
     return post_training_quantize(model, used_policy, features), used_policy, "post-training"
+
+
+def refuse_16bit_qat(model, source) -> None:
+    """A QAT model file built through the Python API carries no policy; its 16-bit activation
+    quantizers would reach the stock converter's 16x8 mode, which fails on them (a DEQUANTIZE or a
+    depthwise int32 bias, measured: `policy.check_16bit_activations`)."""
+    from edgeasr.quant.qat import activation_bits
+
+    sixteen = [name for name, bits in activation_bits(model).items() if bits == 16]
+    if sixteen:
+        raise EdgeasrError(f"{source}: a QAT model with 16-bit activations ({', '.join(sixteen[:4])}"
+                           f"{', ...' if len(sixteen) > 4 else ''}), which the stock converter does not convert; "
+                           f"16-bit activations convert only post-training: convert the float model with a "
+                           f"policy of 16 bits for every layer")
 
 
 def refuse_policy_for_qat(model, config, policy, source) -> None:

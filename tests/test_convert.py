@@ -487,6 +487,15 @@ def test_16bit_activation_policy_converts_to_a_16x8_model_with_parity(tmp_path):
     # 16-bit activations: LiteRT within 0.005 of the float model (measured 0.0015; int8: 0.04).
     against_float = parity_report(path, model.predict(features, verbose=0), features, min_agreement=0.95)
     assert against_float["passed"] and against_float["output_max_abs_difference"] < 0.005
+    # the same policy as a QAT graph (built through the API: a model file carries no policy) is refused
+    from edgeasr.quant.qat import quantize_model
+
+    quantize_model(model, policy).save(tmp_path / "w8a16_qat.keras")
+    np.save(tmp_path / "features.npy", features)
+    refused = CliRunner().invoke(main, ["convert", str(tmp_path / "w8a16_qat.keras"), "-o", str(tmp_path / "q.tflite"),
+                                        "--calibration", str(tmp_path / "features.npy")])
+    assert refused.exit_code == 1 and "a QAT model with 16-bit activations (quantize_input" in refused.output
+    assert not (tmp_path / "q.tflite").exists()
 
 
 def test_convert_warns_about_calibration_inputs_parity_cannot_judge(foreign, tmp_path):

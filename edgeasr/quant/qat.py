@@ -654,13 +654,26 @@ def effective_weights(model: keras.Model) -> Dict[str, np.ndarray]:
 
 def activation_quantizers(model: keras.Model) -> List[str]:
     """Names of the layers that fake-quantize an activation (model input, layer outputs)."""
-    names = []
+    return list(_activation_quantizers(model))
+
+
+def activation_bits(model: keras.Model) -> Dict[str, int]:
+    """{layer name: bits} of each fake-quantized activation; a QAT model file carries no policy,
+    but its quantizers know their bits."""
+    return {name: quantizer.bits for name, quantizer in _activation_quantizers(model).items()
+            if isinstance(quantizer, q.ActivationQuantizer)}
+
+
+def _activation_quantizers(model: keras.Model) -> Dict[str, object]:
+    found = {}
     for layer in model.layers:
         if isinstance(layer, QuantizeLayer) and layer.quantizer is not None:
-            names.append(layer.name)
-        elif isinstance(layer, QuantizeWrapper) and layer.quantize_config.get_output_quantizers(layer.layer):
-            names.append(layer.layer.name)
-    return names
+            found[layer.name] = layer.quantizer
+        elif isinstance(layer, QuantizeWrapper):
+            quantizers = layer.quantize_config.get_output_quantizers(layer.layer)
+            if quantizers:
+                found[layer.layer.name] = quantizers[0]
+    return found
 
 
 # --- saving and loading --------------------------------------------------------------------------
