@@ -36,9 +36,9 @@ from edgeasr.converters.metadata import (calibration_digest, embed_metadata, leg
 from edgeasr.converters.pointwise import pointwise_as_fully_connected
 from edgeasr.converters.pooling import global_pools_as_mean
 from edgeasr.converters.ptq import calibrate_activations, post_training_quantize  # noqa: F401
-from edgeasr.converters.sources import (calibration_features, described_inputs, input_notes, is_qat,  # noqa: F401
-                                        load_calibration, load_keras, load_source, qat_weight_bits, run_test_features,
-                                        spread_rows)
+from edgeasr.converters.sources import (  # noqa: F401
+    calibration_features, check_paths, described_inputs, input_notes, is_qat, load_calibration, load_keras,
+    load_source, qat_weight_bits, run_test_features, spread_rows)
 from edgeasr.converters.stock import CALIBRATION_EXAMPLES, float_tflite, int8_tflite  # noqa: F401
 from edgeasr.converters.trim import trim_model
 from edgeasr.errors import EdgeasrError
@@ -193,17 +193,19 @@ def uses_int16_activations(policy) -> bool:
 def convert(source, output, policy=None, calibration=None, io: str = "int8", force: bool = False,
             min_agreement: Optional[float] = None, parity_examples: Optional[int] = PARITY_EXAMPLES,
             fc_per_channel: bool = False, conv_storage: str = "int8", scores: str = "auto",
-            labels: Optional[str] = None, frontend: Optional[str] = None) -> dict:
+            labels=None, frontend: Optional[str] = None) -> dict:
     """Convert SOURCE, validate it, write OUTPUT (and OUTPUT's .parity.json / .parity.md).
+    SOURCE, OUTPUT and calibration are paths (a model object is saved first: its file is hashed).
 
-    labels, frontend: a model file's class names and input features (`described_inputs`); a run
-    directory has its own.
+    labels, frontend: a model file's class names (a list, names separated by commas, or a text
+    file) and input features (`described_inputs`); a run directory has its own.
 
     min_agreement: fail when the Keras-LiteRT argmax agreement is below it: OUTPUT is not written,
     the parity reports go to OUTPUT's name + .rejected; None only reports.
     """
     from edgeasr.eval.parity import parity_report, write_reports
 
+    check_paths(source=source, output=output, calibration=calibration)
     output = Path(output)
     if output.exists() and not force:
         raise EdgeasrError(f"{output} already exists; pass --force to overwrite it")
@@ -339,6 +341,7 @@ def validate(model_path, source, data=None, examples: int = PARITY_EXAMPLES,
     from edgeasr.quant.policy import PrecisionPolicy
     from edgeasr.runtime.metadata import MetadataError, read_metadata
 
+    check_paths(model_path=model_path, source=source, data=data, calibration=calibration)
     try:
         metadata = read_metadata(model_path) or {}
     except MetadataError as exc:

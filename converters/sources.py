@@ -2,6 +2,7 @@
 file), whether it is QAT, and the calibration / test features (a dataset folder or a .npy array)."""
 import edgeasr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,17 @@ import tf_keras as keras
 
 from edgeasr.errors import EdgeasrError
 from edgeasr.converters.stock import CALIBRATION_EXAMPLES
+
+
+def check_paths(**arguments) -> None:
+    """convert and validate read files (a model's bytes are hashed into the metadata): a Keras model
+    object or a NumPy array given from Python is refused by name, not by pathlib's TypeError."""
+    for name, value in arguments.items():
+        if value is not None and not isinstance(value, (str, os.PathLike)):
+            hint = {"source": "save the model first (model.save('model.keras')) and pass the file",
+                    "calibration": "np.save() the inputs and pass the .npy file, or pass a dataset folder"}
+            raise EdgeasrError(f"{name}: a path is needed, not a {type(value).__name__}"
+                               f"{'; ' + hint[name] if name in hint else ''}")
 
 
 def load_source(source) -> tuple:
@@ -77,9 +89,12 @@ def described_inputs(model: keras.Model, labels=None, frontend=None) -> tuple:
 
 
 def _labels_of(model: keras.Model, labels: str) -> list:
-    path = Path(labels)
-    names = ([line.strip() for line in path.read_text().splitlines() if line.strip()] if path.is_file()
-             else [name.strip() for name in labels.split(",") if name.strip()])
+    if isinstance(labels, (list, tuple)):                  # from Python
+        names = [str(name).strip() for name in labels]
+    elif Path(labels).is_file():
+        names = [line.strip() for line in Path(labels).read_text().splitlines() if line.strip()]
+    else:
+        names = [name.strip() for name in labels.split(",") if name.strip()]
     classes = int(model.output_shape[-1])
     if len(names) != classes or len(set(names)) != len(names):
         raise EdgeasrError(f"--labels: {len(names)} names ({', '.join(names[:12])}), but the model has {classes} "

@@ -523,3 +523,20 @@ def test_convert_warns_about_calibration_inputs_parity_cannot_judge(foreign, tmp
         assert result.exit_code == 0 and all(e in result.output for e in expected), result.output
         assert any(expected[0] in note for note in json.loads(out.with_suffix(".parity.json").read_text())["notes"])
         assert "Warnings:" in out.with_suffix(".parity.md").read_text()
+
+
+def test_the_python_api_names_arguments_that_must_be_paths_and_takes_labels_as_a_list(foreign, tmp_path):
+    from edgeasr.converters.convert import convert, validate
+    from edgeasr.converters.sources import described_inputs
+
+    model = keras.models.load_model(foreign / "kws.keras")
+    with pytest.raises(EdgeasrError, match=r"source: a path is needed, not a Functional; save the model first"):
+        convert(model, tmp_path / "m.tflite")
+    with pytest.raises(EdgeasrError, match=r"calibration: a path is needed, not a ndarray; np.save\(\) the inputs"):
+        convert(foreign / "kws.keras", tmp_path / "m.tflite", calibration=np.load(foreign / "inputs.npy"))
+    with pytest.raises(EdgeasrError, match=r"data: a path is needed, not a ndarray"):
+        validate(tmp_path / "m.tflite", foreign / "kws.keras", data=np.zeros(3))
+    assert not (tmp_path / "m.tflite").exists()
+    assert described_inputs(model, labels=["a", "b", "c", "d"])[0] == ["a", "b", "c", "d"]
+    with pytest.raises(EdgeasrError, match="--labels: 2 names"):
+        described_inputs(model, labels=("a", "b"))
