@@ -44,12 +44,16 @@ def rewrite_markdown(docs: Path, name: str, markdown) -> None:
     write_bytes_atomic(Path(docs) / f"{name}.md", markdown(read_summary(docs, name)).encode())
 
 
-def read_summary(docs: Path, name: str) -> dict:
-    """The docs/NAME.json a run wrote before (for re-rendering its reports)."""
-    source = Path(docs) / f"{name}.json"
-    if not source.is_file():
-        raise SystemExit(f"{source}: missing; run the script without --markdown-only first")
-    return json.loads(source.read_text())
+def read_summary(docs: Path, name: str, option: str = "--markdown-only") -> dict:
+    """The docs/NAME.json a run wrote before (for re-rendering its reports with `option`)."""
+    return read_saved(Path(docs) / f"{name}.json", option)
+
+
+def read_saved(source: Path, option: str) -> dict:
+    """A JSON a run wrote before; a missing one stops the script with one line, not a traceback."""
+    if not Path(source).is_file():
+        raise SystemExit(f"{source}: missing; run the script without {option} first")
+    return json.loads(Path(source).read_text())
 
 
 def standard_error(values):

@@ -32,7 +32,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from _repo import REPO
+from _repo import REPO, read_summary
 from edgeasr.data.asr_synth import AsrSynthConfig, synthesize_asr_corpus
 from edgeasr.eval.asr import cer_difference_standard_error, evaluate_model
 from edgeasr.files import write_bytes_atomic, write_json_atomic
@@ -78,7 +78,7 @@ def dense_per_tensor(name: str) -> PrecisionPolicy:
 def main(argv=None):
     args = parse_args(argv)
     if args.report_only:
-        write_markdown(json.loads((args.docs / "asr_results.json").read_text()), args.docs)
+        write_markdown(read_summary(args.docs, "asr_results", "--report-only"), args.docs)
         return
     started = time.perf_counter()
     if not (args.data / "train.jsonl").is_file():

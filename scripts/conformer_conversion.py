@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _repo import REPO
+from _repo import REPO, read_saved
 from edgeasr.audio.frontend import FrontendConfig, numpy_log_mel
 from edgeasr.converters import convert as cv
 from edgeasr.converters import flatbuffer as fb
@@ -418,7 +418,7 @@ def main():
     args = parser.parse_args()
     out = Path(args.out)
     if args.render:
-        saved = json.loads(out.with_suffix(".json").read_text())
+        saved = read_saved(out.with_suffix(".json"), "--render")
         for extra in map(lambda path: json.loads(Path(path).read_text()), args.merge):
             sizes = {result["size"] for result in extra["results"]}
             saved["results"] = [r for r in saved["results"] if r["size"] not in sizes] + extra["results"]

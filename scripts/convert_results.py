@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _repo import MAIN_RUN, REPO, repo_relative, with_previous_rows
+from _repo import MAIN_RUN, REPO, repo_relative, read_summary, with_previous_rows
 from edgeasr.converters import flatbuffer as fb
 from edgeasr.converters.convert import convert
 from edgeasr.converters.inspect import inspect_model
@@ -288,7 +288,7 @@ def main(argv=None):
                         help="Rewrite the docs from DOCS/convert_results.json (targets recomputed).")
     args = parser.parse_args(argv)
     if args.report_only:
-        summary = json.loads((args.docs / "convert_results.json").read_text())
+        summary = read_summary(args.docs, "convert_results", "--report-only")
         summary["targets"] = [{"target": t, "met": m, "detail": d} for t, m, d in targets(summary["rows"])]
         return write_docs(summary, args.docs)
     rows = []

@@ -61,9 +61,14 @@ def main(argv=None):
 
 
 def model_rows(args, model_name: str) -> list:
+    sr.require_seed_runs(args, model_name)
+    runs = {policy: [r for r in sr.seed_runs(args.runs / model_name, policy) if sr.seed_of(r) in args.seeds]
+            for _, policy in sr.VARIANTS}
+    if not any(runs.values()):
+        raise SystemExit(f"{args.runs / model_name}: no run of --seeds {' '.join(map(str, args.seeds))}")
     rows = []
     for variant, policy in sr.VARIANTS:
-        for run in [r for r in sr.seed_runs(args.runs / model_name, policy) if sr.seed_of(r) in args.seeds]:
+        for run in runs[policy]:
             rows.append(run_row(args, model_name, variant, run))
             at_one = rows[-1]["targets"]["1.0"]
             print(f"{model_name} {run} at 1 FA/h on validation: per keyword FRR {at_one['per_keyword']['frr']:.2%}, "

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import tf_keras
 
-from _repo import REPO, in_model_order, repo_relative, with_previous_rows
+from _repo import REPO, in_model_order, read_summary, repo_relative, with_previous_rows
 from edgeasr.audio.augment import AugmentConfig
 from edgeasr.configs import to_dict
 from edgeasr.data.pipeline import features_of
@@ -91,7 +91,7 @@ RECIPES = {
 def main(argv=None):
     args = parse_args(argv)
     if args.report_only:
-        write_reports(json.loads((args.docs / "qat_results.json").read_text()), args.docs)
+        write_reports(read_summary(args.docs, "qat_results", "--report-only"), args.docs)
         return
     data_dir = ensure_data(args.data, SynthConfig(speakers=args.speakers, seed=args.seed,
                                                   sentence_windows=args.sentence_windows,

@@ -70,6 +70,7 @@ def main(argv=None):
 
 def model_rows(args, model_name: str) -> list:
     """One row per seed run of the model, float runs first (the others are scored at their thresholds)."""
+    sr.require_seed_runs(args, model_name)
     config, float_thresholds, rows, stream = config_of(args, model_name), {}, [], None
     for variant, policy in sr.VARIANTS:
         for run in sr.seed_runs(args.runs / model_name, policy):

@@ -274,6 +274,13 @@ def seed_runs(model_runs: Path, policy: str) -> list:
     return [p.name for p in sorted(runs, key=lambda p: seed_of(p.name))]
 
 
+def require_seed_runs(args, model_name: str) -> None:
+    """Stop before anything is written when a model has no seed run: its docs rows would be emptied."""
+    if not any(seed_runs(args.runs / model_name, policy) for _, policy in VARIANTS):
+        raise SystemExit(f"{args.runs / model_name}: no finished <policy>_seed<i> run; train them first with "
+                         f"`python scripts/qat_results.py --models {model_name} --finetune-seeds 0 1 2`")
+
+
 def seed_of(run: str) -> int:
     """The fine-tuning seed of a `<policy>_seed<i>` run."""
     return int(run.rsplit("_seed", 1)[1])
@@ -283,6 +290,7 @@ def seed_spread(args) -> list:
     """FRR at 1 FA/h of every `<policy>_seed<i>` run there is: how much one fine-tuning seed moves it."""
     rows = []
     for model_name in args.models:
+        require_seed_runs(args, model_name)
         for variant, policy in VARIANTS:
             for run in seed_runs(args.runs / model_name, policy):
                 path = tflite_for(args, model_name, run)
