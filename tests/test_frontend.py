@@ -58,3 +58,23 @@ def test_batch_matches_single_clips(speech_16k):
     batch = np.stack([speech_16k[:16000], speech_16k[16000:]])
     features = numpy_log_mel(batch, CONFIG)
     np.testing.assert_array_equal(features[1], numpy_log_mel(speech_16k[16000:], CONFIG))
+
+
+def test_settings_that_would_change_features_silently_are_refused():
+    for bad, named in (({"n_fft": 256}, "n_fft 256 is shorter than the window (480 samples)"),
+                       ({"fmax": 9000.0}, "fmax <= sample_rate / 2 (8000 Hz)"),
+                       ({"n_mels": 0}, "n_mels must be at least 1"),
+                       ({"hop_ms": 0.01}, "must each be at least one sample"),
+                       ({"sample_rate": 0}, "sample_rate must be positive")):
+        with pytest.raises(ValueError, match=rf"frontend: .*{named.replace('(', '.').replace(')', '.')}"):
+            FrontendConfig(**bad)
+    assert FrontendConfig(fmax=8000.0).fmax == 8000.0                 # up to Nyquist
+
+
+def test_short_audio_has_no_frames_and_integer_pcm_is_refused(speech_16k):
+    short = numpy_log_mel(np.zeros(CONFIG.window_samples - 1, np.float32), CONFIG)
+    assert short.shape == (0, 40) == (CONFIG.num_frames(CONFIG.window_samples - 1), 40)
+    assert numpy_log_mel(np.zeros((3, 100), np.float32), CONFIG).shape == (3, 0, 40)
+    pcm = np.round(speech_16k * 32767).astype(np.int16)
+    with pytest.raises(ValueError, match="not int16; divide int16 PCM by 32768"):
+        numpy_log_mel(pcm, CONFIG)

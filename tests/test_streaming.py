@@ -736,6 +736,14 @@ def test_spotter_takes_int16_and_refuses_stereo(model_path):
         KeywordSpotter(model_path).push(broken)
     with pytest.raises(ValueError, match="float audio must be in \\[-1, 1\\]"):
         KeywordSpotter(model_path).push(pcm.astype(np.float32))
+    # the evaluation's scoring takes the same input as the spotter (it read int16 as floats)
+    from edgeasr.eval import stream
+
+    scaled = (pcm / np.float32(32768)).astype(np.float32)
+    _, scores, _ = stream.stream_posteriors(model_path, scaled, DetectorConfig(), progress=False)
+    assert np.array_equal(stream.stream_posteriors(model_path, pcm, DetectorConfig(), progress=False)[1], scores)
+    with pytest.raises(stream.StreamError, match="the stream: float audio must be in"):
+        stream.stream_posteriors(model_path, pcm.astype(np.float32), DetectorConfig(), progress=False)
 
 
 def test_a_long_chunk_is_scored_piece_by_piece_with_the_same_runs(model_path):

@@ -33,6 +33,26 @@ class FrontendConfig:
     feature_mean: float = -10.0
     feature_std: float = 4.0
 
+    def __post_init__(self):
+        """Settings that would give other features without a word (an FFT shorter than the window
+        crops every frame) or fail deep inside the frontend are a ValueError naming them."""
+        checks = (
+            (self.sample_rate > 0, f"sample_rate must be positive, not {self.sample_rate}"),
+            (self.window_samples >= 1 and self.hop_samples >= 1,
+             f"window_ms {self.window_ms} and hop_ms {self.hop_ms} must each be at least one sample"),
+            (self.n_fft >= self.window_samples,
+             f"n_fft {self.n_fft} is shorter than the window ({self.window_samples} samples): it would crop "
+             f"every frame"),
+            (self.n_mels >= 1, f"n_mels must be at least 1, not {self.n_mels}"),
+            (0 <= self.fmin < self.fmax <= self.sample_rate / 2,
+             f"need 0 <= fmin < fmax <= sample_rate / 2 ({self.sample_rate / 2:g} Hz), not fmin {self.fmin} and "
+             f"fmax {self.fmax}"),
+            (self.log_floor > 0 and self.feature_std > 0, "log_floor and feature_std must be positive"),
+        )
+        problems = [message for ok, message in checks if not ok]
+        if problems:
+            raise ValueError("frontend: " + "; ".join(problems))
+
     @property
     def window_samples(self) -> int:
         return int(round(self.sample_rate * self.window_ms / 1000))
@@ -88,10 +108,21 @@ def hann_window(length: int) -> np.ndarray:
 
 
 def numpy_log_mel(audio: np.ndarray, config: FrontendConfig) -> np.ndarray:
-    """Log-mel features of float audio in [-1, 1], shape (..., samples) -> (..., frames, n_mels)."""
-    audio = np.asarray(audio, dtype=np.float32)
+    """Log-mel features of float audio in [-1, 1], shape (..., samples) -> (..., frames, n_mels);
+    audio shorter than one window has no frame."""
+    audio = float_audio(audio)
+    if audio.shape[-1] < config.window_samples:
+        return np.zeros((*audio.shape[:-1], 0, config.n_mels), np.float32)
     frames = np.lib.stride_tricks.sliding_window_view(audio, config.window_samples, axis=-1)
     return log_mel_of_frames(frames[..., :: config.hop_samples, :], config)
+
+
+def float_audio(audio) -> np.ndarray:
+    """float32 samples; integer PCM is refused (read as floats it is 32768 times too loud)."""
+    audio = np.asarray(audio)
+    if not np.issubdtype(audio.dtype, np.floating):
+        raise ValueError(f"the frontend takes float samples in [-1, 1], not {audio.dtype}; divide int16 PCM by 32768")
+    return audio.astype(np.float32, copy=False)
 
 
 def log_mel_of_frames(frames: np.ndarray, config: FrontendConfig) -> np.ndarray:

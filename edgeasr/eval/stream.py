@@ -44,7 +44,7 @@ from edgeasr.progress import progress_bar
 from edgeasr.runtime.litert import LiteRTModel
 from edgeasr.runtime.metadata import keyword_columns, keywords_of, read_metadata
 from edgeasr.runtime.streaming import (DetectorConfig, PosteriorStream, check_labels_match_outputs, fire_indices,
-                                       frontend_config, input_frames, outputs_logits)
+                                       frontend_config, input_frames, mono_samples, outputs_logits)
 from edgeasr.runtime.streaming import stream_metadata as runtime_stream_metadata
 
 STREAM_FORMAT = 1
@@ -387,7 +387,12 @@ def default_cache_dir() -> Path:
 
 def stream_posteriors(model_path, audio: np.ndarray, config: DetectorConfig, metadata=None,
                       chunk_seconds: float = 10.0, progress: bool = True, num_threads: int = 1):
-    """(times, smoothed posteriors, labels) of one model over the whole stream, chunk by chunk."""
+    """(times, smoothed posteriors, labels) of one model over the whole stream (float samples in
+    [-1, 1] or int16 PCM, as `KeywordSpotter.push` takes them), chunk by chunk."""
+    try:
+        audio = mono_samples(audio)
+    except ValueError as exc:
+        raise StreamError(f"the stream: {exc}") from None
     metadata = stream_metadata(model_path, metadata or read_metadata(model_path))
     frontend = frontend_of(model_path, metadata)
     model = LiteRTModel(model_path, num_threads=num_threads)

@@ -22,7 +22,7 @@ from typing import Dict, List, NamedTuple, Optional
 
 import numpy as np
 
-from edgeasr.audio.frontend import FrontendConfig, log_mel_of_frames
+from edgeasr.audio.frontend import FrontendConfig, float_audio, log_mel_of_frames
 from edgeasr.runtime.litert import LiteRTModel, dequantize, quantize
 from edgeasr.runtime.metadata import keyword_columns, read_metadata
 
@@ -37,7 +37,7 @@ class StreamingFrontend:
     def push(self, audio: np.ndarray) -> np.ndarray:
         """New float samples in [-1, 1] -> the frames they complete, (frames, n_mels)."""
         config = self.config
-        buffer = np.concatenate([self._pending, np.asarray(audio, dtype=np.float32).reshape(-1)])
+        buffer = np.concatenate([self._pending, float_audio(audio).reshape(-1)])
         count = config.num_frames(len(buffer))
         if count == 0:
             self._pending = buffer
