@@ -31,7 +31,7 @@ from edgeasr.converters.convert import convert_keras, model_to_convert, refuse_p
 from edgeasr.converters.int4 import int4_metadata, int4_share
 from edgeasr.converters.metadata import embed_metadata, source_hash, tensor_io
 from edgeasr.converters.sources import is_qat
-from edgeasr.converters.stock import float_tflite
+from edgeasr.converters.stock import float_tflite_bytes
 from edgeasr.data.asr_pipeline import load_asr_split, padded_features
 from edgeasr.errors import EdgeasrError
 from edgeasr.files import write_bytes_atomic, write_json_atomic
@@ -86,7 +86,7 @@ def convert_asr_run(run_dir, output, policy=None, window_frames: int = WINDOW_FR
     write_bytes_atomic(output, model_bytes, force=force)
     parity_json = output.with_name(output.stem + ".parity.json")
     write_json_atomic(parity_json, {"model": str(output), **parity})
-    return {"path": str(output), "bytes": len(model_bytes), "float_bytes": len(float_tflite(float_model)),
+    return {"path": str(output), "bytes": len(model_bytes), "float_bytes": float_tflite_bytes(float_model),
             "parameters": int(float_model.count_params()), "int4_share": int4_share(model_bytes),
             "policy": used_policy.name, "quantization": mode, "parity": parity, "parity_json": str(parity_json)}
 

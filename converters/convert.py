@@ -39,7 +39,7 @@ from edgeasr.converters.ptq import calibrate_activations, post_training_quantize
 from edgeasr.converters.sources import (  # noqa: F401
     calibration_features, check_paths, described_inputs, input_notes, is_qat, load_calibration, load_keras,
     load_source, qat_weight_bits, run_test_features, spread_rows)
-from edgeasr.converters.stock import CALIBRATION_EXAMPLES, float_tflite, int8_tflite  # noqa: F401
+from edgeasr.converters.stock import CALIBRATION_EXAMPLES, float_tflite, float_tflite_bytes, int8_tflite  # noqa: F401
 from edgeasr.converters.trim import trim_model
 from edgeasr.errors import EdgeasrError
 from edgeasr.files import write_bytes_atomic
@@ -287,7 +287,8 @@ def _metadata(model, labels, frontend, policy, mode, io, source, model_bytes, in
 
 
 def _float_size(model, config) -> dict:
-    """Size of the float TFLite twin (same architecture, float weights) and its parameter count."""
+    """Size of the float TFLite twin (same architecture, distinct float weights: `float_tflite_bytes`)
+    and its parameter count."""
     if config is not None:
         from edgeasr.models.registry import build_model
 
@@ -296,7 +297,7 @@ def _float_size(model, config) -> dict:
         twin = model
     else:
         return {"float_bytes": None, "parameters": None}
-    return {"float_bytes": len(float_tflite(twin)), "parameters": int(twin.count_params())}
+    return {"float_bytes": float_tflite_bytes(twin), "parameters": int(twin.count_params())}
 
 
 def _dict(value):

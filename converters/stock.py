@@ -62,6 +62,18 @@ def float_tflite(model: keras.Model) -> bytes:
     return converter.convert()
 
 
+def float_tflite_bytes(model: keras.Model) -> int:
+    """Size of the float TFLite of `model`'s architecture with every weight distinct, as trained
+    weights are: the reference of every "x smaller than float". The converter stores identical
+    constant buffers once, so an untrained model (zero biases, unit LayerNorm and BatchNorm scales)
+    converts smaller than any trained one: DS-CNN-S 92,856 against 96,300 bytes, Conformer xs
+    3,956,368 against 4,003,252, the trained models' sizes exactly. `model` is left untouched."""
+    twin = keras.models.clone_model(model)
+    rng = np.random.default_rng(0)
+    twin.set_weights([rng.uniform(0.5, 1.5, weight.shape).astype(weight.dtype) for weight in model.get_weights()])
+    return len(float_tflite(twin))
+
+
 def int8_tflite(model: keras.Model, calibration: np.ndarray, io: str = "int8", int16_activations: bool = False
                 ) -> bytes:
     """The converter's fully-integer output (before the checks and the INT4 pass). Float ops it

@@ -1,6 +1,6 @@
 """What the results scripts share: the repository root, paths written into docs/ relative to it,
-the results of models a rerun did not touch, re-rendering a table from its JSON, and the standard
-error of a mean over seeds."""
+the results of models a rerun did not touch, re-rendering a table from its JSON, the standard
+error of a mean over seeds, and the caveat on float sizes measured the old way."""
 import json
 from pathlib import Path
 
@@ -11,6 +11,9 @@ REPO = Path(__file__).resolve().parents[1]
 # qat_results.py writes MODEL/<policy>_seed<i>, one run per fine-tuning seed; the other results
 # scripts show the first seed's run.
 MAIN_RUN = "_seed0"
+# How rows' float_bytes were measured: the architecture with distinct weights (converters/stock.py
+# float_tflite_bytes). Rows without it were measured on an untrained twin.
+FLOAT_REFERENCE = "distinct weights"
 
 
 def repo_relative(path) -> str:
@@ -60,3 +63,16 @@ def standard_error(values):
     """Standard error of the mean of `values` (e.g. per-seed paired differences); None below two."""
     values = np.asarray(values, dtype=float)
     return float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) >= 2 else None
+
+
+def float_reference_caveat(rows) -> list:
+    """Markdown lines for tables with float sizes of an untrained twin (before float_tflite_bytes):
+    the converter stored its zero biases and unit scales once, so its float file was smaller than
+    the trained model's and every "x smaller" understated the reduction by a few percent."""
+    if all(row.get("float_reference") == FLOAT_REFERENCE for row in rows):
+        return []
+    return ["Float sizes here are of an untrained twin of each model, which the converter stores smaller than "
+            "the trained model (identical zero biases and unit scales kept once), so the ratios understate the "
+            "reduction by a few percent. `edgeasr convert` now sizes the float reference with distinct weights "
+            "(`float_tflite_bytes` in converters/stock.py gives the measured differences); a rerun of this script "
+            "gives those figures.", ""]

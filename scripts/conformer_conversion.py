@@ -244,7 +244,7 @@ def run_size(size, args, work, run):
     held_out = _windows(held_out_waves, frontend, frames)
     float_model = _float_model(model_config, vocab, weights, frames)
     float_scores = float_model.predict(held_out, verbose=0)
-    float_bytes = len(cv.float_tflite(float_model))
+    float_bytes = cv.float_tflite_bytes(float_model)
     result = {"size": size, "weights": label, "parameters": int(float_model.count_params()),
               "config": vars(model_config), "vocab": vocab, "float_bytes": float_bytes, "policies": []}
     for policy in args.policies:

@@ -540,3 +540,16 @@ def test_the_python_api_names_arguments_that_must_be_paths_and_takes_labels_as_a
     assert described_inputs(model, labels=["a", "b", "c", "d"])[0] == ["a", "b", "c", "d"]
     with pytest.raises(EdgeasrError, match="--labels: 2 names"):
         described_inputs(model, labels=("a", "b"))
+
+
+def test_the_float_reference_is_sized_as_a_trained_model(foreign):
+    """An untrained model's zero biases and unit scales are stored once by the converter: its float
+    file is smaller than the trained model's, and every "x smaller than float" would understate."""
+    from edgeasr.converters.stock import float_tflite_bytes
+
+    trained = keras.models.load_model(foreign / "kws.keras")
+    untrained = build_model(ModelConfig(name="ds_cnn_s", num_classes=4, options={"channels": 16, "blocks": 1}))
+    weights = [w.copy() for w in untrained.get_weights()]
+    assert len(float_tflite(untrained)) < len(float_tflite(trained)) == float_tflite_bytes(untrained)
+    assert float_tflite_bytes(trained) == len(float_tflite(trained))
+    assert all(np.array_equal(a, b) for a, b in zip(weights, untrained.get_weights()))      # left untouched
