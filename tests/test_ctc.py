@@ -144,3 +144,15 @@ def test_transcribe_checks_beam_and_threads(tmp_path):
         result = CliRunner().invoke(main, ["transcribe", str(tmp_path / "model.tflite"), str(tmp_path / "a.wav"),
                                            option, value])
         assert result.exit_code == 2 and f"'{option}'" in result.output, result.output
+
+
+def test_decoders_refuse_a_batch_a_single_frame_and_nan():
+    frames = np.eye(3)[[1, 0, 2]]
+    assert greedy_decode(frames) == [1, 2] == prefix_beam_search(frames)
+    for bad in (frames[None], frames[0]):
+        for decoder in (greedy_decode, prefix_beam_search):
+            with pytest.raises(ValueError, match=r"one utterance's scores, shape \(frames, vocabulary"):
+                decoder(bad)
+    with pytest.raises(ValueError, match="NaN"):
+        greedy_decode(np.full((4, 3), np.nan))
+    assert greedy_decode(np.zeros((0, 3))) == [] == prefix_beam_search(np.zeros((0, 3)))

@@ -18,9 +18,21 @@ def log_softmax(scores: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
+def frame_scores(scores) -> np.ndarray:
+    """`scores` as a (T, V) array; a batch or a single frame is a ValueError (decoded, a batch
+    gave one frame's argmax per utterance), and so are NaN scores (they decoded to nothing)."""
+    scores = np.asarray(scores)
+    if scores.ndim != 2 or scores.shape[1] < 2:
+        raise ValueError(f"CTC decoding takes one utterance's scores, shape (frames, vocabulary of 2 or more), "
+                         f"not {scores.shape}; decode a batch one utterance at a time")
+    if np.isnan(scores).any():
+        raise ValueError("CTC scores hold NaN")
+    return scores
+
+
 def greedy_decode(scores: np.ndarray) -> List[int]:
     """The most likely label per frame, repeats merged, blanks dropped."""
-    best = np.argmax(np.asarray(scores), axis=-1)
+    best = np.argmax(frame_scores(scores), axis=-1)
     ids, previous = [], BLANK
     for label in best.tolist():
         if label != previous and label != BLANK:
@@ -45,7 +57,7 @@ def prefix_beam_search(scores: np.ndarray, beam_width: int = 8, prune: float = -
     "a a" (two labels) and "aa" (one, said over two frames) are told apart. Labels whose frame
     log-probability is below `prune` are not extended.
     """
-    log_probs = log_softmax(scores)
+    log_probs = log_softmax(frame_scores(scores))
     beams: Dict[Tuple[int, ...], Tuple[float, float]] = {(): (0.0, -math.inf)}  # prefix: (blank, non-blank)
     for frame in log_probs:
         candidates = [int(c) for c in np.nonzero(frame >= prune)[0]] or [int(np.argmax(frame))]
