@@ -58,9 +58,9 @@ def convert_keras(model: keras.Model, calibration: np.ndarray, io: str = "int8",
 
     fc_per_channel=False keeps a 4-bit FULLY_CONNECTED weight quantized per tensor with its one
     scale: on LiteRT 2.3 XNNPACK delegates it as it does the per-channel copy, with identical
-    outputs and latency, and the FFN w4 file is 4% smaller (7.65x vs 7.33x smaller than float;
-    docs/convert_results.md). True repeats the scale per output channel, for older XNNPACK
-    builds that take INT4 FULLY_CONNECTED only per channel.
+    outputs and latency, and the file is smaller by a float32 scale and an int64 zero point per
+    output unit (docs/toolchain_facts.md). True repeats the scale per output channel, for older
+    XNNPACK builds that take INT4 FULLY_CONNECTED only per channel.
     """
     if io not in IO_TYPES:
         raise EdgeasrError(f"--io must be one of {', '.join(IO_TYPES)}, got {io!r}")

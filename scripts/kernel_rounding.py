@@ -3,7 +3,7 @@
 
 `edgeasr convert` warns when another kernel set decides more than 1% of the examples otherwise
 than XNNPACK. On the files of scripts/convert_results.py that happens only for post-training-
-quantized 4-bit DS-CNN-S files (w4a8-tanh: 91.84% on XNNPACK, 83.26% on the builtin kernels).
+quantized 4-bit DS-CNN-S files (w4a8-tanh: 91.74% on XNNPACK, 83.26% on the builtin kernels).
 This script says why.
 
 For each file, the model runs on the reference kernels (BUILTIN_REF, every tensor kept) over
