@@ -581,14 +581,16 @@ def synth_asr(out, speakers, utterances, max_seconds, seed, overwrite):
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--max-seconds", type=FiniteRange(0, min_open=True), default=None,
               help="Leave out longer utterances (seconds, above 0).")
+@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 @user_errors
-def manifest(librispeech, output, max_seconds):
+def manifest(librispeech, output, max_seconds, force):
     """Write the JSONL manifest (audio, text, duration) of a LibriSpeech-layout folder.
 
     Transcript lines are `ID TEXT` (a space or a tab after the id); text is lower-cased and runs of
     whitespace become one space. Lines with no spellable text and audio files that cannot be read or
-    hold no samples are left out and counted in the summary (skipped_*); a missing audio file or a
-    transcript that is not UTF-8 is an error.
+    hold no samples are left out and counted in the summary (skipped_*), as are audio files no line
+    names (unlisted_audio); a missing audio file, an id listed twice or a transcript that is not
+    UTF-8 is an error.
 
     \b
     Example:
@@ -596,7 +598,7 @@ def manifest(librispeech, output, max_seconds):
     """
     from edgeasr.data.manifest import librispeech_manifest
 
-    click.echo(json.dumps(librispeech_manifest(librispeech, output, max_seconds), indent=2))
+    click.echo(json.dumps(librispeech_manifest(librispeech, output, max_seconds, force=force), indent=2))
 
 
 @main.command("train-asr")

@@ -232,6 +232,22 @@ def test_librispeech_errors_are_plain(tmp_path):
     marked = _libri_chapter(tmp_path / "bom", b"\xef\xbb\xbf19-198-0000 HELLO\n", {0: half})   # Windows editors
     librispeech_manifest(marked, tmp_path / "bom.jsonl")
     assert [u.text for u in read_manifest(tmp_path / "bom.jsonl")] == ["hello"]
+    transcript = marked / "19" / "198" / "19-198.trans.txt"
+    with pytest.raises(EdgeasrError, match=r"bom.jsonl already exists; pass --force"):
+        librispeech_manifest(marked, tmp_path / "bom.jsonl")
+    with pytest.raises(EdgeasrError, match=r"19-198.trans.txt already exists"):      # -o naming a transcript
+        librispeech_manifest(marked, transcript)
+    assert transcript.read_bytes().endswith(b"19-198-0000 HELLO\n")
+    assert librispeech_manifest(marked, tmp_path / "bom.jsonl", force=True)["utterances"] == 1
+    twice = _libri_chapter(tmp_path / "twice", b"19-198-0000 HELLO\n19-198-0000 GOODBYE\n", {0: half})
+    with pytest.raises(EdgeasrError, match=r"19-198.trans.txt:2: utterance 19-198-0000 is listed again \(first on "
+                                           r"line 1\)"):
+        librispeech_manifest(twice, tmp_path / "twice.jsonl")
+    upper = _libri_chapter(tmp_path / "upper", b"19-198-0000 HELLO\n", {0: half, 1: half})
+    chapter = upper / "19" / "198"
+    (chapter / "19-198-0000.wav").rename(chapter / "19-198-0000.WAV")
+    summary = librispeech_manifest(upper, tmp_path / "upper.jsonl")
+    assert summary["utterances"] == 1 and summary["unlisted_audio"] == 1        # 0001 has no transcript line
 
 
 def test_manifest_command_checks_max_seconds(tmp_path):

@@ -32,8 +32,9 @@ class Utterance:
     speaker: str = ""
 
 
-def write_manifest(path: os.PathLike, utterances: Iterable[Utterance]) -> Path:
-    """JSONL, written atomically; audio paths under the manifest's folder are stored relative to it."""
+def write_manifest(path: os.PathLike, utterances: Iterable[Utterance], force: bool = True) -> Path:
+    """JSONL, written atomically; audio paths under the manifest's folder are stored relative to it.
+    force=False refuses an existing file."""
     path = Path(path)
     root = path.parent.resolve()
     lines = []
@@ -44,7 +45,7 @@ def write_manifest(path: os.PathLike, utterances: Iterable[Utterance]) -> Path:
         if utterance.speaker:
             entry["speaker"] = utterance.speaker
         lines.append(json.dumps(entry, sort_keys=True))
-    with atomic_output(path) as tmp:
+    with atomic_output(path, force=force) as tmp:
         tmp.write_text("".join(f"{line}\n" for line in lines))
     return path
 
@@ -73,31 +74,38 @@ def read_manifest(path: os.PathLike, check_audio: bool = True) -> List[Utterance
     return utterances
 
 
-def librispeech_manifest(root: os.PathLike, output: os.PathLike, max_seconds: Optional[float] = None) -> dict:
+def librispeech_manifest(root: os.PathLike, output: os.PathLike, max_seconds: Optional[float] = None,
+                         force: bool = False) -> dict:
     """Write the manifest of a LibriSpeech-layout folder (text lower-cased, runs of whitespace made
     one space); returns a summary. Lines with no spellable text, audio that cannot be read or holds
-    no samples, and audio longer than `max_seconds` are left out and counted (SKIP_REASONS); a
-    line whose audio file is missing, or a transcript that is not UTF-8, is an error."""
-    root = Path(root)
+    no samples, and audio longer than `max_seconds` are left out and counted (SKIP_REASONS), and so
+    are audio files no line names (`unlisted_audio`); a line whose audio file is missing, an id
+    listed twice, or a transcript that is not UTF-8, is an error. An existing `output` (another
+    manifest, or a transcript given by mistake) is replaced only with force."""
+    root, output = Path(root), Path(output)
+    if output.exists() and not force:
+        raise EdgeasrError(f"{output} already exists; pass --force to overwrite it")
     if max_seconds is not None and not (math.isfinite(max_seconds) and max_seconds > 0):
         raise EdgeasrError(f"max_seconds={max_seconds}: need a finite number of seconds above 0")
     transcripts = sorted(root.rglob("*.trans.txt"))
     if not transcripts:
         raise EdgeasrError(f"{root}: no *.trans.txt files; expected the LibriSpeech layout "
                            f"SPEAKER/CHAPTER/SPEAKER-CHAPTER.trans.txt")
-    utterances, skipped = [], {reason: 0 for reason in SKIP_REASONS}
+    utterances, skipped, unlisted = [], {reason: 0 for reason in SKIP_REASONS}, 0
     for transcript in transcripts:
-        for utterance_id, text in _transcript_lines(transcript):
+        lines = _transcript_lines(transcript)
+        for utterance_id, text in lines:
             utterance, reason = _librispeech_utterance(transcript.parent, utterance_id, text, max_seconds)
             if reason:
                 skipped[reason] += 1
             else:
                 utterances.append(utterance)
+        unlisted += _unlisted_audio(transcript.parent, {utterance_id for utterance_id, _ in lines})
     if not utterances:
         raise EdgeasrError(f"{root}: no usable utterance ({_skipped_text(skipped)}); no manifest written")
-    write_manifest(output, utterances)
+    write_manifest(output, utterances, force=force)
     return {"manifest": str(output), "utterances": len(utterances),
-            **{f"skipped_{reason}": count for reason, count in skipped.items()},
+            **{f"skipped_{reason}": count for reason, count in skipped.items()}, "unlisted_audio": unlisted,
             "hours": round(sum(u.duration for u in utterances) / 3600, 3),
             "speakers": len({u.speaker for u in utterances})}
 
@@ -113,11 +121,16 @@ def _transcript_lines(transcript: Path) -> List[tuple]:
                            f"LibriSpeech transcripts are UTF-8") from exc
     except OSError as exc:
         raise EdgeasrError(f"{transcript}: cannot read ({exc.strerror or exc})") from exc
-    lines = []
-    for line in content.splitlines():
+    lines, seen = [], {}
+    for number, line in enumerate(content.splitlines(), start=1):
         fields = line.split(None, 1)
-        if fields:
-            lines.append((fields[0], " ".join(fields[1].split()) if len(fields) > 1 else ""))
+        if not fields:
+            continue
+        if fields[0] in seen:       # one clip, two references: it would be trained and scored twice
+            raise EdgeasrError(f"{transcript}:{number}: utterance {fields[0]} is listed again (first on line "
+                               f"{seen[fields[0]]}); keep one line per utterance")
+        seen[fields[0]] = number
+        lines.append((fields[0], " ".join(fields[1].split()) if len(fields) > 1 else ""))
     return lines
 
 
@@ -142,8 +155,14 @@ def _skipped_text(skipped: dict) -> str:
     return "skipped: " + ", ".join(parts) if parts else "the transcripts list no utterance"
 
 
+def _unlisted_audio(folder: Path, listed: set) -> int:
+    """Audio files of a chapter folder that no transcript line names (left out of the manifest)."""
+    return sum(1 for path in folder.iterdir()
+               if path.suffix.lower() in AUDIO_SUFFIXES and path.stem not in listed and path.is_file())
+
+
 def _audio_file(folder: Path, utterance_id: str) -> Path:
-    for suffix in AUDIO_SUFFIXES:
+    for suffix in (*AUDIO_SUFFIXES, *(suffix.upper() for suffix in AUDIO_SUFFIXES)):
         candidate = folder / f"{utterance_id}{suffix}"
         if candidate.is_file():
             return candidate
