@@ -139,3 +139,12 @@ def test_stage_epochs_that_would_be_lost_or_uneven_are_refused(tmp_path):
     run.append_history({"stage": "stage2", "epoch": 1})
     with pytest.raises(EdgeasrError, match=r"stage2 already trained from the end of stage1 \(3 epochs\)"):
         refuse_inconsistent_stage_epochs(run, stages(4))
+
+
+def test_an_unfinished_run_names_the_command_that_finishes_it(tmp_path):
+    from edgeasr.train.asr_fit import AsrRunDir
+
+    with pytest.raises(EdgeasrError, match=r"no trained model \(model.keras\); finish `edgeasr train` first"):
+        RunDir(tmp_path).load_model()
+    with pytest.raises(EdgeasrError, match=r"finish `edgeasr train-asr` first"):
+        AsrRunDir(tmp_path).load_model()

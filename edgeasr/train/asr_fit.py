@@ -76,6 +76,7 @@ def asr_run_config(train_manifest, validation_manifest, test_manifest, size: str
 
 class AsrRunDir(RunDir):
     """A RunDir whose config is an AsrRunConfig, with a tokenizer next to it."""
+    TRAIN_COMMAND = "edgeasr train-asr"
 
     def __init__(self, path):
         super().__init__(path)

@@ -94,6 +94,8 @@ LOCK_NAME = ".lock"
 
 
 class RunDir:
+    TRAIN_COMMAND = "edgeasr train"         # what finishes (resumes) a run of this kind
+
     def __init__(self, path):
         self.path = Path(path)
         self.config_path = self.path / "config.json"
@@ -118,7 +120,8 @@ class RunDir:
         from edgeasr.quant.qat import load_model
 
         if not self.model_path.exists():
-            raise EdgeasrError(f"{self.path}: no trained model ({self.model_path.name}); finish `edgeasr train` first")
+            raise EdgeasrError(f"{self.path}: no trained model ({self.model_path.name}); finish "
+                               f"`{self.TRAIN_COMMAND}` first")
         return load_model(self.model_path, compile=False)
 
     def read_history(self) -> list:
