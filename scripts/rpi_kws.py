@@ -124,6 +124,9 @@ def numpy_log_mel(audio: np.ndarray, config: FrontendConfig) -> np.ndarray:
     return log_mel_of_frames(frames[..., :: config.hop_samples, :], config)
 
 
+FLOAT_PEAK_LIMIT = 2.0    # float audio above it is in another scale, not a clipped [-1, 1] signal
+
+
 def float_audio(audio) -> np.ndarray:
     """float32 samples; integer PCM is refused (read as floats it is 32768 times too loud)."""
     audio = np.asarray(audio)
@@ -591,9 +594,6 @@ def fire_indices(times: np.ndarray, scores: np.ndarray, threshold: float, refrac
         position = int(np.searchsorted(candidate_times, candidate_times[position] + refractory_s,
                                        side="left" if refractory_s > 0 else "right"))
     return np.asarray(fired, dtype=np.int64)
-
-
-FLOAT_PEAK_LIMIT = 2.0    # float audio above it is in another scale, not a clipped [-1, 1] signal
 
 
 def mono_samples(audio) -> np.ndarray:

@@ -81,6 +81,23 @@ def test_manifest_errors_name_the_line(tmp_path):
     path.write_text('{"text": "hi"}\n')
     with pytest.raises(EdgeasrError, match=r"bad.jsonl:1: not a manifest line"):
         read_manifest(path)
+    path.write_bytes(b'{"audio": "a.wav", "text": "hi", "duration": 1}\n{"audio": "b.wav", "text": "caf\xe9"}\n')
+    with pytest.raises(EdgeasrError, match=r"bad.jsonl:2: not UTF-8 text; a manifest is JSON lines"):
+        read_manifest(path)
+
+
+def test_float_files_in_another_scale_are_refused_not_clipped(tmp_path):
+    """int16 clipped 18% of a float file peaking at 8: a different signal, transcribed and scored."""
+    from edgeasr.audio.io import AudioError, load_int16
+
+    loud, fine = tmp_path / "loud.wav", tmp_path / "fine.wav"
+    tone = np.sin(np.arange(1600) / 5).astype(np.float32)
+    soundfile.write(str(loud), tone * 8, 16000, subtype="FLOAT")
+    soundfile.write(str(fine), tone * 1.5, 16000, subtype="FLOAT")       # a float file's overshoot: clipped
+    with pytest.raises(AudioError, match=r"loud.wav: float samples peaking at 8, not in \[-1, 1\]; int16 would "
+                                         r"clip .*% of them"):
+        load_int16(loud, 16000)
+    assert load_int16(fine, 16000).max() == 32767
 
 
 def test_texts_whose_spoken_words_normalisation_drops_are_counted(tmp_path, capsys):

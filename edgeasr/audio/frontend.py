@@ -117,6 +117,9 @@ def numpy_log_mel(audio: np.ndarray, config: FrontendConfig) -> np.ndarray:
     return log_mel_of_frames(frames[..., :: config.hop_samples, :], config)
 
 
+FLOAT_PEAK_LIMIT = 2.0    # float audio above it is in another scale, not a clipped [-1, 1] signal
+
+
 def float_audio(audio) -> np.ndarray:
     """float32 samples; integer PCM is refused (read as floats it is 32768 times too loud)."""
     audio = np.asarray(audio)

@@ -5,6 +5,7 @@ import numpy as np
 import soundfile
 import soxr
 
+from edgeasr.audio.frontend import FLOAT_PEAK_LIMIT
 from edgeasr.errors import EdgeasrError
 from edgeasr.files import atomic_output
 
@@ -45,6 +46,18 @@ def write_wav(path: os.PathLike, samples: np.ndarray, sample_rate: int) -> None:
     pcm = samples if np.asarray(samples).dtype == np.int16 else to_int16(samples)
     with atomic_output(path) as tmp:
         soundfile.write(str(tmp), pcm, sample_rate, subtype="PCM_16", format="WAV")
+
+
+def load_int16(path: os.PathLike, sample_rate: int) -> np.ndarray:
+    """`load_audio` as int16 PCM, the form training and evaluation hold clips in. A float file whose
+    samples peak above FLOAT_PEAK_LIMIT is an AudioError: they are in another scale than [-1, 1],
+    and clipped they would be another signal (the runtime's `mono_samples` refuses them too)."""
+    samples = load_audio(path, sample_rate)
+    peak = float(np.abs(samples).max())
+    if peak > FLOAT_PEAK_LIMIT:
+        raise AudioError(f"{path}: float samples peaking at {peak:.4g}, not in [-1, 1]; int16 would clip "
+                         f"{np.mean(np.abs(samples) > 1):.1%} of them: rescale the file")
+    return to_int16(samples)
 
 
 def to_int16(samples: np.ndarray) -> np.ndarray:

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from edgeasr.audio.augment import AugmentConfig, add_noise, random_gain
 from edgeasr.audio.frontend import FrontendConfig, tf_log_mel
-from edgeasr.audio.io import AudioError, load_audio, to_int16
+from edgeasr.audio.io import AudioError, load_int16
 from edgeasr.data.manifest import read_manifest
 from edgeasr.data.tokenizer import Tokenizer, drops_spoken_text, normalize_text
 from edgeasr.errors import EdgeasrError
@@ -64,7 +64,7 @@ def load_asr_split(manifest, tokenizer: Optional[Tokenizer], frontend: FrontendC
         if not text:
             raise EdgeasrError(f"{manifest}: {utterance.audio} has no spellable text ({utterance.text!r})")
         try:
-            waves.append(to_int16(load_audio(utterance.audio, frontend.sample_rate)))
+            waves.append(load_int16(utterance.audio, frontend.sample_rate))
         except AudioError as exc:    # a manifest reads headers only: a damaged body shows here
             raise EdgeasrError(f"{manifest}: {exc}; fix the file or remove its line") from exc
         texts.append(text)

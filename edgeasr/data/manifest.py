@@ -55,8 +55,14 @@ def read_manifest(path: os.PathLike, check_audio: bool = True) -> List[Utterance
     path = Path(path)
     if not path.is_file():
         raise EdgeasrError(f"{path}: no such manifest")
+    try:
+        content = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = exc.object[:exc.start].count(b"\n") + 1
+        raise EdgeasrError(f"{path}:{line}: not UTF-8 text; a manifest is JSON lines (audio, text, duration), "
+                           f"as `edgeasr data manifest` writes") from None
     utterances = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(content.splitlines(), start=1):
         if not line.strip():
             continue
         try:

@@ -79,10 +79,10 @@ class Transcriber:
         """The text of an audio file; an unreadable or empty file raises edgeasr.audio.io.AudioError.
         Decoding files of any format and rate needs soundfile and soxr (installed with edgeasr); on a
         device with NumPy and LiteRT alone, read the audio yourself and call `transcribe`."""
-        from edgeasr.audio.io import load_audio, to_int16
+        from edgeasr.audio.io import load_int16
 
         # int16 as the training and eval-asr loaders hold clips, so a file transcribes as eval-asr scores it
-        return self.transcribe(to_int16(load_audio(path, self.frontend.sample_rate)))
+        return self.transcribe(load_int16(path, self.frontend.sample_rate))
 
     def transcribe_files(self, paths) -> List[str]:
         return [self.transcribe_file(p) for p in paths]

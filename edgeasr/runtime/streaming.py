@@ -22,7 +22,7 @@ from typing import Dict, List, NamedTuple, Optional
 
 import numpy as np
 
-from edgeasr.audio.frontend import FrontendConfig, float_audio, log_mel_of_frames
+from edgeasr.audio.frontend import FLOAT_PEAK_LIMIT, FrontendConfig, float_audio, log_mel_of_frames
 from edgeasr.runtime.litert import LiteRTModel, dequantize, quantize
 from edgeasr.runtime.metadata import keyword_columns, read_metadata
 
@@ -181,9 +181,6 @@ def fire_indices(times: np.ndarray, scores: np.ndarray, threshold: float, refrac
         position = int(np.searchsorted(candidate_times, candidate_times[position] + refractory_s,
                                        side="left" if refractory_s > 0 else "right"))
     return np.asarray(fired, dtype=np.int64)
-
-
-FLOAT_PEAK_LIMIT = 2.0    # float audio above it is in another scale, not a clipped [-1, 1] signal
 
 
 def mono_samples(audio) -> np.ndarray:
