@@ -183,6 +183,18 @@ def test_batches_pack_lengths_and_labels(corpus):
     assert not ctc_feasible(np.array([3, 3, 3]), 4) and ctc_feasible(np.array([3, 4, 3]), 3)
 
 
+def test_utterances_too_fast_for_ctc_are_dropped_in_training_and_counted_in_validation(capsys):
+    from edgeasr.data.asr_pipeline import AsrSplit, asr_dataset
+    from edgeasr.models.conformer import output_frames
+
+    frontend = FrontendConfig()
+    fast = AsrSplit([np.zeros(4000, np.int16)], ["too many letters"], [np.arange(3, 23, dtype=np.int32)])
+    with pytest.raises(EdgeasrError, match="no training utterance CTC can align: all 1 have more labels"):
+        asr_dataset(fast, frontend, output_frames, batch_size=4, training=True)
+    asr_dataset(fast, frontend, output_frames, batch_size=4)
+    assert "1 of 1 validation utterances are too fast for CTC" in capsys.readouterr().out
+
+
 def test_spec_augment_zeroes_bands_and_spans():
     import tensorflow as tf
 

@@ -133,15 +133,22 @@ def asr_dataset(split: AsrSplit, frontend: FrontendConfig, frames_out: Callable[
                 noise: Optional[np.ndarray] = None, seed: int = 0, training: bool = False) -> tf.data.Dataset:
     """(features (B, T, n_mels), targets (B, 1 + L)) batches; `training` reshuffles and augments.
 
-    Training drops utterances CTC cannot align (more labels than output frames) and says how many.
+    Training drops utterances CTC cannot align (more labels than output frames) and says how many;
+    validation keeps them (its loss is then dominated by theirs) and says so.
     """
-    usable = np.arange(len(split))
-    if training:
-        usable = np.array([i for i in usable if ctc_feasible(
-            split.labels[i], frames_out(frontend.num_frames(len(split.waves[i]))))], np.int64)
-        if len(usable) < len(split):
-            print(f"dropped {len(split) - len(usable)} of {len(split)} training utterances too fast for CTC "
-                  f"at this subsampling", flush=True)
+    alignable = np.array([i for i in range(len(split)) if ctc_feasible(
+        split.labels[i], frames_out(frontend.num_frames(len(split.waves[i]))))], np.int64)
+    too_fast = len(split) - len(alignable)
+    if training and not len(alignable):
+        raise EdgeasrError(f"no training utterance CTC can align: all {len(split)} have more labels than the "
+                           f"model's output frames at this subsampling (speech too fast for it, or clips cut short)")
+    if too_fast and training:
+        print(f"dropped {too_fast} of {len(split)} training utterances too fast for CTC at this subsampling",
+              flush=True)
+    elif too_fast:
+        print(f"warning: {too_fast} of {len(split)} validation utterances are too fast for CTC at this "
+              f"subsampling: their loss is infinite or huge, and val_loss mostly theirs", flush=True)
+    usable = alignable if training else np.arange(len(split))
     lengths = [len(split.waves[i]) for i in usable]
     epoch = [0]
 
