@@ -157,6 +157,10 @@ def test_sentencepiece_tokenizer_round_trip():
     assert tokenizer.decode(ids) == "turn off the garden lights"
     restored = Tokenizer.from_dict(json.loads(json.dumps(tokenizer.to_dict())))
     assert restored.encode("turn on the office lights") == tokenizer.encode("turn on the office lights")
+    # letters its model never saw ('z', 'b') encode as <unk>: counted, and never printed as text
+    assert tokenizer.unspellable(["turn on the lights", "zebra lights"]) == ["zebra lights"]
+    assert tokenizer.decode(tokenizer.encode("zebra lights")) == "era lights"
+    assert char_tokenizer().unspellable(["zebra"]) == []
 
 
 def test_batches_pack_lengths_and_labels(corpus):

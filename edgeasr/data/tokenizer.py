@@ -14,6 +14,7 @@ from typing import Iterable, List, Sequence
 from edgeasr.errors import EdgeasrError
 
 BLANK = "<blank>"
+UNKNOWN = "<unk>"          # SentencePiece's piece for text it cannot spell: never printed as text
 WORD_START = "\u2581"
 CHARACTERS = (" ", "'") + tuple("abcdefghijklmnopqrstuvwxyz")
 KINDS = ("char", "sentencepiece")
@@ -58,6 +59,14 @@ class Tokenizer:
         """Text of label ids (blanks dropped; no CTC collapsing here, see runtime.ctc)."""
         return decode_tokens(self.tokens, ids)
 
+    def unspellable(self, texts: Iterable[str]) -> List[str]:
+        """The texts this tokenizer encodes with SentencePiece's <unk> (letters its model never saw:
+        a model trained on them learns to emit <unk>). The char tokenizer spells all normalised text."""
+        unknown = self._index.get(UNKNOWN)
+        if self.kind == "char" or unknown is None:
+            return []
+        return [text for text in texts if unknown in self.encode(text)]
+
     def to_dict(self) -> dict:
         values = {"kind": self.kind, "tokens": self.tokens}
         if self.model:
@@ -80,8 +89,9 @@ class Tokenizer:
 
 
 def decode_tokens(tokens: Sequence[str], ids: Iterable[int]) -> str:
-    """Join the tokens of `ids` (blank skipped); SentencePiece word marks become spaces. NumPy-free."""
-    text = "".join(tokens[i] for i in ids if i != 0)
+    """Join the tokens of `ids` (blank and <unk> skipped); SentencePiece word marks become spaces.
+    NumPy-free."""
+    text = "".join(tokens[i] for i in ids if i != 0 and tokens[i] != UNKNOWN)
     return re.sub(r" +", " ", text.replace(WORD_START, " ")).strip()
 
 

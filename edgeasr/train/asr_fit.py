@@ -134,7 +134,11 @@ def _tokenizer_for(run: AsrRunDir, config: AsrRunConfig, resuming: bool) -> Toke
     from edgeasr.data.manifest import read_manifest
 
     texts = [u.text for u in read_manifest(config.train_manifest, check_audio=False)]
-    return build_tokenizer(config.asr.tokenizer, texts, config.asr.sentencepiece_vocab)
+    tokenizer = build_tokenizer(config.asr.tokenizer, texts, config.asr.sentencepiece_vocab)
+    if tokenizer.kind == "sentencepiece" and tokenizer.vocab_size - 1 < config.asr.sentencepiece_vocab:
+        print(f"tokenizer: {tokenizer.vocab_size - 1} SentencePiece pieces, fewer than the "
+              f"{config.asr.sentencepiece_vocab} asked: the training text allows no more", file=sys.stderr)
+    return tokenizer
 
 
 def load_asr_data(config: AsrRunConfig, tokenizer: Tokenizer) -> AsrData:
@@ -145,7 +149,20 @@ def load_asr_data(config: AsrRunConfig, tokenizer: Tokenizer) -> AsrData:
     test = load_asr_split(config.test_manifest, tokenizer, config.frontend) if config.test_manifest else None
     print(f"utterances: train {len(train)}, validation {len(validation)}, test {len(test) if test else 0}",
           file=sys.stderr)
+    warn_unspellable(tokenizer, train.texts, config)
     return AsrData(train, validation, test)
+
+
+def warn_unspellable(tokenizer: Tokenizer, texts, config: AsrRunConfig) -> None:
+    """Say how many training texts the tokenizer spells with <unk> (an --init-from run's SentencePiece
+    model meets letters of other data): the model would learn to emit it, and those letters are lost."""
+    unspellable = tokenizer.unspellable(texts)
+    if unspellable:
+        origin = (f"the --init-from run's ({config.train.init_from})" if config.train.init_from
+                  else "the run's")
+        print(f"warning: {len(unspellable)} of {len(texts)} training texts hold letters {origin} SentencePiece "
+              f"tokenizer ({tokenizer.vocab_size} tokens) cannot spell, e.g. {unspellable[0]!r}; they are learnt "
+              f"as <unk> and lost from transcripts", file=sys.stderr)
 
 
 def training_noise(config: AsrRunConfig) -> Optional[np.ndarray]:
