@@ -27,10 +27,10 @@ from typing import Optional
 import numpy as np
 
 from edgeasr.configs import to_dict
-from edgeasr.converters.convert import convert_keras, model_to_convert, refuse_policy_for_qat
+from edgeasr.converters.convert import convert_keras, model_to_convert, post_training_policy, refuse_policy_for_qat
 from edgeasr.converters.int4 import int4_metadata, int4_share
 from edgeasr.converters.metadata import embed_metadata, source_hash, tensor_io
-from edgeasr.converters.sources import is_qat
+from edgeasr.converters.sources import FEW_CALIBRATION_INPUTS, is_qat
 from edgeasr.converters.stock import float_tflite_bytes
 from edgeasr.data.asr_pipeline import load_asr_split, padded_features
 from edgeasr.errors import EdgeasrError
@@ -71,11 +71,18 @@ def convert_asr_run(run_dir, output, policy=None, window_frames: int = WINDOW_FR
     config, tokenizer = run.read_config(), run.read_tokenizer()
     float_model, quantized = fixed_window_model(run, window_frames, chunk_frames)
     refuse_policy_for_qat(float_model if quantized is None else quantized, config, policy, run.path)
-    _say(f"calibrating on {CALIBRATION_UTTERANCES} training utterances, then converting (a minute or two)")
+    trained = float_model if quantized is None else quantized
+    if quantized is None:
+        post_training_policy(trained, policy)            # refused before any audio is read
     train = load_asr_split(config.train_manifest, tokenizer, config.frontend, CALIBRATION_UTTERANCES,
                            spread=True)
     calibration = padded_features(train, range(len(train)), config.frontend, window_frames)
-    trained = float_model if quantized is None else quantized
+    if quantized is None:             # a QAT run keeps its learned ranges: calibration only feeds the converter
+        _say(f"calibrating on {len(train)} training utterance{'s' if len(train) != 1 else ''}")
+        if len(train) < FEW_CALIBRATION_INPUTS:
+            print(f"warning: {len(train)} training utterances to calibrate on; ranges taken from so few clip "
+                  f"other speech's activations (convert takes up to {CALIBRATION_UTTERANCES})", file=sys.stderr)
+    _say("converting (a minute or two)")
     quantized, used_policy, mode = model_to_convert(trained, config, policy, calibration, run.path)
     model_bytes, int4_report = convert_keras(quantized, calibration)
     values = _metadata(config, tokenizer, used_policy, mode, run.path, model_bytes, int4_report, window_frames,

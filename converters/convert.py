@@ -119,7 +119,7 @@ def _run_test_sample(config, examples):
 
 def model_to_convert(model, config, policy, features, source):
     """(Keras model the converter sees, policy or None, "qat" | "post-training")."""
-    from edgeasr.quant.policy import as_policy, check_16bit_activations, load_policy
+    from edgeasr.quant.policy import check_16bit_activations
 
     refuse_policy_for_qat(model, config, policy, source)
     if is_qat(model):
@@ -127,12 +127,24 @@ def model_to_convert(model, config, policy, features, source):
             check_16bit_activations(config.policy, post_training=False)
         refuse_16bit_qat(model, source)
         return model, config.policy if config is not None else None, "qat"
+    used_policy = post_training_policy(model, policy)
+    return post_training_quantize(model, used_policy, features), used_policy, "post-training"
+
+
+def post_training_policy(model, policy):
+    """The policy a float model is quantized with (default w8a8), checked against the model before
+    any calibration data is read: a float policy, 16-bit activations the converter cannot give, and
+    rules that name none of its layers are refused."""
+    from edgeasr.quant.policy import as_policy, check_16bit_activations, load_policy
+    from edgeasr.quant.qat import check_rules_name_layers
+
     used_policy = as_policy(load_policy(policy) if isinstance(policy, str) else (policy or "w8a8"))
     if used_policy.is_float:
         raise EdgeasrError("convert writes fully-integer models; choose a quantized policy "
                            "(w8a8, w4a8, w4a8-tanh, mixed or a policy JSON file)")
     check_16bit_activations(used_policy, post_training=True, layer_names=[layer.name for layer in model.layers])
-    return post_training_quantize(model, used_policy, features), used_policy, "post-training"
+    check_rules_name_layers(model, used_policy)
+    return used_policy
 
 
 def refuse_16bit_qat(model, source) -> None:

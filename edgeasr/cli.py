@@ -259,6 +259,10 @@ def convert(source, output, policy, calibration, io, min_agreement, conv_storage
     convolutions become FULLY_CONNECTED; the file carries an `edgeasr` metadata entry; parity
     with the Keras model is checked and written to OUTPUT.parity.json / .parity.md.
 
+    A speech-recognition run (train-asr) takes --policy and --force only: it calibrates on its
+    training utterances, converts a 4 s window with int8 input and output, and writes its parity
+    (output frames and transcripts) to OUTPUT.parity.json; the other options are for keyword models.
+
     \b
     Examples:
       edgeasr convert runs/ds_cnn_s -o ds_cnn_s_int8.tflite

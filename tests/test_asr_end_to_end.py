@@ -16,7 +16,7 @@ def _invoke(*args):
 
 
 @pytest.mark.slow
-def test_synth_train_convert_transcribe(tmp_path):
+def test_synth_train_convert_transcribe(tmp_path, monkeypatch):
     from edgeasr.converters import flatbuffer as fb
     from edgeasr.runtime.metadata import read_metadata
     from edgeasr.train.asr_fit import AsrRunDir
@@ -81,6 +81,24 @@ def test_synth_train_convert_transcribe(tmp_path):
                                       str(qat_run), "--epochs", "1"])
     assert other.exit_code == 1 and "--size tiny (this run: xs)" in other.output, other.output
     assert not (tmp_path / "xs").exists()
+
+    float_run = tmp_path / "float"
+    _invoke("train-asr", data, "--run-dir", float_run, "--size", "tiny", "--epochs", 1, "--batch-size", 8)
+    unknown = CliRunner().invoke(main, ["convert", str(float_run), "-o", str(tmp_path / "f.tflite"), "--policy",
+                                        "w4a8-tanh-dw8"])
+    assert unknown.exit_code == 1 and "policy 'w4a8-tanh-dw8'" in unknown.output, unknown.output
+    assert "calibrating" not in unknown.output
+    import edgeasr.converters.asr as asr_converter
+
+    def stop(*args):
+        raise RuntimeError("stopped after calibration data loaded")
+
+    monkeypatch.setattr(asr_converter, "model_to_convert", stop)
+    few = CliRunner().invoke(main, ["convert", str(float_run), "-o", str(tmp_path / "f.tflite")])
+    trained_on = len((data / "train.jsonl").read_text().splitlines())
+    assert f"calibrating on {trained_on} training utterances" in few.output
+    assert f"warning: {trained_on} training utterances to calibrate on" in few.output
+    monkeypatch.undo()
 
     report_path = tmp_path / "eval.json"
     _invoke("eval-asr", qat_run, model, "--manifest", data / "test.jsonl", "--json", report_path)
