@@ -662,11 +662,12 @@ def train_asr(data_dir, run_dir, size, epochs, batch_size, learning_rate, policy
 @click.argument("model", type=MODEL_FILE, callback=readable_models)
 @click.argument("audio", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--beam", default=0, show_default=True, type=click.IntRange(0),
-              help="Prefix beam search width (0 or 1: greedy).")
+              help="Prefix beam search width (0 or 1: greedy); decoding time grows with it, in Python.")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1), help="LiteRT threads.")
 @user_errors
 def transcribe(model, audio, beam, threads):
-    """Transcribe AUDIO files with a converted speech-recognition MODEL (.tflite), one line each.
+    """Transcribe AUDIO files with a converted speech-recognition MODEL (.tflite), one line each:
+    the path, a tab, the text (lower case a-z, apostrophes and spaces).
 
     A file that cannot be read (or holds no samples) gets an 'Error:' line on stderr and the
     others are still transcribed; the exit status is then 1. Missing files are refused before

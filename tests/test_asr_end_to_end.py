@@ -64,6 +64,10 @@ def test_synth_train_convert_transcribe(tmp_path, monkeypatch):
 
     transcriber, pcm = Transcriber(model), soundfile.read(wavs[0], dtype="int16")[0]
     np.testing.assert_allclose(transcriber.scores(pcm), transcriber.scores(pcm / 32768.0), atol=1e-5)
+    # long audio: window after window; a tail under one output frame (4 frames) is not run on padding
+    long = np.resize(pcm, 64000 + 480 + 3 * 160)                       # the second window holds 4 frames
+    assert len(transcriber.scores(long)) == 101 and len(transcriber.scores(long[:-160])) == 100
+    assert len(transcriber.scores(long[:transcriber.window_samples])) == 100
     with pytest.raises(ValueError, match="one channel"):
         transcriber.scores(np.stack([pcm, pcm], axis=1))
     with pytest.raises(ValueError, match="no samples"):

@@ -49,7 +49,9 @@ class Transcriber:
 
     def scores(self, audio: np.ndarray) -> np.ndarray:
         """Per-output-frame logits (T_out, V) of mono audio at the frontend's rate: floats in
-        [-1, 1] or int16 PCM (`streaming.mono_samples`: stereo is refused, not interleaved)."""
+        [-1, 1] or int16 PCM (`streaming.mono_samples`: stereo is refused, not interleaved).
+        A last window of fewer frames than one output frame spans (under 40 ms) is not run: it
+        would decode mostly padding, a stray letter after the text."""
         audio = mono_samples(audio)
         if not len(audio):
             raise ValueError("the audio holds no samples")
@@ -58,6 +60,8 @@ class Transcriber:
         for start in range(0, max(1, len(audio)), step):
             piece = audio[start:start + self.window_samples]
             valid_frames = max(1, min(self.window_frames, self.frontend.num_frames(len(piece))))
+            if outputs and self.frontend.num_frames(len(piece)) < self.subsampling:
+                break
             padded = np.zeros(self.window_samples, np.float32)
             padded[:len(piece)] = piece
             logits = self.model.predict(numpy_log_mel(padded, self.frontend)[None])[0]
