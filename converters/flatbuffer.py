@@ -194,10 +194,19 @@ def pack_int4(values: np.ndarray) -> np.ndarray:
     return (nibbles[:, 0] | (nibbles[:, 1] << 4)).astype(np.uint8)
 
 
+WEIGHTED_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D")
+
+
 def weight_storage(model_bytes: bytes) -> dict:
-    """How the constant weight tensors (2-D and up, not biases) are stored: counts and bytes by type."""
+    """How the layers' constant weights (the filters of FULLY_CONNECTED, CONV_2D and
+    DEPTHWISE_CONV_2D) are stored: counts and bytes by type. Other constants (a Conformer's
+    attention masks, LayerNorm scales) are not weights, packed or not."""
+    model = load(model_bytes)
+    graph = model.subgraphs[0]
+    filters = sorted({op.inputs[1] for op in graph.operators
+                      if op_name(model, op) in WEIGHTED_OPS and len(op.inputs) > 1 and op.inputs[1] >= 0})
     _, tensors = read_model(model_bytes)
-    weights = [t for t in tensors if t.data is not None and len(t.shape) >= 2 and t.type != "INT32"]
+    weights = [tensors[i] for i in filters if tensors[i].data is not None]
     by_type = {}
     for tensor in weights:
         entry = by_type.setdefault(tensor.type, {"tensors": 0, "bytes": 0})

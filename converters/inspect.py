@@ -66,7 +66,7 @@ def inspect_model(path, float_bytes=None) -> dict:
         inputs = [graph.tensors[i] for i in op.inputs if i >= 0]
         ops.append({"index": index, "op": fb.op_name(model, op), "version": int(code.version),
                     "types": [types[t.type] for t in inputs], "xnnpack": index in delegated})
-    tensors, weight_bytes, int4_bytes = [], 0, 0
+    tensors = []
     for tensor in graph.tensors:
         buffer = fb.buffer_data(model, tensor)
         size = 0 if buffer is None else int(buffer.size)
@@ -75,9 +75,9 @@ def inspect_model(path, float_bytes=None) -> dict:
         scales = 0 if quant is None or quant.scale is None else len(quant.scale)
         tensors.append({"name": fb.tensor_name(tensor), "type": kind, "shape": [int(d) for d in tensor.shape],
                         "bytes": size, "constant": buffer is not None, "scales": scales})
-        if buffer is not None and len(tensor.shape) >= 2 and kind != "INT32":
-            weight_bytes += size
-            int4_bytes += size if kind == "INT4" else 0
+    storage = fb.weight_storage(data)
+    weight_bytes = sum(entry["bytes"] for entry in storage.values())
+    int4_bytes = storage.get("INT4", {}).get("bytes", 0)
     try:
         metadata, metadata_error = read_metadata(path), None
     except MetadataError as exc:       # the model itself loaded above: its edgeasr entry is unreadable

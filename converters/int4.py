@@ -52,7 +52,7 @@ from edgeasr.converters import flatbuffer as fb
 from edgeasr.converters.pointwise import is_pointwise
 from edgeasr.errors import EdgeasrError
 
-PACKED_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D")
+PACKED_OPS = fb.WEIGHTED_OPS
 CONV_STORAGE = ("int8", "int4")
 INT4_OP_VERSIONS = {("FULLY_CONNECTED", "INT8"): 10, ("FULLY_CONNECTED", "INT16"): 13,
                     ("CONV_2D", "INT8"): 7, ("DEPTHWISE_CONV_2D", "INT8"): 7}

@@ -1,6 +1,6 @@
 """What the results scripts share: the repository root, paths written into docs/ relative to it,
 the results of models a rerun did not touch, re-rendering a table from its JSON, the standard
-error of a mean over seeds, and the caveat on float sizes measured the old way."""
+error of a mean over seeds, and the caveat on measures a table took the old way."""
 import json
 from pathlib import Path
 
@@ -11,9 +11,9 @@ REPO = Path(__file__).resolve().parents[1]
 # qat_results.py writes MODEL/<policy>_seed<i>, one run per fine-tuning seed; the other results
 # scripts show the first seed's run.
 MAIN_RUN = "_seed0"
-# How rows' float_bytes were measured: the architecture with distinct weights (converters/stock.py
-# float_tflite_bytes). Rows without it were measured on an untrained twin.
-FLOAT_REFERENCE = "distinct weights"
+# How a row's measures were taken (its "measured" entry); rows without one were taken the old
+# way, and their tables say so (`measures_caveat`) until the script is rerun.
+MEASURES = {"float_reference": "distinct weights", "int4_share": "layer weights"}
 
 
 def repo_relative(path) -> str:
@@ -65,14 +65,26 @@ def standard_error(values):
     return float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) >= 2 else None
 
 
-def float_reference_caveat(rows) -> list:
-    """Markdown lines for tables with float sizes of an untrained twin (before float_tflite_bytes):
-    the converter stored its zero biases and unit scales once, so its float file was smaller than
-    the trained model's and every "x smaller" understated the reduction by a few percent."""
-    if all(row.get("float_reference") == FLOAT_REFERENCE for row in rows):
-        return []
-    return ["Float sizes here are of an untrained twin of each model, which the converter stores smaller than "
-            "the trained model (identical zero biases and unit scales kept once), so the ratios understate the "
-            "reduction by a few percent. `edgeasr convert` now sizes the float reference with distinct weights "
-            "(`float_tflite_bytes` in converters/stock.py gives the measured differences); a rerun of this script "
-            "gives those figures.", ""]
+def measured(*keys) -> dict:
+    """The "measured" entry of a row whose `keys` were taken the current way."""
+    return {"measured": {key: MEASURES[key] for key in keys}}
+
+
+OLD_WAY = {
+    "float_reference": "Float sizes here are of an untrained twin of each model, which the converter stores smaller "
+                       "than the trained model (identical zero biases and unit scales kept once), so the ratios "
+                       "understate the reduction by a few percent. `edgeasr convert` now sizes the float reference "
+                       "with distinct weights (`float_tflite_bytes` in converters/stock.py gives the measured "
+                       "differences); a rerun of this script gives those figures.",
+    "int4_share": "INT4 shares here also counted 2-D constants that are not layer weights (the Conformer's attention "
+                  "masks) as unpacked weight bytes, so they understate the packed share. `edgeasr convert` now "
+                  "counts the filters of FULLY_CONNECTED, CONV_2D and DEPTHWISE_CONV_2D only (`weight_storage` in "
+                  "converters/flatbuffer.py); a rerun of this script gives those figures.",
+}
+
+
+def measures_caveat(rows, *keys) -> list:
+    """Markdown lines for tables whose rows took `keys` the old way (OLD_WAY says how)."""
+    rows = list(rows)
+    old = [key for key in keys if not all((row.get("measured") or {}).get(key) == MEASURES[key] for row in rows)]
+    return [line for key in old for line in (OLD_WAY[key], "")]

@@ -32,7 +32,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from _repo import FLOAT_REFERENCE, REPO, float_reference_caveat, read_summary
+from _repo import REPO, measured, measures_caveat, read_summary
 from edgeasr.data.asr_synth import AsrSynthConfig, synthesize_asr_corpus
 from edgeasr.eval.asr import cer_difference_standard_error, evaluate_model
 from edgeasr.files import write_bytes_atomic, write_json_atomic
@@ -172,7 +172,7 @@ def summarise(args, runs, timings, conversions, evaluations, validation, seconds
                    "qat_learning_rate": args.qat_learning_rate},
         "training": {name: {**_history_seconds(path), **timings.get(name, {})} for name, path in runs.items()},
         "conversions": {p: {**{k: c[k] for k in ("bytes", "float_bytes", "parameters", "int4_share", "parity")},
-                            "float_reference": FLOAT_REFERENCE} for p, c in conversions.items()},
+                            **measured("float_reference", "int4_share")} for p, c in conversions.items()},
         "evaluations": [{"model": f"{kind} {policy}",
                          **{k: v for k, v in e.items() if k not in ("model", "character_edits")}}
                         for (kind, policy), e in by_name.items()],
@@ -209,7 +209,7 @@ def write_markdown(results: dict, docs: Path) -> None:
     for policy, c in results["conversions"].items():
         lines.append(f"| {policy} | {c['bytes']:,} | {c['float_bytes']:,} | {c['float_bytes'] / c['bytes']:.2f}x | "
                      f"{(c['int4_share'] or 0):.0%} | {c['parity']['frame_argmax_agreement']:.2%} |")
-    lines += ["", *float_reference_caveat(results["conversions"].values())]
+    lines += ["", *measures_caveat(results["conversions"].values(), "float_reference", "int4_share")]
     lines += ["## Targets", "", "| target | value | required | |", "|---|---:|---|---|"]
     formats = {"float_cer": "{:.2%}", "w4a8_cer_gap_points": "{:+.2f} points", "w4a8_size_ratio": "{:.2f}x",
                "rtf_single_thread": "{:.4f}"}

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _repo import REPO, read_saved
+from _repo import REPO, measured, measures_caveat, read_saved
 from edgeasr.audio.frontend import FrontendConfig, numpy_log_mel
 from edgeasr.converters import convert as cv
 from edgeasr.converters import flatbuffer as fb
@@ -194,6 +194,7 @@ def convert_one(float_model, policy, calibration, held_out, out_path, float_scor
         "policy": policy, "file": out_path.name, "bytes": len(model_bytes), "float_ops": [],
         "op_counts": info["op_counts"], "ops": len(info["ops"]), "xnnpack_ops": info["xnnpack_nodes"],
         "not_delegated": not_delegated(info), "int4_weight_share": info["int4_weight_share"] or 0.0,
+        **measured("int4_share"),
         "fc_weights": sorted({e["stored_as"] for e in int4_report if e["op"] == "FULLY_CONNECTED"}),
         "fc_converter_wrote": _count(e.get("converter_wrote", e["stored_as"]) for e in int4_report
                                      if e["op"] == "FULLY_CONNECTED"),
@@ -353,6 +354,8 @@ def markdown(results, meta) -> str:
              f"reference's logit RMS."]
     lines += [f"Sizes added from `python scripts/conformer_conversion.py {args}` (same method, its own "
               f"--examples)." for args in meta.get("merged", [])] + [""]
+    lines += measures_caveat([row for result in results for row in result["policies"] if "bytes" in row],
+                             "int4_share")
     lines += findings(results)
     for result in results:
         lines += [f"## {result['size']}: {result['parameters']:,} parameters ({result['weights']})", "",

@@ -31,8 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _repo import (FLOAT_REFERENCE, MAIN_RUN, REPO, float_reference_caveat, read_summary, repo_relative,
-                   with_previous_rows)
+from _repo import MAIN_RUN, REPO, measured, measures_caveat, read_summary, repo_relative, with_previous_rows
 from edgeasr.converters import flatbuffer as fb
 from edgeasr.converters.convert import convert
 from edgeasr.converters.inspect import inspect_model
@@ -84,7 +83,7 @@ def one(run_dir, out, policy, mode, option="", **convert_options):
     parity, info, bound = result["parity"], inspect_model(out), lower_bound(out)
     row = {
         "model": Path(run_dir).parent.name, "policy": policy, "mode": mode, "option": option, "file": out.name,
-        "bytes": result["bytes"], "float_bytes": result["float_bytes"], "float_reference": FLOAT_REFERENCE,
+        "bytes": result["bytes"], "float_bytes": result["float_bytes"], **measured("float_reference", "int4_share"),
         "smaller_than_float": result["float_bytes"] / result["bytes"],
         "lower_bound_bytes": bound, "best_possible_smaller": result["float_bytes"] / bound["total"],
         "best_possible_smaller_without_scales": result["float_bytes"] / (bound["weights"] + bound["biases"]),
@@ -364,7 +363,7 @@ def markdown(summary) -> str:
              f"FULLY_CONNECTED, 4-bit depthwise / first-conv levels x 16 in INT8 containers, one scale for per-tensor "
              f"INT4 FULLY_CONNECTED, global average pool as MEAN, trimmed). Accuracy and agreement on the whole test split. Latency: one "
              f"thread, median of {summary['rounds']} interleaved rounds x {summary['invokes']} invokes on "
-             f"{summary['machine']}.", "", *float_reference_caveat(summary["rows"] + summary.get("options", [])),
+             f"{summary['machine']}.", "", *measures_caveat(summary["rows"] + summary.get("options", []), "float_reference"),
              "| model | policy | how | bytes | float bytes | smaller | floor (smaller) | INT4 share | Keras acc | "
              "LiteRT acc | reference acc | agreement | tied | max LSB | XNNPACK nodes | XNNPACK ms | builtin ms | "
              "reference ms |",

@@ -41,6 +41,9 @@ def test_synth_train_convert_transcribe(tmp_path, monkeypatch):
     assert metadata["quantization"] == "qat" and metadata["policy"]["name"] == "w4a8-tanh"
     storage = fb.weight_storage(model.read_bytes())
     assert storage["INT4"]["tensors"] > 0, storage
+    ops, tensors = fb.read_model(model.read_bytes())           # the attention masks are 2-D constants, not weights
+    masks = [t for t in tensors if t.data is not None and t.shape == (100, 100)]
+    assert masks and sum(e["tensors"] for e in storage.values()) == sum(op in fb.WEIGHTED_OPS for op in ops)
     agreement = float(output.split("frame agreement ")[1].split("%")[0]) / 100
     assert agreement >= 0.9
     report = json.loads((tmp_path / "tiny_w4.parity.json").read_text())
