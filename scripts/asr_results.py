@@ -201,8 +201,8 @@ def write_markdown(results: dict, docs: Path) -> None:
         "|---|---:|---:|---:|---:|---:|",
     ]
     for e in results["evaluations"]:
-        rtf = f"{e['rtf']:.4f}" if "rtf" in e else "-"
-        size = f"{e['bytes']:,}" if "bytes" in e else "-"
+        rtf = f"{e['rtf']:.4f}" if e.get("rtf") is not None else "-"
+        size = f"{e['bytes']:,}" if e.get("bytes") is not None else "-"
         lines.append(f"| {e['model']} | {e['wer']:.2%} | {e['cer']:.2%} | {e['sentence_accuracy']:.1%} | {rtf} | {size} |")
     lines += ["", "| conversion | bytes | float TFLite bytes | ratio | INT4 share | Keras-LiteRT frame agreement |",
               "|---|---:|---:|---:|---:|---:|"]

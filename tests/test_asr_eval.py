@@ -68,8 +68,12 @@ def test_format_reports_shows_the_utterances_scored():
     from edgeasr.eval.asr import format_reports
 
     table = format_reports([{"model": "runs/a", "kind": "litert", "utterances": 7, "wer": 0.5, "cer": 0.25,
-                             "rtf": 0.01, "bytes": 1000}])
+                             "rtf": 0.01, "bytes": 1000},
+                            {"model": "other/a", "kind": "keras w8a8", "utterances": 7, "wer": 0.5, "cer": 0.25,
+                             "rtf": None, "bytes": None}])
     assert "utts" in table.splitlines()[0] and " 7 " in table.splitlines()[1]
+    assert table.splitlines()[1].startswith("runs/a ") and table.splitlines()[2].startswith("other/a ")
+    assert table.splitlines()[2].split()[-2:] == ["-", "-"]                  # Keras: no RTF, no file
 
 
 def test_train_asr_policy_help_lists_every_preset():

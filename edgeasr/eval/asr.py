@@ -127,7 +127,8 @@ def evaluate_model(model, manifest, limit: Optional[int] = None, beam_width: int
         config, tokenizer = run.read_config(), run.read_tokenizer()
         split = load_asr_split(manifest, None, config.frontend, limit)
         hypotheses = keras_transcripts(run.load_model(), split, config.frontend, tokenizer, beam_width=beam_width)
-        report = {"model": str(model), "kind": f"keras {config.policy.name}", **error_rates(split.texts, hypotheses)}
+        report = {"model": str(model), "kind": f"keras {config.policy.name}", **error_rates(split.texts, hypotheses),
+                  "rtf": None, "audio_seconds": None, "compute_seconds": None, "bytes": None}   # LiteRT's keys
     else:
         frontend = _transcriber(model, beam_width).frontend
         split = load_asr_split(manifest, None, frontend, limit)
@@ -143,8 +144,9 @@ def evaluate_model(model, manifest, limit: Optional[int] = None, beam_width: int
 def format_reports(reports: List[dict]) -> str:
     lines = [f"{'model':<40} {'kind':<16} {'utts':>6} {'WER':>7} {'CER':>7} {'RTF':>7} {'bytes':>10}"]
     for r in reports:
-        rtf = f"{r['rtf']:.4f}" if "rtf" in r else "-"
-        size = f"{r['bytes']:,}" if "bytes" in r else "-"
-        lines.append(f"{Path(r['model']).name[:40]:<40} {r['kind'][:16]:<16} {r['utterances']:>6} "
+        rtf = f"{r['rtf']:.4f}" if r.get("rtf") is not None else "-"
+        size = f"{r['bytes']:,}" if r.get("bytes") is not None else "-"
+        name = r["model"] if len(r["model"]) <= 40 else "..." + r["model"][-37:]     # the path as given
+        lines.append(f"{name:<40} {r['kind'][:16]:<16} {r['utterances']:>6} "
                      f"{r['wer']:>7.2%} {r['cer']:>7.2%} {rtf:>7} {size:>10}")
     return "\n".join(lines)
