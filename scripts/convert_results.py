@@ -363,7 +363,8 @@ def markdown(summary) -> str:
              f"FULLY_CONNECTED, 4-bit depthwise / first-conv levels x 16 in INT8 containers, one scale for per-tensor "
              f"INT4 FULLY_CONNECTED, global average pool as MEAN, trimmed). Accuracy and agreement on the whole test split. Latency: one "
              f"thread, median of {summary['rounds']} interleaved rounds x {summary['invokes']} invokes on "
-             f"{summary['machine']}.", "", *measures_caveat(summary["rows"] + summary.get("options", []), "float_reference"),
+             f"{summary['machine']}.", "",
+             *measures_caveat(summary["rows"] + summary.get("options", []), "float_reference"),
              "| model | policy | how | bytes | float bytes | smaller | floor (smaller) | INT4 share | Keras acc | "
              "LiteRT acc | reference acc | agreement | tied | max LSB | XNNPACK nodes | XNNPACK ms | builtin ms | "
              "reference ms |",

@@ -175,7 +175,7 @@ def load_split(root: Path, config: DataConfig, split: str, progress: bool = True
 
 def other_files(root: Path) -> list:
     """Files in word folders that are not clips edgeasr reads (.m4a, .opus, notes); hidden ones aside."""
-    return sorted(path for path in Path(root).glob("*/*") if not path.parent.name.startswith("_")
+    return sorted(path for path in Path(root).glob("*/*") if not path.parent.name.startswith(("_", "."))
                   and not path.name.startswith(".") and path.is_file()
                   and path.suffix.lower() not in AUDIO_SUFFIXES)
 

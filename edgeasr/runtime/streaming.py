@@ -91,8 +91,9 @@ class DetectorConfig:
     on), FRR at 1 false accept per hour is lowest there for the float and 8-bit FFN and DS-CNN-S;
     the 4-bit DS-CNN-S is lowest at 300 ms (15.92 against 16.83%), the 4-bit FFN at 600 ms (37.70
     against 40.93%). One window for all keeps every float-to-4-bit comparison at one detector.
-    Shorter windows let single-hop false peaks through; longer ones dilute the ~0.5 s keywords. With an int8 softmax output (`convert --scores probabilities`) windows of 80 ms and
-    less fail outright: its 0.996 cap makes confident false peaks equal to keywords (FRR 100% at
+    Shorter windows let single-hop false peaks through; longer ones dilute the ~0.5 s keywords.
+    With an int8 softmax output (`convert --scores probabilities`) windows of 80 ms and less fail
+    outright: its 0.996 cap makes confident false peaks equal to keywords (FRR 100% at
     1 FA/h).
 
     sharpening (g) raises each raw posterior to the power g and renormalises it before the average,
