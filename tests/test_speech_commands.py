@@ -128,10 +128,17 @@ def test_clips_with_upper_case_or_flac_suffixes_are_read(tiny_dataset, tmp_path)
     soundfile.write(ogg.with_suffix(".ogg"), *soundfile.read(ogg, dtype="int16"))
     ogg.unlink()
     (root / "stop" / "notes.m4a").write_bytes(b"not read")
+    (root / ".Trash-1000").mkdir()                                   # hidden: never data
+    shutil.copy(upper.with_suffix(".WAV"), root / ".Trash-1000" / "old.wav")
+    shutil.copy(upper.with_suffix(".WAV"), root / "stop" / "._apple_double.wav")
+    loud = root / "stop" / training[3]
+    soundfile.write(loud, soundfile.read(loud, dtype="float32")[0] * 3 + 0.5, 16000, subtype="FLOAT")  # peaks > 2
     names = {path for path, _ in index_files(root, CONFIG)["train"]}
     assert {f"stop/{upper.stem}.WAV", f"stop/{flac.stem}.flac", f"stop/{ogg.stem}.ogg"} <= names
+    assert not any(".Trash" in name or "._" in name for name in names)
     report = load_split(root, CONFIG, "train", progress=False).report
-    assert report.skipped == {"not wav/flac/ogg/mp3": [str(root / "stop" / "notes.m4a")]}
+    assert report.skipped == {"not wav/flac/ogg/mp3": [str(root / "stop" / "notes.m4a")],
+                              "float samples beyond [-2, 2]": [str(loud)]}
 
 
 def test_a_copy_without_unused_words_and_lists_in_other_encodings(tiny_dataset, tmp_path):

@@ -744,6 +744,10 @@ def test_spotter_takes_int16_and_refuses_stereo(model_path):
     assert np.array_equal(stream.stream_posteriors(model_path, pcm, DetectorConfig(), progress=False)[1], scores)
     with pytest.raises(stream.StreamError, match="the stream: float audio must be in"):
         stream.stream_posteriors(model_path, pcm.astype(np.float32), DetectorConfig(), progress=False)
+    from edgeasr.runtime.streaming import mono_samples
+
+    overshoot = np.array([0.5, 1.5, -1.2], np.float32)           # clipped, as a file read through int16 is
+    assert mono_samples(overshoot).tolist() == [0.5, 1.0, -1.0] and overshoot[1] == 1.5
 
 
 def test_a_long_chunk_is_scored_piece_by_piece_with_the_same_runs(model_path):

@@ -14,6 +14,10 @@ class AudioError(EdgeasrError):
     """An audio file that cannot be used: missing, unreadable, empty."""
 
 
+class OutOfScaleAudio(AudioError):
+    """A float file whose samples are in another scale than [-1, 1] (peaks above FLOAT_PEAK_LIMIT)."""
+
+
 def load_audio(path: os.PathLike, sample_rate: int) -> np.ndarray:
     """Mono float32 samples in [-1, 1] at `sample_rate`; other rates are resampled."""
     samples, file_rate = _with_soundfile(path, lambda name: soundfile.read(name, dtype="float32", always_2d=True))
@@ -55,7 +59,7 @@ def load_int16(path: os.PathLike, sample_rate: int) -> np.ndarray:
     samples = load_audio(path, sample_rate)
     peak = float(np.abs(samples).max())
     if peak > FLOAT_PEAK_LIMIT:
-        raise AudioError(f"{path}: float samples peaking at {peak:.4g}, not in [-1, 1]; int16 would clip "
+        raise OutOfScaleAudio(f"{path}: float samples peaking at {peak:.4g}, not in [-1, 1]; int16 would clip "
                          f"{np.mean(np.abs(samples) > 1):.1%} of them: rescale the file")
     return to_int16(samples)
 

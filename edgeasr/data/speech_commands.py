@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-from edgeasr.audio.io import AudioError, load_audio, to_int16
+from edgeasr.audio.io import AudioError, OutOfScaleAudio, load_audio, load_int16, to_int16
 from edgeasr.errors import EdgeasrError
 from edgeasr.progress import progress_bar
 
@@ -79,7 +79,7 @@ def check_layout(root: Path) -> Path:
     root = Path(root)
     if not root.is_dir():
         raise EdgeasrError(f"{root}: dataset folder not found")
-    if not any(p.is_dir() and not p.name.startswith("_") for p in root.iterdir()):
+    if not any(p.is_dir() and not p.name.startswith(("_", ".")) for p in root.iterdir()):
         raise EdgeasrError(f"{root}: no word folders; expected the Speech Commands layout (ROOT/<word>/*.wav)")
     return root
 
@@ -88,7 +88,8 @@ def index_files(root: Path, config: DataConfig) -> dict:
     """{split: [(relative path, label index)]} with `_unknown_` sampled down, before loading."""
     root = check_layout(root)
     listed = {split: read_list(root / name) for split, name in SPLIT_LISTS.items()}
-    audio = sorted(path for path in root.glob("*/*") if path.suffix.lower() in AUDIO_SUFFIXES and path.is_file())
+    audio = sorted(path for path in root.glob("*/*") if path.suffix.lower() in AUDIO_SUFFIXES and path.is_file()
+                   and not hidden(path))
     _check_listed_files_exist(root, listed, {f"{path.parent.name}/{path.name}" for path in audio}, config.keywords)
     keyword_index = {word: i for i, word in enumerate(config.labels)}
     files = {split: {"keyword": [], "unknown": []} for split in SPLITS}
@@ -175,9 +176,13 @@ def load_split(root: Path, config: DataConfig, split: str, progress: bool = True
 
 def other_files(root: Path) -> list:
     """Files in word folders that are not clips edgeasr reads (.m4a, .opus, notes); hidden ones aside."""
-    return sorted(path for path in Path(root).glob("*/*") if not path.parent.name.startswith(("_", "."))
-                  and not path.name.startswith(".") and path.is_file()
-                  and path.suffix.lower() not in AUDIO_SUFFIXES)
+    return sorted(path for path in Path(root).glob("*/*") if not path.parent.name.startswith("_")
+                  and not hidden(path) and path.is_file() and path.suffix.lower() not in AUDIO_SUFFIXES)
+
+
+def hidden(path: Path) -> bool:
+    """A file or word folder whose name starts with '.' (.git, .Trash-1000, macOS '._' files): not data."""
+    return path.name.startswith(".") or path.parent.name.startswith(".")
 
 
 def _load_clip(path: Path, config: DataConfig, report: LoadReport):
@@ -186,13 +191,16 @@ def _load_clip(path: Path, config: DataConfig, report: LoadReport):
         if info.frames == 0:
             report.skip(path, "empty")
             return None
-        samples = load_audio(path, config.sample_rate)
+        samples = load_int16(path, config.sample_rate)
+    except OutOfScaleAudio:
+        report.skip(path, "float samples beyond [-2, 2]")
+        return None
     except (AudioError, RuntimeError, soundfile.LibsndfileError):
         report.skip(path, "unreadable")
         return None
     if info.samplerate != config.sample_rate:
         report.resampled += 1
-    return fit_length(to_int16(samples), config.clip_samples)
+    return fit_length(samples, config.clip_samples)
 
 
 def fit_length(samples: np.ndarray, length: int) -> np.ndarray:

@@ -186,7 +186,8 @@ def fire_indices(times: np.ndarray, scores: np.ndarray, threshold: float, refrac
 
 def mono_samples(audio) -> np.ndarray:
     """float32 samples of a 1-D float or int16 array; a 2-D (stereo) array is refused: flattened it
-    would play interleaved channels as a stream twice as long."""
+    would play interleaved channels as a stream twice as long. Floats overshooting [-1, 1] (up to
+    FLOAT_PEAK_LIMIT) are clipped, as a file read through int16 is, so both give the same result."""
     audio = np.asarray(audio)
     if audio.ndim != 1:
         raise ValueError(f"audio must be one channel of samples (1-D), got shape {audio.shape}; "
@@ -197,10 +198,11 @@ def mono_samples(audio) -> np.ndarray:
         raise ValueError(f"audio must be float samples in [-1, 1] or int16 PCM, got {audio.dtype}")
     if not np.isfinite(audio).all():
         raise ValueError("audio holds NaN or infinite samples")
-    if len(audio) and np.abs(audio).max() > FLOAT_PEAK_LIMIT:
-        raise ValueError(f"float audio must be in [-1, 1]; this peaks at {np.abs(audio).max():.4g} (int16 values "
+    peak = float(np.abs(audio).max()) if len(audio) else 0.0
+    if peak > FLOAT_PEAK_LIMIT:
+        raise ValueError(f"float audio must be in [-1, 1]; this peaks at {peak:.4g} (int16 values "
                          f"as floats? pass the int16 array, or divide by 32768)")
-    return audio.astype(np.float32, copy=False)
+    return np.clip(audio, -1.0, 1.0).astype(np.float32) if peak > 1 else audio.astype(np.float32, copy=False)
 
 
 def run_ends(input_frames: int, hop_frames: int, start: int, stop: int) -> range:
