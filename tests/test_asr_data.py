@@ -278,9 +278,15 @@ def test_librispeech_errors_are_plain(tmp_path):
         librispeech_manifest(twice, tmp_path / "twice.jsonl")
     upper = _libri_chapter(tmp_path / "upper", b"19-198-0000 HELLO\n", {0: half, 1: half})
     chapter = upper / "19" / "198"
-    (chapter / "19-198-0000.wav").rename(chapter / "19-198-0000.WAV")
+    (chapter / "19-198-0000.wav").rename(chapter / "19-198-0000.Wav")
     summary = librispeech_manifest(upper, tmp_path / "upper.jsonl")
     assert summary["utterances"] == 1 and summary["unlisted_audio"] == 1        # 0001 has no transcript line
+    with pytest.raises(EdgeasrError, match="a transcript or audio file of the tree being read"):
+        librispeech_manifest(upper, chapter / "19-198.trans.txt", force=True)
+    (chapter / "19-198-b.trans.txt").write_text("19-198-0000 GOODBYE\n")       # a second transcript, same folder
+    with pytest.raises(EdgeasrError, match=r"19-198.trans.txt: utterance 19-198-0000 is listed in 19-198-b.trans.txt"
+                                           r"|19-198-b.trans.txt: utterance 19-198-0000 is listed in 19-198.trans.txt"):
+        librispeech_manifest(upper, tmp_path / "two.jsonl")
 
 
 def test_manifest_command_checks_max_seconds(tmp_path):

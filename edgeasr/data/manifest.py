@@ -7,6 +7,7 @@ folder (`librispeech_manifest`), so real data goes through the same pipeline as 
     LibriSpeech layout:  DIR/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt
                          DIR/<speaker>/<chapter>/<speaker>-<chapter>-<utterance>.flac
 """
+import glob
 import json
 import math
 import os
@@ -91,16 +92,24 @@ def librispeech_manifest(root: os.PathLike, output: os.PathLike, max_seconds: Op
     root, output = Path(root), Path(output)
     if output.exists() and not force:
         raise EdgeasrError(f"{output} already exists; pass --force to overwrite it")
+    if output.resolve().is_relative_to(root.resolve()) and (
+            output.name.endswith(".trans.txt") or output.suffix.lower() in AUDIO_SUFFIXES):
+        raise EdgeasrError(f"{output}: a transcript or audio file of the tree being read; write the manifest "
+                           f"elsewhere")
     if max_seconds is not None and not (math.isfinite(max_seconds) and max_seconds > 0):
         raise EdgeasrError(f"max_seconds={max_seconds}: need a finite number of seconds above 0")
     transcripts = sorted(root.rglob("*.trans.txt"))
     if not transcripts:
         raise EdgeasrError(f"{root}: no *.trans.txt files; expected the LibriSpeech layout "
                            f"SPEAKER/CHAPTER/SPEAKER-CHAPTER.trans.txt")
-    utterances, skipped, unlisted = [], {reason: 0 for reason in SKIP_REASONS}, 0
+    utterances, skipped, unlisted, listed_in = [], {reason: 0 for reason in SKIP_REASONS}, 0, {}
     for transcript in transcripts:
         lines = _transcript_lines(transcript)
         for utterance_id, text in lines:
+            first = listed_in.setdefault((transcript.parent, utterance_id), transcript)
+            if first != transcript:     # two transcripts of one folder: one clip, two references
+                raise EdgeasrError(f"{transcript}: utterance {utterance_id} is listed in {first.name} too; keep "
+                                   f"one line per utterance")
             utterance, reason = _librispeech_utterance(transcript.parent, utterance_id, text, max_seconds)
             if reason:
                 skipped[reason] += 1
@@ -168,8 +177,13 @@ def _unlisted_audio(folder: Path, listed: set) -> int:
 
 
 def _audio_file(folder: Path, utterance_id: str) -> Path:
-    for suffix in (*AUDIO_SUFFIXES, *(suffix.upper() for suffix in AUDIO_SUFFIXES)):
+    """The utterance's audio file, its extension in any case (.flac, .FLAC, .Wav)."""
+    for suffix in AUDIO_SUFFIXES:
         candidate = folder / f"{utterance_id}{suffix}"
         if candidate.is_file():
             return candidate
-    raise EdgeasrError(f"{folder}: no audio for utterance {utterance_id} ({' or '.join(AUDIO_SUFFIXES)})")
+    for candidate in sorted(folder.glob(f"{glob.escape(utterance_id)}.*")):
+        if candidate.suffix.lower() in AUDIO_SUFFIXES and candidate.stem == utterance_id and candidate.is_file():
+            return candidate
+    raise EdgeasrError(f"{folder}: no audio for utterance {utterance_id} ({' or '.join(AUDIO_SUFFIXES)}, "
+                       f"in any case)")
