@@ -71,6 +71,7 @@ def test_synth_train_convert_transcribe(tmp_path, monkeypatch):
     long = np.resize(pcm, 64000 + 480 + 3 * 160)                       # the second window holds 4 frames
     assert len(transcriber.scores(long)) == 101 and len(transcriber.scores(long[:-160])) == 100
     assert len(transcriber.scores(long[:transcriber.window_samples])) == 100
+    assert transcriber.scores(pcm[:640]).shape == (0, len(transcriber.tokens)) and transcriber.transcribe(pcm[:1]) == ""
     with pytest.raises(ValueError, match="one channel"):
         transcriber.scores(np.stack([pcm, pcm], axis=1))
     with pytest.raises(ValueError, match="no samples"):

@@ -50,8 +50,8 @@ class Transcriber:
     def scores(self, audio: np.ndarray) -> np.ndarray:
         """Per-output-frame logits (T_out, V) of mono audio at the frontend's rate: floats in
         [-1, 1] or int16 PCM (`streaming.mono_samples`: stereo is refused, not interleaved).
-        A last window of fewer frames than one output frame spans (under 40 ms) is not run: it
-        would decode mostly padding, a stray letter after the text."""
+        A window of fewer frames than one output frame spans (under 40 ms: the audio's tail, or all
+        of a very short clip) is not run: it would decode mostly padding into a stray letter."""
         audio = mono_samples(audio)
         if not len(audio):
             raise ValueError("the audio holds no samples")
@@ -59,15 +59,17 @@ class Transcriber:
         outputs = []
         for start in range(0, max(1, len(audio)), step):
             piece = audio[start:start + self.window_samples]
-            valid_frames = max(1, min(self.window_frames, self.frontend.num_frames(len(piece))))
-            if outputs and self.frontend.num_frames(len(piece)) < self.subsampling:
+            frames = min(self.window_frames, self.frontend.num_frames(len(piece)))
+            if frames < self.subsampling:
                 break
             padded = np.zeros(self.window_samples, np.float32)
             padded[:len(piece)] = piece
             logits = self.model.predict(numpy_log_mel(padded, self.frontend)[None])[0]
-            outputs.append(logits[: -(-valid_frames // self.subsampling)])
+            outputs.append(logits[: -(-frames // self.subsampling)])
             if start + self.window_samples >= len(audio):
                 break
+        if not outputs:
+            return np.zeros((0, len(self.tokens)), np.float32)
         return np.concatenate(outputs)
 
     def transcribe(self, audio: np.ndarray) -> str:
