@@ -12,11 +12,17 @@ from edgeasr.errors import EdgeasrError
 from edgeasr.converters.stock import CALIBRATION_EXAMPLES
 
 
+OPTIONAL_PATHS = ("calibration", "data")
+
+
 def check_paths(**arguments) -> None:
     """convert and validate read files (a model's bytes are hashed into the metadata): a Keras model
-    object or a NumPy array given from Python is refused by name, not by pathlib's TypeError."""
+    object or a NumPy array given from Python is refused by name, not by pathlib's TypeError; so is
+    a missing path that is not optional."""
     for name, value in arguments.items():
-        if value is not None and not isinstance(value, (str, os.PathLike)):
+        if value is None and name in OPTIONAL_PATHS:
+            continue
+        if not isinstance(value, (str, os.PathLike)):
             hint = {"source": "save the model first (model.save('model.keras')) and pass the file",
                     "calibration": "np.save() the inputs and pass the .npy file, or pass a dataset folder"}
             raise EdgeasrError(f"{name}: a path is needed, not a {type(value).__name__}"
@@ -85,20 +91,24 @@ def described_inputs(model: keras.Model, labels=None, frontend=None) -> tuple:
     default log-mel features, or a JSON file of FrontendConfig fields). A run directory carries
     both; a model file needs them for the streaming runtime (eval-stream, rpi_kws.py) to run it.
     Checked against the model: one label per output class, n_mels input features."""
-    return _labels_of(model, labels) if labels else None, _frontend_of(model, frontend) if frontend else None
+    return (_labels_of(model, labels) if labels is not None else None,
+            _frontend_of(model, frontend) if frontend else None)
 
 
 def _labels_of(model: keras.Model, labels: str) -> list:
-    if isinstance(labels, (list, tuple)):                  # from Python
+    if not isinstance(labels, (str, os.PathLike)):          # from Python: a list, tuple or array of names
         names = [str(name).strip() for name in labels]
     elif Path(labels).is_file():
         names = [line.strip() for line in Path(labels).read_text().splitlines() if line.strip()]
     else:
-        names = [name.strip() for name in labels.split(",") if name.strip()]
+        names = [name.strip() for name in str(labels).split(",") if name.strip()]
     classes = int(model.output_shape[-1])
-    if len(names) != classes or len(set(names)) != len(names):
+    if len(names) != classes:
         raise EdgeasrError(f"--labels: {len(names)} names ({', '.join(names[:12])}), but the model has {classes} "
                            f"output classes; give one distinct name per class, in output order")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise EdgeasrError(f"--labels: {', '.join(repeated)} named more than once; give one distinct name per class")
     return names
 
 

@@ -537,9 +537,15 @@ def test_the_python_api_names_arguments_that_must_be_paths_and_takes_labels_as_a
     with pytest.raises(EdgeasrError, match=r"data: a path is needed, not a ndarray"):
         validate(tmp_path / "m.tflite", foreign / "kws.keras", data=np.zeros(3))
     assert not (tmp_path / "m.tflite").exists()
+    with pytest.raises(EdgeasrError, match=r"output: a path is needed, not a NoneType"):
+        convert(foreign / "kws.keras", None)
     assert described_inputs(model, labels=["a", "b", "c", "d"])[0] == ["a", "b", "c", "d"]
-    with pytest.raises(EdgeasrError, match="--labels: 2 names"):
-        described_inputs(model, labels=("a", "b"))
+    assert described_inputs(model, labels=np.array(["a", "b", "c", "d"]))[0] == ["a", "b", "c", "d"]
+    for few in (("a", "b"), []):
+        with pytest.raises(EdgeasrError, match=f"--labels: {len(few)} names"):
+            described_inputs(model, labels=few)
+    with pytest.raises(EdgeasrError, match="--labels: b named more than once"):
+        described_inputs(model, labels="a,b,c,b")
 
 
 def test_the_float_reference_is_sized_as_a_trained_model(foreign):
