@@ -153,6 +153,8 @@ def test_decoders_refuse_a_batch_a_single_frame_and_nan():
         for decoder in (greedy_decode, prefix_beam_search):
             with pytest.raises(ValueError, match=r"one utterance's scores, shape \(frames, vocabulary"):
                 decoder(bad)
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(ValueError, match="NaN or infinite"):
         greedy_decode(np.full((4, 3), np.nan))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        prefix_beam_search(np.where(np.eye(3) > 0, np.inf, 0.0))
     assert greedy_decode(np.zeros((0, 3))) == [] == prefix_beam_search(np.zeros((0, 3)))

@@ -68,6 +68,9 @@ def test_settings_that_would_change_features_silently_are_refused():
                        ({"sample_rate": 0}, "sample_rate must be positive")):
         with pytest.raises(ValueError, match=rf"frontend: .*{named.replace('(', '.').replace(')', '.')}"):
             FrontendConfig(**bad)
+    for bad in ({"fmax": None}, {"hop_ms": float("nan")}, {"n_mels": True}):
+        with pytest.raises(ValueError, match=f"frontend: {next(iter(bad))} must be a finite number"):
+            FrontendConfig(**bad)
     assert FrontendConfig(fmax=8000.0).fmax == 8000.0                 # up to Nyquist
 
 

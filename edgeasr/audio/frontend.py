@@ -15,6 +15,8 @@ norm="slaney"); it is computed here in NumPy so the runtime needs neither libros
 TensorFlow, and tests hold it equal to librosa.filters.mel.
 """
 import functools
+import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +38,9 @@ class FrontendConfig:
     def __post_init__(self):
         """Settings that would give other features without a word (an FFT shorter than the window
         crops every frame) or fail deep inside the frontend are a ValueError naming them."""
+        for name, value in vars(self).items():
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise ValueError(f"frontend: {name} must be a finite number, not {value!r}")
         checks = (
             (self.sample_rate > 0, f"sample_rate must be positive, not {self.sample_rate}"),
             (self.window_samples >= 1 and self.hop_samples >= 1,

@@ -20,13 +20,13 @@ def log_softmax(scores: np.ndarray) -> np.ndarray:
 
 def frame_scores(scores) -> np.ndarray:
     """`scores` as a (T, V) array; a batch or a single frame is a ValueError (decoded, a batch
-    gave one frame's argmax per utterance), and so are NaN scores (they decoded to nothing)."""
+    gave one frame's argmax per utterance), and so are NaN or infinite scores (they decoded to nothing)."""
     scores = np.asarray(scores)
     if scores.ndim != 2 or scores.shape[1] < 2:
         raise ValueError(f"CTC decoding takes one utterance's scores, shape (frames, vocabulary of 2 or more), "
                          f"not {scores.shape}; decode a batch one utterance at a time")
-    if np.isnan(scores).any():
-        raise ValueError("CTC scores hold NaN")
+    if not np.isfinite(scores).all():
+        raise ValueError("CTC scores hold NaN or infinite values")
     return scores
 
 
