@@ -52,6 +52,9 @@ def readable_models(ctx, param, value):
     return value
 
 
+FLOAT32_TINY = 2.0 ** -126       # float32's smallest normal number
+
+
 class FiniteRange(click.FloatRange):
     """click.FloatRange that refuses nan and inf, which pass its comparisons (a learning rate of nan
     trained to a nan loss and wrote NaN into config.json)."""
@@ -66,7 +69,6 @@ class FiniteRange(click.FloatRange):
         return number
 
 
-FLOAT32_TINY = 2.0 ** -126
 MODEL_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 SEED = click.IntRange(0, 2**32 - 1)            # what numpy's generators take
 MIN_STREAM_HOURS = 0.01        # 36 s: a few keywords; shorter built streams fail in ways that name no option

@@ -60,7 +60,7 @@ def load_int16(path: os.PathLike, sample_rate: int) -> np.ndarray:
     peak = float(np.abs(samples).max())
     if peak > FLOAT_PEAK_LIMIT:
         raise OutOfScaleAudio(f"{path}: float samples peaking at {peak:.4g}, not in [-1, 1]; int16 would clip "
-                         f"{np.mean(np.abs(samples) > 1):.1%} of them: rescale the file")
+                              f"{np.mean(np.abs(samples) > 1):.1%} of them: rescale the file")
     return to_int16(samples)
 
 
