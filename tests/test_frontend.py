@@ -79,5 +79,6 @@ def test_short_audio_has_no_frames_and_integer_pcm_is_refused(speech_16k):
     assert short.shape == (0, 40) == (CONFIG.num_frames(CONFIG.window_samples - 1), 40)
     assert numpy_log_mel(np.zeros((3, 100), np.float32), CONFIG).shape == (3, 0, 40)
     pcm = np.round(speech_16k * 32767).astype(np.int16)
-    with pytest.raises(ValueError, match="not int16; divide int16 PCM by 32768"):
-        numpy_log_mel(pcm, CONFIG)
+    for frontend in (numpy_log_mel, tf_log_mel):
+        with pytest.raises(ValueError, match="not int16; divide int16 PCM by 32768"):
+            frontend(pcm, CONFIG)

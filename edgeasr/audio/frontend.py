@@ -157,9 +157,14 @@ def _analysis_constants(config: FrontendConfig):
 
 
 def tf_log_mel(audio, config: FrontendConfig):
-    """The same features in TensorFlow, for tf.data pipelines: (..., samples) -> (..., frames, n_mels)."""
+    """The same features in TensorFlow, for tf.data pipelines: (..., samples) -> (..., frames, n_mels);
+    float samples in [-1, 1] only, as `numpy_log_mel` (int16 read as floats is 32768 times too loud)."""
     import tensorflow as tf
 
+    audio = tf.convert_to_tensor(audio)
+    if not audio.dtype.is_floating:
+        raise ValueError(f"the frontend takes float samples in [-1, 1], not {audio.dtype.name}; divide int16 PCM "
+                         f"by 32768")
     stft = tf.signal.stft(
         tf.cast(audio, tf.float32),
         frame_length=config.window_samples,
