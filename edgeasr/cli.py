@@ -595,7 +595,8 @@ def manifest(librispeech, output, max_seconds, force):
     Transcript lines are `ID TEXT` (a space or a tab after the id); text is lower-cased and runs of
     whitespace become one space. Lines with no spellable text and audio files that cannot be read or
     hold no samples are left out and counted in the summary (skipped_*), as are audio files no line
-    names (unlisted_audio); a missing audio file, an id listed twice or a transcript that is not
+    names (unlisted_audio); texts whose digits or letters outside a-z training drops are counted
+    (texts_losing_words); a missing audio file, an id listed twice or a transcript that is not
     UTF-8 is an error.
 
     \b
@@ -669,7 +670,8 @@ def train_asr(data_dir, run_dir, size, epochs, batch_size, learning_rate, policy
 @user_errors
 def transcribe(model, audio, beam, threads):
     """Transcribe AUDIO files with a converted speech-recognition MODEL (.tflite), one line each:
-    the path, a tab, the text (lower case a-z, apostrophes and spaces).
+    the path (quoted, as Python writes it, if it holds a tab or a line break), a tab, the text
+    (lower case a-z, apostrophes and spaces).
 
     A file that cannot be read (or holds no samples) gets an 'Error:' line on stderr and the
     others are still transcribed; the exit status is then 1. Missing files are refused before
@@ -689,7 +691,8 @@ def transcribe(model, audio, beam, threads):
     failed = 0
     for path in audio:
         try:
-            click.echo(f"{path}\t{transcriber.transcribe_file(path)}")
+            shown = repr(str(path)) if any(c in str(path) for c in "\t\n\r") else path   # one line per file
+            click.echo(f"{shown}\t{transcriber.transcribe_file(path)}")
         except EdgeasrError as exc:
             click.echo(f"Error: {exc}", err=True)
             failed += 1

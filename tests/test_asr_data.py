@@ -276,11 +276,12 @@ def test_librispeech_errors_are_plain(tmp_path):
     with pytest.raises(EdgeasrError, match=r"19-198.trans.txt:2: utterance 19-198-0000 is listed again \(first on "
                                            r"line 1\)"):
         librispeech_manifest(twice, tmp_path / "twice.jsonl")
-    upper = _libri_chapter(tmp_path / "upper", b"19-198-0000 HELLO\n", {0: half, 1: half})
+    upper = _libri_chapter(tmp_path / "upper", b"19-198-0000 ROOM 101\n", {0: half, 1: half})
     chapter = upper / "19" / "198"
     (chapter / "19-198-0000.wav").rename(chapter / "19-198-0000.Wav")
     summary = librispeech_manifest(upper, tmp_path / "upper.jsonl")
     assert summary["utterances"] == 1 and summary["unlisted_audio"] == 1        # 0001 has no transcript line
+    assert summary["texts_losing_words"] == 1                                   # "101" is not spelt out
     with pytest.raises(EdgeasrError, match="a transcript or audio file of the tree being read"):
         librispeech_manifest(upper, chapter / "19-198.trans.txt", force=True)
     (chapter / "19-198-b.trans.txt").write_text("19-198-0000 GOODBYE\n")       # a second transcript, same folder

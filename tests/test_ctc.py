@@ -122,7 +122,7 @@ def test_transcribe_goes_on_past_a_bad_file_and_exits_1(tmp_path, monkeypatch):
     from tests.test_streaming import energy_model
 
     monkeypatch.setattr(edgeasr.runtime.asr, "Transcriber", _FakeTranscriber)
-    files = [tmp_path / name for name in ("model.tflite", "a.wav", "bad.wav", "c.wav")]
+    files = [tmp_path / name for name in ("model.tflite", "a.wav", "bad.wav", "c.wav", "two\nlines.wav")]
     for path in files[1:]:
         path.write_bytes(b"x")
     energy_model(files[0])                         # a readable .tflite: the command checks its MODEL first
@@ -130,7 +130,8 @@ def test_transcribe_goes_on_past_a_bad_file_and_exits_1(tmp_path, monkeypatch):
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output    # no traceback
     assert f"{files[1]}\ttext of a.wav" in result.output and f"{files[3]}\ttext of c.wav" in result.output
     assert f"Error: {files[2]}: cannot read audio" in result.output
-    assert "Error: 1 of 3 files could not be transcribed" in result.output
+    assert "Error: 1 of 4 files could not be transcribed" in result.output
+    assert f"{str(files[4])!r}\ttext of two\nlines.wav" in result.output          # the name quoted: one line
 
 
 def test_transcribe_checks_beam_and_threads(tmp_path):

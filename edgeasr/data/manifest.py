@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterable, List, Optional
 
 from edgeasr.audio.io import AudioError, audio_seconds
-from edgeasr.data.tokenizer import normalize_text
+from edgeasr.data.tokenizer import drops_spoken_text, normalize_text
 from edgeasr.errors import EdgeasrError
 from edgeasr.files import atomic_output
 
@@ -86,7 +86,8 @@ def librispeech_manifest(root: os.PathLike, output: os.PathLike, max_seconds: Op
     """Write the manifest of a LibriSpeech-layout folder (text lower-cased, runs of whitespace made
     one space); returns a summary. Lines with no spellable text, audio that cannot be read or holds
     no samples, and audio longer than `max_seconds` are left out and counted (SKIP_REASONS), and so
-    are audio files no line names (`unlisted_audio`); a line whose audio file is missing, an id
+    are audio files no line names (`unlisted_audio`); texts whose digits or letters outside a-z
+    training will drop are counted (`texts_losing_words`); a line whose audio file is missing, an id
     listed twice, or a transcript that is not UTF-8, is an error. An existing `output` (another
     manifest, or a transcript given by mistake) is replaced only with force."""
     root, output = Path(root), Path(output)
@@ -121,6 +122,7 @@ def librispeech_manifest(root: os.PathLike, output: os.PathLike, max_seconds: Op
     write_manifest(output, utterances, force=force)
     return {"manifest": str(output), "utterances": len(utterances),
             **{f"skipped_{reason}": count for reason, count in skipped.items()}, "unlisted_audio": unlisted,
+            "texts_losing_words": sum(drops_spoken_text(u.text) for u in utterances),
             "hours": round(sum(u.duration for u in utterances) / 3600, 3),
             "speakers": len({u.speaker for u in utterances})}
 
