@@ -86,8 +86,8 @@ def librispeech_manifest(root: os.PathLike, output: os.PathLike, max_seconds: Op
     """Write the manifest of a LibriSpeech-layout folder (text lower-cased, runs of whitespace made
     one space); returns a summary. Lines with no spellable text, audio that cannot be read or holds
     no samples, and audio longer than `max_seconds` are left out and counted (SKIP_REASONS), and so
-    are audio files no line names (`unlisted_audio`); texts whose digits or letters outside a-z
-    training will drop are counted (`texts_losing_words`); a line whose audio file is missing, an id
+    are audio files no line names (`unlisted_audio`); texts that lose digits or letters outside
+    a-z in training are counted (`texts_losing_words`); a line whose audio file is missing, an id
     listed twice, or a transcript that is not UTF-8, is an error. An existing `output` (another
     manifest, or a transcript given by mistake) is replaced only with force."""
     root, output = Path(root), Path(output)
