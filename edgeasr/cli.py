@@ -722,7 +722,7 @@ def eval_asr(models, manifest, limit, beam, json_path):
     from edgeasr.eval.asr import evaluate_model, format_reports
     from edgeasr.files import write_json_atomic
 
-    reports = [evaluate_model(m, manifest, limit=limit, beam_width=beam) for m in models]
+    reports = [evaluate_model(m, manifest, limit=limit, beam_width=beam, warn=i == 0) for i, m in enumerate(models)]
     click.echo(format_reports(reports))
     if json_path is not None:
         write_json_atomic(json_path, reports)

@@ -52,10 +52,11 @@ def evenly_spaced(items: list, count: Optional[int]) -> list:
 
 
 def load_asr_split(manifest, tokenizer: Optional[Tokenizer], frontend: FrontendConfig, limit: Optional[int] = None,
-                   spread: bool = False) -> AsrSplit:
+                   spread: bool = False, warn: bool = True) -> AsrSplit:
     """Audio (int16, at the frontend's rate), normalised text and label ids (none without a tokenizer).
 
-    limit: the first `limit` utterances, or with `spread` that many spread evenly over the manifest."""
+    limit: the first `limit` utterances, or with `spread` that many spread evenly over the manifest.
+    warn: say when normalised texts lose spoken words (once per manifest, not per model scored)."""
     utterances = read_manifest(manifest)
     utterances = evenly_spaced(utterances, limit) if spread else utterances[:limit]
     waves, texts, labels = [], [], []
@@ -69,7 +70,8 @@ def load_asr_split(manifest, tokenizer: Optional[Tokenizer], frontend: FrontendC
             raise EdgeasrError(f"{manifest}: {exc}; fix the file or remove its line") from exc
         texts.append(text)
         labels.append(np.asarray(tokenizer.encode(text) if tokenizer else [], np.int32))
-    _warn_dropped_text(manifest, utterances)
+    if warn:
+        _warn_dropped_text(manifest, utterances)
     return AsrSplit(waves, texts, labels)
 
 

@@ -110,9 +110,9 @@ def file_size(path) -> int:
     return Path(path).stat().st_size
 
 
-def evaluate_model(model, manifest, limit: Optional[int] = None, beam_width: int = 0) -> dict:
+def evaluate_model(model, manifest, limit: Optional[int] = None, beam_width: int = 0, warn: bool = True) -> dict:
     """WER / CER of a train-asr run directory (Keras) or a converted .tflite (LiteRT, with RTF and size)
-    on the first `limit` utterances of the manifest (all of them for None)."""
+    on the first `limit` utterances of the manifest (all of them for None); `warn`: load_asr_split's."""
     from edgeasr.data.asr_pipeline import load_asr_split
 
     if limit is not None and limit < 1:
@@ -125,13 +125,13 @@ def evaluate_model(model, manifest, limit: Optional[int] = None, beam_width: int
 
         run = AsrRunDir(model)
         config, tokenizer = run.read_config(), run.read_tokenizer()
-        split = load_asr_split(manifest, None, config.frontend, limit)
+        split = load_asr_split(manifest, None, config.frontend, limit, warn=warn)
         hypotheses = keras_transcripts(run.load_model(), split, config.frontend, tokenizer, beam_width=beam_width)
         report = {"model": str(model), "kind": f"keras {config.policy.name}", **error_rates(split.texts, hypotheses),
                   "rtf": None, "audio_seconds": None, "compute_seconds": None, "bytes": None}   # LiteRT's keys
     else:
         frontend = _transcriber(model, beam_width).frontend
-        split = load_asr_split(manifest, None, frontend, limit)
+        split = load_asr_split(manifest, None, frontend, limit, warn=warn)
         measured = litert_transcripts(model, split, beam_width=beam_width)
         hypotheses = measured.pop("transcripts")
         report = {"model": str(model), "kind": "litert", **error_rates(split.texts, hypotheses), **measured,
