@@ -13,6 +13,8 @@ from edgeasr.converters.stock import CALIBRATION_EXAMPLES
 
 
 OPTIONAL_PATHS = ("calibration", "data")
+PATH_HINTS = {"source": "save the model first (model.save('model.keras')) and pass the file",
+              "calibration": "np.save() the inputs and pass the .npy file, or pass a dataset folder"}
 
 
 def check_paths(**arguments) -> None:
@@ -23,10 +25,8 @@ def check_paths(**arguments) -> None:
         if value is None and name in OPTIONAL_PATHS:
             continue
         if not isinstance(value, (str, os.PathLike)):
-            hint = {"source": "save the model first (model.save('model.keras')) and pass the file",
-                    "calibration": "np.save() the inputs and pass the .npy file, or pass a dataset folder"}
-            raise EdgeasrError(f"{name}: a path is needed, not a {type(value).__name__}"
-                               f"{'; ' + hint[name] if name in hint else ''}")
+            hint = f"; {PATH_HINTS[name]}" if name in PATH_HINTS else ""
+            raise EdgeasrError(f"{name}: a path is needed, not a {type(value).__name__}{hint}")
 
 
 def load_source(source) -> tuple:

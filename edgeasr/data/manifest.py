@@ -56,12 +56,7 @@ def read_manifest(path: os.PathLike, check_audio: bool = True) -> List[Utterance
     path = Path(path)
     if not path.is_file():
         raise EdgeasrError(f"{path}: no such manifest")
-    try:
-        content = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = exc.object[:exc.start].count(b"\n") + 1
-        raise EdgeasrError(f"{path}:{line}: not UTF-8 text; a manifest is JSON lines (audio, text, duration), "
-                           f"as `edgeasr data manifest` writes") from None
+    content = _utf8_text(path, "a manifest is JSON lines (audio, text, duration), as `edgeasr data manifest` writes")
     utterances = []
     for number, line in enumerate(content.splitlines(), start=1):
         if not line.strip():
@@ -127,17 +122,22 @@ def librispeech_manifest(root: os.PathLike, output: os.PathLike, max_seconds: Op
             "speakers": len({u.speaker for u in utterances})}
 
 
+def _utf8_text(path: Path, why: str) -> str:
+    """The file's text (a leading byte-order mark dropped); bytes that are not UTF-8, or a file that
+    cannot be read, are an EdgeasrError naming the line."""
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = exc.object[:exc.start].count(b"\n") + 1
+        raise EdgeasrError(f"{path}:{line}: not UTF-8 text; {why} (byte 0x{exc.object[exc.start]:02x})") from None
+    except OSError as exc:
+        raise EdgeasrError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+
+
 def _transcript_lines(transcript: Path) -> List[tuple]:
     """(utterance id, text) of each non-blank line; the id ends at the first space or tab, and the
     text's runs of whitespace (CR included) become one space."""
-    try:
-        content = transcript.read_bytes().decode("utf-8-sig").replace("\ufeff", "")   # byte-order marks
-    except UnicodeDecodeError as exc:
-        line = exc.object[:exc.start].count(b"\n") + 1
-        raise EdgeasrError(f"{transcript}:{line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x}); "
-                           f"LibriSpeech transcripts are UTF-8") from exc
-    except OSError as exc:
-        raise EdgeasrError(f"{transcript}: cannot read ({exc.strerror or exc})") from exc
+    content = _utf8_text(transcript, "LibriSpeech transcripts are UTF-8").replace("\ufeff", "")   # byte-order marks
     lines, seen = [], {}
     for number, line in enumerate(content.splitlines(), start=1):
         fields = line.split(None, 1)
@@ -180,12 +180,10 @@ def _unlisted_audio(folder: Path, listed: set) -> int:
 
 def _audio_file(folder: Path, utterance_id: str) -> Path:
     """The utterance's audio file, its extension in any case (.flac, .FLAC, .Wav)."""
-    for suffix in AUDIO_SUFFIXES:
-        candidate = folder / f"{utterance_id}{suffix}"
-        if candidate.is_file():
-            return candidate
-    for candidate in sorted(folder.glob(f"{glob.escape(utterance_id)}.*")):
-        if candidate.suffix.lower() in AUDIO_SUFFIXES and candidate.stem == utterance_id and candidate.is_file():
-            return candidate
+    found = {path.suffix.lower(): path for path in sorted(folder.glob(f"{glob.escape(utterance_id)}.*"))
+             if path.stem == utterance_id and path.is_file()}
+    for suffix in AUDIO_SUFFIXES:            # .flac before .wav
+        if suffix in found:
+            return found[suffix]
     raise EdgeasrError(f"{folder}: no audio for utterance {utterance_id} ({' or '.join(AUDIO_SUFFIXES)}, "
                        f"in any case)")
