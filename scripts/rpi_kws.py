@@ -307,7 +307,9 @@ def _interpreter_module():
 
 def _source(model) -> dict:
     """Interpreter keyword for `model`: a path or the model's bytes."""
-    return {"model_content": bytes(model)} if isinstance(model, (bytes, bytearray)) else {"model_path": str(model)}
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        return {"model_content": bytes(model)}
+    return {"model_path": str(model)}
 
 
 # The kernel sets LiteRT runs a model on, by the name edgeasr gives them:
@@ -432,9 +434,15 @@ class LiteRTModel:
         return self.interpreter.get_tensor(self.output_detail["index"])[0]
 
     def predict(self, features: np.ndarray) -> np.ndarray:
-        """Float features (N, ...) -> float outputs (N, classes)."""
-        outputs = [self.run_raw(quantize(example, self.input_detail)) for example in np.asarray(features)]
-        return dequantize(np.stack(outputs), self.output_detail)
+        """Float features (N, ...) -> float outputs (N, ...); N may be 0."""
+        features = np.asarray(features)
+        example_shape = tuple(self.input_detail["shape"][1:])
+        if features.shape[1:] != example_shape:
+            raise ValueError(f"features must be a batch of shape (N, {', '.join(map(str, example_shape))}) "
+                             f"for this model, got {features.shape}")
+        outputs = [self.run_raw(quantize(example, self.input_detail)) for example in features]
+        empty = np.zeros((0, *self.output_detail["shape"][1:]), self.output_detail["dtype"])
+        return dequantize(np.stack(outputs) if outputs else empty, self.output_detail)
 
 
 # -- from edgeasr/runtime/streaming.py

@@ -54,3 +54,18 @@ def test_kernel_sets_that_decide_otherwise_are_warned_about(tmp_path):
     report.update(xnnpack_vs_builtin_agreement=0.9008, litert_builtin_accuracy=0.8326, litert_accuracy=0.9184)
     (line,) = kernel_warnings(report)
     assert "builtin kernels decide 9.9% of the examples otherwise" in line and "83.26% against 91.84%" in line
+
+
+def test_litert_model_takes_bytes_views_and_empty_batches_and_names_a_wrong_shape(tmp_path):
+    import pytest
+
+    from edgeasr.runtime.litert import LiteRTModel
+
+    path, _, features = _model(tmp_path)
+    from_path = LiteRTModel(path).predict(features[:4])
+    from_view = LiteRTModel(memoryview(path.read_bytes())).predict(features[:4])
+    np.testing.assert_array_equal(from_path, from_view)
+    empty = LiteRTModel(path).predict(features[:0])
+    assert empty.shape == (0, 3) and empty.dtype == np.float32
+    with pytest.raises(ValueError, match=r"batch of shape \(N, 8\) for this model, got \(8,\)"):
+        LiteRTModel(path).predict(features[0])
