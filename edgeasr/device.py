@@ -44,6 +44,14 @@ MAX_LSB = 1
 
 # ---- bundling the runtime into the script ---------------------------------------------------
 
+def checkout_script() -> Path:
+    """scripts/rpi_kws.py of the checkout this edgeasr was installed from (pip install -e)."""
+    if not SCRIPT.is_file():
+        raise EdgeasrError(f"{SCRIPT} not found: device checks and --bundle need the source checkout, installed "
+                           f"with pip install -e (as `make demo` does)")
+    return SCRIPT
+
+
 def bundled_runtime(root: Path = REPO) -> str:
     """The runtime modules' code as one block: docstrings, edgeasr imports and LEFT_OUT dropped."""
     parts = []
@@ -278,7 +286,7 @@ def device_check(transport, model_path, wav=None) -> dict:
         check_inputs(model_path, wav, local)
         write_op_models(model_path, local)
         shutil.copy(model_path, local / "model.tflite")
-        shutil.copy(SCRIPT, local / "rpi_kws.py")
+        shutil.copy(checkout_script(), local / "rpi_kws.py")
         remote = transport.workdir()
         try:
             on_device = _run_on_device(transport, local, remote)
@@ -448,7 +456,9 @@ def main(argv=None) -> int:
     parser.add_argument("--wav")
     args = parser.parse_args(argv)
     if args.bundle:
-        SCRIPT.write_text(bundle_script(SCRIPT.read_text()))
+        script = checkout_script()
+        script.write_text(bundle_script(script.read_text()))
+        print(f"regenerated the runtime block of {script}")
         return 0
     report = device_check(ChrootTransport(args.chroot), args.model, args.wav)
     print(format_check(report, f"aarch64 (qemu, {args.chroot})"))

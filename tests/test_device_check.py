@@ -40,6 +40,17 @@ def test_bundle_follows_the_runtime(tmp_path):
     assert "def tf_log_mel" not in regenerated
 
 
+def test_a_non_editable_install_is_told_it_needs_the_checkout(tmp_path, monkeypatch, model_path):
+    import edgeasr.device as device
+    from edgeasr.errors import EdgeasrError
+
+    monkeypatch.setattr(device, "SCRIPT", tmp_path / "site-packages" / "scripts" / "rpi_kws.py")
+    with pytest.raises(EdgeasrError, match="need the source checkout, installed with pip install -e"):
+        device.main(["--bundle"])
+    with pytest.raises(EdgeasrError, match="need the source checkout"):
+        device.device_check(device.ChrootTransport(str(tmp_path)), model_path)
+
+
 def run_script(args, **kwargs):
     """rpi_kws.py in a fresh interpreter with TensorFlow blocked and edgeasr not importable."""
     code = BLOCK_TF + ("sys.modules['edgeasr'] = None\n"
