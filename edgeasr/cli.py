@@ -688,6 +688,7 @@ def transcribe(model, audio, beam, threads):
         transcriber = Transcriber(model, num_threads=threads, beam_width=beam)
     except TranscriberError as exc:
         raise EdgeasrError(str(exc)) from exc
+    warn_upsampled(audio, transcriber.frontend)
     failed = 0
     for path in audio:
         try:
@@ -698,6 +699,21 @@ def transcribe(model, audio, beam, threads):
             failed += 1
     if failed:
         raise EdgeasrError(f"{failed} of {len(audio)} files could not be transcribed")
+
+
+def warn_upsampled(paths, frontend) -> None:
+    """One warning line for the files recorded below the model's rate (unreadable ones get their error later)."""
+    from edgeasr.audio.io import AudioError, file_rate, upsampling_note
+
+    rates = []
+    for path in paths:
+        try:
+            rates.append(file_rate(path))
+        except AudioError:
+            pass
+    note = upsampling_note(rates, frontend.sample_rate, frontend.fmax)
+    if note:
+        click.echo(f"Warning: {note}", err=True)
 
 
 @main.command("eval-asr")

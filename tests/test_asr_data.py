@@ -116,6 +116,22 @@ def test_texts_whose_spoken_words_normalisation_drops_are_counted(tmp_path, caps
     assert capsys.readouterr().err == ""
 
 
+def test_a_manifest_of_narrowband_audio_is_warned_about(tmp_path, capsys):
+    from edgeasr.data.asr_pipeline import load_asr_split
+
+    utterances = []
+    for name, rate in (("phone.wav", 8000), ("fine.wav", 16000)):
+        soundfile.write(str(tmp_path / name), np.zeros(rate // 10, np.int16), rate)
+        utterances.append(Utterance(tmp_path / name, "yes", 0.1))
+    path = write_manifest(tmp_path / "m.jsonl", utterances)
+    split = load_asr_split(path, char_tokenizer(), FrontendConfig(fmax=7600.0))
+    assert [len(wave) for wave in split.waves] == [1600, 1600]
+    assert (f"warning: {path}: 1 of 2 files are recorded below the model's 16000 Hz (lowest 8000 Hz) and upsampled: "
+            f"they hold nothing above 4000 Hz") in capsys.readouterr().err
+    load_asr_split(path, char_tokenizer(), FrontendConfig(fmax=4000.0))   # the frontend looks no higher: no warning
+    assert capsys.readouterr().err == ""
+
+
 def test_a_damaged_audio_body_is_named_with_its_manifest(tmp_path):
     """The manifest reads headers only; loading the split decodes, and names both files."""
     from edgeasr.data.asr_pipeline import load_asr_split

@@ -103,7 +103,9 @@ class _FakeTranscriber:
     """Stands in for the runtime's Transcriber: reads no model, fails on files named bad*."""
 
     def __init__(self, model_path, num_threads=1, beam_width=0):
-        pass
+        from edgeasr.audio.frontend import FrontendConfig
+
+        self.frontend = FrontendConfig()
 
     def transcribe_file(self, path):
         from edgeasr.audio.io import AudioError
@@ -132,6 +134,30 @@ def test_transcribe_goes_on_past_a_bad_file_and_exits_1(tmp_path, monkeypatch):
     assert f"Error: {files[2]}: cannot read audio" in result.output
     assert "Error: 1 of 4 files could not be transcribed" in result.output
     assert f"{str(files[4])!r}\ttext of two\nlines.wav" in result.output          # the name quoted: one line
+
+
+def test_transcribe_warns_once_about_files_recorded_below_the_models_rate(tmp_path, monkeypatch):
+    import soundfile
+    from click.testing import CliRunner
+
+    import edgeasr.runtime.asr
+    from edgeasr.cli import main
+
+    from tests.test_streaming import energy_model
+
+    monkeypatch.setattr(edgeasr.runtime.asr, "Transcriber", _FakeTranscriber)
+    energy_model(tmp_path / "model.tflite")
+    for name, rate in (("phone.wav", 8000), ("low.wav", 1000), ("fine.wav", 16000), ("wide.wav", 44100)):
+        soundfile.write(str(tmp_path / name), np.zeros(rate // 10, np.int16), rate)
+    files = [str(tmp_path / name) for name in ("phone.wav", "low.wav", "fine.wav", "wide.wav")]
+    result = CliRunner().invoke(main, ["transcribe", str(tmp_path / "model.tflite"), *files])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("Warning:") == 1
+    assert ("Warning: 2 of 4 files are recorded below the model's 16000 Hz (lowest 1000 Hz) and upsampled: they hold "
+            "nothing above 500 Hz, and the frontend's mel bands reach 7600 Hz") in result.output
+    soundfile.write(str(tmp_path / "phone.wav"), np.zeros(1600, np.int16), 16000)
+    quiet = CliRunner().invoke(main, ["transcribe", str(tmp_path / "model.tflite"), files[0], files[2]])
+    assert "Warning" not in quiet.output
 
 
 def test_transcribe_checks_beam_and_threads(tmp_path):

@@ -1,5 +1,6 @@
 """Reading and writing audio files: mono float32 at the rate the caller asks for."""
 import os
+from typing import Optional
 
 import numpy as np
 import soundfile
@@ -35,6 +36,21 @@ def audio_seconds(path: os.PathLike) -> float:
     """How long a file plays, from its header alone (nothing is decoded)."""
     info = _with_soundfile(path, soundfile.info)
     return info.frames / info.samplerate
+
+
+def file_rate(path: os.PathLike) -> int:
+    """A file's sample rate, from its header alone."""
+    return int(_with_soundfile(path, soundfile.info).samplerate)
+
+
+def upsampling_note(rates, sample_rate: int, fmax: float) -> Optional[str]:
+    """Why files recorded below the model's rate may score worse (None when none is that low): upsampled,
+    they hold nothing above half their own rate, where the frontend's upper mel bands are."""
+    low = [rate for rate in rates if rate < sample_rate and rate / 2 < fmax]
+    if not low:
+        return None
+    return (f"{len(low)} of {len(rates)} files are recorded below the model's {sample_rate} Hz (lowest {min(low)} Hz) "
+            f"and upsampled: they hold nothing above {min(low) / 2:g} Hz, and the frontend's mel bands reach {fmax:g} Hz")
 
 
 def _with_soundfile(path: os.PathLike, read):

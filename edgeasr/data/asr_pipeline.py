@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from edgeasr.audio.augment import AugmentConfig, add_noise, random_gain
 from edgeasr.audio.frontend import FrontendConfig, tf_log_mel
-from edgeasr.audio.io import AudioError, load_int16
+from edgeasr.audio.io import AudioError, file_rate, load_int16, upsampling_note
 from edgeasr.data.manifest import read_manifest
 from edgeasr.data.tokenizer import Tokenizer, drops_spoken_text, normalize_text
 from edgeasr.errors import EdgeasrError
@@ -72,6 +72,7 @@ def load_asr_split(manifest, tokenizer: Optional[Tokenizer], frontend: FrontendC
         labels.append(np.asarray(tokenizer.encode(text) if tokenizer else [], np.int32))
     if warn:
         _warn_dropped_text(manifest, utterances)
+        _warn_upsampled(manifest, utterances, frontend)
     return AsrSplit(waves, texts, labels)
 
 
@@ -82,6 +83,12 @@ def _warn_dropped_text(manifest, utterances) -> None:
         print(f"warning: {manifest}: {len(dropped)} of {len(utterances)} texts lose digits or letters outside a-z "
               f"when normalised (e.g. {dropped[0]!r} -> {normalize_text(dropped[0])!r}); spell numbers out and "
               f"transliterate to score them", file=sys.stderr)
+
+
+def _warn_upsampled(manifest, utterances, frontend: FrontendConfig) -> None:
+    note = upsampling_note([file_rate(u.audio) for u in utterances], frontend.sample_rate, frontend.fmax)
+    if note:
+        print(f"warning: {manifest}: {note}", file=sys.stderr)
 
 
 def ctc_feasible(labels: np.ndarray, logit_frames: int) -> bool:
