@@ -298,8 +298,12 @@ def test_librispeech_errors_are_plain(tmp_path):
     chapter = upper / "19" / "198"
     (chapter / "19-198-0000.wav").rename(chapter / "19-198-0000.Wav")
     summary = librispeech_manifest(upper, tmp_path / "upper.jsonl")
-    assert summary["utterances"] == 1 and summary["unlisted_audio"] == 1        # 0001 has no transcript line
+    assert summary["utterances"] == 1 and summary["unused_audio"] == 1          # 0001 has no transcript line
     assert summary["texts_losing_words"] == 1                                   # "101" is not spelt out
+    (chapter / "19-198-0000.flac").write_bytes((chapter / "19-198-0000.Wav").read_bytes())
+    (chapter / "19-198-0000.FLAC").write_bytes((chapter / "19-198-0000.Wav").read_bytes())
+    summary = librispeech_manifest(upper, tmp_path / "upper.jsonl", force=True)    # one of three files used
+    assert summary["utterances"] == 1 and summary["unused_audio"] == 3
     with pytest.raises(EdgeasrError, match="a transcript or audio file of the tree being read"):
         librispeech_manifest(upper, chapter / "19-198.trans.txt", force=True)
     (chapter / "19-198-b.trans.txt").write_text("19-198-0000 GOODBYE\n")       # a second transcript, same folder

@@ -81,7 +81,8 @@ def librispeech_manifest(root: os.PathLike, output: os.PathLike, max_seconds: Op
     """Write the manifest of a LibriSpeech-layout folder (text lower-cased, runs of whitespace made
     one space); returns a summary. Lines with no spellable text, audio that cannot be read or holds
     no samples, and audio longer than `max_seconds` are left out and counted (SKIP_REASONS), and so
-    are audio files no line names (`unlisted_audio`); texts that lose digits or letters outside
+    are audio files the manifest does not use (`unused_audio`: no line names them, or they are a second
+    file of one utterance, such as X.wav beside X.flac); texts that lose digits or letters outside
     a-z in training are counted (`texts_losing_words`); a line whose audio file is missing, an id
     listed twice, or a transcript that is not UTF-8, is an error. An existing `output` (another
     manifest, or a transcript given by mistake) is replaced only with force."""
@@ -98,7 +99,7 @@ def librispeech_manifest(root: os.PathLike, output: os.PathLike, max_seconds: Op
     if not transcripts:
         raise EdgeasrError(f"{root}: no *.trans.txt files; expected the LibriSpeech layout "
                            f"SPEAKER/CHAPTER/SPEAKER-CHAPTER.trans.txt")
-    utterances, skipped, unlisted, listed_in = [], {reason: 0 for reason in SKIP_REASONS}, 0, {}
+    utterances, skipped, unused, listed_in = [], {reason: 0 for reason in SKIP_REASONS}, 0, {}
     for transcript in transcripts:
         lines = _transcript_lines(transcript)
         for utterance_id, text in lines:
@@ -111,12 +112,12 @@ def librispeech_manifest(root: os.PathLike, output: os.PathLike, max_seconds: Op
                 skipped[reason] += 1
             else:
                 utterances.append(utterance)
-        unlisted += _unlisted_audio(transcript.parent, {utterance_id for utterance_id, _ in lines})
+        unused += _unused_audio(transcript.parent, {utterance_id for utterance_id, _ in lines})
     if not utterances:
         raise EdgeasrError(f"{root}: no usable utterance ({_skipped_text(skipped)}); no manifest written")
     write_manifest(output, utterances, force=force)
     return {"manifest": str(output), "utterances": len(utterances),
-            **{f"skipped_{reason}": count for reason, count in skipped.items()}, "unlisted_audio": unlisted,
+            **{f"skipped_{reason}": count for reason, count in skipped.items()}, "unused_audio": unused,
             "texts_losing_words": sum(drops_spoken_text(u.text) for u in utterances),
             "hours": round(sum(u.duration for u in utterances) / 3600, 3),
             "speakers": len({u.speaker for u in utterances})}
@@ -172,10 +173,11 @@ def _skipped_text(skipped: dict) -> str:
     return "skipped: " + ", ".join(parts) if parts else "the transcripts list no utterance"
 
 
-def _unlisted_audio(folder: Path, listed: set) -> int:
-    """Audio files of a chapter folder that no transcript line names (left out of the manifest)."""
-    return sum(1 for path in folder.iterdir()
-               if path.suffix.lower() in AUDIO_SUFFIXES and path.stem not in listed and path.is_file())
+def _unused_audio(folder: Path, listed: set) -> int:
+    """Audio files of a chapter folder the manifest leaves out: named by no transcript line, or not the
+    one `_audio_file` takes for their utterance (X.wav beside X.flac, X.FLAC beside X.flac)."""
+    return sum(1 for path in folder.iterdir() if path.suffix.lower() in AUDIO_SUFFIXES and path.is_file()
+               and (path.stem not in listed or path != _audio_file(folder, path.stem)))
 
 
 def _audio_file(folder: Path, utterance_id: str) -> Path:
