@@ -725,9 +725,11 @@ def warn_upsampled(paths, frontend) -> None:
 @click.option("--beam", default=0, show_default=True, type=click.IntRange(0),
               help="Prefix beam search width (0 or 1: greedy).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write the reports as JSON here.")
+              help="Also write the reports as JSON here, with every utterance's transcript.")
+@click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write a Markdown report here: the table and each model's worst utterances.")
 @user_errors
-def eval_asr(models, manifest, limit, beam, json_path):
+def eval_asr(models, manifest, limit, beam, json_path, markdown_path):
     """WER and CER of MODELS (train-asr run directories: Keras; .tflite files: LiteRT, with
     single-thread real-time factor and size) on a manifest.
 
@@ -735,13 +737,15 @@ def eval_asr(models, manifest, limit, beam, json_path):
     Example:
       edgeasr eval-asr runs/asr_xs runs/asr_xs_w4 asr_xs_w8.tflite asr_xs_w4.tflite --manifest data/asr/test.jsonl
     """
-    from edgeasr.eval.asr import evaluate_model, format_reports
-    from edgeasr.files import write_json_atomic
+    from edgeasr.eval.asr import evaluate_model, format_reports, markdown_reports
+    from edgeasr.files import write_bytes_atomic, write_json_atomic
 
     reports = [evaluate_model(m, manifest, limit=limit, beam_width=beam, warn=i == 0) for i, m in enumerate(models)]
     click.echo(format_reports(reports))
     if json_path is not None:
         write_json_atomic(json_path, reports)
+    if markdown_path is not None:
+        write_bytes_atomic(markdown_path, markdown_reports(reports, manifest).encode())
 
 
 @main.command("device-check")

@@ -174,7 +174,8 @@ def summarise(args, runs, timings, conversions, evaluations, validation, seconds
         "conversions": {p: {**{k: c[k] for k in ("bytes", "float_bytes", "parameters", "int4_share", "parity")},
                             **measured("float_reference", "int4_share")} for p, c in conversions.items()},
         "evaluations": [{"model": f"{kind} {policy}",
-                         **{k: v for k, v in e.items() if k not in ("model", "character_edits")}}
+                         **{k: v for k, v in e.items() if k not in ("model", "character_edits", "transcripts")},
+                         "examples": [{k: t[k] for k in ("reference", "hypothesis")} for t in e["transcripts"][:5]]}
                         for (kind, policy), e in by_name.items()],
         "targets": targets,
         "validation": {"float_ft_cer": validation[0]["cer"], "w4a8_cer": validation[1]["cer"],

@@ -109,8 +109,13 @@ def test_synth_train_convert_transcribe(tmp_path, monkeypatch):
     monkeypatch.undo()
 
     report_path = tmp_path / "eval.json"
-    _invoke("eval-asr", qat_run, model, "--manifest", data / "test.jsonl", "--json", report_path)
+    _invoke("eval-asr", qat_run, model, "--manifest", data / "test.jsonl", "--json", report_path,
+            "--markdown", tmp_path / "eval.md")
     keras_report, litert_report = json.loads(report_path.read_text())
     assert keras_report["utterances"] == litert_report["utterances"] == 4
+    tested = [json.loads(line) for line in (data / "test.jsonl").read_text().splitlines()]
+    assert [t["audio"] for t in litert_report["transcripts"]] == [str(data / u["audio"]) for u in tested]
+    assert sum(t["edits"] for t in litert_report["transcripts"]) == sum(e for e, _ in litert_report["character_edits"])
+    assert f"| {model} | litert | 4 |" in (tmp_path / "eval.md").read_text()
     assert litert_report["rtf"] > 0 and litert_report["bytes"] == model.stat().st_size
     assert 0 <= litert_report["cer"] and 0 <= keras_report["cer"]

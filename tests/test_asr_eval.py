@@ -16,6 +16,26 @@ def test_character_edits_sum_to_the_corpus_cer():
     assert edits[:, 0].sum() / edits[:, 1].sum() == pytest.approx(error_rates(REFERENCES, hypotheses)["cer"])
 
 
+def test_markdown_report_lists_every_model_and_its_worst_utterances():
+    from edgeasr.eval.asr import markdown_reports
+
+    hypotheses = ["switch on the overn", "dial zero four eight", "sen the speed to twenty", "olvia washed the softf"]
+    edits = character_edits(REFERENCES, hypotheses)[:, 0]
+    report = {"model": "w4.tflite", "kind": "litert", **error_rates(REFERENCES, hypotheses), "rtf": 0.0042,
+              "bytes": 621_000,
+              "transcripts": [{"audio": f"a{i}.wav", "reference": r, "hypothesis": h, "edits": int(e)}
+                              for i, (r, h, e) in enumerate(zip(REFERENCES, hypotheses, edits))]}
+    perfect = {**report, "model": "runs/xs", "kind": "keras float", "rtf": None, "bytes": None, "wer": 0.0, "cer": 0.0,
+               "sentence_accuracy": 1.0, "transcripts": [{**t, "hypothesis": t["reference"], "edits": 0}
+                                                         for t in report["transcripts"]]}
+    text = markdown_reports([report, perfect], "test.jsonl")
+    assert f"| w4.tflite | litert | 4 | {report['wer']:.2%} | {report['cer']:.2%} | 25.0% | 0.0042 | 621,000 |" in text
+    assert "| runs/xs | keras float | 4 | 0.00% | 0.00% | 100.0% | - | - |" in text
+    worst = text.split("## w4.tflite: 3 utterance(s) with the most character edits")[1].split("##")[0]
+    assert worst.index("a3.wav (2 edits)") < worst.index("a0.wav (1 edits)") and "a1.wav" not in worst
+    assert "## runs/xs: no utterance(s) with the most character edits" in text
+
+
 def test_standard_error_is_zero_for_the_same_transcripts_and_grows_with_uneven_errors():
     rng = np.random.default_rng(0)
     characters = rng.integers(10, 40, size=500)

@@ -10,7 +10,7 @@ can carry them:  y_true[:, 0] = valid output frames (after subsampling), y_true[
 ids padded with 0 (the blank, which is never a label). See `ctc_loss`.
 """
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, List, Optional
 
 import numpy as np
@@ -37,6 +37,7 @@ class AsrSplit:
     waves: List[np.ndarray]      # int16 per utterance
     texts: List[str]             # normalised
     labels: List[np.ndarray]     # int32 ids per utterance
+    audio: List[str] = field(default_factory=list)   # the files, as the manifest names them
 
     def __len__(self):
         return len(self.waves)
@@ -73,7 +74,7 @@ def load_asr_split(manifest, tokenizer: Optional[Tokenizer], frontend: FrontendC
     if warn:
         _warn_dropped_text(manifest, utterances)
         _warn_upsampled(manifest, utterances, frontend)
-    return AsrSplit(waves, texts, labels)
+    return AsrSplit(waves, texts, labels, [str(u.audio) for u in utterances])
 
 
 def _warn_dropped_text(manifest, utterances) -> None:

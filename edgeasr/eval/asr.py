@@ -136,9 +136,33 @@ def evaluate_model(model, manifest, limit: Optional[int] = None, beam_width: int
         hypotheses = measured.pop("transcripts")
         report = {"model": str(model), "kind": "litert", **error_rates(split.texts, hypotheses), **measured,
                   "bytes": file_size(model)}
-    report["examples"] = [{"reference": r, "hypothesis": h} for r, h in list(zip(split.texts, hypotheses))[:5]]
-    report["character_edits"] = character_edits(split.texts, hypotheses).tolist()   # [edits, characters] each
+    edits = character_edits(split.texts, hypotheses)
+    report["character_edits"] = edits.tolist()   # [edits, characters] each
+    report["transcripts"] = [{"audio": audio, "reference": reference, "hypothesis": hypothesis, "edits": int(count)}
+                             for audio, reference, hypothesis, count in zip(split.audio, split.texts, hypotheses,
+                                                                           edits[:, 0])]
     return report
+
+
+WORST_SHOWN = 5   # utterances per model in the Markdown report, most character edits first
+
+
+def markdown_reports(reports: List[dict], manifest) -> str:
+    """The reports as Markdown: one table of all models, then each model's worst utterances."""
+    lines = [f"# Speech recognition on {manifest}", "",
+             "| model | kind | utterances | WER | CER | sentences right | RTF | bytes |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in reports:
+        rtf = f"{r['rtf']:.4f}" if r.get("rtf") is not None else "-"
+        size = f"{r['bytes']:,}" if r.get("bytes") is not None else "-"
+        lines.append(f"| {r['model']} | {r['kind']} | {r['utterances']} | {r['wer']:.2%} | {r['cer']:.2%} | "
+                     f"{r['sentence_accuracy']:.1%} | {rtf} | {size} |")
+    for r in reports:
+        worst = sorted((t for t in r["transcripts"] if t["edits"]), key=lambda t: -t["edits"])[:WORST_SHOWN]
+        lines += ["", f"## {r['model']}: {len(worst) or 'no'} utterance(s) with the most character edits", ""]
+        lines += [f"- {t['audio']} ({t['edits']} edits)  \n  ref: `{t['reference']}`  \n  hyp: `{t['hypothesis']}`"
+                  for t in worst]
+    return "\n".join(lines) + "\n"
 
 
 def format_reports(reports: List[dict]) -> str:
