@@ -150,7 +150,7 @@ def synth_kws(out, speakers, repeats, words, sentence_windows, near_words, seed,
 @click.option("--model", "model_name", default="ds_cnn_s", show_default=True,
               help="ds_cnn_s, ds_cnn_m or ffn_stateless.")
 @click.option("--epochs", "--epochs-per-stage", "epochs", default=20, show_default=True, type=click.IntRange(0),
-              help="Epochs of each stage.")
+              help="Epochs of each stage (0: no training; the run holds its starting weights).")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1))
 @click.option("--learning-rate", default=3e-3, show_default=True, type=FiniteRange(0, min_open=True))
 @click.option("--policy", default="float", show_default=True,
@@ -217,6 +217,7 @@ def train(dataset, run_dir, model_name, epochs, batch_size, learning_rate, polic
     report = train_run(run_dir, config)
     click.echo(format_confusion(report))
     click.echo(f"test accuracy: {report['accuracy']:.2%} on {report['examples']} clips; run in {run_dir}")
+    note_untrained(epochs, init_from)
 
 
 @main.command()
@@ -613,7 +614,8 @@ def manifest(librispeech, output, max_seconds, force):
 @click.option("--run-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Where config, tokenizer, checkpoints and reports go; rerun to resume.")
 @click.option("--size", default="xs", show_default=True, help="Conformer size: tiny, xs or s.")
-@click.option("--epochs", "--epochs-per-stage", "epochs", default=10, show_default=True, type=click.IntRange(0))
+@click.option("--epochs", "--epochs-per-stage", "epochs", default=10, show_default=True, type=click.IntRange(0),
+              help="Epochs of each stage (0: no training; the run holds its starting weights).")
 @click.option("--batch-size", default=24, show_default=True, type=click.IntRange(1))
 @click.option("--learning-rate", default=2e-3, show_default=True, type=FiniteRange(0, min_open=True),
               help="Peak, after warm-up.")
@@ -659,6 +661,14 @@ def train_asr(data_dir, run_dir, size, epochs, batch_size, learning_rate, policy
     if report:
         click.echo(f"test WER {report['wer']:.2%}, CER {report['cer']:.2%} on {report['utterances']} utterances; "
                    f"run in {run_dir}")
+    note_untrained(epochs, init_from)
+
+
+def note_untrained(epochs: int, init_from) -> None:
+    """--epochs 0 is allowed (a run directory to convert or test as it starts); say that nothing was trained."""
+    if epochs == 0:
+        start = f"{init_from}'s weights" if init_from else "random initial weights"
+        click.echo(f"Warning: --epochs 0: nothing was trained; the run holds {start}", err=True)
 
 
 @main.command()

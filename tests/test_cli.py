@@ -193,6 +193,7 @@ def test_train_warns_when_the_dataset_has_no_background_noise(tiny_dataset, tmp_
                                        ",".join(TINY_KEYWORDS), "--epochs", "0", "--model", "ffn_stateless"])
     assert result.exit_code == 0, result.output
     assert "no _background_noise_ recordings: the _silence_ clips are digital silence" in result.output
+    assert "Warning: --epochs 0: nothing was trained; the run holds random initial weights" in result.output
 
 
 def test_frozen_bn_epochs_are_refused_for_a_model_without_batch_norm(tiny_dataset, tmp_path):
