@@ -88,8 +88,7 @@ def index_files(root: Path, config: DataConfig) -> dict:
     """{split: [(relative path, label index)]} with `_unknown_` sampled down, before loading."""
     root = check_layout(root)
     listed = {split: read_list(root / name) for split, name in SPLIT_LISTS.items()}
-    audio = sorted(path for path in root.glob("*/*") if path.suffix.lower() in AUDIO_SUFFIXES and path.is_file()
-                   and not hidden(path))
+    audio = [path for path in word_folder_files(root) if path.suffix.lower() in AUDIO_SUFFIXES]
     _check_listed_files_exist(root, listed, {f"{path.parent.name}/{path.name}" for path in audio}, config.keywords)
     keyword_index = {word: i for i, word in enumerate(config.labels)}
     files = {split: {"keyword": [], "unknown": []} for split in SPLITS}
@@ -176,8 +175,13 @@ def load_split(root: Path, config: DataConfig, split: str, progress: bool = True
 
 def other_files(root: Path) -> list:
     """Files in word folders that are not clips edgeasr reads (.m4a, .opus, notes); hidden ones aside."""
-    return sorted(path for path in Path(root).glob("*/*") if not path.parent.name.startswith("_")
-                  and not hidden(path) and path.is_file() and path.suffix.lower() not in AUDIO_SUFFIXES)
+    return [path for path in word_folder_files(root)
+            if not path.parent.name.startswith("_") and path.suffix.lower() not in AUDIO_SUFFIXES]
+
+
+def word_folder_files(root: Path) -> list:
+    """The files one level down (word folders and _background_noise_), sorted; hidden ones aside."""
+    return sorted(path for path in Path(root).glob("*/*") if path.is_file() and not hidden(path))
 
 
 def hidden(path: Path) -> bool:
