@@ -3,6 +3,7 @@ share of weight bytes packed as INT4, size against the float model, and the edge
 from pathlib import Path
 
 from edgeasr.converters import flatbuffer as fb
+from edgeasr.converters.int4 import int4_share
 from edgeasr.errors import EdgeasrError
 
 
@@ -75,9 +76,7 @@ def inspect_model(path, float_bytes=None) -> dict:
         scales = 0 if quant is None or quant.scale is None else len(quant.scale)
         tensors.append({"name": fb.tensor_name(tensor), "type": kind, "shape": [int(d) for d in tensor.shape],
                         "bytes": size, "constant": buffer is not None, "scales": scales})
-    storage = fb.weight_storage(data)
-    weight_bytes = sum(entry["bytes"] for entry in storage.values())
-    int4_bytes = storage.get("INT4", {}).get("bytes", 0)
+    weight_bytes = sum(entry["bytes"] for entry in fb.weight_storage(data).values())
     try:
         metadata, metadata_error = read_metadata(path), None
     except MetadataError as exc:       # the model itself loaded above: its edgeasr entry is unreadable
@@ -88,7 +87,7 @@ def inspect_model(path, float_bytes=None) -> dict:
         "ops": ops, "op_counts": _counts(o["op"] for o in ops),
         "xnnpack_nodes": len(delegated), "xnnpack_error": load_error, "loading_failures": failures,
         "tensors": tensors, "weight_bytes": weight_bytes,
-        "int4_weight_share": int4_bytes / weight_bytes if weight_bytes else None,
+        "int4_weight_share": int4_share(data),
         "per_channel_parameter_bytes": fb.per_channel_parameter_bytes(graph.tensors),
         "metadata": metadata, "metadata_error": metadata_error,
     }
