@@ -47,21 +47,32 @@ TARGETS = {"float_cer_max": 0.10, "w4_cer_gap_max_points": 0.5, "w4_size_ratio_m
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=REPO / "build" / "asr_data")
-    parser.add_argument("--work", type=Path, default=REPO / "build" / "asr_runs")
-    parser.add_argument("--docs", type=Path, default=REPO / "docs")
-    parser.add_argument("--speakers", type=int, default=300)
-    parser.add_argument("--utterances", type=int, default=40)
-    parser.add_argument("--size", default="xs")
-    parser.add_argument("--float-epochs", type=int, default=40)
+    parser.add_argument("--data", type=Path, default=REPO / "build" / "asr_data",
+                        help="Synthetic corpus folder, synthesized there if it has no train.jsonl "
+                             "(default: build/asr_data).")
+    parser.add_argument("--work", type=Path, default=REPO / "build" / "asr_runs",
+                        help="Folder of the training runs and converted .tflite models (default: build/asr_runs).")
+    parser.add_argument("--docs", type=Path, default=REPO / "docs",
+                        help="Folder asr_results.md and asr_results.json are written to (default: docs).")
+    parser.add_argument("--speakers", type=int, default=300,
+                        help="Voice+variant speakers in a newly synthesized corpus (default: %(default)s).")
+    parser.add_argument("--utterances", type=int, default=40,
+                        help="Utterances per speaker in a newly synthesized corpus (default: %(default)s).")
+    parser.add_argument("--size", default="xs", help="Conformer size preset: tiny, xs or s (default: %(default)s).")
+    parser.add_argument("--float-epochs", type=int, default=40,
+                        help="Epochs of the float training run (default: %(default)s).")
     parser.add_argument("--qat-epochs", type=int, default=3,
                         help="per QAT stage; 3 chosen over 2 on a pilot pair of runs (not kept in docs/): "
                              "the same validation gap, +0.11 points, and a lower 4-bit validation CER, 6.52%% "
                              "against 7.45%%")
-    parser.add_argument("--qat-learning-rate", type=float, default=5e-4)
-    parser.add_argument("--test-utterances", type=int, default=1200)
+    parser.add_argument("--qat-learning-rate", type=float, default=5e-4,
+                        help="Peak learning rate of the float-ft, w4a8-tanh and w8a8 fine-tuning runs "
+                             "(default: %(default)s).")
+    parser.add_argument("--test-utterances", type=int, default=1200,
+                        help="Score only the first N test (and validation) utterances (default: %(default)s).")
     parser.add_argument("--train-only", choices=RUNS, default=None, help="Train this run and stop.")
-    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--report-only", action="store_true",
+                        help="Only rewrite asr_results.md from asr_results.json in --docs.")
     return parser.parse_args(argv)
 
 

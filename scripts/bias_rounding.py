@@ -105,12 +105,16 @@ def markdown(results) -> str:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=Path, default=REPO / "build" / "qat_runs")
+    parser.add_argument("--runs", type=Path, default=REPO / "build" / "qat_runs",
+                        help="Where scripts/qat_results.py wrote MODEL/POLICY_seed0 (default: build/qat_runs).")
     parser.add_argument("--files", type=Path, default=REPO / "build" / "convert_results",
                         help="Where scripts/convert_results.py wrote MODEL_POLICY_qat.tflite.")
-    parser.add_argument("--docs", type=Path, default=REPO / "docs")
-    parser.add_argument("--models", nargs="+", default=list(MODELS))
-    parser.add_argument("--policies", nargs="+", default=list(POLICIES))
+    parser.add_argument("--docs", type=Path, default=REPO / "docs",
+                        help="Folder bias_rounding.md and bias_rounding.json are written to (default: docs).")
+    parser.add_argument("--models", nargs="+", default=list(MODELS),
+                        help="Models to analyse (default: %(default)s).")
+    parser.add_argument("--policies", nargs="+", default=list(POLICIES),
+                        help="QAT policies whose runs and files are analysed (default: %(default)s).")
     parser.add_argument("--clips", type=int, default=300, help="Test clips whose layer inputs are used.")
     args = parser.parse_args(argv)
     results = []

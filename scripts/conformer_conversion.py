@@ -407,14 +407,24 @@ def markdown(results, meta) -> str:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", help="a trained float train-asr run directory, used for its size")
-    parser.add_argument("--sizes", nargs="+", default=["tiny", "xs"])
-    parser.add_argument("--policies", nargs="+", default=list(POLICIES))
+    parser.add_argument("--sizes", nargs="+", default=["tiny", "xs"],
+                        help="Conformer sizes to convert; a size other than --run's is untrained (default: tiny xs)")
+    parser.add_argument("--policies", nargs="+", default=list(POLICIES),
+                        help="precision policies each size is quantised and converted with (default: %(default)s)")
     parser.add_argument("--latency-policy", default="w4a8-tanh", help="policy also converted at 5 s")
-    parser.add_argument("--ablation-size", default="xs")
-    parser.add_argument("--examples", type=int, default=24)
-    parser.add_argument("--repeats", type=int, default=50)
-    parser.add_argument("--work", default=str(REPO / "build" / "conformer_conversion"))
-    parser.add_argument("--out", default=str(REPO / "docs" / "conformer_conversion"))
+    parser.add_argument("--ablation-size", default="xs",
+                        help="size whose 16-bit activation ablation is measured in Keras (default: %(default)s)")
+    parser.add_argument("--examples", type=int, default=24,
+                        help="windows for range calibration, and as many held out for agreement "
+                             "(default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=50,
+                        help="timed invokes per 1 s latency (median), a fifth of them (at least 3) at 5 s "
+                             "(default: %(default)s)")
+    parser.add_argument("--work", default=str(REPO / "build" / "conformer_conversion"),
+                        help="folder of the converted .tflite files (default: build/conformer_conversion)")
+    parser.add_argument("--out", default=str(REPO / "docs" / "conformer_conversion"),
+                        help="path of the reports without suffix, OUT.md and OUT.json "
+                             "(default: docs/conformer_conversion)")
     parser.add_argument("--render", action="store_true", help="only rewrite OUT.md from OUT.json")
     parser.add_argument("--merge", nargs="*", default=[],
                         help="with --render: add the sizes of these JSON files (runs with another --out)")

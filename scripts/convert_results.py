@@ -277,11 +277,16 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=Path, nargs="+", default=[REPO / "build" / "qat_runs"],
                         help="Roots holding MODEL/POLICY run directories; the first that has one wins.")
-    parser.add_argument("--out", type=Path, default=REPO / "build" / "convert_results")
-    parser.add_argument("--docs", type=Path, default=REPO / "docs")
-    parser.add_argument("--models", nargs="+", default=list(MODELS))
-    parser.add_argument("--policies", nargs="+", default=list(POLICIES))
-    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--out", type=Path, default=REPO / "build" / "convert_results",
+                        help="Folder the converted .tflite files are written to (default: build/convert_results).")
+    parser.add_argument("--docs", type=Path, default=REPO / "docs",
+                        help="Folder convert_results.md and convert_results.json are written to (default: docs).")
+    parser.add_argument("--models", nargs="+", default=list(MODELS),
+                        help="Models to convert; the JSON's rows of other models are kept (default: %(default)s).")
+    parser.add_argument("--policies", nargs="+", default=list(POLICIES),
+                        help="Policies converted as QAT runs and as PTQ of the float run (default: %(default)s).")
+    parser.add_argument("--rounds", type=int, default=40,
+                        help="Interleaved latency rounds whose medians are reported (default: %(default)s).")
     parser.add_argument("--invokes", type=int, default=50, help="Timed invokes per model and round.")
     parser.add_argument("--no-ptq", action="store_true", help="Only the QAT runs.")
     parser.add_argument("--report-only", action="store_true",

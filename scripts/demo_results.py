@@ -24,8 +24,10 @@ TARGET_ACCURACY = 0.90
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=REPO / "build" / "demo")
-    parser.add_argument("--docs", type=Path, default=REPO / "docs")
+    parser.add_argument("--out", type=Path, default=REPO / "build" / "demo",
+                        help="Folder the demo runs in; deleted first (default: build/demo).")
+    parser.add_argument("--docs", type=Path, default=REPO / "docs",
+                        help="Folder demo_results.md and demo_results.json are written to (default: docs).")
     parser.add_argument("--markdown-only", action="store_true", help="Re-render the table from docs/demo_results.json.")
     args = parser.parse_args(argv)
     if not args.markdown_only:

@@ -266,10 +266,15 @@ def main(argv=None):
                         help="qat_results.py's runs; a model's float run gives its test clips")
     parser.add_argument("--files", type=Path, default=REPO / "build" / "convert_results",
                         help="Where scripts/convert_results.py wrote MODEL_POLICY_HOW.tflite.")
-    parser.add_argument("--docs", type=Path, default=REPO / "docs")
-    parser.add_argument("--models", nargs="+", default=list(MODELS))
-    parser.add_argument("--policies", nargs="+", default=list(POLICIES))
-    parser.add_argument("--how", nargs="+", default=list(HOW), choices=HOW)
+    parser.add_argument("--docs", type=Path, default=REPO / "docs",
+                        help="Folder kernel_rounding.md and kernel_rounding.json are written to (default: docs).")
+    parser.add_argument("--models", nargs="+", default=list(MODELS),
+                        help="Models whose files are analysed (default: %(default)s).")
+    parser.add_argument("--policies", nargs="+", default=list(POLICIES),
+                        help="Policies whose files are analysed (default: %(default)s).")
+    parser.add_argument("--how", nargs="+", default=list(HOW), choices=HOW,
+                        help="Which files of each policy: qat (QAT run) and/or ptq (post-training quantized float "
+                             "run) (default: %(default)s).")
     parser.add_argument("--clips", type=int, default=300, help="Test clips every kernel set runs.")
     args = parser.parse_args(argv)
     results = []

@@ -134,10 +134,15 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--python", nargs="+", default=[sys.executable],
                         help="interpreters to time with, each with its own LiteRT (default: this one)")
-    parser.add_argument("--work", type=Path, default=REPO / "build" / "litert_int4_speed")
-    parser.add_argument("--docs", type=Path, default=REPO / "docs")
-    parser.add_argument("--rounds", type=int, default=40)
-    parser.add_argument("--invokes", type=int, default=50)
+    parser.add_argument("--work", type=Path, default=REPO / "build" / "litert_int4_speed",
+                        help="folder of the float models and converted .tflite files "
+                             "(default: build/litert_int4_speed)")
+    parser.add_argument("--docs", type=Path, default=REPO / "docs",
+                        help="folder litert_int4_speed.md and litert_int4_speed.json are written to (default: docs)")
+    parser.add_argument("--rounds", type=int, default=40,
+                        help="interleaved timing rounds per interpreter (default: %(default)s)")
+    parser.add_argument("--invokes", type=int, default=50,
+                        help="timed invokes per file, kernel set and round (default: %(default)s)")
     parser.add_argument("--time", help=argparse.SUPPRESS)       # internal: the timing child's files (JSON)
     return parser.parse_args(argv)
 

@@ -112,9 +112,12 @@ def mean_cell(rows: list, model: str, variant: str, stream: str, exponent: str) 
 
 def parse_args(argv):
     parser = se.runs_parser(__doc__, "posterior_sharpening")
-    parser.add_argument("--validation-hours", type=float, default=kt.VALIDATION_HOURS)
-    parser.add_argument("--exponents", type=float, nargs="+", default=[1.0, 1.5, 2.0, 2.5])
-    parser.add_argument("--seeds", type=int, nargs="+", default=se.PAIRED_SEEDS)
+    parser.add_argument("--validation-hours", type=float, default=kt.VALIDATION_HOURS,
+                        help="length in hours of the stream of the validation voices (default: %(default)s)")
+    parser.add_argument("--exponents", type=float, nargs="+", default=[1.0, 1.5, 2.0, 2.5],
+                        help="sharpening exponents g to score; 1 is the detector as it ships (default: %(default)s)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=se.PAIRED_SEEDS,
+                        help="fine-tuning seeds whose float and w4a8-tanh runs are scored (default: %(default)s)")
     parser.set_defaults(models=["ds_cnn_s"])
     return parser.parse_args(argv)
 

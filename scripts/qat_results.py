@@ -440,10 +440,16 @@ def vars_for_json(args) -> dict:
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=REPO / "build" / "qat_data")
-    parser.add_argument("--work", type=Path, default=REPO / "build" / "qat_runs")
-    parser.add_argument("--docs", type=Path, default=REPO / "docs")
-    parser.add_argument("--speakers", type=int, default=400)
+    parser.add_argument("--data", type=Path, default=REPO / "build" / "qat_data",
+                        help="Synthetic keyword data set, synthesised there if missing (default: build/qat_data).")
+    parser.add_argument("--work", type=Path, default=REPO / "build" / "qat_runs",
+                        help="Folder of the runs, MODEL/pretrained_float and MODEL/POLICY_seedSEED "
+                             "(default: build/qat_runs).")
+    parser.add_argument("--docs", type=Path, default=REPO / "docs",
+                        help="Folder qat_results.md, .json and .png are written to (default: docs).")
+    parser.add_argument("--speakers", type=int, default=400,
+                        help="Synthetic speakers of the data set; must match an existing --data "
+                             "(default: %(default)s).")
     parser.add_argument("--sentence-windows", type=int, default=0,
                         help="Per speaker: 1 s windows of keyword-free sentences in the training data, as unknown "
                              "(SynthConfig.sentence_windows; needs its own --data).")
@@ -452,13 +458,16 @@ def parse_args(argv):
                              "(needs its own --data).")
     parser.add_argument("--unknown-percentage", type=float, default=DataConfig.unknown_percentage,
                         help="Non-keyword clips kept, as a percentage of the keyword clips (DataConfig).")
-    parser.add_argument("--models", nargs="+", default=list(MODELS))
-    parser.add_argument("--policies", nargs="+", default=list(POLICIES))
+    parser.add_argument("--models", nargs="+", default=list(MODELS),
+                        help="Models to train; the JSON keeps the other models' results (default: %(default)s).")
+    parser.add_argument("--policies", nargs="+", default=list(POLICIES),
+                        help="Precision policies to fine-tune (default: %(default)s).")
     parser.add_argument("--pretrain-epochs", type=int, default=None,
                         help="Float pre-training epochs for every model (default: the model's recipe).")
     parser.add_argument("--finetune-epochs", type=int, default=None,
                         help="Fine-tuning epochs for every model (default: the model's recipe).")
-    parser.add_argument("--finetune-lr", type=float, default=FINETUNE_LR)
+    parser.add_argument("--finetune-lr", type=float, default=FINETUNE_LR,
+                        help="Peak learning rate of every fine-tuning run (default: %(default)s).")
     parser.add_argument("--report-only", action="store_true", help="Only rewrite the docs from the JSON.")
     parser.add_argument("--seed", type=int, default=0, help="Data and float pre-training seed.")
     parser.add_argument("--finetune-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],

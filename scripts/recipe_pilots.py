@@ -396,9 +396,11 @@ def gap_text(gaps: list, seeds: int) -> str:
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", nargs="?", help="the pilot's name: its runs go to --work/NAME, its row is NAME")
-    parser.add_argument("--model", choices=qr.MODELS, default="ds_cnn_s")
+    parser.add_argument("--model", choices=qr.MODELS, default="ds_cnn_s",
+                        help="the model the pilot fine-tunes (default: %(default)s)")
     parser.add_argument("--policy", choices=[p for p in known_presets() if p not in ("float", "conformer-mixed")],
-                        default="w4a8-tanh")
+                        default="w4a8-tanh",
+                        help="the precision policy the pilot fine-tunes with (default: %(default)s)")
     parser.add_argument("--recipe-policy", choices=[p for p in qr.POLICIES if p != "float"], default="w4a8-tanh",
                         help="the recipe's runs the pilot is shown beside")
     parser.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default: the model's recipe)")
@@ -415,7 +417,8 @@ def parse_args(argv):
     parser.add_argument("--distill", type=float, default=TrainConfig().distill_weight,
                         help="knowledge distillation weight: the run learns the softened posteriors of the model "
                              "it starts from (edgeasr.train.distill; 0: off, the recipe's)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=se.PAIRED_SEEDS)
+    parser.add_argument("--seeds", type=int, nargs="+", default=se.PAIRED_SEEDS,
+                        help="fine-tuning seeds, each paired with the float run of that seed (default: %(default)s)")
     parser.add_argument("--stream", choices=list(STREAMS), default="test",
                         help="score on stream_results' 4 h test stream, on keyword_thresholds' 10 h stream of the "
                              "validation voices, or on both one after another (14 h; runs already trained are "
@@ -429,8 +432,10 @@ def parse_args(argv):
                              "other data on build/qat_data's streams, with a --stream-work of its own")
     parser.add_argument("--stream-work", type=Path, default=sr.parse_args([]).work,
                         help="stream_results.py's --work: the test stream, the float and recipe runs' posteriors")
-    parser.add_argument("--work", type=Path, default=REPO / "build" / "recipe_pilots")
-    parser.add_argument("--docs", type=Path, default=REPO / "docs")
+    parser.add_argument("--work", type=Path, default=REPO / "build" / "recipe_pilots",
+                        help="folder of the pilots' runs, one NAME folder each (default: build/recipe_pilots)")
+    parser.add_argument("--docs", type=Path, default=REPO / "docs",
+                        help="folder recipe_pilots.md, .json and .png are written to (default: docs)")
     parser.add_argument("--markdown-only", action="store_true",
                         help="rewrite recipe_pilots.md from the recipe_pilots.json already in --docs")
     args = parser.parse_args(argv)

@@ -195,12 +195,22 @@ def runs_parser(description: str, report: str) -> argparse.ArgumentParser:
     docs/REPORT.md and .json."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = sr.parse_args([])
-    for name in ("runs", "data", "work", "docs"):
-        parser.add_argument(f"--{name}", type=type(getattr(defaults, name)), default=getattr(defaults, name))
-    parser.add_argument("--models", nargs="+", default=defaults.models)
-    parser.add_argument("--hours", type=float, default=defaults.hours)
-    parser.add_argument("--smoothing-ms", type=float, default=defaults.smoothing_ms)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    folders = {"runs": "folder of the MODEL/<policy>_seed<i> runs to score",
+               "data": "data set whose held-out voices the streams are built from",
+               "work": "folder of the converted models, streams and cached posteriors",
+               "docs": f"folder {report}.md and {report}.json are written to"}
+    for name, text in folders.items():
+        default = getattr(defaults, name)
+        parser.add_argument(f"--{name}", type=type(default), default=default,
+                            help=f"{text} (default: {repo_relative(default)})")
+    parser.add_argument("--models", nargs="+", default=defaults.models,
+                        help="models whose seed runs are scored (default: %(default)s)")
+    parser.add_argument("--hours", type=float, default=defaults.hours,
+                        help="length of the test stream in hours (default: %(default)s)")
+    parser.add_argument("--smoothing-ms", type=float, default=defaults.smoothing_ms,
+                        help="detector's posterior averaging window in ms (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=defaults.seed,
+                        help="seed the streams are built with (default: %(default)s)")
     parser.add_argument("--markdown-only", action="store_true",
                         help=f"rewrite {report}.md from the {report}.json already in --docs")
     parser.add_argument("--scores", default=defaults.scores, help=argparse.SUPPRESS)

@@ -117,14 +117,21 @@ def previous_curves(previous: Path, ran) -> dict:
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=Path, default=REPO / "build" / "qat_runs")
-    parser.add_argument("--data", type=Path, default=REPO / "build" / "qat_data")
-    parser.add_argument("--work", type=Path, default=REPO / "build" / "stream_runs")
-    parser.add_argument("--docs", type=Path, default=REPO / "docs")
-    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--runs", type=Path, default=REPO / "build" / "qat_runs",
+                        help="qat_results.py's runs, MODEL/<policy>_seed<i> (default: build/qat_runs)")
+    parser.add_argument("--data", type=Path, default=REPO / "build" / "qat_data",
+                        help="data set whose held-out voices the streams are built from (default: build/qat_data)")
+    parser.add_argument("--work", type=Path, default=REPO / "build" / "stream_runs",
+                        help="folder of the converted models, streams and cached posteriors "
+                             "(default: build/stream_runs)")
+    parser.add_argument("--docs", type=Path, default=REPO / "docs",
+                        help="folder stream_results.md, .json and .png are written to (default: docs)")
+    parser.add_argument("--models", nargs="+", default=list(MODELS),
+                        help="models to evaluate; the JSON keeps the other models' rows (default: %(default)s)")
     parser.add_argument("--hours", type=float, default=TEST_HOURS,
                         help="stream length; FRR at N FA/h rests on the (N x hours + 1)-th best false accept")
-    parser.add_argument("--smoothing-ms", type=float, default=DetectorConfig.smoothing_ms)
+    parser.add_argument("--smoothing-ms", type=float, default=DetectorConfig.smoothing_ms,
+                        help="detector's posterior averaging window in ms for the tables (default: %(default)s)")
     parser.add_argument("--scores", choices=("logits", "probabilities"), default="logits",
                         help="what the converted models output (edgeasr convert --scores)")
     parser.add_argument("--no-emulation", action="store_true", help="skip the emulated aarch64 parity check")
@@ -134,7 +141,8 @@ def parse_args(argv):
                         help="also evaluate the runs of the other fine-tuning seeds (<policy>_seed<i> in --runs)")
     parser.add_argument("--markdown-only", action="store_true",
                         help="rewrite stream_results.md from the stream_results.json already in --docs")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed the test and validation streams are built with (default: %(default)s)")
     return parser.parse_args(argv)
 
 
