@@ -596,9 +596,9 @@ def manifest(librispeech, output, max_seconds, force):
     Transcript lines are `ID TEXT` (a space or a tab after the id); text is lower-cased and runs of
     whitespace become one space. Lines with no spellable text and audio files that cannot be read or
     hold no samples are left out and counted in the summary (skipped_*), as are audio files the
-    manifest does not use (unused_audio: no line names them, or X.wav lies beside X.flac), and so are texts that lose digits or letters outside a-z in training
-    (texts_losing_words); a missing audio file, an id listed twice or a transcript that is not
-    UTF-8 is an error.
+    manifest does not use (unused_audio: no line names them, or X.wav lies beside X.flac), and so
+    are texts that lose digits or letters outside a-z in training (texts_losing_words); a missing
+    audio file, an id listed twice or a transcript that is not UTF-8 is an error.
 
     \b
     Example:

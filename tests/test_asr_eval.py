@@ -31,9 +31,9 @@ def test_markdown_report_lists_every_model_and_its_worst_utterances():
     text = markdown_reports([report, perfect], "test.jsonl")
     assert f"| w4.tflite | litert | 4 | {report['wer']:.2%} | {report['cer']:.2%} | 25.0% | 0.0042 | 621,000 |" in text
     assert "| runs/xs | keras float | 4 | 0.00% | 0.00% | 100.0% | - | - |" in text
-    worst = text.split("## w4.tflite: 3 utterance(s) with the most character edits")[1].split("##")[0]
+    worst = text.split("## w4.tflite: the 3 utterance(s) with the most character edits")[1].split("##")[0]
     assert worst.index("a3.wav (2 edits)") < worst.index("a0.wav (1 edits)") and "a1.wav" not in worst
-    assert "## runs/xs: no utterance(s) with the most character edits" in text
+    assert "## runs/xs: every utterance right" in text
 
 
 def test_standard_error_is_zero_for_the_same_transcripts_and_grows_with_uneven_errors():

@@ -159,7 +159,8 @@ def markdown_reports(reports: List[dict], manifest) -> str:
                      f"{r['sentence_accuracy']:.1%} | {rtf} | {size} |")
     for r in reports:
         worst = sorted((t for t in r["transcripts"] if t["edits"]), key=lambda t: -t["edits"])[:WORST_SHOWN]
-        lines += ["", f"## {r['model']}: {len(worst) or 'no'} utterance(s) with the most character edits", ""]
+        lines += ["", f"## {r['model']}: " + (f"the {len(worst)} utterance(s) with the most character edits"
+                                                if worst else "every utterance right"), ""]
         lines += [f"- {t['audio']} ({t['edits']} edits)  \n  ref: `{t['reference']}`  \n  hyp: `{t['hypothesis']}`"
                   for t in worst]
     return "\n".join(lines) + "\n"
