@@ -1,5 +1,6 @@
 """The docs scripts stop before writing anything when the training runs they score are missing
-(stream_errors.py wrote empty tables over the committed ones, exit 0)."""
+(stream_errors.py wrote empty tables over the committed ones, exit 0), and say which figures an
+earlier run took the old way."""
 import shutil
 import sys
 from pathlib import Path
@@ -34,3 +35,20 @@ def test_re_rendering_without_a_saved_json_says_so_in_one_line(name, tmp_path):
     script = importlib.import_module(name)
     with pytest.raises(SystemExit, match=rf"{name}.json: missing; run the script without --report-only first"):
         script.main(["--report-only", "--docs", str(tmp_path)])
+
+
+def test_stream_results_names_which_validation_figures_predate_their_own_layout():
+    import stream_results
+
+    def summary(layout, options, rows, spread):
+        return {"protocol": {"validation_layout": layout} if layout else {}, "options": options,
+                "minutes_for": ["ffn_stateless", "ds_cnn_s"], "results": rows, "seed_spread": spread}
+
+    row, tagged = {"model": "ds_cnn_s"}, {"model": "ds_cnn_s", "validation_layout": "own"}
+    assert stream_results.old_validation_caveat(summary("own", "--seed-spread", [row], [row])) == ""
+    before = stream_results.old_validation_caveat(summary(None, "--seed-spread", [row], [row]))
+    assert before.startswith("**These validation figures predate") and "rerun of this script builds" in before
+    kept = stream_results.old_validation_caveat(summary("own", "", [row], [row]))   # main pass, seed rows kept
+    assert kept.startswith("**The validation figures of the seed lines below") and "with --seed-spread" in kept
+    assert stream_results.old_validation_caveat(summary(None, "", [tagged], [tagged])) == ""
+    assert stream_results.old_validation_caveat(summary("own", "", [{"model": "ffn_stateless"}], [])) == ""
