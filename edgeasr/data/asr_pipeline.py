@@ -37,7 +37,7 @@ class AsrSplit:
     waves: List[np.ndarray]      # int16 per utterance
     texts: List[str]             # normalised
     labels: List[np.ndarray]     # int32 ids per utterance
-    audio: List[str] = field(default_factory=list)   # the files, as the manifest names them
+    audio: List[str] = field(default_factory=list)   # the files, as read_manifest resolves them
 
     def __len__(self):
         return len(self.waves)

@@ -153,8 +153,7 @@ def markdown_reports(reports: List[dict], manifest) -> str:
              "| model | kind | utterances | WER | CER | sentences right | RTF | bytes |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in reports:
-        rtf = f"{r['rtf']:.4f}" if r.get("rtf") is not None else "-"
-        size = f"{r['bytes']:,}" if r.get("bytes") is not None else "-"
+        rtf, size = _rtf_and_size(r)
         lines.append(f"| {r['model']} | {r['kind']} | {r['utterances']} | {r['wer']:.2%} | {r['cer']:.2%} | "
                      f"{r['sentence_accuracy']:.1%} | {rtf} | {size} |")
     for r in reports:
@@ -169,9 +168,14 @@ def markdown_reports(reports: List[dict], manifest) -> str:
 def format_reports(reports: List[dict]) -> str:
     lines = [f"{'model':<40} {'kind':<16} {'utts':>6} {'WER':>7} {'CER':>7} {'RTF':>7} {'bytes':>10}"]
     for r in reports:
-        rtf = f"{r['rtf']:.4f}" if r.get("rtf") is not None else "-"
-        size = f"{r['bytes']:,}" if r.get("bytes") is not None else "-"
+        rtf, size = _rtf_and_size(r)
         name = r["model"] if len(r["model"]) <= 40 else "..." + r["model"][-37:]     # the path as given
         lines.append(f"{name:<40} {r['kind'][:16]:<16} {r['utterances']:>6} "
                      f"{r['wer']:>7.2%} {r['cer']:>7.2%} {rtf:>7} {size:>10}")
     return "\n".join(lines)
+
+
+def _rtf_and_size(report: dict) -> tuple:
+    """A report's real-time factor and bytes as table text; '-' for a Keras model, which has neither."""
+    rtf = f"{report['rtf']:.4f}" if report.get("rtf") is not None else "-"
+    return rtf, f"{report['bytes']:,}" if report.get("bytes") is not None else "-"
