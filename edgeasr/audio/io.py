@@ -50,7 +50,8 @@ def upsampling_note(rates, sample_rate: int, fmax: float) -> Optional[str]:
     if not low:
         return None
     return (f"{len(low)} of {len(rates)} files are recorded below the model's {sample_rate} Hz (lowest {min(low)} Hz) "
-            f"and upsampled: they hold nothing above {min(low) / 2:g} Hz, and the frontend's mel bands reach {fmax:g} Hz")
+            f"and upsampled: they hold nothing above {min(low) / 2:g} Hz, and the frontend's mel bands reach "
+            f"{fmax:g} Hz")
 
 
 def _with_soundfile(path: os.PathLike, read):
