@@ -713,15 +713,9 @@ def transcribe(model, audio, beam, threads):
 
 def warn_upsampled(paths, frontend) -> None:
     """One warning line for the files recorded below the model's rate (unreadable ones get their error later)."""
-    from edgeasr.audio.io import AudioError, file_rate, upsampling_note
+    from edgeasr.audio.io import upsampling_note
 
-    rates = []
-    for path in paths:
-        try:
-            rates.append(file_rate(path))
-        except AudioError:
-            pass
-    note = upsampling_note(rates, frontend.sample_rate, frontend.fmax)
+    note = upsampling_note(paths, frontend.sample_rate, frontend.fmax)
     if note:
         click.echo(f"Warning: {note}", err=True)
 

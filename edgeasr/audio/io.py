@@ -38,14 +38,16 @@ def audio_seconds(path: os.PathLike) -> float:
     return info.frames / info.samplerate
 
 
-def file_rate(path: os.PathLike) -> int:
-    """A file's sample rate, from its header alone."""
-    return int(_with_soundfile(path, soundfile.info).samplerate)
-
-
-def upsampling_note(rates, sample_rate: int, fmax: float) -> Optional[str]:
+def upsampling_note(paths, sample_rate: int, fmax: float) -> Optional[str]:
     """Why files recorded below the model's rate may score worse (None when none is that low): upsampled,
-    they hold nothing above half their own rate, where the frontend's upper mel bands are."""
+    they hold nothing above half their own rate, where the frontend's upper mel bands are. Only headers
+    are read; a file that cannot be read is left to the caller's loading to report."""
+    rates = []
+    for path in paths:
+        try:
+            rates.append(int(_with_soundfile(path, soundfile.info).samplerate))
+        except AudioError:
+            pass
     low = [rate for rate in rates if rate < sample_rate and rate / 2 < fmax]
     if not low:
         return None

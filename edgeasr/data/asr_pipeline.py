@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from edgeasr.audio.augment import AugmentConfig, add_noise, random_gain
 from edgeasr.audio.frontend import FrontendConfig, tf_log_mel
-from edgeasr.audio.io import AudioError, file_rate, load_int16, upsampling_note
+from edgeasr.audio.io import AudioError, load_int16, upsampling_note
 from edgeasr.data.manifest import read_manifest
 from edgeasr.data.tokenizer import Tokenizer, drops_spoken_text, normalize_text
 from edgeasr.errors import EdgeasrError
@@ -87,7 +87,7 @@ def _warn_dropped_text(manifest, utterances) -> None:
 
 
 def _warn_upsampled(manifest, utterances, frontend: FrontendConfig) -> None:
-    note = upsampling_note([file_rate(u.audio) for u in utterances], frontend.sample_rate, frontend.fmax)
+    note = upsampling_note([u.audio for u in utterances], frontend.sample_rate, frontend.fmax)
     if note:
         print(f"warning: {manifest}: {note}", file=sys.stderr)
 

@@ -11,6 +11,7 @@ import glob
 import json
 import math
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, List, Optional
@@ -174,10 +175,11 @@ def _skipped_text(skipped: dict) -> str:
 
 
 def _unused_audio(folder: Path, listed: set) -> int:
-    """Audio files of a chapter folder the manifest leaves out: named by no transcript line, or not the
-    one `_audio_file` takes for their utterance (X.wav beside X.flac, X.FLAC beside X.flac)."""
-    return sum(1 for path in folder.iterdir() if path.suffix.lower() in AUDIO_SUFFIXES and path.is_file()
-               and (path.stem not in listed or path != _audio_file(folder, path.stem)))
+    """Audio files of a chapter folder the manifest leaves out: those no transcript line names, and
+    all but the one `_audio_file` reads of a listed utterance (X.wav beside X.flac, X.FLAC beside X.flac)."""
+    by_stem = Counter(path.stem for path in folder.iterdir()
+                      if path.suffix.lower() in AUDIO_SUFFIXES and path.is_file())
+    return sum(by_stem.values()) - len(set(by_stem) & set(listed))
 
 
 def _audio_file(folder: Path, utterance_id: str) -> Path:
