@@ -1,5 +1,6 @@
 """Tiny end to end: synthesise -> train a few seconds -> resume -> int8 LiteRT -> run it."""
 import json
+import os
 import re
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from edgeasr.data.pipeline import features_of
 from edgeasr.data.speech_commands import UNKNOWN, index_files, load_split
 from edgeasr.eval.parity import litert_accuracy
 from edgeasr.runtime.litert import LiteRTModel
+from edgeasr.train.numerics import describe, training_numerics
 from edgeasr.train.run_dir import RunDir
 from tests.conftest import TINY_KEYWORDS
 
@@ -212,7 +214,10 @@ def test_a_terminated_training_says_where_it_stopped_and_resumes(tiny_dataset, t
 
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "edgeasr.cli", *ds_cnn_args(tiny_dataset, run_dir), "--epochs", "40"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    here = training_numerics()
+    other_threads = {**os.environ, "TF_NUM_INTRAOP_THREADS": str(here["threads"] + 1)}   # numerics of their own
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env=other_threads)
     deadline = time.monotonic() + 300
     while not RunDir(run_dir).read_history() and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.2)
@@ -224,3 +229,6 @@ def test_a_terminated_training_says_where_it_stopped_and_resumes(tiny_dataset, t
     resumed = CliRunner().invoke(main, [*ds_cnn_args(tiny_dataset, run_dir), "--epochs", str(trained + 1)])
     assert resumed.exit_code == 0 and re.search(r"== float: .*\nfloat: resuming after epoch \d+ of",
                                                 resumed.output), resumed.output
+    assert f"trained its earlier epochs with {describe({**here, 'threads': here['threads'] + 1})}" in resumed.output
+    first = {"stage": "float", "from_epoch": 1, **here, "threads": here["threads"] + 1}
+    assert RunDir(run_dir).read_numerics() == [first, {"stage": "float", "from_epoch": trained + 1, **here}]

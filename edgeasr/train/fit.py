@@ -25,6 +25,7 @@ from edgeasr.quant.mracos import add_mracos
 from edgeasr.quant.policy import check_16bit_activations
 from edgeasr.quant.qat import check_rules_name_layers, freeze_batch_norm, quantize_model, transfer_weights
 from edgeasr.train.distill import DistillationLoss, label_accuracy, with_teacher_targets
+from edgeasr.train.numerics import describe, training_numerics
 from edgeasr.train.run_dir import RunConfig, RunDir
 
 
@@ -257,6 +258,7 @@ def fit_checkpointed(run: RunDir, model, stage: Stage, train_ds, val_ds, verbose
     print(f"== {stage.name}: {stage.epochs} epochs{frozen_note}, {about}", file=sys.stderr)
     if done:
         print(f"{stage.name}: resuming after epoch {done} of {stage.epochs}", file=sys.stderr)
+    warn_if_numerics_changed(run, stage.name, done + 1)
     for end, frozen in frozen_bn_segments(stage.epochs, stage.frozen_bn_epochs):
         if int(epoch.numpy()) >= end:
             continue
@@ -265,6 +267,17 @@ def fit_checkpointed(run: RunDir, model, stage: Stage, train_ds, val_ds, verbose
         model.fit(train_ds, validation_data=val_ds, epochs=end, initial_epoch=int(epoch.numpy()),
                   callbacks=[EpochCheckpoint(run, manager, epoch, stage.name)], verbose=keras_verbosity(verbose))
     return True
+
+
+def warn_if_numerics_changed(run: RunDir, stage: str, from_epoch: int) -> None:
+    """Record the numerics the epochs from here are trained with; a run whose earlier epochs had
+    others goes on, but will not be bit-identical to one trained under either."""
+    now = training_numerics()
+    before = run.note_numerics(now, stage, from_epoch)
+    if before and before != now:
+        print(f"warning: {run.path} trained its earlier epochs with {describe(before)}; this process has "
+              f"{describe(now)}. Training goes on, but the run will not be bit-identical to one trained under "
+              f"either (docs/toolchain_facts.md)", file=sys.stderr)
 
 
 @contextmanager

@@ -3,6 +3,7 @@
     RUN/config.json         RunConfig (dataset, frontend, model, data, training, augmentation)
     RUN/checkpoints/STAGE/  model + optimizer + epoch, one per epoch (the last two kept), per stage
     RUN/history.json        per-epoch loss and accuracy
+    RUN/numerics.json       what decided the floating-point results (edgeasr.train.numerics), per resume
     RUN/model.keras         the trained model
     RUN/test_report.json    accuracy and confusion matrix on the test split
     RUN/confusion.png       the same matrix as a picture
@@ -101,6 +102,7 @@ class RunDir:
         self.config_path = self.path / "config.json"
         self.checkpoints = self.path / "checkpoints"
         self.history_path = self.path / "history.json"
+        self.numerics_path = self.path / "numerics.json"
         self.model_path = self.path / "model.keras"
         self.test_report_path = self.path / "test_report.json"
         self.confusion_plot_path = self.path / "confusion.png"
@@ -129,6 +131,20 @@ class RunDir:
 
     def append_history(self, entry: dict) -> None:
         write_json_atomic(self.history_path, self.read_history() + [entry])
+
+    def read_numerics(self) -> list:
+        """[{stage, from_epoch, tensorflow, kernels, threads}]: one entry per change of numerics; empty
+        for runs trained before runs recorded them."""
+        return read_json(self.numerics_path) if self.numerics_path.is_file() else []
+
+    def note_numerics(self, numerics: dict, stage: str, from_epoch: int) -> dict:
+        """Record the numerics training goes on with from `stage`'s epoch `from_epoch` when they are not
+        the ones recorded last; returns those (empty when none), for a warning when they differ."""
+        recorded = self.read_numerics()
+        last = {key: recorded[-1][key] for key in numerics if key in recorded[-1]} if recorded else {}
+        if last != numerics:
+            write_json_atomic(self.numerics_path, recorded + [{"stage": stage, "from_epoch": from_epoch, **numerics}])
+        return last
 
     def claim(self, config: RunConfig) -> bool:
         """Write `config`, or check it matches the one already here; True when resuming.

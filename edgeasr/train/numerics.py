@@ -1,0 +1,93 @@
+"""What decides a training run's floating-point results besides its configuration and seed.
+
+On one machine a run is bit-identical when repeated. Across machines it need not be: TensorFlow's
+oneDNN kernels are picked at run time by the CPU's instruction set, and each class, and each
+intra-op thread count, sums in its own order. Measured on DS-CNN-S (docs/toolchain_facts.md):
+AVX-512 (with or without AMX), AVX2, oneDNN switched off (TF_ENABLE_ONEDNN_OPTS=0) and 2 or 4
+threads each train different weights from the first epoch on, float and QAT alike. A machine
+with the same class and threads once reproduced the float runs but not the QAT ones, so the CPU
+model is recorded too. Runs record these facts so that a result can say where it reproduces.
+"""
+import os
+import platform
+
+import tensorflow as tf
+
+# oneDNN's x86 instruction-set classes, narrowest first, with the /proc/cpuinfo flags each needs.
+# The finer classes above AVX-512 (VNNI, BF16, AMX) change int8 and bf16 kernels, not fp32
+# training: ONEDNN_MAX_CPU_ISA=AVX512_CORE trained the same weights as an AMX CPU unrestricted.
+_X86_ISA_CLASSES = (
+    ("sse41", {"sse4_1"}),
+    ("avx", {"avx"}),
+    ("avx2", {"avx2", "fma"}),
+    ("avx512_core", {"avx512f", "avx512bw", "avx512vl", "avx512dq"}),
+)
+_OFF_VALUES = {"0", "false", "off", "no"}
+
+
+def training_numerics() -> dict:
+    """{tensorflow, kernels, threads, cpu}: TensorFlow's version, the kernel family fp32 ops run on
+    (`onednn-<isa class>`, or `eigen` when oneDNN is off), the intra-op threads and the CPU model."""
+    threads = (tf.config.threading.get_intra_op_parallelism_threads()
+               or int(os.environ.get("TF_NUM_INTRAOP_THREADS") or 0) or _schedulable_cpus())
+    return {"tensorflow": tf.__version__, "kernels": _kernel_family(), "threads": threads, "cpu": _cpu_model()}
+
+
+def describe(numerics: dict) -> str:
+    cpu = f", {numerics['cpu']}" if numerics.get("cpu") else ""
+    return f"TensorFlow {numerics['tensorflow']}, {numerics['kernels']} kernels, {numerics['threads']} threads{cpu}"
+
+
+def _schedulable_cpus() -> int:
+    """TensorFlow's default intra-op thread count: the CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _kernel_family() -> str:
+    if os.environ.get("TF_ENABLE_ONEDNN_OPTS", "").strip().lower() in _OFF_VALUES:
+        return "eigen"
+    machine = platform.machine().lower()
+    if machine not in ("x86_64", "amd64"):
+        return f"{machine}-default"
+    isa = _x86_isa_class(_cpu_flags())
+    return f"onednn-{_capped(isa, os.environ.get('ONEDNN_MAX_CPU_ISA', ''))}"
+
+
+def _cpu_flags() -> set:
+    return set(_cpuinfo_field("flags").split())
+
+
+def _cpu_model() -> str:
+    return " ".join(_cpuinfo_field("model name").split()) or platform.processor() or platform.machine()
+
+
+def _cpuinfo_field(name: str) -> str:
+    """The first CPU's `name` line of /proc/cpuinfo (Linux); empty elsewhere."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                if key.strip() == name:
+                    return value.strip()
+    except OSError:
+        pass
+    return ""
+
+
+def _x86_isa_class(flags: set) -> str:
+    widest = "unknown"
+    for name, needed in _X86_ISA_CLASSES:
+        if needed <= flags:
+            widest = name
+    return widest
+
+
+def _capped(isa: str, max_isa: str) -> str:
+    """`isa`, narrowed to ONEDNN_MAX_CPU_ISA's class when that names a narrower one."""
+    order = [name for name, _ in _X86_ISA_CLASSES]
+    cap = max_isa.strip().lower()
+    cap = "avx512_core" if cap.startswith("avx10") else cap     # AVX10 has AVX-512's vectors
+    if isa not in order or not cap or cap == "all":
+        return isa
+    capped = [name for name in order if cap.startswith(name)]
+    return min(isa, max(capped, key=order.index), key=order.index) if capped else isa

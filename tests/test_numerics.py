@@ -1,0 +1,49 @@
+"""What a run records about the numerics that decided its floating-point results."""
+import pytest
+
+from edgeasr.train import numerics
+from edgeasr.train.run_dir import RunDir
+
+AVX512_MACHINE = {"sse4_1", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "amx_tile"}
+
+
+@pytest.mark.parametrize("flags, isa", [
+    (AVX512_MACHINE, "avx512_core"),
+    (AVX512_MACHINE - {"avx512bw"}, "avx2"),          # Xeon Phi's AVX-512F without BW is not oneDNN's core class
+    ({"sse4_1", "avx", "avx2"}, "avx"),                # AVX2 without FMA
+    ({"sse4_1"}, "sse41"),
+    (set(), "unknown"),
+])
+def test_the_isa_class_is_the_widest_whose_flags_the_cpu_has(flags, isa):
+    assert numerics._x86_isa_class(flags) == isa
+
+
+@pytest.mark.parametrize("cap, isa", [("AVX2", "avx2"), ("avx2_vnni", "avx2"), ("AVX512_CORE_AMX", "avx512_core"),
+                                      ("ALL", "avx512_core"), ("", "avx512_core"), ("SSE41", "sse41"),
+                                      ("AVX10_1_512", "avx512_core")])
+def test_onednn_max_cpu_isa_narrows_the_class(cap, isa):
+    assert numerics._capped("avx512_core", cap) == isa
+    assert numerics._capped("avx2", "AVX512_CORE") == "avx2"         # a cap never widens
+
+
+def test_a_run_under_onednn_off_or_other_threads_records_other_numerics(monkeypatch):
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    default = numerics.training_numerics()
+    assert default["threads"] >= 1 and default["tensorflow"].count(".") >= 2 and default["cpu"]
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    assert numerics.training_numerics()["kernels"] == "eigen"
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", str(default["threads"] + 3))
+    assert numerics.training_numerics()["threads"] == default["threads"] + 3
+    assert f"eigen kernels, {default['threads'] + 3} threads, {default['cpu']}" in numerics.describe(
+        numerics.training_numerics())
+
+
+def test_a_run_records_its_numerics_once_and_again_only_when_they_change(tmp_path):
+    run = RunDir(tmp_path / "run")
+    here = {"tensorflow": "2.21.0", "kernels": "onednn-avx512_core", "threads": 2, "cpu": "Intel(R) Xeon(R) Processor"}
+    assert run.read_numerics() == [] and run.note_numerics(here, "float", 1) == {}
+    assert run.note_numerics(here, "float", 4) == here                       # resumed under the same ones
+    elsewhere = {**here, "kernels": "onednn-avx2"}
+    assert run.note_numerics(elsewhere, "float", 6) == here
+    assert run.read_numerics() == [{"stage": "float", "from_epoch": 1, **here},
+                                   {"stage": "float", "from_epoch": 6, **elsewhere}]
