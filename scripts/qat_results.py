@@ -36,6 +36,7 @@ import argparse
 import json
 import sys
 import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -52,6 +53,7 @@ from edgeasr.files import write_bytes_atomic, write_json_atomic
 from edgeasr.models.registry import ModelConfig
 from edgeasr.quant.policy import preset
 from edgeasr.train.fit import load_training_data, train
+from edgeasr.train.numerics import describe
 from edgeasr.train.run_dir import RunConfig, RunDir, TrainConfig, epochs_per_stage
 
 POLICIES = ("float", "w8a8", "w4a8", "w4a8-tanh", "mixed")
@@ -224,7 +226,8 @@ def finetune(work: Path, peak_lr: float, base: RunConfig, data, test_features, p
     litert_accuracy = float(np.mean(np.argmax(scores, axis=-1) == data.test.labels))
     return {"model": base.model.name, "policy": policy, "seed": seed, "keras_accuracy": keras_report["accuracy"],
             "validation_accuracy": validation_accuracy, "litert_accuracy": litert_accuracy, "test_clips": keras_report["examples"],
-            "tflite_bytes": len(model_bytes), "dense_kernels": dense_kernels(model)}
+            "tflite_bytes": len(model_bytes), "dense_kernels": dense_kernels(model),
+            "numerics": RunDir(run_dir).read_numerics()}
 
 
 def dense_kernels(model) -> str:
@@ -313,6 +316,8 @@ def markdown(summary: dict) -> str:
         "(`convert_keras`: INT4-packed where the policy has 4-bit weights), its bytes as written right after "
         "training by the converter of that day (docs/convert_results.md has the current converter's sizes).",
         "",
+        numerics_text(summary["results"]),
+        "",
         "| model | float pre-training epochs | fine-tuning epochs | QAT stages | stage-2 learning rate "
         "(share of stage 1's) | augmentation (noise share, SNR dB, shift ms) |",
         "|---|---|---|---|---|---|",
@@ -347,6 +352,18 @@ def markdown(summary: dict) -> str:
               f"(largest |w| = {t['max_abs_weight']:.2f})" for t in summary.get("tanh_vs_linear", [])]
     lines += ["", "![accuracy per policy](qat_results.png)", ""]
     return "\n".join(lines)
+
+
+def numerics_text(results: list) -> str:
+    """Which numerics trained the runs (edgeasr.train.numerics): runs reproduce bit for bit only under
+    the same ones, and DS-CNN-S runs under others differ as much as runs of another seed."""
+    def of_run(result: dict) -> str:
+        recorded = " then ".join(describe(n) for n in result.get("numerics") or [])
+        return recorded or "not recorded (trained before runs recorded them)"
+    counts = Counter(of_run(r) for r in results)
+    return ("Numerics the fine-tuning runs were trained with (a run reproduces bit for bit under the same ones; "
+            "runs trained under others differ like runs of another seed, docs/toolchain_facts.md): "
+            + "; ".join(f"{text}: {n} run{'s' if n != 1 else ''}" for text, n in counts.items()) + ".")
 
 
 def training_data_text(protocol: dict) -> str:

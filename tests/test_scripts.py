@@ -52,3 +52,15 @@ def test_stream_results_names_which_validation_figures_predate_their_own_layout(
     assert kept.startswith("**The validation figures of the seed lines below") and "with --seed-spread" in kept
     assert stream_results.old_validation_caveat(summary(None, "", [tagged], [tagged])) == ""
     assert stream_results.old_validation_caveat(summary("own", "", [{"model": "ffn_stateless"}], [])) == ""
+
+
+def test_qat_results_says_which_numerics_trained_its_runs():
+    import qat_results
+
+    here = {"stage": "float", "from_epoch": 1, "tensorflow": "2.21.0", "kernels": "onednn-avx512_core", "threads": 2}
+    resumed = [here, {**here, "from_epoch": 4, "kernels": "onednn-avx2"}]
+    text = qat_results.numerics_text([{"numerics": [here]}, {"numerics": [here]}, {"numerics": resumed}, {}])
+    assert "TensorFlow 2.21.0, onednn-avx512_core kernels, 2 threads: 2 runs;" in text
+    assert "avx512_core kernels, 2 threads then TensorFlow 2.21.0, onednn-avx2 kernels, 2 threads: 1 run;" in text
+    assert qat_results.numerics_text([{"numerics": [{**here, "cpu": "Xeon"}]}]).endswith(" 2 threads, Xeon: 1 run.")
+    assert text.endswith("not recorded (trained before runs recorded them): 1 run.")
