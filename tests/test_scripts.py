@@ -64,3 +64,20 @@ def test_qat_results_says_which_numerics_trained_its_runs():
     assert "avx512_core kernels, 2 threads then TensorFlow 2.21.0, onednn-avx2 kernels, 2 threads: 1 run;" in text
     assert qat_results.numerics_text([{"numerics": [{**here, "cpu": "Xeon"}]}]).endswith(" 2 threads, Xeon: 1 run.")
     assert text.endswith("not recorded (trained before runs recorded them): 1 run.")
+
+
+def test_training_numerics_names_the_settings_that_train_other_weights():
+    import training_numerics
+
+    def result(setting, differing, policy="w8a8"):
+        return {"setting": setting, "environment": training_numerics.SETTINGS[setting], "policy": policy,
+                "numerics": [], "arrays": 154, "arrays_differing": differing, "first_epoch_loss": 0.2238,
+                "validation_accuracy": 0.99, "keras_accuracy": 0.977, "litert_accuracy": 0.977}
+
+    summary = {"model": "ds_cnn_s", "machine": "TensorFlow 2.21.0, onednn-avx512_core kernels, 2 threads",
+               "minutes": 3.0, "rows": [result("default", 0), result("repeat", 0), result("avx2", 118),
+                                        result("default", 0, "float"), result("eigen", 107, "float")]}
+    text = training_numerics.markdown(summary)
+    assert "| w8a8 | avx2 | `ONEDNN_MAX_CPU_ISA=AVX2` | - | 118 of 154 | 0.22380 |" in text
+    assert "- w8a8: bit-identical to the default run: repeat; other weights: avx2." in text
+    assert "- float: bit-identical to the default run: none; other weights: eigen." in text
