@@ -2,7 +2,7 @@
 
 On one machine a run is bit-identical when repeated. Across machines it need not be: TensorFlow's
 oneDNN kernels are picked at run time by the CPU's instruction set, and each class, and each
-intra-op thread count, sums in its own order. Measured on DS-CNN-S (docs/toolchain_facts.md):
+intra-op thread count, sums in its own order. Measured on DS-CNN-S (docs/training_numerics.md):
 AVX-512 (with or without AMX), AVX2, oneDNN switched off (TF_ENABLE_ONEDNN_OPTS=0) and 2 or 4
 threads each train different weights from the first epoch on, float and QAT alike. A machine
 with the same class and threads once reproduced the float runs but not the QAT ones, so the CPU
@@ -28,8 +28,9 @@ _OFF_VALUES = {"0", "false", "off", "no"}
 def training_numerics() -> dict:
     """{tensorflow, kernels, threads, cpu}: TensorFlow's version, the kernel family fp32 ops run on
     (`onednn-<isa class>`, or `eigen` when oneDNN is off), the intra-op threads and the CPU model."""
+    from_environment = os.environ.get("TF_NUM_INTRAOP_THREADS", "").strip()
     threads = (tf.config.threading.get_intra_op_parallelism_threads()
-               or int(os.environ.get("TF_NUM_INTRAOP_THREADS") or 0) or _schedulable_cpus())
+               or (int(from_environment) if from_environment.isdigit() else 0) or _schedulable_cpus())
     return {"tensorflow": tf.__version__, "kernels": _kernel_family(), "threads": threads, "cpu": _cpu_model()}
 
 
