@@ -133,7 +133,7 @@ class RunDir:
         write_json_atomic(self.history_path, self.read_history() + [entry])
 
     def read_numerics(self) -> list:
-        """[{stage, from_epoch, tensorflow, kernels, threads}]: one entry per change of numerics; empty
+        """[{stage, from_epoch, tensorflow, kernels, threads, cpu}]: one entry per change of numerics; empty
         for runs trained before runs recorded them."""
         return read_json(self.numerics_path) if self.numerics_path.is_file() else []
 
