@@ -4,7 +4,7 @@
 Fine-tunes DS-CNN-S, seed 0, from scripts/qat_results.py's shared pre-trained float model once per
 setting, each in a process of its own whose environment picks TensorFlow's kernels (oneDNN's
 instruction-set class, or Eigen) and intra-op threads, with `scripts/qat_results.py` itself; then
-compares every weight array of each run with the default setting's run of the same policy.
+compares every weight array of each run's model with the default setting's run of the same policy.
 "repeat" is the default setting again: whether one machine is bit-identical run to run.
 
     python scripts/training_numerics.py                       # about 45 min on 2 cores
@@ -14,14 +14,12 @@ Runs go to --work/SETTING/ds_cnn_s/POLICY_seed0 and are reused when finished. Wr
 docs/training_numerics.md and docs/training_numerics.json.
 """
 import argparse
-import io
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +46,7 @@ def main(argv=None):
         if "default" not in settings:
             settings = ["default", *settings]          # what every other setting is compared with
         runs = {setting: finetuned(args, setting, policy) for setting in settings}
-        reference = weight_arrays(runs["default"]["run"])
+        reference = model_weights(runs["default"]["run"])
         for setting, result in runs.items():
             rows.append(row(setting, policy, result, reference))
     from edgeasr.files import write_bytes_atomic, write_json_atomic
@@ -82,27 +80,22 @@ def finetuned(args, setting: str, policy: str) -> dict:
     return {**result, "run": work / MODEL / f"{policy}_seed0"}
 
 
-def weight_arrays(run: Path) -> dict:
-    """{name: array} of every weight in the run's model.keras (read from its HDF5 member)."""
-    import h5py
-
-    with zipfile.ZipFile(run / "model.keras") as archive:
-        weights = h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r")
-        arrays = {}
-        weights.visititems(lambda name, item: arrays.__setitem__(name, item[()])
-                           if isinstance(item, h5py.Dataset) else None)
-    return arrays
-
-
-def row(setting: str, policy: str, result: dict, reference: dict) -> dict:
-    arrays = weight_arrays(result["run"])
-    history = json.loads((result["run"] / "history.json").read_text())
+def model_weights(run: Path) -> list:
+    """The arrays of the run's trained model (Keras's get_weights: kernels, biases, BatchNorm and
+    quantizer variables; not the optimizer state model.keras also holds)."""
     from edgeasr.train.run_dir import RunDir
 
+    return RunDir(run).load_model().get_weights()
+
+
+def row(setting: str, policy: str, result: dict, reference: list) -> dict:
+    from edgeasr.train.run_dir import RunDir
+
+    run, arrays = RunDir(result["run"]), model_weights(result["run"])
     return {"setting": setting, "environment": SETTINGS[setting], "policy": policy,
-            "numerics": RunDir(result["run"]).read_numerics(), "arrays": len(arrays),
-            "arrays_differing": sum(not np.array_equal(a, reference.get(name)) for name, a in arrays.items()),
-            "first_epoch_loss": history[0]["loss"], "validation_accuracy": result["validation_accuracy"],
+            "numerics": run.read_numerics(), "arrays": len(arrays),
+            "arrays_differing": sum(not np.array_equal(a, b) for a, b in zip(arrays, reference)),
+            "first_epoch_loss": run.read_history()[0]["loss"], "validation_accuracy": result["validation_accuracy"],
             "keras_accuracy": result["keras_accuracy"], "litert_accuracy": result["litert_accuracy"]}
 
 
