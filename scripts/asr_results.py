@@ -38,7 +38,8 @@ from edgeasr.eval.asr import cer_difference_standard_error, evaluate_model
 from edgeasr.files import write_bytes_atomic, write_json_atomic
 from edgeasr.converters.asr import convert_asr_run
 from edgeasr.quant.policy import PrecisionPolicy, PrecisionRule, preset
-from edgeasr.train.asr_fit import asr_run_config, train_asr, with_policy
+from edgeasr.train.asr_fit import AsrRunDir, asr_run_config, train_asr, with_policy
+from edgeasr.train.numerics import describe_runs
 
 RUNS = ("float", "float-ft", "w4a8-tanh", "w8a8")
 CONFORMER_CONVOLUTIONS = ("subsample_conv*", "*_dw")   # every other kernel is a Dense (edgeasr/models/conformer.py)
@@ -141,10 +142,12 @@ def convert_once(run_dir: Path, output: Path) -> dict:
     return result
 
 
-def _history_seconds(run_dir: Path) -> dict:
-    history = json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").is_file() else []
+def _training_record(run_dir: Path) -> dict:
+    """Epochs, final losses and the numerics the run was trained with (edgeasr.train.numerics)."""
+    run = AsrRunDir(run_dir)
+    history = run.read_history()
     return {"epochs": len(history), "final_loss": history[-1].get("loss") if history else None,
-            "final_val_loss": history[-1].get("val_loss") if history else None}
+            "final_val_loss": history[-1].get("val_loss") if history else None, "numerics": run.read_numerics()}
 
 
 def cer_gap(reference: dict, quantized: dict) -> dict:
@@ -181,7 +184,7 @@ def summarise(args, runs, timings, conversions, evaluations, validation, seconds
         "corpus": json.loads((args.data / "synth_asr_config.json").read_text())["config"],
         "recipe": {"float_epochs": args.float_epochs, "qat_epochs_per_stage": args.qat_epochs,
                    "qat_learning_rate": args.qat_learning_rate},
-        "training": {name: {**_history_seconds(path), **timings.get(name, {})} for name, path in runs.items()},
+        "training": {name: {**_training_record(path), **timings.get(name, {})} for name, path in runs.items()},
         "conversions": {p: {**{k: c[k] for k in ("bytes", "float_bytes", "parameters", "int4_share", "parity")},
                             **measured("float_reference", "int4_share")} for p, c in conversions.items()},
         "evaluations": [{"model": f"{kind} {policy}",
@@ -247,6 +250,9 @@ def write_markdown(results: dict, docs: Path) -> None:
         loss = f"{t['final_loss']:.3f}" if t["final_loss"] is not None else "-"
         val = f"{t['final_val_loss']:.3f}" if t["final_val_loss"] is not None else "-"
         lines.append(f"| {name} | {t['epochs']} | {loss} | {val} |")
+    lines += ["", "Numerics the runs were trained with (a run reproduces bit for bit only under the same ones, "
+              "docs/toolchain_facts.md): " + describe_runs([t.get("numerics") for t in results["training"].values()])
+              + "."]
     lines += ["", "## Examples (LiteRT w4a8-tanh)", ""]
     w4 = next(e for e in results["evaluations"] if e["model"] == "litert w4a8-tanh")
     for example in w4.get("examples", []):

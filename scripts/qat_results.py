@@ -36,7 +36,6 @@ import argparse
 import json
 import sys
 import time
-from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -53,7 +52,7 @@ from edgeasr.files import write_bytes_atomic, write_json_atomic
 from edgeasr.models.registry import ModelConfig
 from edgeasr.quant.policy import preset
 from edgeasr.train.fit import load_training_data, train
-from edgeasr.train.numerics import describe
+from edgeasr.train.numerics import describe_runs
 from edgeasr.train.run_dir import RunConfig, RunDir, TrainConfig, epochs_per_stage
 
 POLICIES = ("float", "w8a8", "w4a8", "w4a8-tanh", "mixed")
@@ -357,13 +356,9 @@ def markdown(summary: dict) -> str:
 def numerics_text(results: list) -> str:
     """Which numerics trained the runs (edgeasr.train.numerics): runs reproduce bit for bit only under
     the same ones, and DS-CNN-S runs under others differ as much as runs of another seed."""
-    def of_run(result: dict) -> str:
-        recorded = " then ".join(describe(n) for n in result.get("numerics") or [])
-        return recorded or "not recorded (trained before runs recorded them)"
-    counts = Counter(of_run(r) for r in results)
     return ("Numerics the fine-tuning runs were trained with (a run reproduces bit for bit under the same ones; "
             "runs trained under others differ like runs of another seed, docs/toolchain_facts.md): "
-            + "; ".join(f"{text}: {n} run{'s' if n != 1 else ''}" for text, n in counts.items()) + ".")
+            + describe_runs([r.get("numerics") for r in results]) + ".")
 
 
 def training_data_text(protocol: dict) -> str:

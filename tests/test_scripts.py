@@ -66,6 +66,26 @@ def test_qat_results_says_which_numerics_trained_its_runs():
     assert text.endswith("not recorded (trained before runs recorded them): 1 run.")
 
 
+def test_asr_results_says_which_numerics_trained_its_runs(tmp_path):
+    import asr_results
+    from edgeasr.train.asr_fit import AsrRunDir
+
+    here = {"tensorflow": "2.21.0", "kernels": "onednn-avx512_core", "threads": 2, "cpu": "Xeon"}
+    trained, old = tmp_path / "xs_float", tmp_path / "xs_w8a8"
+    AsrRunDir(trained).note_numerics(here, "float", 1)
+    AsrRunDir(trained).append_history({"loss": 0.5, "val_loss": 0.7})
+    record = asr_results._training_record(trained)
+    assert record == {"epochs": 1, "final_loss": 0.5, "final_val_loss": 0.7,
+                      "numerics": [{"stage": "float", "from_epoch": 1, **here}]}
+    results = {**asr_results.read_summary(REPO / "docs", "asr_results", "--report-only"),
+               "training": {"float": record, "w8a8": asr_results._training_record(old)}}
+    asr_results.write_markdown(results, tmp_path)
+    text = (tmp_path / "asr_results.md").read_text()
+    assert ("TensorFlow 2.21.0, onednn-avx512_core kernels, 2 threads, Xeon: 1 run; "
+            "not recorded (trained before runs recorded them): 1 run.") in text
+    assert "| w8a8 | 0 | - | - |" in text
+
+
 def test_training_numerics_names_the_settings_that_train_other_weights():
     import training_numerics
 

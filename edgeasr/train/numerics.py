@@ -10,6 +10,7 @@ model is recorded too. Runs record these facts so that a result can say where it
 """
 import os
 import platform
+from collections import Counter
 
 import tensorflow as tf
 
@@ -37,6 +38,15 @@ def training_numerics() -> dict:
 def describe(numerics: dict) -> str:
     cpu = f", {numerics['cpu']}" if numerics.get("cpu") else ""
     return f"TensorFlow {numerics['tensorflow']}, {numerics['kernels']} kernels, {numerics['threads']} threads{cpu}"
+
+
+def describe_runs(per_run: list) -> str:
+    """How many runs were trained under which numerics, from each run's RunDir.read_numerics() (an
+    empty list: trained before runs recorded them), e.g. "TensorFlow 2.21.0, ...: 3 runs; ...: 1 run"."""
+    def of_run(recorded: list) -> str:
+        return " then ".join(describe(n) for n in recorded) or "not recorded (trained before runs recorded them)"
+    counts = Counter(of_run(recorded or []) for recorded in per_run)
+    return "; ".join(f"{text}: {n} run{'s' if n != 1 else ''}" for text, n in counts.items())
 
 
 def _schedulable_cpus() -> int:
