@@ -1,5 +1,5 @@
-"""What the results scripts share: the repository root, paths written into docs/ relative to it,
-the results of models a rerun did not touch, re-rendering a table from its JSON, the standard
+"""What the results scripts share: the repository root, each fine-tuning seed's run, paths written
+into docs/ relative to it, the results of models a rerun did not touch, re-rendering a table from its JSON, the standard
 error of a mean over seeds, and the caveat on measures a table took the old way."""
 import json
 from pathlib import Path
@@ -14,6 +14,17 @@ MAIN_RUN = "_seed0"
 # How a row's measures were taken (its "measured" entry); rows without one were taken the old
 # way, and their tables say so (`measures_caveat`) until the script is rerun.
 MEASURES = {"float_reference": "distinct weights", "int4_share": "layer weights"}
+
+
+def seed_runs(model_runs: Path, policy: str) -> list:
+    """The `<policy>_seed<i>` runs under MODEL's folder that finished training, in seed order."""
+    runs = [p for p in Path(model_runs).glob(f"{policy}_seed*") if (p / "model.keras").is_file()]
+    return [p.name for p in sorted(runs, key=lambda p: seed_of(p.name))]
+
+
+def seed_of(run: str) -> int:
+    """The fine-tuning seed of a `<policy>_seed<i>` run."""
+    return int(run.rsplit("_seed", 1)[1])
 
 
 def repo_relative(path) -> str:

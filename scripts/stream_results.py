@@ -49,7 +49,8 @@ from pathlib import Path
 
 import numpy as np
 
-from _repo import MAIN_RUN, REPO, repo_relative, rewrite_markdown, standard_error, with_previous_rows
+from _repo import (MAIN_RUN, REPO, repo_relative, rewrite_markdown, seed_of, seed_runs, standard_error,
+                   with_previous_rows)
 from edgeasr.audio.io import audio_seconds, load_audio, write_wav
 from edgeasr.eval.stream import errors_at, evaluate, model_stream, plot_det, read_labels, stream_posteriors
 from edgeasr.files import write_bytes_atomic, write_json_atomic
@@ -305,22 +306,11 @@ def old_validation_caveat(summary: dict) -> str:
             "streams. ")
 
 
-def seed_runs(model_runs: Path, policy: str) -> list:
-    """The `<policy>_seed<i>` runs that finished training, in seed order."""
-    runs = [p for p in model_runs.glob(f"{policy}_seed*") if (p / "model.keras").is_file()]
-    return [p.name for p in sorted(runs, key=lambda p: seed_of(p.name))]
-
-
 def require_seed_runs(args, model_name: str) -> None:
     """Stop before anything is written when a model has no seed run: its docs rows would be emptied."""
     if not any(seed_runs(args.runs / model_name, policy) for _, policy in VARIANTS):
         raise SystemExit(f"{args.runs / model_name}: no finished <policy>_seed<i> run; train them first with "
                          f"`python scripts/qat_results.py --models {model_name} --finetune-seeds 0 1 2`")
-
-
-def seed_of(run: str) -> int:
-    """The fine-tuning seed of a `<policy>_seed<i>` run."""
-    return int(run.rsplit("_seed", 1)[1])
 
 
 def seed_spread(args) -> list:

@@ -5,6 +5,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,6 +85,27 @@ def test_asr_results_says_which_numerics_trained_its_runs(tmp_path):
     assert ("TensorFlow 2.21.0, onednn-avx512_core kernels, 2 threads, Xeon: 1 run; "
             "not recorded (trained before runs recorded them): 1 run.") in text
     assert "| w8a8 | 0 | - | - |" in text
+
+
+def test_convert_results_reads_the_conversions_accuracy_change_over_seeds():
+    import convert_results
+
+    def row(seed, keras_clips, litert_clips, **extra):
+        return {"model": "ds_cnn_s", "policy": "w4a8-tanh", "seed": seed, "keras_accuracy": keras_clips / 968,
+                "litert_accuracy": litert_clips / 968, "argmax_agreement": 0.995 - seed / 1000, "examples": 968,
+                **extra}
+
+    main = row(0, 940, 942, mode="QAT")
+    summary = {"rows": [main, {**main, "mode": "PTQ", "litert_accuracy": 0.0}],
+               "seed_rows": [row(2, 930, 929), row(1, 950, 950)]}
+    assert [r["seed"] for r in convert_results.seed_groups(summary)[("ds_cnn_s", "w4a8-tanh")]] == [0, 1, 2]
+    table_row = convert_results.seed_spread_lines(summary)[-1]
+    clips = [2, 0, -1]
+    points = [100 * c / 968 for c in clips]
+    mean, error = sum(points) / 3, float(np.std(points, ddof=1) / np.sqrt(3))
+    assert table_row == (f"| ds_cnn_s | w4a8-tanh | 3 | +2, +0, -1 | {mean:+.3f} ± {error:.3f} | "
+                         f"{sum(map(abs, points)) / 3:.3f} | 2 of 3 | 99.30% |")
+    assert convert_results.seed_spread_lines({"rows": [main]}) == []
 
 
 def test_training_numerics_names_the_settings_that_train_other_weights():
