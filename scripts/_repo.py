@@ -1,6 +1,7 @@
 """What the results scripts share: the repository root, each fine-tuning seed's run, paths written
-into docs/ relative to it, the results of models a rerun did not touch, re-rendering a table from its JSON, the standard
-error of a mean over seeds, and the caveat on measures a table took the old way."""
+into docs/ relative to it, the results of models a rerun did not touch, re-rendering a table from
+its JSON, the standard error of a mean over seeds, and the caveat on measures a table took the old
+way."""
 import json
 from pathlib import Path
 

@@ -343,7 +343,8 @@ def main(argv=None):
     options = with_previous_rows(previous, "options", options, args.models, MODELS)
     seeds = (with_previous_rows(previous, "seed_rows", other_seeds(args), args.models, MODELS) if args.seed_spread
              else with_previous_rows(previous, "seed_rows", [], [], MODELS))
-    summary = {"rows": rows, "options": options, "seed_rows": seeds, "targets": [{"target": t, "met": m, "detail": d} for t, m, d in targets(rows)],
+    summary = {"rows": rows, "options": options, "seed_rows": seeds,
+               "targets": [{"target": t, "met": m, "detail": d} for t, m, d in targets(rows)],
                "layer_differences": analysed_layers(args, find, previous),
                "machine": f"{platform.machine()}, {platform.processor() or platform.system()}",
                "runs": ", ".join(repo_relative(r) for r in args.runs),
