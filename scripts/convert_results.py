@@ -341,8 +341,8 @@ def main(argv=None):
     previous = args.docs / "convert_results.json"
     rows = with_previous_rows(previous, "rows", rows, args.models, MODELS)
     options = with_previous_rows(previous, "options", options, args.models, MODELS)
-    seeds = (with_previous_rows(previous, "seed_rows", other_seeds(args), args.models, MODELS) if args.seed_spread
-             else with_previous_rows(previous, "seed_rows", [], [], MODELS))
+    seeds = with_previous_rows(previous, "seed_rows", other_seeds(args) if args.seed_spread else [],
+                               args.models if args.seed_spread else [], MODELS)
     summary = {"rows": rows, "options": options, "seed_rows": seeds,
                "targets": [{"target": t, "met": m, "detail": d} for t, m, d in targets(rows)],
                "layer_differences": analysed_layers(args, find, previous),

@@ -94,7 +94,7 @@ def row(setting: str, policy: str, result: dict, reference: list) -> dict:
     run, arrays = RunDir(result["run"]), model_weights(result["run"])
     return {"setting": setting, "environment": SETTINGS[setting], "policy": policy,
             "numerics": run.read_numerics(), "arrays": len(arrays),
-            "arrays_differing": sum(not np.array_equal(a, b) for a, b in zip(arrays, reference)),
+            "arrays_differing": sum(not np.array_equal(a, b) for a, b in zip(arrays, reference, strict=True)),
             "first_epoch_loss": run.read_history()[0]["loss"], "validation_accuracy": result["validation_accuracy"],
             "keras_accuracy": result["keras_accuracy"], "litert_accuracy": result["litert_accuracy"]}
 
