@@ -63,6 +63,7 @@ from _repo import REPO, read_summary, repo_relative, standard_error
 from edgeasr.eval.stream import counts_text, errors_at, false_accept_sources, tally
 from edgeasr.files import write_bytes_atomic, write_json_atomic
 from edgeasr.quant.policy import known_presets
+from edgeasr.train.numerics import describe_runs
 from edgeasr.train.run_dir import RunDir, TrainConfig
 
 CHANGES = (("policy", "policy {}"), ("epochs", "{} epochs"), ("lr", "peak lr {:g}"),
@@ -150,7 +151,7 @@ def train_runs(args) -> dict:
         start = start_of(args, seed, pretrained)
         result = qr.finetune(args.work / args.name, args.lr, base, data, test_features, start.resolve(),
                              args.policy, seed, recipe)
-        trained[seed] = {k: result[k] for k in ("keras_accuracy", "litert_accuracy")}
+        trained[seed] = {k: result[k] for k in ("keras_accuracy", "litert_accuracy", "numerics")}
         print(json.dumps({"pilot": args.name, "seed": seed, **trained[seed]}), flush=True)
     return trained
 
@@ -193,12 +194,14 @@ def score_seed(args, seed: int, accuracy: dict) -> dict:
                 "frr_at_float_threshold": at["frr"], "fa_per_hour_at_float_threshold": at["fa_per_hour"],
                 "false_accepts_by_keyword_at_float_threshold": tally(keyword for keyword, _ in sources)}
 
-    float_point = operating_points(reference, f"float_seed{seed}")
+    float_point = {**operating_points(reference, f"float_seed{seed}"),
+                   "numerics": RunDir(args.runs / args.model / f"float_seed{seed}").read_numerics()}
     threshold = float_point["threshold"]
     pilot = operating_points(stream_args(args, args.work / args.name, args.work / args.name / "stream_work"),
                              f"{args.policy}_seed{seed}", threshold)
     recipe_run = f"{args.recipe_policy}_seed{seed}"
-    recipe = (operating_points(reference, recipe_run, threshold)
+    recipe = ({**operating_points(reference, recipe_run, threshold),
+               "numerics": RunDir(args.runs / args.model / recipe_run).read_numerics()}
               if (args.runs / args.model / recipe_run / "model.keras").is_file() else None)
     row = {"seed": seed, **accuracy, "float": float_point, "pilot": pilot, "recipe": recipe}
     print(json.dumps(row), flush=True)
@@ -282,7 +285,7 @@ def markdown(summary: dict) -> str:
         lines.append(f"| {pilot['pilot']} | {pilot['model']} | {change_text(pilot)} | {seed_list} | "
                      f"{stream_text(pilot)} | {accuracy:.2%} | "
                      f"{pilot['recipe_policy']} | " + " | ".join(cells) + f" | {reading(seeds)} |")
-    return "\n".join(lines + keyword_lines(summary["pilots"])) + "\n"
+    return "\n".join(lines + keyword_lines(summary["pilots"]) + numerics_lines(summary["pilots"])) + "\n"
 
 
 def keyword_lines(pilots: list) -> list:
@@ -300,6 +303,26 @@ def keyword_lines(pilots: list) -> list:
         lines.append(f"- {label(pilot)} (seeds {', '.join(str(s['seed']) for s in pilot['seeds'])}): "
                      + "; ".join(f"{side} {counts_text(counts) or 'none'}" for side, counts in summed.items()))
     return lines
+
+
+def numerics_lines(pilots: list) -> list:
+    """Per pilot, the numerics its runs and the float and recipe runs it is compared with were trained
+    with (edgeasr.train.numerics): under other numerics the same run trains other weights, so rows
+    trained on different machines compare runs that differ like runs of another seed."""
+    by_seed = {}   # a pilot's rows on several streams score the same runs: count each run once
+    for pilot in pilots:
+        for seed in pilot["seeds"]:
+            by_seed.setdefault(pilot["pilot"], {})[seed["seed"]] = (
+                [seed.get("numerics"), seed["float"].get("numerics")]
+                + ([seed["recipe"].get("numerics")] if seed["recipe"] is not None else []))
+    runs_of = {name: sum(seeds.values(), []) for name, seeds in by_seed.items()}
+    unrecorded = [name for name, runs in runs_of.items() if not any(runs)]
+    lines = [f"- {name}: {describe_runs(runs)}" for name, runs in runs_of.items() if any(runs)]
+    if unrecorded:
+        lines.append(f"- {', '.join(unrecorded)}: trained before runs recorded their numerics")
+    return ["", "Numerics that trained each pilot's runs and the float and recipe runs they are compared with "
+            "(edgeasr.train.numerics; the same run under other numerics trains other weights, as another seed "
+            "would):", ""] + lines
 
 
 def plot(summary: dict, path: Path) -> None:

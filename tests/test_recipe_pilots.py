@@ -49,6 +49,22 @@ def test_change_text_names_only_what_differs_from_the_recipe():
     assert rp.label({"pilot": "x"}) == "x"
 
 
+def test_numerics_lines_count_each_run_once_and_group_unrecorded_pilots():
+    amd = [{"stage": "stage1", "from_epoch": 0, "tensorflow": "2.21.0", "kernels": "onednn-avx512_core",
+            "threads": 2, "cpu": "AMD EPYC"}]
+    recorded = [dict(seed(s, {**point(0.2, 0.2, 1.0), "numerics": amd}, recipe={**point(0.2, 0.2, 1.0)},
+                          float_point={**point(0.2, 0.2, 1.0), "numerics": amd}), numerics=amd) for s in (0, 1)]
+    pilots = [{"pilot": "mixed", "stream": "test", "seeds": recorded},
+              {"pilot": "mixed", "stream": "both", "seeds": recorded},   # the same runs on another stream
+              {"pilot": "old", "seeds": [seed(0, point(0.2, 0.2, 1.0))]},
+              {"pilot": "older", "seeds": [seed(0, point(0.2, 0.2, 1.0))]}]
+    lines = rp.numerics_lines(pilots)
+    # per seed: the pilot's and float's runs recorded, the recipe's run not
+    assert ("- mixed: TensorFlow 2.21.0, onednn-avx512_core kernels, 2 threads, AMD EPYC: 4 runs; "
+            "not recorded (trained before runs recorded them): 2 runs") in lines
+    assert lines[-1] == "- old, older: trained before runs recorded their numerics"
+
+
 def test_committed_table_is_what_its_json_renders():
     """docs/recipe_pilots.md is regenerated from docs/recipe_pilots.json by --markdown-only."""
     summary = rp.read_summary(REPO / "docs", "recipe_pilots")
