@@ -42,8 +42,26 @@ def test_a_run_records_its_numerics_once_and_again_only_when_they_change(tmp_pat
     run = RunDir(tmp_path / "run")
     here = {"tensorflow": "2.21.0", "kernels": "onednn-avx512_core", "threads": 2, "cpu": "Intel(R) Xeon(R) Processor"}
     assert run.read_numerics() == [] and run.note_numerics(here, "float", 1) == {}
-    assert run.note_numerics(here, "float", 4) == here                       # resumed under the same ones
+    assert run.note_numerics(here, "float", 4) == {}                         # resumed under the same ones
     elsewhere = {**here, "kernels": "onednn-avx2"}
     assert run.note_numerics(elsewhere, "float", 6) == here
     assert run.read_numerics() == [{"stage": "float", "from_epoch": 1, **here},
                                    {"stage": "float", "from_epoch": 6, **elsewhere}]
+    # a fact recorded only since (the rsqrt fingerprint) is unknown for the earlier epochs, not a change
+    assert run.note_numerics({**elsewhere, "rsqrt": "d1be6a9d"}, "float", 8) == {}
+    assert len(run.read_numerics()) == 2
+
+
+def test_the_rsqrt_fingerprint_is_of_an_approximate_rsqrt():
+    """TensorFlow's float32 rsqrt is not correctly rounded (an approximate instruction and a Newton step),
+    so its bits may differ between CPU designs; the fingerprint is stable within one process."""
+    import numpy as np
+    import tensorflow as tf
+
+    inputs = np.linspace(1.0, 4.0, 1 << 16, dtype=np.float32)
+    exact = (1.0 / np.sqrt(inputs.astype(np.float64))).astype(np.float32)
+    ulps = np.abs(tf.math.rsqrt(inputs).numpy().view(np.int32).astype(np.int64) - exact.view(np.int32))
+    assert 0 < ulps.max() <= 4
+    fingerprint = numerics.rsqrt_fingerprint()
+    assert len(fingerprint) == 8 and int(fingerprint, 16) >= 0 and fingerprint == numerics.rsqrt_fingerprint()
+    assert f"rsqrt {fingerprint}" in numerics.describe(numerics.training_numerics())

@@ -274,7 +274,7 @@ def warn_if_numerics_changed(run: RunDir, stage: str, from_epoch: int) -> None:
     others goes on, but will not be bit-identical to one trained under either."""
     now = training_numerics()
     before = run.note_numerics(now, stage, from_epoch)
-    if before and before != now:
+    if before:
         print(f"warning: {run.path} trained its earlier epochs with {describe(before)}; this process has "
               f"{describe(now)}. Training goes on, but the run will not be bit-identical to one trained under "
               f"either (docs/toolchain_facts.md)", file=sys.stderr)

@@ -4,14 +4,20 @@ On one machine a run is bit-identical when repeated. Across machines it need not
 oneDNN kernels are picked at run time by the CPU's instruction set, and each class, and each
 intra-op thread count, sums in its own order. Measured on DS-CNN-S (docs/training_numerics.md):
 AVX-512 (with or without AMX), AVX2, oneDNN switched off (TF_ENABLE_ONEDNN_OPTS=0) and 2 or 4
-threads each train different weights from the first epoch on, float and QAT alike. A machine
-with the same class and threads once reproduced the float runs but not the QAT ones, so the CPU
-model is recorded too. Runs record these facts so that a result can say where it reproduces.
+threads each train different weights from the first epoch on, float and QAT alike. Machines
+with the same class and threads (two Intel Xeons, an AMD EPYC) reproduced the float runs but not
+the QAT ones, so the CPU model is recorded too, and a fingerprint of TensorFlow's float32 rsqrt,
+the suspect: x86 wheels compute it with VRSQRTPS, an approximation whose bits each CPU design
+chooses, and one Newton step (not correctly rounded), and QAT's folded BatchNorm
+(edgeasr.quant.qat) uses it where Keras' fused BatchNorm does not (docs/toolchain_facts.md).
+Runs record these facts so that a result can say where it reproduces.
 """
+import hashlib
 import os
 import platform
 from collections import Counter
 
+import numpy as np
 import tensorflow as tf
 
 # oneDNN's x86 instruction-set classes, narrowest first, with the /proc/cpuinfo flags each needs.
@@ -27,17 +33,30 @@ _OFF_VALUES = {"0", "false", "off", "no"}
 
 
 def training_numerics() -> dict:
-    """{tensorflow, kernels, threads, cpu}: TensorFlow's version, the kernel family fp32 ops run on
-    (`onednn-<isa class>`, or `eigen` when oneDNN is off), the intra-op threads and the CPU model."""
+    """{tensorflow, kernels, threads, cpu, rsqrt}: TensorFlow's version, the kernel family fp32 ops run
+    on (`onednn-<isa class>`, or `eigen` when oneDNN is off), the intra-op threads, the CPU model and
+    `rsqrt_fingerprint()`."""
     from_environment = os.environ.get("TF_NUM_INTRAOP_THREADS", "").strip()
     threads = (tf.config.threading.get_intra_op_parallelism_threads()
                or (int(from_environment) if from_environment.isdigit() else 0) or _schedulable_cpus())
-    return {"tensorflow": tf.__version__, "kernels": _kernel_family(), "threads": threads, "cpu": _cpu_model()}
+    return {"tensorflow": tf.__version__, "kernels": _kernel_family(), "threads": threads, "cpu": _cpu_model(),
+            "rsqrt": rsqrt_fingerprint()}
+
+
+def rsqrt_fingerprint() -> str:
+    """The first 8 hex digits of a SHA-1 of tf.math.rsqrt's float32 results on every 16th float32 in
+    [1, 4) (2**21 inputs, a whole number of SIMD packets): equal on two machines when their rsqrt
+    approximations agree bit for bit on those inputs."""
+    ones_bits = np.float32(1.0).view(np.uint32)
+    inputs = (ones_bits + np.arange(0, 2 << 23, 16, dtype=np.uint32)).view(np.float32)
+    return hashlib.sha1(tf.math.rsqrt(inputs).numpy().tobytes()).hexdigest()[:8]
 
 
 def describe(numerics: dict) -> str:
     cpu = f", {numerics['cpu']}" if numerics.get("cpu") else ""
-    return f"TensorFlow {numerics['tensorflow']}, {numerics['kernels']} kernels, {numerics['threads']} threads{cpu}"
+    rsqrt = f", rsqrt {numerics['rsqrt']}" if numerics.get("rsqrt") else ""
+    return (f"TensorFlow {numerics['tensorflow']}, {numerics['kernels']} kernels, {numerics['threads']} threads"
+            f"{cpu}{rsqrt}")
 
 
 def describe_runs(per_run: list) -> str:

@@ -138,13 +138,15 @@ class RunDir:
         return read_json(self.numerics_path) if self.numerics_path.is_file() else []
 
     def note_numerics(self, numerics: dict, stage: str, from_epoch: int) -> dict:
-        """Record the numerics training goes on with from `stage`'s epoch `from_epoch` when they are not
-        the ones recorded last; returns those (empty when none), for a warning when they differ."""
+        """Record the numerics training goes on with from `stage`'s epoch `from_epoch` unless they are the
+        ones recorded last; returns those when training goes on under others (for a warning), else {}.
+        Facts added to the record after the run began (e.g. the rsqrt fingerprint) are unknown, not changed."""
         recorded = self.read_numerics()
         last = {key: recorded[-1][key] for key in numerics if key in recorded[-1]} if recorded else {}
-        if last != numerics:
+        changed = any(numerics[key] != value for key, value in last.items())
+        if changed or not recorded:
             write_json_atomic(self.numerics_path, recorded + [{"stage": stage, "from_epoch": from_epoch, **numerics}])
-        return last
+        return last if changed else {}
 
     def claim(self, config: RunConfig) -> bool:
         """Write `config`, or check it matches the one already here; True when resuming.
