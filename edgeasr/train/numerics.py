@@ -4,12 +4,13 @@ On one machine a run is bit-identical when repeated. Across machines it need not
 oneDNN kernels are picked at run time by the CPU's instruction set, and each class, and each
 intra-op thread count, sums in its own order. Measured on DS-CNN-S (docs/training_numerics.md):
 AVX-512 (with or without AMX), AVX2, oneDNN switched off (TF_ENABLE_ONEDNN_OPTS=0) and 2 or 4
-threads each train different weights from the first epoch on, float and QAT alike. Machines
-with the same class and threads (two Intel Xeons, an AMD EPYC) reproduced the float runs but not
-the QAT ones, so the CPU model is recorded too, and a fingerprint of TensorFlow's float32 rsqrt,
-the suspect: x86 wheels compute it with VRSQRTPS, an approximation whose bits each CPU design
-chooses, and one Newton step (not correctly rounded), and QAT's folded BatchNorm
-(edgeasr.quant.qat) uses it where Keras' fused BatchNorm does not (docs/toolchain_facts.md).
+threads each train different weights from the first epoch on, float and QAT alike. Three machines
+of the same class and threads reproduced one another's float runs, but the QAT runs agreed only
+between an AMD EPYC and an earlier machine, not with an Intel Xeon. So the CPU model is recorded
+too, and a fingerprint of TensorFlow's float32 rsqrt, the suspect: x86 wheels compute it with
+VRSQRTPS, an approximation whose bits each CPU design chooses, and one Newton step (not correctly
+rounded), and QAT's folded BatchNorm (edgeasr.quant.qat) uses it where Keras' fused BatchNorm
+does not (docs/toolchain_facts.md).
 Runs record these facts so that a result can say where it reproduces.
 """
 import hashlib
