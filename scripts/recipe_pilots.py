@@ -151,7 +151,7 @@ def train_runs(args) -> dict:
         start = start_of(args, seed, pretrained)
         result = qr.finetune(args.work / args.name, args.lr, base, data, test_features, start.resolve(),
                              args.policy, seed, recipe)
-        trained[seed] = {k: result[k] for k in ("keras_accuracy", "litert_accuracy", "numerics")}
+        trained[seed] = {k: result[k] for k in ("keras_accuracy", "litert_accuracy")}
         print(json.dumps({"pilot": args.name, "seed": seed, **trained[seed]}), flush=True)
     return trained
 
@@ -182,7 +182,7 @@ def score_seed(args, seed: int, accuracy: dict) -> dict:
 
     def operating_points(stream, run, threshold=None) -> dict:
         """At the run's own 1 FA/h threshold and at `threshold` (default: its own), with the keywords
-        that fired falsely there."""
+        that fired falsely there, and the numerics the run was trained with."""
         path = sr.tflite_for(stream, args.model, run)
         times, scores, names, hours, occurrences, pieces = joined_scores(stream, config, path, streams)
         own_frr, own_threshold = se.own_operating_point(times, scores, names, occurrences, hours, config)
@@ -192,16 +192,15 @@ def score_seed(args, seed: int, accuracy: dict) -> dict:
                                        config.refractory_ms / 1000)
         return {"threshold": own_threshold, "frr_at_own_threshold": own_frr,
                 "frr_at_float_threshold": at["frr"], "fa_per_hour_at_float_threshold": at["fa_per_hour"],
-                "false_accepts_by_keyword_at_float_threshold": tally(keyword for keyword, _ in sources)}
+                "false_accepts_by_keyword_at_float_threshold": tally(keyword for keyword, _ in sources),
+                "numerics": RunDir(stream.runs / args.model / run).read_numerics()}
 
-    float_point = {**operating_points(reference, f"float_seed{seed}"),
-                   "numerics": RunDir(args.runs / args.model / f"float_seed{seed}").read_numerics()}
+    float_point = operating_points(reference, f"float_seed{seed}")
     threshold = float_point["threshold"]
     pilot = operating_points(stream_args(args, args.work / args.name, args.work / args.name / "stream_work"),
                              f"{args.policy}_seed{seed}", threshold)
     recipe_run = f"{args.recipe_policy}_seed{seed}"
-    recipe = ({**operating_points(reference, recipe_run, threshold),
-               "numerics": RunDir(args.runs / args.model / recipe_run).read_numerics()}
+    recipe = (operating_points(reference, recipe_run, threshold)
               if (args.runs / args.model / recipe_run / "model.keras").is_file() else None)
     row = {"seed": seed, **accuracy, "float": float_point, "pilot": pilot, "recipe": recipe}
     print(json.dumps(row), flush=True)
@@ -312,9 +311,8 @@ def numerics_lines(pilots: list) -> list:
     by_seed = {}   # a pilot's rows on several streams score the same runs: count each run once
     for pilot in pilots:
         for seed in pilot["seeds"]:
-            by_seed.setdefault(pilot["pilot"], {})[seed["seed"]] = (
-                [seed.get("numerics"), seed["float"].get("numerics")]
-                + ([seed["recipe"].get("numerics")] if seed["recipe"] is not None else []))
+            by_seed.setdefault(pilot["pilot"], {})[seed["seed"]] = [
+                seed[side].get("numerics") for side in ("pilot", "float", "recipe") if seed[side] is not None]
     runs_of = {name: sum(seeds.values(), []) for name, seeds in by_seed.items()}
     unrecorded = [name for name, runs in runs_of.items() if not any(runs)]
     lines = [f"- {name}: {describe_runs(runs)}" for name, runs in runs_of.items() if any(runs)]

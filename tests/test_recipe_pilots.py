@@ -52,8 +52,8 @@ def test_change_text_names_only_what_differs_from_the_recipe():
 def test_numerics_lines_count_each_run_once_and_group_unrecorded_pilots():
     amd = [{"stage": "stage1", "from_epoch": 0, "tensorflow": "2.21.0", "kernels": "onednn-avx512_core",
             "threads": 2, "cpu": "AMD EPYC"}]
-    recorded = [dict(seed(s, point(0.2, 0.2, 1.0), recipe=point(0.2, 0.2, 1.0),
-                          float_point={**point(0.2, 0.2, 1.0), "numerics": amd}), numerics=amd) for s in (0, 1)]
+    recorded = [seed(s, {**point(0.2, 0.2, 1.0), "numerics": amd}, recipe=point(0.2, 0.2, 1.0),
+                     float_point={**point(0.2, 0.2, 1.0), "numerics": amd}) for s in (0, 1)]
     pilots = [{"pilot": "mixed", "stream": "test", "seeds": recorded},
               {"pilot": "mixed", "stream": "both", "seeds": recorded},   # the same runs on another stream
               {"pilot": "old", "seeds": [seed(0, point(0.2, 0.2, 1.0))]},
