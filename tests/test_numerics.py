@@ -65,3 +65,33 @@ def test_the_rsqrt_fingerprint_is_of_an_approximate_rsqrt():
     fingerprint = numerics.rsqrt_fingerprint()
     assert len(fingerprint) == 8 and int(fingerprint, 16) >= 0 and fingerprint == numerics.rsqrt_fingerprint()
     assert f"rsqrt {fingerprint}" in numerics.describe(numerics.training_numerics())
+
+
+def test_qat_batch_norm_computes_one_over_sqrt_exactly():
+    """QAT's folded BatchNorm uses exact_rsqrt: bit-equal to NumPy's float64 1/sqrt rounded to float32,
+    eagerly and traced (where Grappler rewrites divisions), so it cannot depend on the CPU; and a
+    training step's graph has no float32 Rsqrt, the approximate op."""
+    import numpy as np
+    import tensorflow as tf
+    import tf_keras as keras
+    from edgeasr.models.registry import ModelConfig, build_model
+    from edgeasr.quant import qat
+
+    grid = (np.float32(1.0).view(np.uint32) + np.arange(0, 2 << 23, 64, dtype=np.uint32)).view(np.float32)
+    inputs = np.concatenate([grid * 1e-4, grid, grid * 1e4])
+    exact = (1.0 / np.sqrt(inputs.astype(np.float64))).astype(np.float32)
+    assert np.array_equal(qat.exact_rsqrt(tf.constant(inputs)).numpy(), exact)
+    assert np.array_equal(tf.function(qat.exact_rsqrt)(tf.constant(inputs)).numpy(), exact)
+    assert not np.array_equal(tf.math.rsqrt(inputs).numpy(), exact)   # what it replaces is approximate
+    assert "QAT rsqrt float64" in numerics.describe(numerics.training_numerics())   # runs record it
+
+    model = qat.quantize_model(build_model(ModelConfig(name="ds_cnn_s", options={"channels": 8, "blocks": 1})),
+                               "w4a8-tanh", stage="full")
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=keras.losses.SparseCategoricalCrossentropy())
+    step = model.make_train_function()
+    batch = (tf.zeros((2, 98, 40)), tf.zeros((2,), tf.int64))
+    graph_def = step.get_concrete_function(iter(tf.data.Dataset.from_tensors(batch))).graph.as_graph_def()
+    nodes = [*graph_def.node, *(node for function in graph_def.library.function for node in function.node_def)]
+    dtypes_of = lambda op: [tf.dtypes.as_dtype(node.attr["T"].type) for node in nodes if node.op == op]
+    assert tf.float32 not in dtypes_of("Rsqrt")
+    assert dtypes_of("Sqrt").count(tf.float64) >= 3     # conv0, dw1 and pw1 fold a BatchNorm each

@@ -39,6 +39,10 @@ Why not TFMOT's own handling: its default 8-bit scheme quantizes the conv kernel
 and lets the converter fold the BN afterwards, which moves 4-bit weights off their grid; its
 folded `_ConvBatchNorm2D` layers are experimental and not in the default scheme.
 
+Every 1/sqrt here is `exact_rsqrt`, not tf.math.rsqrt: TensorFlow's float32 rsqrt is an
+approximate instruction whose bits differ between CPU designs, and QAT runs trained on an AMD
+EPYC and an Intel Xeon parted from the first step (edgeasr.train.numerics, docs/toolchain_facts.md).
+
 Loading a saved QAT model: `load_model(path)` or `with quantize_scope(): keras.models.load_model(path)`.
 """
 import edgeasr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
@@ -60,6 +64,15 @@ from edgeasr.quant import registry
 from edgeasr.quant.policy import PrecisionPolicy, as_policy
 
 STAGES = ("weights", "full")
+BATCH_NORM_RSQRT = "float64"  # how exact_rsqrt computes; runs record it (edgeasr.train.numerics)
+
+
+def exact_rsqrt(x: tf.Tensor) -> tf.Tensor:
+    """1 / sqrt(x) with the same bits on every CPU: square root and division in float64, which x86
+    TensorFlow computes exactly (as NumPy does), then rounded to x's dtype. tf.math.rsqrt on float32
+    is VRSQRTPS and one Newton step: not correctly rounded, and CPU designs disagree in the last bits.
+    Grappler may rewrite the division into a float64 Rsqrt, which is also exact."""
+    return tf.cast(1.0 / tf.sqrt(tf.cast(x, tf.float64)), x.dtype)
 QuantizeWrapper = quantize_wrapper.QuantizeWrapper
 QuantizeWrapperV2 = quantize_wrapper.QuantizeWrapperV2
 QuantizeLayer = quantize_layer.QuantizeLayer
@@ -130,7 +143,7 @@ class FoldedConvBN(keras.layers.Layer):
         super().build(input_shape)
 
     def gain(self):
-        g = tf.math.rsqrt(self.moving_variance + self.epsilon)
+        g = exact_rsqrt(self.moving_variance + self.epsilon)
         return g * self.gamma if self.gamma is not None else g
 
     def folded_kernel(self):
@@ -190,7 +203,7 @@ class FoldedConvBN(keras.layers.Layer):
         if self.bias is not None:
             z = tf.nn.bias_add(z, self.bias)
         mean, variance = tf.nn.moments(z, axes=list(range(len(z.shape) - 1)))
-        inv = tf.math.rsqrt(variance + self.epsilon)
+        inv = exact_rsqrt(variance + self.epsilon)
         if self.gamma is not None:
             inv = inv * self.gamma
         shift = -mean * inv
@@ -200,7 +213,7 @@ class FoldedConvBN(keras.layers.Layer):
         if per_tensor:  # the folded weight is re-rounded on one grid: keep it in the training graph
             sigma_moving = tf.sqrt(self.moving_variance + self.epsilon)
             unbiased = self._convolve(inputs, self.folded_kernel())
-            correction = sigma_moving * tf.math.rsqrt(variance + self.epsilon)
+            correction = sigma_moving * exact_rsqrt(variance + self.epsilon)
             outputs = tf.nn.bias_add(unbiased * correction, shift)
         else:
             outputs = tf.nn.bias_add(z * inv, shift)

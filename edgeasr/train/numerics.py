@@ -9,8 +9,9 @@ of the same class and threads reproduced one another's float runs, but the QAT r
 between an AMD EPYC and an earlier machine, not with an Intel Xeon. So the CPU model is recorded
 too, and a fingerprint of TensorFlow's float32 rsqrt, the suspect: x86 wheels compute it with
 VRSQRTPS, an approximation whose bits each CPU design chooses, and one Newton step (not correctly
-rounded), and QAT's folded BatchNorm (edgeasr.quant.qat) uses it where Keras' fused BatchNorm
-does not (docs/toolchain_facts.md).
+rounded), and QAT's folded BatchNorm (edgeasr.quant.qat) used it where Keras' fused BatchNorm
+does not (docs/toolchain_facts.md). It now computes 1/sqrt in float64 (`exact_rsqrt`), and runs
+record that too ("qat_rsqrt"), so that runs trained before the change read as such.
 Runs record these facts so that a result can say where it reproduces.
 """
 import hashlib
@@ -20,6 +21,8 @@ from collections import Counter
 
 import numpy as np
 import tensorflow as tf
+
+from edgeasr.quant.qat import BATCH_NORM_RSQRT
 
 # oneDNN's x86 instruction-set classes, narrowest first, with the /proc/cpuinfo flags each needs.
 # The finer classes above AVX-512 (VNNI, BF16, AMX) change int8 and bf16 kernels, not fp32
@@ -34,14 +37,14 @@ _OFF_VALUES = {"0", "false", "off", "no"}
 
 
 def training_numerics() -> dict:
-    """{tensorflow, kernels, threads, cpu, rsqrt}: TensorFlow's version, the kernel family fp32 ops run
-    on (`onednn-<isa class>`, or `eigen` when oneDNN is off), the intra-op threads, the CPU model and
-    `rsqrt_fingerprint()`."""
+    """{tensorflow, kernels, threads, cpu, rsqrt, qat_rsqrt}: TensorFlow's version, the kernel family
+    fp32 ops run on (`onednn-<isa class>`, or `eigen` when oneDNN is off), the intra-op threads, the
+    CPU model, `rsqrt_fingerprint()` and how QAT's folded BatchNorm computes 1/sqrt."""
     from_environment = os.environ.get("TF_NUM_INTRAOP_THREADS", "").strip()
     threads = (tf.config.threading.get_intra_op_parallelism_threads()
                or (int(from_environment) if from_environment.isdigit() else 0) or _schedulable_cpus())
     return {"tensorflow": tf.__version__, "kernels": _kernel_family(), "threads": threads, "cpu": _cpu_model(),
-            "rsqrt": rsqrt_fingerprint()}
+            "rsqrt": rsqrt_fingerprint(), "qat_rsqrt": BATCH_NORM_RSQRT}
 
 
 def rsqrt_fingerprint() -> str:
@@ -56,8 +59,9 @@ def rsqrt_fingerprint() -> str:
 def describe(numerics: dict) -> str:
     cpu = f", {numerics['cpu']}" if numerics.get("cpu") else ""
     rsqrt = f", rsqrt {numerics['rsqrt']}" if numerics.get("rsqrt") else ""
+    qat_rsqrt = f", QAT rsqrt {numerics['qat_rsqrt']}" if numerics.get("qat_rsqrt") else ""
     return (f"TensorFlow {numerics['tensorflow']}, {numerics['kernels']} kernels, {numerics['threads']} threads"
-            f"{cpu}{rsqrt}")
+            f"{cpu}{rsqrt}{qat_rsqrt}")
 
 
 def describe_runs(per_run: list) -> str:
