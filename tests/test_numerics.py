@@ -38,6 +38,15 @@ def test_a_run_under_onednn_off_or_other_threads_records_other_numerics(monkeypa
         numerics.training_numerics())
 
 
+@pytest.mark.skipif(__import__("platform").machine().lower() not in ("x86_64", "amd64"), reason="x86 kernel classes")
+def test_the_kernels_are_eigen_wherever_tensorflow_leaves_onednn_off(monkeypatch):
+    """TensorFlow decides by the CPU too (off under QEMU's AVX2 CPU), not only by TF_ENABLE_ONEDNN_OPTS."""
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    kernels = numerics.training_numerics()["kernels"]
+    assert kernels.startswith("onednn-") == numerics._tensorflow_uses_onednn()
+    monkeypatch.setattr(numerics, "_tensorflow_uses_onednn", lambda: False)
+    assert numerics.training_numerics()["kernels"] == "eigen"
+
 def test_a_run_records_its_numerics_once_and_again_only_when_they_change(tmp_path):
     run = RunDir(tmp_path / "run")
     here = {"tensorflow": "2.21.0", "kernels": "onednn-avx512_core", "threads": 2, "cpu": "Intel(R) Xeon(R) Processor"}

@@ -1,6 +1,7 @@
 """What decides a training run's floating-point results besides its configuration and seed.
 
-On one machine a run is bit-identical when repeated. Across machines it need not be: TensorFlow's
+On one machine a run is bit-identical when repeated. Across machines it need not be: TensorFlow
+runs oneDNN's kernels or Eigen's (it decides by the CPU as well as by TF_ENABLE_ONEDNN_OPTS), the
 oneDNN kernels are picked at run time by the CPU's instruction set, and each class, and each
 intra-op thread count, sums in its own order. Measured on DS-CNN-S (docs/training_numerics.md):
 AVX-512 (with or without AMX), AVX2, oneDNN switched off (TF_ENABLE_ONEDNN_OPTS=0) and 2 or 4
@@ -84,8 +85,18 @@ def _kernel_family() -> str:
     machine = platform.machine().lower()
     if machine not in ("x86_64", "amd64"):
         return f"{machine}-default"
+    if not _tensorflow_uses_onednn():
+        return "eigen"
     isa = _x86_isa_class(_cpu_flags())
     return f"onednn-{_capped(isa, os.environ.get('ONEDNN_MAX_CPU_ISA', ''))}"
+
+
+def _tensorflow_uses_onednn() -> bool:
+    """TensorFlow's own answer: besides TF_ENABLE_ONEDNN_OPTS=0, it leaves oneDNN off by default on
+    some x86 CPUs (under QEMU's AVX2 `-cpu max` it ran Eigen's kernels, docs/toolchain_facts.md)."""
+    from tensorflow.python.util import _pywrap_util_port
+
+    return bool(_pywrap_util_port.IsMklEnabled())
 
 
 def _cpu_flags() -> set:
