@@ -17,6 +17,7 @@ from pathlib import Path
 from _repo import REPO, rewrite_markdown
 from edgeasr.demo import format_summary, run_demo
 from edgeasr.files import write_json_atomic
+from edgeasr.train.numerics import describe, training_numerics
 
 TARGET_SECONDS = 15 * 60
 TARGET_ACCURACY = 0.90
@@ -32,7 +33,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not args.markdown_only:
         shutil.rmtree(args.out, ignore_errors=True)
-        summary = run_demo(args.out)
+        summary = {**run_demo(args.out), "cpu_cores": os.cpu_count(), "numerics": describe(training_numerics())}
         args.docs.mkdir(parents=True, exist_ok=True)
         write_json_atomic(args.docs / "demo_results.json", summary)
     rewrite_markdown(args.docs, "demo_results", report)
@@ -44,8 +45,8 @@ def report(summary: dict) -> str:
     lines = [
         "# `make demo` on this machine (issue 2)",
         "",
-        f"Produced by `python scripts/demo_results.py` with the demo's defaults, from an empty folder, "
-        f"on {os.cpu_count()} CPU cores (the machine may have been shared with other work).",
+        f"Produced by `python scripts/demo_results.py` with the demo's defaults, from an empty folder{machine(summary)} "
+        "(the machine may have been shared with other work).",
         "",
         "```",
         format_summary(summary),
@@ -64,6 +65,13 @@ def report(summary: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def machine(summary: dict) -> str:
+    """Where the demo ran, as measured (results before these were recorded say nothing)."""
+    if "numerics" not in summary:
+        return ""
+    return f", on {summary['cpu_cores']} CPU cores ({summary['numerics']})"
 
 
 if __name__ == "__main__":
