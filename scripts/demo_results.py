@@ -45,8 +45,7 @@ def report(summary: dict) -> str:
     lines = [
         "# `make demo` on this machine (issue 2)",
         "",
-        f"Produced by `python scripts/demo_results.py` with the demo's defaults, from an empty folder{machine(summary)} "
-        "(the machine may have been shared with other work).",
+        f"Produced by `python scripts/demo_results.py` with the demo's defaults, from an empty folder{machine(summary)}",
         "",
         "```",
         format_summary(summary),
@@ -68,10 +67,11 @@ def report(summary: dict) -> str:
 
 
 def machine(summary: dict) -> str:
-    """Where the demo ran, as measured (results before these were recorded say nothing)."""
+    """Where the demo ran, as measured (results from before these were recorded do not say)."""
+    shared = "(the machine may have been shared with other work)"
     if "numerics" not in summary:
-        return ""
-    return f", on {summary['cpu_cores']} CPU cores ({summary['numerics']})"
+        return f" {shared}."
+    return f", on {summary['cpu_cores']} CPU cores {shared}. Training numerics: {summary['numerics']}."
 
 
 if __name__ == "__main__":

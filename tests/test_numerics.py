@@ -47,6 +47,7 @@ def test_the_kernels_are_eigen_wherever_tensorflow_leaves_onednn_off(monkeypatch
     monkeypatch.setattr(numerics, "_tensorflow_uses_onednn", lambda: False)
     assert numerics.training_numerics()["kernels"] == "eigen"
 
+
 def test_a_run_records_its_numerics_once_and_again_only_when_they_change(tmp_path):
     run = RunDir(tmp_path / "run")
     here = {"tensorflow": "2.21.0", "kernels": "onednn-avx512_core", "threads": 2, "cpu": "Intel(R) Xeon(R) Processor"}
@@ -101,6 +102,9 @@ def test_qat_batch_norm_computes_one_over_sqrt_exactly():
     batch = (tf.zeros((2, 98, 40)), tf.zeros((2,), tf.int64))
     graph_def = step.get_concrete_function(iter(tf.data.Dataset.from_tensors(batch))).graph.as_graph_def()
     nodes = [*graph_def.node, *(node for function in graph_def.library.function for node in function.node_def)]
-    dtypes_of = lambda op: [tf.dtypes.as_dtype(node.attr["T"].type) for node in nodes if node.op == op]
+
+    def dtypes_of(op):
+        return [tf.dtypes.as_dtype(node.attr["T"].type) for node in nodes if node.op == op]
+
     assert tf.float32 not in dtypes_of("Rsqrt")
     assert dtypes_of("Sqrt").count(tf.float64) >= 3     # conv0, dw1 and pw1 fold a BatchNorm each

@@ -71,8 +71,10 @@ def exact_rsqrt(x: tf.Tensor) -> tf.Tensor:
     """1 / sqrt(x) with the same bits on every CPU: square root and division in float64, which x86
     TensorFlow computes exactly (as NumPy does), then rounded to x's dtype. tf.math.rsqrt on float32
     is VRSQRTPS and one Newton step: not correctly rounded, and CPU designs disagree in the last bits.
-    Grappler may rewrite the division into a float64 Rsqrt, which is also exact."""
+    Traced, where Grappler rewrites divisions, the bits are the same (tests/test_numerics.py)."""
     return tf.cast(1.0 / tf.sqrt(tf.cast(x, tf.float64)), x.dtype)
+
+
 QuantizeWrapper = quantize_wrapper.QuantizeWrapper
 QuantizeWrapperV2 = quantize_wrapper.QuantizeWrapperV2
 QuantizeLayer = quantize_layer.QuantizeLayer
