@@ -40,8 +40,8 @@ and lets the converter fold the BN afterwards, which moves 4-bit weights off the
 folded `_ConvBatchNorm2D` layers are experimental and not in the default scheme.
 
 Every 1/sqrt here is `exact_rsqrt`, not tf.math.rsqrt: TensorFlow's float32 rsqrt is an
-approximate instruction whose bits differ between CPU designs, and QAT runs trained on an AMD
-EPYC and an Intel Xeon parted from the first step (edgeasr.train.numerics, docs/toolchain_facts.md).
+approximate instruction whose bits differ between CPU designs, and an AMD EPYC and an Intel Xeon
+trained different QAT weights with it (edgeasr.train.numerics, docs/toolchain_facts.md).
 
 Loading a saved QAT model: `load_model(path)` or `with quantize_scope(): keras.models.load_model(path)`.
 """
