@@ -62,6 +62,13 @@ def test_a_run_records_its_numerics_once_and_again_only_when_they_change(tmp_pat
     assert len(run.read_numerics()) == 2
 
 
+def _numpy_rsqrt(inputs):
+    """1/sqrt in float64 rounded to float32: NumPy's IEEE square root and division, the same on any CPU."""
+    import numpy as np
+
+    return (1.0 / np.sqrt(inputs.astype(np.float64))).astype(np.float32)
+
+
 def test_the_rsqrt_fingerprint_is_of_an_approximate_rsqrt():
     """TensorFlow's float32 rsqrt is not correctly rounded (an approximate instruction and a Newton step),
     so its bits may differ between CPU designs; the fingerprint is stable within one process."""
@@ -69,7 +76,7 @@ def test_the_rsqrt_fingerprint_is_of_an_approximate_rsqrt():
     import tensorflow as tf
 
     inputs = np.linspace(1.0, 4.0, 1 << 16, dtype=np.float32)
-    exact = (1.0 / np.sqrt(inputs.astype(np.float64))).astype(np.float32)
+    exact = _numpy_rsqrt(inputs)
     ulps = np.abs(tf.math.rsqrt(inputs).numpy().view(np.int32).astype(np.int64) - exact.view(np.int32))
     assert 0 < ulps.max() <= 4
     fingerprint = numerics.rsqrt_fingerprint()
@@ -87,9 +94,9 @@ def test_qat_batch_norm_computes_one_over_sqrt_exactly():
     from edgeasr.models.registry import ModelConfig, build_model
     from edgeasr.quant import qat
 
-    grid = (np.float32(1.0).view(np.uint32) + np.arange(0, 2 << 23, 64, dtype=np.uint32)).view(np.float32)
+    grid = numerics.floats_in_one_to_four(every=64)
     inputs = np.concatenate([grid * 1e-4, grid, grid * 1e4])
-    exact = (1.0 / np.sqrt(inputs.astype(np.float64))).astype(np.float32)
+    exact = _numpy_rsqrt(inputs)
     assert np.array_equal(qat.exact_rsqrt(tf.constant(inputs)).numpy(), exact)
     assert np.array_equal(tf.function(qat.exact_rsqrt)(tf.constant(inputs)).numpy(), exact)
     assert not np.array_equal(tf.math.rsqrt(inputs).numpy(), exact)   # what it replaces is approximate

@@ -39,9 +39,8 @@ Why not TFMOT's own handling: its default 8-bit scheme quantizes the conv kernel
 and lets the converter fold the BN afterwards, which moves 4-bit weights off their grid; its
 folded `_ConvBatchNorm2D` layers are experimental and not in the default scheme.
 
-Every 1/sqrt here is `exact_rsqrt`, not tf.math.rsqrt: TensorFlow's float32 rsqrt is an
-approximate instruction whose bits differ between CPU designs, and an AMD EPYC and an Intel Xeon
-trained different QAT weights with it (edgeasr.train.numerics, docs/toolchain_facts.md).
+Every 1/sqrt here is `exact_rsqrt`, not tf.math.rsqrt, whose bits differ between CPU designs
+(an AMD EPYC and an Intel Xeon trained different QAT weights with it, docs/toolchain_facts.md).
 
 Loading a saved QAT model: `load_model(path)` or `with quantize_scope(): keras.models.load_model(path)`.
 """

@@ -52,9 +52,13 @@ def rsqrt_fingerprint() -> str:
     """The first 8 hex digits of a SHA-1 of tf.math.rsqrt's float32 results on every 16th float32 in
     [1, 4) (2**21 inputs, a whole number of SIMD packets): equal on two machines when their rsqrt
     approximations agree bit for bit on those inputs."""
+    return hashlib.sha1(tf.math.rsqrt(floats_in_one_to_four(every=16)).numpy().tobytes()).hexdigest()[:8]
+
+
+def floats_in_one_to_four(every: int) -> np.ndarray:
+    """Every `every`-th float32 in [1, 4), in order: the two binades where rsqrt's error pattern repeats."""
     ones_bits = np.float32(1.0).view(np.uint32)
-    inputs = (ones_bits + np.arange(0, 2 << 23, 16, dtype=np.uint32)).view(np.float32)
-    return hashlib.sha1(tf.math.rsqrt(inputs).numpy().tobytes()).hexdigest()[:8]
+    return (ones_bits + np.arange(0, 2 << 23, every, dtype=np.uint32)).view(np.float32)
 
 
 def describe(numerics: dict) -> str:
