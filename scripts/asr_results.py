@@ -71,6 +71,10 @@ def parse_args(argv=None):
                              "(default: %(default)s).")
     parser.add_argument("--test-utterances", type=int, default=1200,
                         help="Score only the first N test (and validation) utterances (default: %(default)s).")
+    parser.add_argument("--finetune-seed", type=int, default=0,
+                        help="Seed of the three fine-tuning runs (float-ft, w4a8-tanh, w8a8); they start from the same "
+                             "float run whatever the seed. Runs and models of a seed other than 0 are named ..._seedN, "
+                             "so a second seed gives a second estimate of the 4-bit gap (default: %(default)s).")
     parser.add_argument("--train-only", choices=RUNS, default=None, help="Train this run and stop.")
     parser.add_argument("--report-only", action="store_true",
                         help="Only rewrite asr_results.md from asr_results.json in --docs.")
@@ -96,21 +100,12 @@ def main(argv=None):
     started = time.perf_counter()
     if not (args.data / "train.jsonl").is_file():
         synthesize_asr_corpus(args.data, AsrSynthConfig(speakers=args.speakers, utterances_per_speaker=args.utterances))
-    base = asr_run_config(args.data / "train.jsonl", args.data / "validation.jsonl", args.data / "test.jsonl",
-                          size=args.size)
-    base = replace(base, train=replace(base.train, epochs=args.float_epochs, batch_size=24, learning_rate=2e-3),
-                   asr=replace(base.asr, noise=False))
-    runs = {name: args.work / f"{args.size}_{name.replace('-', '_')}" for name in RUNS}
-    configs = {"float": base}
-    for name, policy, stages, epochs in (("float-ft", preset("float"), 1, 2 * args.qat_epochs),
-                                         ("w4a8-tanh", dense_per_tensor("w4a8-tanh"), 2, args.qat_epochs),
-                                         ("w8a8", dense_per_tensor("w8a8"), 1, args.qat_epochs)):
-        configs[name] = with_policy(base, policy, stages, epochs, runs["float"], args.qat_learning_rate)
+    runs, configs = plan_runs(args)
     if args.train_only:
         train_once(runs[args.train_only], configs[args.train_only])
         return
     timings = {name: train_once(runs[name], configs[name]) for name in RUNS}
-    models = {policy: args.work / f"{args.size}_{policy.replace('-', '_')}.tflite" for policy in ("w4a8-tanh", "w8a8")}
+    models = {policy: runs[policy].with_name(runs[policy].name + ".tflite") for policy in ("w4a8-tanh", "w8a8")}
     conversions = {policy: convert_once(runs[policy], models[policy]) for policy in models}
     manifest = args.data / "test.jsonl"
     evaluations = [evaluate_model(runs[p], manifest, limit=args.test_utterances)
@@ -122,6 +117,28 @@ def main(argv=None):
     args.docs.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.docs / "asr_results.json", results)
     write_markdown(results, args.docs)
+
+
+def plan_runs(args) -> tuple[dict, dict]:
+    """The run folder and training config of each of RUNS: the float run, and the three fine-tuning runs of
+    --finetune-seed that start from it."""
+    base = asr_run_config(args.data / "train.jsonl", args.data / "validation.jsonl", args.data / "test.jsonl",
+                          size=args.size)
+    base = replace(base, train=replace(base.train, epochs=args.float_epochs, batch_size=24, learning_rate=2e-3),
+                   asr=replace(base.asr, noise=False))
+    runs = {name: args.work / f"{args.size}_{name.replace('-', '_')}{_seed_suffix(args, name)}" for name in RUNS}
+    configs = {"float": base}
+    for name, policy, stages, epochs in (("float-ft", preset("float"), 1, 2 * args.qat_epochs),
+                                         ("w4a8-tanh", dense_per_tensor("w4a8-tanh"), 2, args.qat_epochs),
+                                         ("w8a8", dense_per_tensor("w8a8"), 1, args.qat_epochs)):
+        tuned = with_policy(base, policy, stages, epochs, runs["float"], args.qat_learning_rate)
+        configs[name] = replace(tuned, train=replace(tuned.train, seed=args.finetune_seed))
+    return runs, configs
+
+
+def _seed_suffix(args, run: str) -> str:
+    """Fine-tuning runs of a seed other than 0 live beside those of seed 0; the float run is shared."""
+    return f"_seed{args.finetune_seed}" if run != "float" and args.finetune_seed else ""
 
 
 def train_once(run_dir: Path, config) -> dict:
@@ -183,7 +200,7 @@ def summarise(args, runs, timings, conversions, evaluations, validation, seconds
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
         "corpus": json.loads((args.data / "synth_asr_config.json").read_text())["config"],
         "recipe": {"float_epochs": args.float_epochs, "qat_epochs_per_stage": args.qat_epochs,
-                   "qat_learning_rate": args.qat_learning_rate},
+                   "qat_learning_rate": args.qat_learning_rate, "finetune_seed": args.finetune_seed},
         "training": {name: {**_training_record(path), **timings.get(name, {})} for name, path in runs.items()},
         "conversions": {p: {**{k: c[k] for k in ("bytes", "float_bytes", "parameters", "int4_share", "parity")},
                             **measured("float_reference", "int4_share")} for p, c in conversions.items()},
@@ -210,7 +227,8 @@ def write_markdown(results: dict, docs: Path) -> None:
         f"utterances. Greedy CTC decoding, "
         f"character tokens. `float-ft` is the float run trained on for the same epochs and learning rate as the "
         f"w4a8-tanh QAT run: the reference of the 4-bit gap. The QAT runs quantize Dense kernels per tensor "
-        f"and convolution kernels per output channel (`dense_per_tensor` in the script says why).",
+        f"and convolution kernels per output channel (`dense_per_tensor` in the script says why). "
+        f"Fine-tuning seed {results['recipe'].get('finetune_seed', 0)} (`--finetune-seed`).",
         "",
         "| model | WER | CER | sentences right | RTF (1 thread) | file bytes |",
         "|---|---:|---:|---:|---:|---:|",

@@ -87,6 +87,18 @@ def test_asr_results_says_which_numerics_trained_its_runs(tmp_path):
     assert "| w8a8 | 0 | - | - |" in text
 
 
+def test_asr_results_fine_tunes_another_seed_from_the_same_float_run(tmp_path):
+    import asr_results
+
+    seed0, _ = asr_results.plan_runs(asr_results.parse_args(["--work", str(tmp_path)]))
+    runs, configs = asr_results.plan_runs(asr_results.parse_args(["--work", str(tmp_path), "--finetune-seed", "3"]))
+    assert runs["float"] == seed0["float"] == tmp_path / "xs_float"
+    assert runs["w4a8-tanh"] == tmp_path / "xs_w4a8_tanh_seed3" and seed0["w4a8-tanh"] == tmp_path / "xs_w4a8_tanh"
+    assert configs["float"].train.seed == 0
+    for name in ("float-ft", "w4a8-tanh", "w8a8"):
+        assert configs[name].train.seed == 3 and configs[name].train.init_from == str(runs["float"])
+
+
 def test_convert_results_reads_the_conversions_accuracy_change_over_seeds():
     import convert_results
 
