@@ -21,6 +21,7 @@ Writes docs/asr_results.md and docs/asr_results.json.
     python scripts/asr_results.py                   # everything, into build/asr_data and build/asr_runs
     python scripts/asr_results.py --train-only float-ft   # one training run (to run several at once)
     python scripts/asr_results.py --report-only     # rewrite the Markdown from docs/asr_results.json
+    python scripts/asr_results.py --finetune-seed 1 # another fine-tuning seed, into docs/asr_seed1
 """
 import edgeasr  # noqa: F401
 
@@ -53,8 +54,9 @@ def parse_args(argv=None):
                              "(default: build/asr_data).")
     parser.add_argument("--work", type=Path, default=REPO / "build" / "asr_runs",
                         help="Folder of the training runs and converted .tflite models (default: build/asr_runs).")
-    parser.add_argument("--docs", type=Path, default=REPO / "docs",
-                        help="Folder asr_results.md and asr_results.json are written to (default: docs).")
+    parser.add_argument("--docs", type=Path, default=None,
+                        help="Folder asr_results.md and asr_results.json are written to (default: docs, or "
+                             "docs/asr_seedN for --finetune-seed N other than 0).")
     parser.add_argument("--speakers", type=int, default=300,
                         help="Voice+variant speakers in a newly synthesized corpus (default: %(default)s).")
     parser.add_argument("--utterances", type=int, default=40,
@@ -71,14 +73,17 @@ def parse_args(argv=None):
                              "(default: %(default)s).")
     parser.add_argument("--test-utterances", type=int, default=1200,
                         help="Score only the first N test (and validation) utterances (default: %(default)s).")
-    parser.add_argument("--finetune-seed", type=int, default=0,
+    parser.add_argument("--finetune-seed", type=_seed, default=0, metavar="N",
                         help="Seed of the three fine-tuning runs (float-ft, w4a8-tanh, w8a8); they start from the same "
                              "float run whatever the seed. Runs and models of a seed other than 0 are named ..._seedN, "
                              "so a second seed gives a second estimate of the 4-bit gap (default: %(default)s).")
     parser.add_argument("--train-only", choices=RUNS, default=None, help="Train this run and stop.")
     parser.add_argument("--report-only", action="store_true",
                         help="Only rewrite asr_results.md from asr_results.json in --docs.")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.docs is None:
+        args.docs = REPO / "docs" / (f"asr_seed{args.finetune_seed}" if args.finetune_seed else "")
+    return args
 
 
 def dense_per_tensor(name: str) -> PrecisionPolicy:
@@ -90,6 +95,12 @@ def dense_per_tensor(name: str) -> PrecisionPolicy:
     per_channel = replace(policy.default)
     rules = [PrecisionRule(pattern, per_channel) for pattern in CONFORMER_CONVOLUTIONS]
     return replace(policy, default=replace(policy.default, granularity="per-tensor"), rules=rules + policy.rules)
+
+
+def _seed(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"a seed is a whole number >= 0, not {text!r}")
+    return int(text)
 
 
 def main(argv=None):

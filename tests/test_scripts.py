@@ -95,6 +95,8 @@ def test_asr_results_fine_tunes_another_seed_from_the_same_float_run(tmp_path):
     assert runs["float"] == seed0["float"] == tmp_path / "xs_float"
     assert runs["w4a8-tanh"] == tmp_path / "xs_w4a8_tanh_seed3" and seed0["w4a8-tanh"] == tmp_path / "xs_w4a8_tanh"
     assert configs["float"].train.seed == 0
+    assert asr_results.parse_args(["--finetune-seed", "3"]).docs == REPO / "docs" / "asr_seed3"
+    assert asr_results.parse_args([]).docs == REPO / "docs"
     for name in ("float-ft", "w4a8-tanh", "w8a8"):
         assert configs[name].train.seed == 3 and configs[name].train.init_from == str(runs["float"])
 
