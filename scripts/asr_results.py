@@ -73,7 +73,7 @@ def parse_args(argv=None):
                              "(default: %(default)s).")
     parser.add_argument("--test-utterances", type=int, default=1200,
                         help="Score only the first N test (and validation) utterances (default: %(default)s).")
-    parser.add_argument("--finetune-seed", type=_seed, default=0, metavar="N",
+    parser.add_argument("--finetune-seed", type=int, default=0, metavar="N",
                         help="Seed of the three fine-tuning runs (float-ft, w4a8-tanh, w8a8); they start from the same "
                              "float run whatever the seed. Runs and models of a seed other than 0 are named ..._seedN, "
                              "so a second seed gives a second estimate of the 4-bit gap (default: %(default)s).")
@@ -81,8 +81,10 @@ def parse_args(argv=None):
     parser.add_argument("--report-only", action="store_true",
                         help="Only rewrite asr_results.md from asr_results.json in --docs.")
     args = parser.parse_args(argv)
+    if args.finetune_seed < 0:
+        parser.error(f"--finetune-seed: a seed is a whole number >= 0, not {args.finetune_seed}")
     if args.docs is None:
-        args.docs = REPO / "docs" / (f"asr_seed{args.finetune_seed}" if args.finetune_seed else "")
+        args.docs = REPO / "docs" / f"asr_seed{args.finetune_seed}" if args.finetune_seed else REPO / "docs"
     return args
 
 
@@ -95,12 +97,6 @@ def dense_per_tensor(name: str) -> PrecisionPolicy:
     per_channel = replace(policy.default)
     rules = [PrecisionRule(pattern, per_channel) for pattern in CONFORMER_CONVOLUTIONS]
     return replace(policy, default=replace(policy.default, granularity="per-tensor"), rules=rules + policy.rules)
-
-
-def _seed(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"a seed is a whole number >= 0, not {text!r}")
-    return int(text)
 
 
 def main(argv=None):
