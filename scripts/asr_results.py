@@ -16,7 +16,8 @@ Protocol:
      choices are made.
 Each step is skipped when its output exists, so an interrupted run continues.
 
-Writes docs/asr_results.md and docs/asr_results.json.
+Writes docs/asr_results.md and docs/asr_results.json, and docs/asr_seeds.md: the 4-bit gap of every
+fine-tuning seed found there (docs/asr_results.json is seed 0, docs/asr_seedN/ seed N) and its mean.
 
     python scripts/asr_results.py                   # everything, into build/asr_data and build/asr_runs
     python scripts/asr_results.py --train-only float-ft   # one training run (to run several at once)
@@ -33,7 +34,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from _repo import REPO, measured, measures_caveat, read_summary
+from _repo import REPO, measured, measures_caveat, read_summary, standard_error
 from edgeasr.data.asr_synth import AsrSynthConfig, synthesize_asr_corpus
 from edgeasr.eval.asr import cer_difference_standard_error, evaluate_model
 from edgeasr.files import write_bytes_atomic, write_json_atomic
@@ -103,6 +104,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.report_only:
         write_markdown(read_summary(args.docs, "asr_results", "--report-only"), args.docs)
+        write_seed_summary(seeds_root(args))
         return
     started = time.perf_counter()
     if not (args.data / "train.jsonl").is_file():
@@ -124,6 +126,7 @@ def main(argv=None):
     args.docs.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.docs / "asr_results.json", results)
     write_markdown(results, args.docs)
+    write_seed_summary(seeds_root(args))
 
 
 def plan_runs(args) -> tuple[dict, dict]:
@@ -146,6 +149,11 @@ def plan_runs(args) -> tuple[dict, dict]:
 def _seed_suffix(args, run: str) -> str:
     """Fine-tuning runs of a seed other than 0 live beside those of seed 0; the float run is shared."""
     return f"_seed{args.finetune_seed}" if run != "float" and args.finetune_seed else ""
+
+
+def seeds_root(args) -> Path:
+    """The folder of seed 0's tables, which holds the other seeds' folders (asr_seedN) and asr_seeds.md."""
+    return args.docs.parent if args.finetune_seed and args.docs.name == f"asr_seed{args.finetune_seed}" else args.docs
 
 
 def train_once(run_dir: Path, config) -> dict:
@@ -283,6 +291,55 @@ def write_markdown(results: dict, docs: Path) -> None:
     for example in w4.get("examples", []):
         lines.append(f"- ref: `{example['reference']}`  \n  hyp: `{example['hypothesis']}`")
     write_bytes_atomic(docs / "asr_results.md", ("\n".join(lines) + "\n").encode())
+
+
+
+def seed_results(root: Path) -> list:
+    """The asr_results.json of every fine-tuning seed under `root`, in seed order."""
+    paths = [Path(root) / "asr_results.json", *Path(root).glob("asr_seed*/asr_results.json")]
+    results = [json.loads(path.read_text()) for path in paths if path.is_file()]
+    return sorted(results, key=lambda r: r["recipe"].get("finetune_seed", 0))
+
+
+def seed_gaps(results: dict) -> dict:
+    """One seed's 4-bit CER gap in points: on test (whole, its QAT and conversion parts) and on validation."""
+    cer = {e["model"]: 100 * e["cer"] for e in results["evaluations"]}
+    gap = results["targets"]["w4a8_cer_gap_points"]
+    return {"seed": results["recipe"].get("finetune_seed", 0), "float_ft_cer": cer["keras float-ft"],
+            "w4a8_cer": cer["litert w4a8-tanh"], "test": gap["value"], "test_error": gap["standard_error"],
+            "qat": cer["keras w4a8-tanh"] - cer["keras float-ft"],
+            "conversion": cer["litert w4a8-tanh"] - cer["keras w4a8-tanh"],
+            "validation": results["validation"]["points"], "validation_error": results["validation"]["standard_error"]}
+
+
+def write_seed_summary(root: Path) -> None:
+    """asr_seeds.md under `root`: each seed's 4-bit gap and the mean over seeds, judged against the target."""
+    rows = [seed_gaps(results) for results in seed_results(root)]
+    if not rows:
+        return
+    limit = TARGETS["w4_cer_gap_max_points"]
+    lines = ["# Conformer-CTC 4-bit CER gap over fine-tuning seeds", "",
+             "Produced by `python scripts/asr_results.py` (`--finetune-seed N` adds seed N); do not edit by hand.", "",
+             "Every seed fine-tunes float-ft, w4a8-tanh and w8a8 from the same float run, so the spread below is "
+             "the fine-tuning's alone. Gap: LiteRT w4a8-tanh CER minus Keras float-ft CER, in points; ± of a seed: "
+             "paired bootstrap over utterances; ± of the mean: standard error over seeds.", "",
+             "| seed | float-ft CER | LiteRT w4a8 CER | test gap | QAT part | conversion part | validation gap |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['seed']} | {r['float_ft_cer']:.2f}% | {r['w4a8_cer']:.2f}% | "
+                     f"{r['test']:+.2f} ± {r['test_error']:.2f} | {r['qat']:+.2f} | {r['conversion']:+.2f} | "
+                     f"{r['validation']:+.2f} ± {r['validation_error']:.2f} |")
+    lines.append("")
+    for split in ("test", "validation"):
+        values = [r[split] for r in rows]
+        error = standard_error(values)
+        mean = sum(values) / len(values)
+        unsettled = error is None or abs(mean - limit) < 2 * error
+        lines.append(f"- Mean {split} gap over {len(rows)} seed{'s' if len(rows) > 1 else ''}: {mean:+.2f}"
+                     f"{f' ± {error:.2f}' if error is not None else ''} points; target <= {limit}: "
+                     f"{'met' if mean <= limit else 'MISSED'}"
+                     f"{' (within two standard errors of the target: more seeds would settle it)' if unsettled else ''}.")
+    write_bytes_atomic(Path(root) / "asr_seeds.md", ("\n".join(lines) + "\n").encode())
 
 
 if __name__ == "__main__":

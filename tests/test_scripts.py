@@ -101,6 +101,39 @@ def test_asr_results_fine_tunes_another_seed_from_the_same_float_run(tmp_path):
         assert configs[name].train.seed == 3 and configs[name].train.init_from == str(runs["float"])
 
 
+def test_asr_results_judges_the_4_bit_gap_on_the_mean_over_seeds(tmp_path):
+    import json
+
+    import asr_results
+
+    saved = asr_results.read_summary(REPO / "docs", "asr_results", "--report-only")
+
+    def write_seed(seed: int, folder: Path, w4a8_cer: float, validation_points: float) -> None:
+        evaluations = [{**e, "cer": w4a8_cer} if e["model"] == "litert w4a8-tanh" else e for e in saved["evaluations"]]
+        float_ft = next(e["cer"] for e in evaluations if e["model"] == "keras float-ft")
+        gap = {**saved["targets"]["w4a8_cer_gap_points"], "value": 100 * (w4a8_cer - float_ft)}
+        results = {**saved, "evaluations": evaluations, "recipe": {**saved["recipe"], "finetune_seed": seed},
+                   "targets": {**saved["targets"], "w4a8_cer_gap_points": gap},
+                   "validation": {**saved["validation"], "points": validation_points}}
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "asr_results.json").write_text(json.dumps(results))
+
+    float_ft = next(e["cer"] for e in saved["evaluations"] if e["model"] == "keras float-ft")
+    write_seed(0, tmp_path, float_ft + 0.009, 0.8)
+    write_seed(2, tmp_path / "asr_seed2", float_ft - 0.001, 0.2)
+    write_seed(1, tmp_path / "asr_seed1", float_ft + 0.002, 0.5)
+    asr_results.write_seed_summary(tmp_path)
+    text = (tmp_path / "asr_seeds.md").read_text()
+    rows = [line.split(" | ")[0] for line in text.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert rows == ["| 0", "| 1", "| 2"]
+    assert "| +0.90 ± " in text and "| -0.10 ± " in text
+    assert "Mean test gap over 3 seeds: +0.33 ± 0.30 points; target <= 0.5: met (within two" in text
+    assert "Mean validation gap over 3 seeds: +0.50 ± 0.17 points; target <= 0.5: met (within two" in text
+    args = asr_results.parse_args(["--docs", str(tmp_path / "asr_seed2"), "--finetune-seed", "2"])
+    assert asr_results.seeds_root(args) == tmp_path
+    assert asr_results.seeds_root(asr_results.parse_args(["--docs", str(tmp_path)])) == tmp_path
+
+
 def test_convert_results_reads_the_conversions_accuracy_change_over_seeds():
     import convert_results
 
