@@ -119,3 +119,15 @@ def test_synth_train_convert_transcribe(tmp_path, monkeypatch):
     assert f"| {model} | litert | 4 |" in (tmp_path / "eval.md").read_text()
     assert litert_report["rtf"] > 0 and litert_report["bytes"] == model.stat().st_size
     assert 0 <= litert_report["cer"] and 0 <= keras_report["cer"]
+
+    # Keras fed as the file is: the same windows (a long clip too), logits that differ by the integer arithmetic
+    from edgeasr.converters.asr import fixed_window_model
+    from edgeasr.eval.asr import evaluate_model, windowed_keras_scores
+
+    _, keras_model = fixed_window_model(AsrRunDir(qat_run), transcriber.window_frames)
+    keras_scores = windowed_keras_scores(keras_model, transcriber, [pcm, long])
+    assert [s.shape for s in keras_scores] == [transcriber.scores(pcm).shape, (101, len(transcriber.tokens))]
+    agreement = np.mean(np.argmax(keras_scores[1], -1) == np.argmax(transcriber.scores(long), -1))
+    assert agreement >= 0.9, agreement
+    fed = evaluate_model(qat_run, data / "test.jsonl", windows_of=model)
+    assert fed["kind"] == "keras w4a8-tanh (tiny_w4.tflite's windows)" and fed["utterances"] == 4

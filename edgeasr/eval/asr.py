@@ -110,9 +110,22 @@ def file_size(path) -> int:
     return Path(path).stat().st_size
 
 
-def evaluate_model(model, manifest, limit: Optional[int] = None, beam_width: int = 0, warn: bool = True) -> dict:
+def windowed_keras_scores(model, transcriber, waves, batch_size: int = 32) -> list:
+    """Each int16 wave's logits from a Keras model of the file's window length, the wave fed as the
+    converted file behind `transcriber` is fed: its windows, silence padding, NumPy frontend."""
+    windows = [transcriber.windows(wave.astype(np.float32) / 32768.0) for wave in waves]
+    features = [window for each in windows for window, _ in each]
+    logits = iter(model.predict(np.stack(features), batch_size=batch_size, verbose=0) if features else [])
+    return [transcriber.joined([next(logits) for _ in each], each) for each in windows]
+
+
+def evaluate_model(model, manifest, limit: Optional[int] = None, beam_width: int = 0, warn: bool = True,
+                   windows_of=None) -> dict:
     """WER / CER of a train-asr run directory (Keras) or a converted .tflite (LiteRT, with RTF and size)
-    on the first `limit` utterances of the manifest (all of them for None); `warn`: load_asr_split's."""
+    on the first `limit` utterances of the manifest (all of them for None); `warn`: load_asr_split's.
+    `windows_of`: a .tflite converted from the run; the Keras model is then fed as that file is
+    (`windowed_keras_scores`) instead of in batches padded to their longest utterance with the
+    TensorFlow frontend, so it differs from the file by the integer arithmetic alone."""
     from edgeasr.data.asr_pipeline import load_asr_split
 
     if limit is not None and limit < 1:
@@ -125,9 +138,21 @@ def evaluate_model(model, manifest, limit: Optional[int] = None, beam_width: int
 
         run = AsrRunDir(model)
         config, tokenizer = run.read_config(), run.read_tokenizer()
-        split = load_asr_split(manifest, None, config.frontend, limit, warn=warn)
-        hypotheses = keras_transcripts(run.load_model(), split, config.frontend, tokenizer, beam_width=beam_width)
-        report = {"model": str(model), "kind": f"keras {config.policy.name}", **error_rates(split.texts, hypotheses),
+        if windows_of is None:
+            split = load_asr_split(manifest, None, config.frontend, limit, warn=warn)
+            hypotheses = keras_transcripts(run.load_model(), split, config.frontend, tokenizer, beam_width=beam_width)
+            kind = f"keras {config.policy.name}"
+        else:
+            from edgeasr.converters.asr import fixed_window_model
+
+            transcriber = _transcriber(windows_of, beam_width)
+            split = load_asr_split(manifest, None, transcriber.frontend, limit, warn=warn)
+            float_model, quantized = fixed_window_model(run, transcriber.window_frames)
+            keras_model = quantized if quantized is not None else float_model
+            scores = windowed_keras_scores(keras_model, transcriber, split.waves)
+            hypotheses = [transcriber.text(each) for each in scores]
+            kind = f"keras {config.policy.name} ({Path(windows_of).name}'s windows)"
+        report = {"model": str(model), "kind": kind, **error_rates(split.texts, hypotheses),
                   "rtf": None, "audio_seconds": None, "compute_seconds": None, "bytes": None}   # LiteRT's keys
     else:
         frontend = _transcriber(model, beam_width).frontend

@@ -49,14 +49,19 @@ class Transcriber:
 
     def scores(self, audio: np.ndarray) -> np.ndarray:
         """Per-output-frame logits (T_out, V) of mono audio at the frontend's rate: floats in
-        [-1, 1] or int16 PCM (`streaming.mono_samples`: stereo is refused, not interleaved).
-        A window of fewer frames than one output frame spans (under 40 ms: the audio's tail, or all
-        of a very short clip) is not run: it would decode mostly padding into a stray letter."""
+        [-1, 1] or int16 PCM (`streaming.mono_samples`: stereo is refused, not interleaved)."""
+        windows = self.windows(audio)
+        return self.joined([self.model.predict(features[None])[0] for features, _ in windows], windows)
+
+    def windows(self, audio: np.ndarray) -> list:
+        """(log-mel features of one model window, output frames of it to keep) for each window of the
+        audio. A window of fewer frames than one output frame spans (under 40 ms: the audio's tail, or
+        all of a very short clip) is not run: it would decode mostly padding into a stray letter."""
         audio = mono_samples(audio)
         if not len(audio):
             raise ValueError("the audio holds no samples")
         step = self.window_frames * self.frontend.hop_samples   # windows start every window_frames frames
-        outputs = []
+        windows = []
         for start in range(0, max(1, len(audio)), step):
             piece = audio[start:start + self.window_samples]
             frames = min(self.window_frames, self.frontend.num_frames(len(piece)))
@@ -64,16 +69,23 @@ class Transcriber:
                 break
             padded = np.zeros(self.window_samples, np.float32)
             padded[:len(piece)] = piece
-            logits = self.model.predict(numpy_log_mel(padded, self.frontend)[None])[0]
-            outputs.append(logits[: -(-frames // self.subsampling)])
+            windows.append((numpy_log_mel(padded, self.frontend), -(-frames // self.subsampling)))
             if start + self.window_samples >= len(audio):
                 break
-        if not outputs:
+        return windows
+
+    def joined(self, window_logits: list, windows: list) -> np.ndarray:
+        """The kept output frames of each window's logits, joined: the audio's logits (T_out, V)."""
+        if not window_logits:
             return np.zeros((0, len(self.tokens)), np.float32)
-        return np.concatenate(outputs)
+        return np.concatenate([logits[:kept] for logits, (_, kept) in zip(window_logits, windows)])
 
     def transcribe(self, audio: np.ndarray) -> str:
-        return decode_tokens(self.tokens, decode(self.scores(audio), self.beam_width))
+        return self.text(self.scores(audio))
+
+    def text(self, scores: np.ndarray) -> str:
+        """The decoded text of an audio's logits (T_out, V)."""
+        return decode_tokens(self.tokens, decode(scores, self.beam_width))
 
     def transcribe_timed(self, audio: np.ndarray) -> tuple:
         """(text, seconds of model + decoding time): real-time factor = seconds / audio seconds."""
