@@ -29,7 +29,8 @@ def test_a_run_without_seed_runs_stops_and_leaves_the_docs(script, tmp_path):
         assert (docs / f"{name}{suffix}").read_bytes() == (REPO / "docs" / f"{name}{suffix}").read_bytes()
 
 
-@pytest.mark.parametrize("name", ["asr_results", "convert_results", "qat_results"])
+@pytest.mark.parametrize("name", ["asr_results", "convert_results", "qat_results", "layernorm_int8",
+                                  "asr_gap_parts"])
 def test_re_rendering_without_a_saved_json_says_so_in_one_line(name, tmp_path):
     import importlib
 
@@ -132,6 +133,40 @@ def test_asr_results_judges_the_4_bit_gap_on_the_mean_over_seeds(tmp_path):
     args = asr_results.parse_args(["--docs", str(tmp_path / "asr_seed2"), "--finetune-seed", "2"])
     assert asr_results.seeds_root(args) == tmp_path
     assert asr_results.seeds_root(asr_results.parse_args(["--docs", str(tmp_path)])) == tmp_path
+
+
+def test_layernorm_int8_chain_is_the_models_layer_norm_and_rounds_the_steps_it_is_given():
+    import layernorm_int8
+    from edgeasr.models.conformer import LayerNorm
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(2.0, 3.0, (5, 16))
+    gamma, beta = rng.normal(1.0, 0.2, 16), rng.normal(0.0, 0.5, 16)
+    layer = LayerNorm(16)
+    layer.gamma.assign(gamma)
+    layer.beta.assign(beta)
+    reference = layernorm_int8.float_chain(x, layer.epsilon, gamma, beta, {})
+    np.testing.assert_allclose(reference, layer(x.astype(np.float32)).numpy(), atol=1e-5)
+    grid = {"quantization": (0.25, 0), "dtype": np.int8}
+    centred = layernorm_int8.float_chain(x, layer.epsilon, gamma, beta, {"centred": grid})
+    assert 0.01 < layernorm_int8.relative_rms(centred, reference) < 0.1
+    on_output = layernorm_int8.float_chain(x, layer.epsilon, gamma, beta, {"output": grid})
+    assert np.all(np.abs(on_output - reference) <= 0.125 + 1e-9)
+    np.testing.assert_allclose(on_output / 0.25, np.round(on_output / 0.25), atol=1e-9)   # on the grid
+    every_step = {step: grid for step in layernorm_int8.STEPS}
+    with layernorm_int8.layer_norms_rounding({layer.name: every_step}):    # the Keras twin used for CER
+        rounded = layer(x.astype(np.float32)).numpy()
+    same = np.abs(rounded - layernorm_int8.float_chain(x, layer.epsilon, gamma, beta, every_step)) < 1e-4
+    assert same.mean() > 0.95 and layernorm_int8.relative_rms(rounded, reference) > 0.05
+    np.testing.assert_allclose(layer(x.astype(np.float32)).numpy(), reference, atol=1e-5)   # restored after
+
+
+def test_asr_gap_parts_names_the_seed_that_has_no_tables(tmp_path):
+    import asr_gap_parts
+
+    with pytest.raises(SystemExit, match="seed 7: no asr_results.json in .*--finetune-seed 7` first"):
+        asr_gap_parts.main(["--seeds", "0", "7", "--docs", str(tmp_path)])
+    assert not list(tmp_path.iterdir())
 
 
 def test_convert_results_reads_the_conversions_accuracy_change_over_seeds():
