@@ -317,7 +317,6 @@ def write_seed_summary(root: Path) -> None:
     rows = [seed_gaps(results) for results in seed_results(root)]
     if not rows:
         return
-    limit = TARGETS["w4_cer_gap_max_points"]
     lines = ["# Conformer-CTC 4-bit CER gap over fine-tuning seeds", "",
              "Produced by `python scripts/asr_results.py` (`--finetune-seed N` adds seed N); do not edit by hand.", "",
              "Every seed fine-tunes float-ft, w4a8-tanh and w8a8 from the same float run, so the spread below is "
@@ -329,17 +328,21 @@ def write_seed_summary(root: Path) -> None:
         lines.append(f"| {r['seed']} | {r['float_ft_cer']:.2f}% | {r['w4a8_cer']:.2f}% | "
                      f"{r['test']:+.2f} ± {r['test_error']:.2f} | {r['qat']:+.2f} | {r['conversion']:+.2f} | "
                      f"{r['validation']:+.2f} ± {r['validation_error']:.2f} |")
-    lines.append("")
-    for split in ("test", "validation"):
-        values = [r[split] for r in rows]
-        error = standard_error(values)
-        mean = sum(values) / len(values)
-        unsettled = error is None or abs(mean - limit) < 2 * error
-        lines.append(f"- Mean {split} gap over {len(rows)} seed{'s' if len(rows) > 1 else ''}: {mean:+.2f}"
-                     f"{f' ± {error:.2f}' if error is not None else ''} points; target <= {limit}: "
-                     f"{'met' if mean <= limit else 'MISSED'}"
-                     f"{' (within two standard errors of the target: more seeds would settle it)' if unsettled else ''}.")
+    lines += ["", *(mean_gap_line(f"Mean {split} gap", [r[split] for r in rows]) for split in ("test", "validation"))]
     write_bytes_atomic(Path(root) / "asr_seeds.md", ("\n".join(lines) + "\n").encode())
+
+
+
+def mean_gap_line(label: str, values: list) -> str:
+    """A Markdown bullet: the mean of per-seed gaps (points), its standard error and the target's
+    verdict, which is not settled while the target lies within two standard errors of the mean."""
+    limit = TARGETS["w4_cer_gap_max_points"]
+    mean, error = sum(values) / len(values), standard_error(values)
+    unsettled = error is None or abs(mean - limit) < 2 * error
+    return (f"- {label} over {len(values)} seed{'s' if len(values) != 1 else ''}: {mean:+.2f}"
+            f"{f' ± {error:.2f}' if error is not None else ''} points; target <= {limit}: "
+            f"{'met' if mean <= limit else 'MISSED'}"
+            f"{' (within two standard errors of the target: more seeds would settle it)' if unsettled else ''}.")
 
 
 if __name__ == "__main__":

@@ -169,6 +169,20 @@ def test_asr_gap_parts_names_the_seed_that_has_no_tables(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_asr_gap_parts_rescored_the_same_litert_transcripts_as_asr_results():
+    """The LiteRT w4a8 CER asr_gap_parts.py measured again is asr_results.py's, seed by seed, so its
+    parts (feeding + QAT + integer) add up to asr_results.py's gap."""
+    import asr_gap_parts
+
+    parts = asr_gap_parts.read_summary(REPO / "docs", "asr_gap_parts")
+    for row in parts["rows"]:
+        for split in asr_gap_parts.SPLITS:
+            measured = row[split]
+            assert measured["litert_w4a8"] - measured["float_ft"] == pytest.approx(measured["published_gap"], abs=1e-6)
+            assert measured["gap"] == pytest.approx(measured["litert_w4a8"] - measured["float_ft_fed"], abs=1e-6)
+    assert [row["seed"] for row in parts["rows"]] == list(range(5))
+
+
 def test_convert_results_reads_the_conversions_accuracy_change_over_seeds():
     import convert_results
 
