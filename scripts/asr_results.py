@@ -293,7 +293,6 @@ def write_markdown(results: dict, docs: Path) -> None:
     write_bytes_atomic(docs / "asr_results.md", ("\n".join(lines) + "\n").encode())
 
 
-
 def seed_results(root: Path) -> list:
     """The asr_results.json of every fine-tuning seed under `root`, in seed order."""
     paths = [Path(root) / "asr_results.json", *Path(root).glob("asr_seed*/asr_results.json")]
@@ -321,7 +320,9 @@ def write_seed_summary(root: Path) -> None:
              "Produced by `python scripts/asr_results.py` (`--finetune-seed N` adds seed N); do not edit by hand.", "",
              "Every seed fine-tunes float-ft, w4a8-tanh and w8a8 from the same float run, so the spread below is "
              "the fine-tuning's alone. Gap: LiteRT w4a8-tanh CER minus Keras float-ft CER, in points; ± of a seed: "
-             "paired bootstrap over utterances; ± of the mean: standard error over seeds.", "",
+             "paired bootstrap over utterances; ± of the mean: standard error over seeds. The conversion part also "
+             "holds the change of feeding Keras in batches to feeding the file's 4 s windows, which the float model "
+             "pays too: docs/asr_gap_parts.md (`scripts/asr_gap_parts.py`) splits it off.", "",
              "| seed | float-ft CER | LiteRT w4a8 CER | test gap | QAT part | conversion part | validation gap |",
              "|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
@@ -330,7 +331,6 @@ def write_seed_summary(root: Path) -> None:
                      f"{r['validation']:+.2f} ± {r['validation_error']:.2f} |")
     lines += ["", *(mean_gap_line(f"Mean {split} gap", [r[split] for r in rows]) for split in ("test", "validation"))]
     write_bytes_atomic(Path(root) / "asr_seeds.md", ("\n".join(lines) + "\n").encode())
-
 
 
 def mean_gap_line(label: str, values: list) -> str:

@@ -123,9 +123,10 @@ def evaluate_model(model, manifest, limit: Optional[int] = None, beam_width: int
                    windows_of=None) -> dict:
     """WER / CER of a train-asr run directory (Keras) or a converted .tflite (LiteRT, with RTF and size)
     on the first `limit` utterances of the manifest (all of them for None); `warn`: load_asr_split's.
-    `windows_of`: a .tflite converted from the run; the Keras model is then fed as that file is
-    (`windowed_keras_scores`) instead of in batches padded to their longest utterance with the
-    TensorFlow frontend, so it differs from the file by the integer arithmetic alone."""
+    `windows_of`: a converted .tflite; the run's Keras model is then fed as that file is
+    (`windowed_keras_scores`: its windows and frontend) instead of in batches padded to their
+    longest utterance. Fed as its own converted file, a run differs from it by the integer
+    arithmetic alone; a float run fed as its QAT twin's file gives the like-for-like reference."""
     from edgeasr.data.asr_pipeline import load_asr_split
 
     if limit is not None and limit < 1:
