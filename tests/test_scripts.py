@@ -30,7 +30,7 @@ def test_a_run_without_seed_runs_stops_and_leaves_the_docs(script, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["asr_results", "convert_results", "qat_results", "layernorm_int8",
-                                  "asr_gap_parts"])
+                                  "asr_gap_parts", "attention_leak"])
 def test_re_rendering_without_a_saved_json_says_so_in_one_line(name, tmp_path):
     import importlib
 

@@ -40,8 +40,9 @@ from edgeasr.errors import EdgeasrError
 from edgeasr.models.registry import register_model
 
 SUBSAMPLING = 4
-# Masked attention scores become this (in scaled-logit units): low enough that exp() of it is
-# negligible next to any real score, small enough to keep the int8 scale of the scores fine.
+# Masked attention scores become this (in scaled-logit units), small enough to keep the int8 scale
+# of the scores fine. It is not low enough: a query whose real scores all fall below it gives its
+# weight to the masked keys, and the trained xs does so in one block (docs/attention_leak.md).
 MASKED_SCORE = -16.0
 
 
