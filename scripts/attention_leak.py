@@ -26,7 +26,7 @@ import numpy as np
 from _repo import REPO, read_summary, repo_relative
 from edgeasr.audio.frontend import numpy_log_mel
 from edgeasr.converters.asr import WINDOW_FRAMES
-from edgeasr.data.asr_pipeline import load_asr_split
+from edgeasr.data.asr_pipeline import load_asr_split, padded_features
 from edgeasr.files import write_bytes_atomic, write_json_atomic
 from edgeasr.models.conformer import MASKED_SCORE, chunk_mask
 from edgeasr.train.asr_fit import AsrRunDir
@@ -56,12 +56,6 @@ def main(argv=None):
     write_markdown(summary, args.docs)
 
 
-def padded(wave: np.ndarray, samples: int) -> np.ndarray:
-    audio = np.zeros(max(samples, len(wave)), np.float32)
-    audio[:len(wave)] = wave.astype(np.float32) / 32768.0
-    return audio
-
-
 def measure(args) -> dict:
     import tf_keras as keras
 
@@ -71,16 +65,16 @@ def measure(args) -> dict:
     model = run.load_model()
     softmaxes = [layer.name for layer in model.layers if layer.name.endswith("_softmax")]
     probe = keras.Model(model.inputs, [model.get_layer(name).output for name in softmaxes] + list(model.outputs))
-    window = frontend.window_samples + (WINDOW_FRAMES - 1) * frontend.hop_samples
     split = load_asr_split(config.test_manifest, None, frontend, args.utterances, spread=True)
+    windows = padded_features(split, range(len(split)), frontend, WINDOW_FRAMES)   # as the converter calibrates
     masked_mass = {name: [] for name in softmaxes}
     first_frame_change = []
-    for wave in split.waves:
-        *weights, logits = probe(numpy_log_mel(padded(wave, window), frontend)[None], training=False)
+    for wave, window in zip(split.waves, windows):
+        *weights, logits = probe(window[None], training=False)
         outside = 1 - chunk_mask(weights[0].shape[-1], config.model.chunk_frames, config.model.left_chunks)
         for name, weight in zip(softmaxes, weights):
             masked_mass[name].append((outside * weight.numpy()[0]).sum(-1).ravel())   # per head and query
-        own = model(numpy_log_mel(padded(wave, len(wave)), frontend)[None], training=False).numpy()[0]
+        own = model(numpy_log_mel(wave.astype(np.float32) / 32768.0, frontend)[None], training=False).numpy()[0]
         first_frame_change.append(float(np.abs(own[0] - logits.numpy()[0][0]).max()))
     blocks = [{"block": name.removesuffix("_softmax"), "mean_masked_mass": float(np.concatenate(mass).mean()),
                "max_masked_mass": float(np.concatenate(mass).max()),
