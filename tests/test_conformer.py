@@ -1,5 +1,7 @@
 """Conformer-CTC: sizes, shapes, streaming masks, causality, QAT of every sublayer, and the
 fully-integer INT4 conversion of a tiny Conformer with parity against Keras."""
+import math
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -66,30 +68,63 @@ def test_chunk_mask_no_frame_attends_beyond_its_chunk():
     np.testing.assert_array_equal(layer.mask(tf.constant(frames)).numpy(), mask)   # the open-T graph's mask
 
 
-def test_masked_scores_get_no_attention():
-    scores = np.random.default_rng(0).uniform(-4, 4, (1, 2, 9, 9)).astype(np.float32)
+def _masked_softmax(scores, keep):
+    """The exact attention weights: a softmax over each query's real keys only."""
+    e = np.where(keep, np.exp(scores - np.where(keep, scores, -np.inf).max(-1, keepdims=True)), 0.0)
+    return e / e.sum(-1, keepdims=True)
+
+
+@pytest.mark.parametrize("low, high", [(-4, 4), (-40, -20), (-45, 15)])
+def test_masked_scores_get_no_attention(low, high):
+    """Masked keys get no weight however low the real scores lie: with every real score below
+    MASKED_SCORE (-40 to -20) a fixed masked score would take all of it."""
+    scores = np.random.default_rng(0).uniform(low, high, (1, 2, 9, 9)).astype(np.float32)
     masked = cf.ChunkMask(3, 0)(scores).numpy()
     keep = cf.chunk_mask(9, 3, 0).astype(bool)
-    np.testing.assert_allclose(masked[..., keep], scores[..., keep], rtol=1e-6)
     assert np.all(masked[..., ~keep] == cf.MASKED_SCORE)
+    assert np.all(np.where(keep, masked, -np.inf).max(-1) == 0.0)       # the top real score is 0
     weights = tf.nn.softmax(masked).numpy()
-    assert weights[..., ~keep].max() < 1e-5
+    assert weights[..., ~keep].sum(-1).max() < 1e-5
+    np.testing.assert_allclose(weights, _masked_softmax(scores, keep), atol=1e-5)
+
+
+def _input_changed_from_output_frame_8(model):
+    """Outputs before and after adding 3 to the input from frame 32 (output frame 8) on; frames 8 and
+    later must change."""
+    x = _features(1, 64)
+    y = x.copy()
+    y[:, 32:] += 3.0
+    before, after = model(x).numpy(), model(y).numpy()
+    assert np.abs(after[:, 8:] - before[:, 8:]).max() > 1e-2
+    return x, y, before, after
 
 
 def test_streaming_outputs_ignore_later_chunks():
     """Changing input from output frame 8 on (chunk 2 of 4-frame chunks) leaves frames 0-7 as they are;
     with one chunk over everything (the control) it does not."""
     model = cf.randomize_untrained(_tiny())
-    x = _features(1, 64)
-    y = x.copy()
-    y[:, 32:] += 3.0
-    before, after = model(x).numpy(), model(y).numpy()
+    x, y, before, after = _input_changed_from_output_frame_8(model)
     np.testing.assert_allclose(after[:, :8], before[:, :8], atol=1e-5)
-    assert np.abs(after[:, 8:] - before[:, 8:]).max() > 1e-2
     # A chunk size chosen at inference: the same weights in a model built with another chunk.
     full = _tiny(chunk_frames=64)
     full.set_weights(model.get_weights())
     assert np.abs(full(y).numpy()[:, :8] - full(x).numpy()[:, :8]).max() > 1e-3
+
+
+def test_streaming_outputs_ignore_later_chunks_when_every_score_is_low():
+    """Queries and keys made constant so that every attention score is -40, far below MASKED_SCORE:
+    attention is uniform over each query's window, and frames 0-7 still ignore input from frame 8 on."""
+    model = cf.randomize_untrained(_tiny())
+    config = cf.conformer_config("tiny")
+    depth = config.d_model // config.num_heads
+    level = math.sqrt(40.0 / math.sqrt(depth))               # q . k / sqrt(depth) = -40
+    for layer in model.layers:
+        if layer.name.endswith(("_mhsa_query", "_mhsa_key")):
+            kernel, bias = layer.get_weights()
+            sign = 1.0 if layer.name.endswith("query") else -1.0
+            layer.set_weights([np.zeros_like(kernel), np.full_like(bias, sign * level)])
+    _, _, before, after = _input_changed_from_output_frame_8(model)
+    np.testing.assert_allclose(after[:, :8], before[:, :8], atol=1e-5)
 
 
 def test_subsampling_and_depthwise_conv_are_causal():

@@ -16,7 +16,8 @@ starts; the causal convolutions give the attention its sense of order.
 Only layers that convert to LiteRT builtins: every projection (attention, feed-forward,
 pointwise convolutions, GLU halves) is a Dense, so it becomes FULLY_CONNECTED, the op that
 XNNPACK runs with INT4 weights; heads are Reshape + Permute (RESHAPE, TRANSPOSE); attention
-products are BATCH_MATMUL (`MatMul`); the mask is a constant multiply and add (`ChunkMask`);
+products are BATCH_MATMUL (`MatMul`); the mask is a constant multiply and add, a row maximum, a
+subtract and a floor (`ChunkMask`);
 the depthwise convolution is a DepthwiseConv2D on (T, 1, C) followed by BatchNormalization,
 which quantize_model folds. `LayerNorm` is written from mean, subtract, multiply and rsqrt, each
 with an int8 kernel. tf_keras' LayerNormalization converts to integer ops too (measured in
@@ -40,10 +41,15 @@ from edgeasr.errors import EdgeasrError
 from edgeasr.models.registry import register_model
 
 SUBSAMPLING = 4
-# Masked attention scores become this (in scaled-logit units), small enough to keep the int8 scale
-# of the scores fine. It is not low enough: a query whose real scores all fall below it gives its
-# weight to the masked keys, and the trained xs does so in one block (docs/attention_leak.md).
+# Masked attention scores become this, relative to the row's highest real score (which becomes 0):
+# each masked key gets under e^-16 of that key's weight, and the int8 range of the masked scores
+# stays [-16, 0]. A fixed -16 without the shift leaked: a query whose real scores all lay below it
+# gave its weight to the masked keys, and the trained xs did so in one block (docs/attention_leak.md).
 MASKED_SCORE = -16.0
+# Masked keys score this while the row maximum is taken. The maximum is that of the real scores
+# (and the masked keys end at or below MASKED_SCORE) while the row's highest real score is above
+# ROW_MAX_FILL - MASKED_SCORE = -48; the trained xs's lowest is about -22 (docs/attention_leak.md).
+ROW_MAX_FILL = -64.0
 
 
 @dataclass
@@ -164,9 +170,15 @@ class MatMul(keras.layers.Layer):
 
 @keras.utils.register_keras_serializable(package="edgeasr")
 class ChunkMask(keras.layers.Layer):
-    """Attention scores (B, H, T, T) with the frames outside each query's chunk window set to
-    MASKED_SCORE: scores * mask + (mask - 1) * -MASKED_SCORE, a MUL and an ADD by constants
-    (a -1e9 bias would stretch the int8 range of the scores over nine orders of magnitude)."""
+    """Attention scores (B, H, T, T) shifted so each query's highest real score is 0, real scores
+    floored and the keys outside the query's chunk window set to MASKED_SCORE:
+
+        filled = scores * mask + (mask - 1) * -ROW_MAX_FILL      MUL, ADD by constants
+        maximum(filled - reduce_max(filled), MASKED_SCORE)       REDUCE_MAX, SUB, MAXIMUM
+
+    The shift leaves the softmax of the real scores as it was, and the floor moves a real key's
+    weight by under e^-16 of the top key's. A -1e9 bias instead would stretch the int8 range of
+    the scores over nine orders of magnitude."""
 
     def __init__(self, chunk_frames, left_chunks, **kwargs):
         super().__init__(**kwargs)
@@ -185,7 +197,8 @@ class ChunkMask(keras.layers.Layer):
     def call(self, scores):
         frames = scores.shape[-1]
         mask = self.mask(int(frames) if frames is not None else tf.shape(scores)[-1])
-        return scores * mask + (mask - 1.0) * -MASKED_SCORE
+        filled = scores * mask + (mask - 1.0) * -ROW_MAX_FILL
+        return tf.maximum(filled - tf.reduce_max(filled, axis=-1, keepdims=True), MASKED_SCORE)
 
     def get_config(self):
         return {**super().get_config(), "chunk_frames": self.chunk_frames, "left_chunks": self.left_chunks}

@@ -11,7 +11,7 @@ Permute, ZeroPadding2D, Dropout: nothing.
                 (their ranges are their own values), so there is no weight fake-quant
     Scale       output (a MUL by ½ halves the range)
     MatMul      output: attention scores and context, the BATCH_MATMUL results
-    ChunkMask   output: masked scores span [MASKED_SCORE, max score]; softmax follows
+    ChunkMask   output: scores shifted to span [MASKED_SCORE, 0]; softmax follows
 """
 from edgeasr.models import conformer
 from edgeasr.quant import registry
