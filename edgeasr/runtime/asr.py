@@ -5,8 +5,8 @@ Runtime side: NumPy and LiteRT only. Everything the transcriber needs comes from
 subsampling factor and the tokens (`asr`).
 
 The model takes a fixed window of frames. Shorter audio is padded at the end with silence (the
-model's chunked attention and causal convolutions are meant to keep earlier outputs as they were,
-but a trained xs attends to masked keys too, so the padding changes them: docs/attention_leak.md); longer
+model's chunked attention and causal convolutions keep the outputs of every chunk that holds no
+padding as they were, up to rounding; models converted before df280eb leak: docs/attention_leak.md); longer
 audio is cut into consecutive windows whose outputs are joined before decoding (a word cut
 in two at a window edge may come out misspelt: windows do not share context).
 """
