@@ -13,7 +13,8 @@ gives, per attention block:
   - the lowest top real score of any query (the margin left above -48);
 and over the utterances, the largest change of the first output frame's logits between padding to
 the clip's own length and to 4 s: zero if nothing after the first chunk reaches it.
-docs/asr_gap_parts.md measures the CER cost of the padding.
+docs/asr_gap_parts.md (old mask) and docs/asr_masked/asr_gap_parts.md measure the CER cost of the
+padding.
 
 Writes docs/attention_leak.md and docs/attention_leak.json.
 

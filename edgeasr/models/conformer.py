@@ -42,9 +42,10 @@ from edgeasr.models.registry import register_model
 
 SUBSAMPLING = 4
 # Masked attention scores become this, relative to the row's highest real score (which becomes 0):
-# each masked key gets under e^-16 of that key's weight, and the int8 range of the scores the
-# softmax takes is [-16, 0]. A fixed -16 without the shift leaked: a query whose real scores all lay below it
-# gave its weight to the masked keys: one block of the trained xs put 7.4% of its weight there (README).
+# each masked key gets under e^-16 of that key's weight, and the scores the softmax takes span
+# [-16, 0] in int8. A fixed -16 without the shift leaked: a query whose real scores all lay below
+# it gave its weight to the masked keys; one block of the trained xs put 7.4% of its weight there
+# (README).
 MASKED_SCORE = -16.0
 # Masked keys score this while the row maximum is taken. The maximum is that of the real scores
 # (and the masked keys end at or below MASKED_SCORE) while the row's highest real score is above
