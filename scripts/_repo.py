@@ -1,12 +1,12 @@
 """What the results scripts share: the repository root, each fine-tuning seed's run, paths written
-into docs/ relative to it, the results of models a rerun did not touch, re-rendering a table from
-its JSON, the standard error of a mean over seeds, and the caveat on measures a table took the old
-way."""
+into docs/ relative to it, the results of models a rerun did not touch, the --docs/--report-only
+options and writing a report's JSON and Markdown, re-rendering a table from its JSON, the standard
+error of a mean over seeds, and the caveat on measures a table took the old way."""
 import json
 from pathlib import Path
 
 import numpy as np
-from edgeasr.files import write_bytes_atomic
+from edgeasr.files import write_bytes_atomic, write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 # qat_results.py writes MODEL/<policy>_seed<i>, one run per fine-tuning seed; the other results
@@ -52,6 +52,20 @@ def in_model_order(rows: list, models) -> list:
     """Rows grouped by model in the order of `models` (others last), each model's rows kept in order."""
     order = {model: i for i, model in enumerate(models)}
     return sorted(rows, key=lambda row: order.get(row["model"], len(order)))
+
+
+def add_report_options(parser, name: str) -> None:
+    """--docs and --report-only for a script that writes docs/NAME.md and docs/NAME.json."""
+    parser.add_argument("--docs", type=Path, default=REPO / "docs",
+                        help=f"Folder {name}.md and .json are written to (default: docs).")
+    parser.add_argument("--report-only", action="store_true", help=f"Only rewrite {name}.md from its JSON in --docs.")
+
+
+def write_report(docs: Path, name: str, summary: dict, write_markdown) -> None:
+    """docs/NAME.json and the docs/NAME.md that `write_markdown(summary, docs)` writes."""
+    docs.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(docs / f"{name}.json", summary)
+    write_markdown(summary, docs)
 
 
 def rewrite_markdown(docs: Path, name: str, markdown) -> None:

@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 
 import asr_results
-from _repo import REPO, read_summary, repo_relative
+from _repo import REPO, add_report_options, read_summary, repo_relative, write_report
 from edgeasr.eval.asr import evaluate_model
-from edgeasr.files import write_bytes_atomic, write_json_atomic
+from edgeasr.files import write_bytes_atomic
 
 SPLITS = ("test", "validation")
 
@@ -45,9 +45,7 @@ def parse_args(argv=None):
                         help="Folder of the runs and .tflite files (default: build/asr_runs).")
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
                         help="Fine-tuning seeds to score (default: every seed with tables in --results).")
-    parser.add_argument("--docs", type=Path, default=REPO / "docs",
-                        help="Folder asr_gap_parts.md and .json are written to (default: docs).")
-    parser.add_argument("--report-only", action="store_true", help="Only rewrite asr_gap_parts.md from its JSON.")
+    add_report_options(parser, "asr_gap_parts")
     return parser.parse_args(argv)
 
 
@@ -64,9 +62,7 @@ def main(argv=None):
                          f"`python scripts/asr_results.py --finetune-seed {missing[0]}` first")
     rows = [seed_parts(args, seed, saved[seed]) for seed in seeds]
     summary = {"results": repo_relative(args.results), "work": repo_relative(args.work), "rows": rows}
-    args.docs.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.docs / "asr_gap_parts.json", summary)
-    write_markdown(summary, args.docs)
+    write_report(args.docs, "asr_gap_parts", summary, write_markdown)
 
 
 def seed_parts(args, seed: int, saved: dict) -> dict:

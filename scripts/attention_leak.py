@@ -28,11 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from _repo import REPO, read_summary, repo_relative
+from _repo import REPO, add_report_options, read_summary, repo_relative, write_report
 from edgeasr.audio.frontend import numpy_log_mel
 from edgeasr.converters.asr import WINDOW_FRAMES
 from edgeasr.data.asr_pipeline import load_asr_split, padded_features
-from edgeasr.files import write_bytes_atomic, write_json_atomic
+from edgeasr.files import write_bytes_atomic
 from edgeasr.models.conformer import MASKED_SCORE, ROW_MAX_FILL, chunk_mask
 from edgeasr.train.asr_fit import AsrRunDir
 
@@ -42,9 +42,7 @@ def parse_args(argv=None):
     parser.add_argument("--run", type=Path, default=REPO / "build" / "asr_runs" / "xs_float_ft",
                         help="A train-asr run (default: build/asr_runs/xs_float_ft).")
     parser.add_argument("--utterances", type=int, default=50, help="Test utterances (default: %(default)s).")
-    parser.add_argument("--docs", type=Path, default=REPO / "docs",
-                        help="Folder attention_leak.md and .json are written to (default: docs).")
-    parser.add_argument("--report-only", action="store_true", help="Only rewrite attention_leak.md from its JSON.")
+    add_report_options(parser, "attention_leak")
     return parser.parse_args(argv)
 
 
@@ -56,9 +54,7 @@ def main(argv=None):
     if not (args.run / "model.keras").is_file():
         raise SystemExit(f"{args.run}: no model.keras; train it with scripts/asr_results.py first")
     summary = measure(args)
-    args.docs.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.docs / "attention_leak.json", summary)
-    write_markdown(summary, args.docs)
+    write_report(args.docs, "attention_leak", summary, write_markdown)
 
 
 def measure(args) -> dict:

@@ -29,11 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from _repo import REPO, read_summary, repo_relative
+from _repo import REPO, add_report_options, read_summary, repo_relative, write_report
 from edgeasr.converters.asr import WINDOW_FRAMES
 from edgeasr.data.asr_pipeline import load_asr_split, padded_features
 from edgeasr.eval.asr import cer_difference_standard_error, evaluate_model
-from edgeasr.files import write_bytes_atomic, write_json_atomic
+from edgeasr.files import write_bytes_atomic
 from edgeasr.models import conformer
 from edgeasr.runtime.litert import dequantize, quantize, tracing_interpreter
 from edgeasr.train.asr_fit import AsrRunDir
@@ -53,10 +53,7 @@ def parse_args(argv=None):
                         help="Test utterances, one 4 s window each (default: %(default)s).")
     parser.add_argument("--cer-utterances", type=int, default=1200,
                         help="Test utterances the CER effect is measured on (default: %(default)s).")
-    parser.add_argument("--docs", type=Path, default=REPO / "docs",
-                        help="Folder layernorm_int8.md and .json are written to (default: docs).")
-    parser.add_argument("--report-only", action="store_true",
-                        help="Only rewrite layernorm_int8.md from layernorm_int8.json in --docs.")
+    add_report_options(parser, "layernorm_int8")
     args = parser.parse_args(argv)
     args.model = args.model or args.run.with_name(args.run.name + ".tflite")
     return args
@@ -71,9 +68,7 @@ def main(argv=None):
         if not path.is_file():
             raise SystemExit(f"{path}: missing; train and convert with scripts/asr_results.py first")
     summary = measure(args)
-    args.docs.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.docs / "layernorm_int8.json", summary)
-    write_markdown(summary, args.docs)
+    write_report(args.docs, "layernorm_int8", summary, write_markdown)
 
 
 def layer_norms(interpreter) -> list:
